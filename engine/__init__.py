@@ -1,0 +1,1 @@
+"""nanxi-tune's engine: config, data, model, loss, trainer. Never imports textual."""

@@ -1,0 +1,467 @@
+"""The notes' cheat-sheet (超参数速查表) as strict pydantic models.
+
+Every field carries a description, the notes' Chinese label (``zh``) where the notes
+give one, the notes' remark (``note``) and whether it may change mid-run (``live``).
+The TUI builds its panels from this schema; presets and ``--set`` use the dotted keys.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+try:  # installed wheel: presets live beside engine inside nanxi_tune
+    from importlib.resources import files
+
+    _pkg = Path(str(files("nanxi_tune.presets")))
+    if _pkg.is_dir():
+        PRESETS_DIR = _pkg
+except Exception:  # noqa: BLE001 - source checkout without install
+    pass
+
+
+def F(default: Any, description: str, *, zh: str | None = None, note: str | None = None,
+      live: bool = False, **constraints: Any) -> Any:
+    """A field with the notes' metadata attached for the UI."""
+    extra = {"zh": zh, "note": note, "live": live}
+    return Field(default, description=description,
+                 json_schema_extra={k: v for k, v in extra.items() if v not in (None, False)} | {"live": live},
+                 **constraints)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class Preprocess(Strict):
+    """图像预处理 image preprocessing"""
+    input_size: int = F(640, "Square network input side in pixels (multiple of 32).", zh="输入分辨率",
+                        note="640×640: set from COCO's largest image to keep all information", ge=64, le=2048,
+                        multiple_of=32)
+    resize: Literal["same_padding", "letterbox"] = F(
+        "same_padding", "same_padding: place the image unscaled on the canvas (downscale only if larger); "
+        "letterbox: scale to fit keeping aspect ratio, then pad.", zh="图像尺寸预处理",
+        note="letterbox paused: letterbox640 scored below same_padding (exp_lb640_2021-04-21_193450)")
+
+
+class Normalize(Strict):
+    """特征归一化 feature normalisation"""
+    mean: tuple[float, float, float] = F((0.485, 0.456, 0.406), "Per-channel RGB mean, images scaled to [0, 1].",
+                                         zh="mean", note="computed after augmentation (样本增广之后进行计算)")
+    std: tuple[float, float, float] = F((0.229, 0.224, 0.225), "Per-channel RGB std, images scaled to [0, 1].",
+                                        zh="std", note="computed after augmentation (样本增广之后进行计算)")
+    source: Literal["default", "computed"] = F("default", "Where mean/std came from: defaults, or computed "
+                                               "over augmented training samples (`nanxi-tune stats`).",
+                                               note="~ defaults until computed")
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(s <= 0 for s in v):
+            raise ValueError("every std must be greater than 0")
+        return v
+
+
+class Encode(Strict):
+    """编码 encode"""
+    offset: Literal["subpixel", "centered"] = F(
+        "subpixel", "Position encoding of the sub-pixel centre: subpixel = fraction in [0, 1) of the peak cell; "
+        "centered = fraction − 0.5 in [−0.5, 0.5).", zh="位置编码")
+    shape: Literal["wh", "log_wh", "ltrb"] = F(
+        "wh", "Shape encoding of the box at its peak cell: wh = width/height in output cells; log_wh = their log; "
+        "ltrb = distances from the centre to the four edges.", zh="Shape编码")
+    gaussian_alpha: float = F(0.54, "Heatmap Gaussian size: sigma = alpha × box side / 6 (TTFNet's alpha).",
+                              gt=0, le=2)
+
+
+class Data(Strict):
+    """载入数据 data loading"""
+    train: str = F("synthetic", "Training data: a COCO folder (images/ + annotations/instances_train.json), "
+                   "an instances JSON path, or `synthetic` for the embedded demo set.")
+    val: str = F("synthetic", "Validation data, same forms as data.train (instances_val.json in a folder).")
+    batch_size: int = F(16, "Images per step.", zh="bs:批处理的数据个数",
+                        note="fixed after the loss function is fixed (bs在确定loss函数之后确定)", ge=1, le=4096)
+    workers: int = F(0, "DataLoader worker processes (0 = load in the training thread).", ge=0, le=64)
+    skip_bad: bool = F(False, "Skip unreadable images and invalid boxes with a warning instead of stopping.")
+    synthetic_seed: int = F(0, "Seed of the embedded synthetic set (same seed, same images).", ge=0)
+    synthetic_train: int = F(512, "Images in the synthetic train split.", ge=1, le=100000)
+    synthetic_val: int = F(128, "Images in the synthetic val split.", ge=1, le=100000)
+    synthetic_val_style: Literal["same", "shifted"] = F(
+        "same", "Draw synthetic val from the train distribution, or from a shifted one (inverted colours, "
+        "different textures) to reproduce a distribution shift.")
+
+
+class Principles(Strict):
+    """principles 设计原则"""
+    act: Literal["relu", "silu", "leaky_relu", "mish", "hardswish"] = F("silu", "Activation function.",
+                                                                          zh="act: 激活函数")
+    weights_init: Literal["trunc_normal", "kaiming", "xavier", "torch_default"] = F(
+        "trunc_normal", "Parameter initialisation.", zh="weights_init: 参数初始化",
+        note="trunc_normal in use (a controlled comparison was run)")
+
+
+class Backbone(Strict):
+    """Backbone"""
+    width: int = F(32, "Channels of the first stage; each stage doubles it.", ge=4, le=512)
+    depth: int = F(1, "Residual blocks per stage.", ge=1, le=8)
+    input_channels_bn: bool = F(False, "A learnable BatchNorm on the input channels.",
+                                zh="input_channels_bn: 输入通道归一化", note="~ off: no visible effect")
+
+
+class Neck(Strict):
+    """neck"""
+    spp_kernels: tuple[int, ...] = F((5, 9, 13), "Max-pool kernels of the SPP block (odd).",
+                                     note="yolov5x's SPP instead of a costly stride search")
+    out_stride: Literal[4, 8, 16] = F(4, "Output stride of the head's feature map.", zh="步长设置")
+
+    @field_validator("spp_kernels")
+    @classmethod
+    def _odd(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(k < 1 or k % 2 == 0 or k > 31 for k in v):
+            raise ValueError("need one or more odd kernel sizes between 1 and 31")
+        return v
+
+
+class Head(Strict):
+    """Head"""
+    channels: int = F(64, "Channels of each branch's conv tower.", ge=4, le=1024,
+                      note="needs enough capacity: loss_shape stuck high means the head is too simple")
+    depth: int = F(2, "3×3 conv layers per branch before its output layer.", ge=0, le=8)
+    norm: Literal["none", "bn"] = F("none", "Normalisation in the head.", note="no BatchNorm in the head: "
+                                    "it slows convergence (不要使用BN层); bn only for experiments")
+    range_norm_act: Literal["sigmoid", "hsigmoid", "softskim", "heatskim"] = F(
+        "sigmoid", "Range-normalising activation of the heatmap.", zh="range_norm_act",
+        note="keep it smooth: hsigmoid slowed convergence; softskim tested badly; heatskim no use")
+
+
+class Loss(Strict):
+    """loss函数"""
+    loss_scale: float = F(1.0, "Global loss scaling factor.", zh="loss_scale: loss函数缩放因子",
+                          note="~ unstable to tune; with Adam likely insensitive", gt=0, le=1e4)
+    s_map: float = F(0.0, "Initial log weight of the map (heatmap) loss.", zh="s_map 对数权重", ge=-10, le=10)
+    s_offset: float = F(0.0, "Initial log weight of the offset loss.", zh="s_offset 对数权重", ge=-10, le=10)
+    s_shape: float = F(0.0, "Initial log weight of the shape loss.", zh="s_shape 对数权重", ge=-10, le=10)
+    learn_log_weights: bool = F(True, "Learn s_map/s_offset/s_shape (uncertainty weighting) or keep them fixed.")
+    shape_loss: Literal["l1", "giou"] = F("l1", "Regression loss of the shape branch.")
+    focal_alpha: float = F(2.0, "Focal loss exponent on the prediction (CenterNet's alpha).", gt=0, le=8)
+    focal_beta: float = F(4.0, "Focal loss penalty reduction exponent near peaks (CenterNet's beta).", gt=0, le=16)
+
+
+class Train(Strict):
+    """训练策略 training strategy"""
+    optimizer: Literal["adamw"] = F("adamw", "Optimiser.", note="AdamW as in Swin-Transformer-Object-Detection")
+    base_lr: float = F(0.001, "Base learning rate at base_batch_size.", zh="base_lr: 基础学习率",
+                       note="linear scaling: lr = base_lr × batch_size / base_batch_size", gt=0, le=10, live=True)
+    base_batch_size: int = F(16, "Batch size at which base_lr applies.", ge=1, le=4096)
+    weight_decay: float = F(0.05, "AdamW weight decay.", zh="权重衰减weight_decay", ge=0, le=10)
+    beta1: float = F(0.9, "AdamW beta1.", zh="beta1", ge=0, lt=1)
+    beta2: float = F(0.999, "AdamW beta2.", zh="beta2", ge=0, lt=1)
+    schedule: Literal["piecewise", "constant"] = F("piecewise", "Learning-rate schedule.",
+                                                   zh="piecewise_decay", note="~ default")
+    milestones: tuple[float, ...] = F((0.7, 0.9), "Piecewise decay points as fractions of the total steps.",
+                                      live=True)
+    gamma: float = F(0.1, "Factor applied to the lr at each milestone.", gt=0, le=1, live=True)
+    warmup_steps: int = F(0, "Linear warmup steps (0 = off).", ge=0,
+                          note="warmup disabled: slowed early convergence (0.000310 vs 0.010725)")
+    ema_decay: float = F(0.99, "EMA decay of the weights.", zh="权重更新 Decay", note="0.99", ge=0, lt=1)
+    epochs: int = F(12, "Training epochs.", ge=1, le=100000, live=True)
+    max_steps: int = F(0, "Stop after this many steps (0 = run all epochs).", ge=0, live=True)
+    grad_clip: float = F(0.0, "Clip the gradient norm to this value (0 = off).", ge=0, live=True)
+    seed: int = F(0, "Run seed: model init, data order and augmentation derive from it.", ge=0)
+    device: str = F("auto", "Device: auto (CUDA when present), cpu, cuda or cuda:N.")
+    log_every: int = F(1, "Write a train metrics line every N steps.", ge=1, live=True)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
+            raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+        return v
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < m < 1 for m in v) or list(v) != sorted(v):
+            raise ValueError("milestones are increasing fractions of the run between 0 and 1")
+        return v
+
+
+class Postprocess(Strict):
+    """后处理 post-processing"""
+    nms: bool = F(True, "Apply NMS to decoded boxes.", zh="nms: 使用NMS算法",
+                  note="tuned after training, on fixed weights", live=True)
+    nms_iou: float = F(0.6, "IoU above which NMS suppresses a box.", gt=0, le=1, live=True)
+    score_threshold: float = F(0.01, "Drop detections scoring below this.", ge=0, lt=1, live=True)
+    top_k: int = F(100, "Heatmap peaks kept per image.", ge=1, le=10000, live=True)
+    pool_kernel: int = F(3, "Max-pool kernel that finds heatmap peaks (odd).", ge=1, le=15, live=True)
+
+
+class Augment(Strict):
+    """数据增广 augmentation"""
+    min_iou_random_crop: bool = F(True, "MinIoURandomCrop (torchvision RandomIoUCrop).",
+                                  zh="随机IoU限定裁减 MinIoURandomCrop", note="tuned at the end of round 2")
+    min_iou_set: tuple[float, ...] = F((0.1, 0.3, 0.5, 0.7, 0.9), "IoU thresholds the crop samples from.")
+    random_flip: float = F(0.5, "Horizontal flip probability.", zh="随机翻转 RandomFlip",
+                           note="Record 1: TTFNet without RandomFlip dropped to 0.342", ge=0, le=1)
+
+    @field_validator("min_iou_set")
+    @classmethod
+    def _ious(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(not 0 <= x <= 1 for x in v):
+            raise ValueError("need one or more IoU values between 0 and 1")
+        return v
+
+
+class Eval(Strict):
+    """实验配置 evaluation"""
+    val_data_mode: Literal["full", "qmv", "rsr"] = F(
+        "qmv", "Validation data: full val set, QMV (fixed quick subset of val) or RSR (random train samples).",
+        zh="val_data_mode: 模型验证的数据模式", live=True)
+    qmv: int = F(100, "Images in the QMV subset.", zh="QMV", note="QMV = 100", ge=1, live=True)
+    rsr: int = F(3000, "Random training images reviewed in RSR mode.", zh="RANDOM_SAMPLE_NUM",
+                 note="3000: below that the metric was very unstable", ge=1, live=True)
+    interval: int = F(1, "Epochs between evaluations.", ge=1, live=True)
+    online: bool = F(True, "Also evaluate the online (non-EMA) weights.", live=True)
+
+
+class Budget(Strict):
+    """训练时长要求 training-time budget"""
+    max_days: float = F(4.0, "A full run must take less than this many days.", zh="训练时长要求",
+                        note="< 4 days", gt=0, le=365, live=True)
+
+
+GROUPS: tuple[str, ...] = ("preprocess", "normalize", "encode", "data", "principles", "backbone", "neck",
+                           "head", "loss", "train", "postprocess", "augment", "eval", "budget")
+
+
+class Config(Strict):
+    """The whole cheat-sheet. ``preset`` names the preset it was built from (for diffs)."""
+    preset: str = Field("", description="Preset this config was built from.")
+    preprocess: Preprocess = Preprocess()
+    normalize: Normalize = Normalize()
+    encode: Encode = Encode()
+    data: Data = Data()
+    principles: Principles = Principles()
+    backbone: Backbone = Backbone()
+    neck: Neck = Neck()
+    head: Head = Head()
+    loss: Loss = Loss()
+    train: Train = Train()
+    postprocess: Postprocess = Postprocess()
+    augment: Augment = Augment()
+    eval: Eval = Eval()
+    budget: Budget = Budget()
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> "Config":
+        if self.preprocess.input_size % 32:
+            raise ValueError("preprocess.input_size must be a multiple of 32")
+        return self
+
+    @property
+    def lr(self) -> float:
+        """Linear scaling rule: lr = base_lr × batch_size / base_batch_size."""
+        return self.train.base_lr * self.data.batch_size / self.train.base_batch_size
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+class ConfigError(ValueError):
+    """A config problem: one line per bad key, each naming the dotted key, the value and what is allowed."""
+
+    def __init__(self, problems: list[tuple[str, Any, str]], source: str = ""):
+        self.problems = problems
+        self.source = source
+        head = f"invalid config{f' in {source}' if source else ''}:"
+        lines = [f"  {key} = {value!r}: {msg}" if value is not _MISSING else f"  {key}: {msg}"
+                 for key, value, msg in problems]
+        super().__init__("\n".join([head, *lines]))
+
+
+_MISSING = object()
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        ann = model.model_fields.get(str(part))
+        if ann is None or not (isinstance(ann.annotation, type) and issubclass(ann.annotation, BaseModel)):
+            return []
+        model = ann.annotation
+    return list(model.model_fields)
+
+
+def problems_from(err: ValidationError) -> list[tuple[str, Any, str]]:
+    out = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not isinstance(p, int)) or ("config",)
+        key = ".".join(str(p) for p in loc)
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc)
+            msg = "unknown key" + (f"; known keys here: {', '.join(allowed)}" if allowed else "")
+        elif e["type"] == "model_type":
+            msg = "expected a table of keys (a [section] in TOML)"
+        value = e.get("input", _MISSING)
+        if isinstance(value, dict):
+            value = _MISSING
+        out.append((key, value, msg))
+    return out
+
+
+def validate(data: dict, source: str = "") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(problems_from(err), source) from None
+
+
+# --- dotted keys ------------------------------------------------------------------------------
+
+def flatten(cfg: Config | dict) -> dict[str, Any]:
+    data = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in flatten(v).items()})
+        else:
+            out[k] = v
+    return out
+
+
+def field_info(key: str):
+    """The pydantic FieldInfo of a dotted key, or None."""
+    group, _, name = key.partition(".")
+    g = Config.model_fields.get(group)
+    if g is None or not name:
+        return g if not name else None
+    return g.annotation.model_fields.get(name)
+
+
+def is_live(key: str) -> bool:
+    info = field_info(key)
+    return bool(info and (info.json_schema_extra or {}).get("live"))
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value: TOML syntax (numbers, true/false, [lists], "strings"), bare words as strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def with_updates(cfg: Config, updates: dict[str, Any], source: str = "--set") -> Config:
+    """A new validated config with dotted-key updates applied."""
+    data = cfg.model_dump(mode="json")
+    problems = []
+    for key, value in updates.items():
+        group, _, name = key.partition(".")
+        if group not in data or not isinstance(data[group], dict) or not name or "." in name:
+            known = ", ".join(k for k in data if isinstance(data[k], dict))
+            problems.append((key, value, f"unknown key; keys are group.name with group one of: {known}"))
+            continue
+        if name not in data[group]:
+            problems.append((key, value, f"unknown key; known keys in [{group}]: {', '.join(data[group])}"))
+            continue
+        data[group][name] = value
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        problems += problems_from(err)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError([(item, _MISSING, "expected key=value, e.g. train.base_lr=0.003")], "--set")
+        out[key.strip()] = parse_value(text.strip())
+    return out
+
+
+def diff(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ: {key: (a_value, b_value)}."""
+    fa, fb = flatten(a), flatten(b)
+    return {k: (fa.get(k), fb.get(k)) for k in fa if k != "preset" and fa.get(k) != fb.get(k)}
+
+
+# --- TOML / presets ---------------------------------------------------------------------------
+
+def loads(text: str, source: str = "") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([("toml", _MISSING, f"not valid TOML: {err}")], source) from None
+    return validate(data, source)
+
+
+def load(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([("file", str(path), "no such file; give a preset name or an existing .toml path")],
+                          str(path)) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError([("file", str(path), f"cannot read it: {err}")], str(path)) from None
+    return loads(text, str(path))
+
+
+def dumps(cfg: Config) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(cfg.model_dump(mode="json"))
+
+
+def save(cfg: Config, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(dumps(cfg), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        return p
+    bundled = PRESETS_DIR / f"{name_or_path}.toml"
+    if bundled.exists():
+        return bundled
+    raise ConfigError([("preset", name_or_path, f"no such preset; bundled presets: {', '.join(preset_names())}"
+                        " (or give a path to a .toml file)")])
+
+
+def load_preset(name_or_path: str) -> Config:
+    """Load a preset by bundled name or path; the result remembers the preset it came from."""
+    path = resolve_preset(name_or_path)
+    cfg = load(path)
+    if not cfg.preset:
+        cfg = cfg.model_copy(update={"preset": path.stem if path.parent == PRESETS_DIR else str(path)})
+    return cfg
+
+
+def base_of(cfg: Config) -> Config | None:
+    """The preset a config was built from, if it can still be loaded."""
+    if not cfg.preset:
+        return None
+    try:
+        return load_preset(cfg.preset)
+    except ConfigError:
+        return None
