@@ -1,0 +1,56 @@
+"""journal.md: the human-readable record of a run, in the style of the notes' own records."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import config as C
+from . import rundir
+
+
+def render(run_dir: Path) -> str:
+    run_dir = Path(run_dir)
+    cfg = C.load(run_dir / rundir.CONFIG)
+    base = C.base_of(cfg)
+    metrics = rundir.read_metrics(run_dir)
+    events = rundir.read_events(run_dir)
+    vals = [m for m in metrics if m.get("split") == "val"]
+    trains = [m for m in metrics if m.get("split") == "train"]
+    lines = [f"# {run_dir.name}", "", f"- preset: `{cfg.preset or '(none)'}`"]
+    parent = next((e for e in events if e.get("kind") == "log" and e.get("parent")), None)
+    if parent:
+        lines.append(f"- parent: `{parent['parent']}` ({parent.get('reason', '')})")
+    lines += ["", "## Config vs preset", ""]
+    changes = C.diff(base, cfg) if base else {}
+    lines += [f"- `{k}`: {a!r} → {b!r}" for k, (a, b) in changes.items()] or ["- (no changes)"]
+    lines += ["", "## Results", ""]
+    if trains:
+        t = trains[-1]
+        lines.append(f"- step {t['step']} (epoch {t['epoch']}): loss {t['loss']:.4f} — map {t['loss_map']:.4f}, "
+                     f"offset {t['loss_offset']:.4f}, shape {t['loss_shape']:.4f}")
+    if vals:
+        best = max(vals, key=lambda m: m.get("mAP", 0))
+        lines.append(f"- best val mAP {best['mAP']:.4f} (AP50 {best['AP50']:.4f}) at step {best['step']}, "
+                     f"mode {best.get('mode', '?')}")
+    findings = [e for e in events if e.get("kind") == "diagnosis"]
+    if findings:
+        lines += ["", "## Diagnoses", ""]
+        lines += [f"- [{e['severity']}] `{e['rule']}` (§{e['section']}) at step {e['step']}: {e['message']}"
+                  for e in findings]
+    stops = [e for e in events if e.get("kind") in ("state", "error") and e.get("state") != "running"]
+    if stops:
+        lines += ["", "## Timeline", ""]
+        for e in stops:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("time", 0)))
+            what = e.get("state") or f"error: {e.get('error')}"
+            lines.append(f"- {when} step {e.get('step', '?')}: {what} {e.get('message', '')}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def write(run_dir: Path) -> Path:
+    path = Path(run_dir) / rundir.JOURNAL
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(render(run_dir), encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,181 @@
+"""The run directory, the source of truth: config.toml, metrics.jsonl, events.jsonl, checkpoints/, journal.md.
+
+Readers here never import torch, so the TUI can list and follow runs cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+CONFIG = "config.toml"
+METRICS = "metrics.jsonl"
+EVENTS = "events.jsonl"
+JOURNAL = "journal.md"
+CHECKPOINTS = "checkpoints"
+
+
+def new_run_dir(root: Path = Path("runs"), name: str | None = None) -> Path:
+    """runs/<name>; a fresh timestamped name when none is given, never reusing a folder."""
+    root = Path(root)
+    base = name or time.strftime("run-%Y%m%d-%H%M%S")
+    path, n = root / base, 1
+    while path.exists():
+        n += 1
+        path = root / f"{base}-{n}"
+    path.mkdir(parents=True)
+    return path
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS / "last.pt"
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS / "best.pt"
+
+
+class JsonlWriter:
+    """Append-only JSON lines, flushed per line so a killed process loses at most the line in flight."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def write(self, obj: dict[str, Any]) -> None:
+        self._f.write(json.dumps(obj, allow_nan=True) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """All complete lines; a torn last line (killed mid-write) is ignored."""
+    out = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.endswith("\n"):
+                    try:
+                        out.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        continue
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    return read_jsonl(Path(run_dir) / METRICS)
+
+
+def read_events(run_dir: Path) -> list[dict[str, Any]]:
+    return read_jsonl(Path(run_dir) / EVENTS)
+
+
+def trim_metrics(run_dir: Path, step: int) -> int:
+    """Drop lines logged after ``step`` (work lost to a crash, redone on resume). Returns lines dropped."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return 0
+    lines = read_metrics(run_dir)
+    keep = [m for m in lines if m.get("step", 0) <= step]
+    raw = path.read_bytes()
+    torn = bool(raw) and not raw.endswith(b"\n")
+    if len(keep) == len(lines) and not torn:
+        return 0
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(m) + "\n" for m in keep)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(lines) - len(keep)
+
+
+class MetricsTail:
+    """Follow a metrics.jsonl being written: poll() returns the complete lines added since the last poll."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / METRICS
+        self._pos = 0
+        self._buf = ""
+
+    def poll(self) -> list[dict[str, Any]]:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return []
+        if size < self._pos:  # trimmed by a resume: start over
+            self._pos, self._buf = 0, ""
+        if size == self._pos:
+            return []
+        with open(self.path, encoding="utf-8") as f:
+            f.seek(self._pos)
+            chunk = f.read()
+            self._pos = f.tell()
+        self._buf += chunk
+        *lines, self._buf = self._buf.split("\n")
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+
+@dataclass
+class RunInfo:
+    name: str
+    path: Path
+    status: str
+    best_map: float | None
+    started: float | None
+    step: int
+    preset: str
+
+
+def _status(events: Iterable[dict[str, Any]]) -> str:
+    status = "unknown"
+    for e in events:
+        if e.get("kind") == "state":
+            status = e.get("state", status)
+        elif e.get("kind") == "error":
+            status = "failed"
+    return status
+
+
+def run_info(run_dir: Path) -> RunInfo:
+    run_dir = Path(run_dir)
+    metrics = read_metrics(run_dir)
+    events = read_events(run_dir)
+    maps = [m["mAP"] for m in metrics if m.get("split") == "val" and isinstance(m.get("mAP"), (int, float))]
+    started = next((e.get("time") for e in events if e.get("kind") == "state"), None)
+    preset = ""
+    try:
+        import tomllib
+
+        preset = tomllib.loads((run_dir / CONFIG).read_text()).get("preset", "")
+    except (OSError, ValueError):
+        pass
+    status = _status(events)
+    if status in ("running", "starting", "paused") and metrics:
+        # A run whose writer died (kill -9, dropped SSH) looks "running" forever; call it stale after 10 min.
+        if time.time() - (run_dir / METRICS).stat().st_mtime > 600:
+            status = "interrupted"
+    return RunInfo(run_dir.name, run_dir, status, max(maps) if maps else None, started,
+                   max((m.get("step", 0) for m in metrics), default=0), preset)
+
+
+def list_runs(root: Path = Path("runs")) -> list[RunInfo]:
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = [run_info(p) for p in root.iterdir() if (p / CONFIG).exists()]
+    return sorted(runs, key=lambda r: r.started or 0, reverse=True)

@@ -1,0 +1,332 @@
+"""The training loop, readable top to bottom: data → model → loss → AdamW → EMA → eval → checkpoint.
+
+A Trainer owns one run directory. It emits typed events to one callback, and honours
+stop / pause / continue requests (from any thread) at step boundaries. Resume is a
+Trainer started from the run's last checkpoint; with data randomness derived from
+(seed, epoch, index), the resumed run cannot tell it was interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from . import checkpoint as ckpt_io
+from . import config as C
+from . import journal, rundir
+from .data import EpochSampler, eval_dataset, make_loader, train_dataset
+from .evaluate import evaluate
+from .events import (Callback, CheckpointSaved, Error, EvalMetrics, Event, Log, StateChanged, StepMetrics,
+                     null_callback)
+from .model import build_model
+from .targets import build_targets
+
+
+class StopRun(Exception):
+    """Raised inside the loop to end it early with a reason (non-finite loss, OOM)."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise StopRun(f"train.device = {name!r} but CUDA is not available here; use train.device = auto or cpu")
+    return torch.device(name)
+
+
+def lr_at(cfg: C.Config, step: int, total_steps: int) -> float:
+    """lr = base_lr × batch_size / base_batch_size (linear scaling), piecewise decay, optional warmup."""
+    lr = cfg.lr
+    if cfg.train.schedule == "piecewise":
+        lr *= cfg.train.gamma ** sum(step >= m * total_steps for m in cfg.train.milestones)
+    if cfg.train.warmup_steps and step < cfg.train.warmup_steps:
+        lr *= (step + 1) / cfg.train.warmup_steps
+    return lr
+
+
+class Trainer:
+    def __init__(self, cfg: C.Config, run_dir: Path | str, callback: Callback = null_callback,
+                 max_steps: int | None = None, resume: bool = False):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.callback = callback
+        self.stop_at = max_steps  # stop (resumable) after this step; the schedule still plans the full run
+        self.resume_from = rundir.last_checkpoint(self.run_dir) if resume else None
+        self.state = "starting"
+        self.step = 0
+        self.epoch = 0
+        self.total_steps = 0
+        self.best_map = -1.0
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+        self._wake = threading.Event()
+        self._metrics: rundir.JsonlWriter | None = None
+        self._events: rundir.JsonlWriter | None = None
+
+    # --- commands in (thread-safe) --------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def request_pause(self) -> None:
+        self._paused.set()
+
+    def request_continue(self) -> None:
+        self._paused.clear()
+        self._wake.set()
+
+    @classmethod
+    def resume(cls, run_dir: Path | str, callback: Callback = null_callback, updates: dict[str, Any] | None = None,
+               max_steps: int | None = None) -> "Trainer":
+        """A trainer continuing ``run_dir`` from its last checkpoint; ``updates`` may touch live keys only."""
+        run_dir = Path(run_dir)
+        cfg = C.load(run_dir / rundir.CONFIG)
+        updates = updates or {}
+        frozen = [(k, v, "cannot change mid-run (only live keys can: "
+                   f"{', '.join(k2 for k2 in C.flatten(cfg) if C.is_live(k2))}); start a new run instead")
+                  for k, v in updates.items() if C.field_info(k) is not None and not C.is_live(k)]
+        if frozen:
+            raise C.ConfigError(frozen, "resume")
+        cfg = C.with_updates(cfg, updates, "resume")
+        if not rundir.last_checkpoint(run_dir).exists():
+            raise ckpt_io.CheckpointError(f"{rundir.last_checkpoint(run_dir)}: this run saved no checkpoint "
+                                          "yet; start it again instead")
+        if updates:
+            C.save(cfg, run_dir / rundir.CONFIG)
+        return cls(cfg, run_dir, callback, max_steps=max_steps, resume=True)
+
+    # --- events out ------------------------------------------------------------------------
+    def _emit(self, event: Event) -> None:
+        line = event.to_json()
+        if isinstance(event, (StepMetrics, EvalMetrics)):
+            self._metrics.write(line)
+        else:
+            self._events.write(line)
+        self.callback(event)
+
+    def _set_state(self, state: str, message: str = "") -> None:
+        self.state = state
+        self._emit(StateChanged(state, self.step, message))
+
+    # --- the run -------------------------------------------------------------------------------
+    def run(self) -> str:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._metrics = rundir.JsonlWriter(self.run_dir / rundir.METRICS)
+        self._events = rundir.JsonlWriter(self.run_dir / rundir.EVENTS)
+        try:
+            self._setup()
+            self._set_state("running", "resumed" if self.resume_from else "started")
+            self._loop()
+        except StopRun as err:
+            self._fail(str(err).split("\n")[0], str(err))
+        except ckpt_io.CheckpointError as err:
+            self._fail("checkpoint", str(err))
+        except torch.OutOfMemoryError:
+            self._fail("out of memory", self._oom_hint())
+        except Exception as err:  # noqa: BLE001 - a run must end with a recorded reason, whatever broke
+            if "can't allocate memory" in str(err) or isinstance(err, MemoryError):
+                self._fail("out of memory", self._oom_hint())
+            else:
+                self._fail(f"{type(err).__name__}: {err}", "see the traceback in events.jsonl; "
+                           "fix the cause and resume from the last checkpoint")
+                import traceback
+
+                self._events.write({"kind": "traceback", "text": traceback.format_exc()})
+        finally:
+            try:
+                journal.write(self.run_dir)
+            except Exception:  # noqa: BLE001 - the journal is a courtesy; never mask the run's own outcome
+                pass
+            self._metrics.close()
+            self._events.close()
+        return self.state
+
+    def _fail(self, error: str, hint: str) -> None:
+        self._emit(Error(error, hint, self.step))
+        self._set_state("failed", error)
+
+    def _oom_hint(self) -> str:
+        bs = self.cfg.data.batch_size
+        return (f"out of memory with data.batch_size = {bs} at preprocess.input_size = "
+                f"{self.cfg.preprocess.input_size} on {getattr(self, 'device', '?')}; try data.batch_size = "
+                f"{max(1, bs // 2)} (lr follows by linear scaling) or a smaller preprocess.input_size, "
+                "then resume from the last checkpoint")
+
+    def _setup(self) -> None:
+        cfg = self.cfg
+        self.device = pick_device(cfg.train.device)
+        C.save(cfg, self.run_dir / rundir.CONFIG)
+        torch.manual_seed(cfg.train.seed)
+        self.train_set = train_dataset(cfg, cfg.train.seed)
+        for w in getattr(self.train_set, "warnings", [])[:20]:
+            self._emit(Log(w, "warning"))
+        bs = cfg.data.batch_size
+        self.steps_per_epoch = len(self.train_set) // bs
+        if self.steps_per_epoch == 0:
+            raise StopRun(f"data.batch_size = {bs} is larger than the training set ({len(self.train_set)} "
+                          "images); lower data.batch_size")
+        self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
+        self.model = build_model(cfg, self.train_set.num_classes).to(self.device)
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay),
+                                 use_buffers=True)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.train.weight_decay,
+                                           betas=(cfg.train.beta1, cfg.train.beta2))
+        if self.resume_from is not None:
+            self._load(self.resume_from)
+
+    def _loop(self) -> None:
+        cfg, bs = self.cfg, self.cfg.data.batch_size
+        t_last, seen, ips = time.perf_counter(), 0, 0.0
+        while self.step < self.total_steps:
+            self.epoch, position = divmod(self.step, self.steps_per_epoch)
+            sampler = EpochSampler(len(self.train_set), cfg.train.seed, self.epoch, start=position * bs)
+            loader = make_loader(self.train_set, sampler, bs, cfg.data.workers, self.device.type, drop_last=True)
+            for images, targets in loader:
+                if self._honour_commands() or self._reached_stop_at():
+                    return
+                lr = lr_at(cfg, self.step, self.total_steps)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                values = self._train_step(images, targets)
+                self.step += 1
+                seen += images.shape[0]
+                now = time.perf_counter()
+                if now - t_last > 0.5 or self.step == 1:
+                    ips, t_last, seen = seen / (now - t_last), now, 0
+                if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
+                    self._emit(StepMetrics(step=self.step, epoch=self.epoch, time=time.time(), lr=lr,
+                                           images_per_s=ips, ema_l2=self._ema_l2(), total_steps=self.total_steps,
+                                           **values))
+                epoch_done = self.step % self.steps_per_epoch == 0
+                if epoch_done and (self.step // self.steps_per_epoch) % cfg.eval.interval == 0:
+                    self._evaluate()
+                    self._save()
+                if self.step >= self.total_steps or self._reached_stop_at():
+                    break
+            if self.state == "stopped":
+                return
+        if not self._evaluated_at_step():
+            self._evaluate()
+        self._save()
+        self._set_state("finished", f"best mAP {max(self.best_map, 0):.4f}")
+
+    def _train_step(self, images: torch.Tensor, targets: list[dict]) -> dict[str, float]:
+        images = images.to(self.device, non_blocking=True)
+        target_maps = build_targets(targets, self.model.num_classes, self.cfg, self.device)
+        losses = self.model(images, target_maps)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        clip = self.cfg.train.grad_clip or math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        keys = ("loss", "loss_map", "loss_offset", "loss_shape", "s_map", "s_offset", "s_shape")
+        # One host sync per step: the values to log and the finiteness check, before the update.
+        values = dict(zip(keys + ("grad_norm",),
+                          torch.stack([losses[k].detach().float() for k in keys] + [grad_norm.float()]).tolist()))
+        if not all(math.isfinite(v) for v in values.values()):
+            bad = ", ".join(k for k, v in values.items() if not math.isfinite(v))
+            self._save()  # the weights are still those of the last good step
+            raise StopRun(f"non-finite {bad} at step {self.step + 1}: lr {self.cfg.lr:g} is likely too large. "
+                          f"Try train.base_lr = {self.cfg.train.base_lr / 3:.3g} (one step down the 0.001/0.003/0.01 "
+                          "grid) or train.grad_clip = 10, then resume from the last checkpoint")
+        self.optimizer.step()
+        self.ema.update_parameters(self.model)
+        return values
+
+    @torch.no_grad()
+    def _ema_l2(self) -> float:
+        """The notes' "retention" metric: L2 distance between EMA and online weights."""
+        pairs = zip(self.ema.module.parameters(), self.model.parameters())
+        return float(torch.sqrt(sum(((e - p).float() ** 2).sum() for e, p in pairs)))
+
+    def _reached_stop_at(self) -> bool:
+        if self.stop_at is None or self.step < self.stop_at or self.step >= self.total_steps:
+            return False
+        self._save()
+        self._set_state("stopped", f"reached --max-steps {self.stop_at}; resume to continue")
+        return True
+
+    def _honour_commands(self) -> bool:
+        """At a step boundary: stop (checkpoint first) or wait while paused. True means the loop must end."""
+        if self._paused.is_set() and not self._stop.is_set():
+            self._set_state("paused")
+            while self._paused.is_set() and not self._stop.is_set():
+                self._wake.wait(0.2)
+                self._wake.clear()
+            if not self._stop.is_set():
+                self._set_state("running", "continued")
+        if self._stop.is_set():
+            self._set_state("stopping")
+            self._save()
+            self._set_state("stopped", "stopped by request; resume to continue")
+            return True
+        return False
+
+    # --- evaluation ------------------------------------------------------------------------
+    def _evaluated_at_step(self) -> bool:
+        return getattr(self, "_last_eval_step", -1) == self.step
+
+    def _evaluate(self) -> None:
+        cfg = self.cfg
+        if not hasattr(self, "eval_set"):
+            self.eval_set = eval_dataset(cfg, cfg.train.seed)
+            self.eval_loader = make_loader(self.eval_set, range(len(self.eval_set)), cfg.data.batch_size,
+                                           cfg.data.workers, self.device.type, drop_last=False)
+        args = (self.eval_loader, cfg, self.device, self.eval_set.coco, self.eval_set.cat_ids)
+        m = evaluate(self.ema.module, *args)
+        online = evaluate(self.model, *args) if cfg.eval.online else {}
+        self._last_eval_step = self.step
+        self._emit(EvalMetrics(step=self.step, epoch=self.epoch, time=time.time(), mode=cfg.eval.val_data_mode,
+                               images=int(m["images"]), online_mAP=online.get("mAP"),
+                               online_AP50=online.get("AP50"),
+                               **{k: float(m[k]) for k in ("mAP", "AP50", "AP75", "APs", "APm", "APl", "loss",
+                                                           "loss_map", "loss_offset", "loss_shape")}))
+        if m["mAP"] > self.best_map:
+            self.best_map = float(m["mAP"])
+            self._save(rundir.best_checkpoint(self.run_dir), best=True)
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "format": ckpt_io.FORMAT,
+            "config": self.cfg.model_dump(mode="json"),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": {"total_steps": self.total_steps, "lr": lr_at(self.cfg, self.step, self.total_steps)},
+            "step": self.step,
+            "epoch": self.step // self.steps_per_epoch,
+            "sampler": {"epoch": self.step // self.steps_per_epoch, "position": self.step % self.steps_per_epoch},
+            "best_map": self.best_map,
+            "last_eval_step": getattr(self, "_last_eval_step", -1),
+            "rng": ckpt_io.rng_state(),
+        }
+
+    def _save(self, path: Path | None = None, best: bool = False) -> None:
+        path = path or rundir.last_checkpoint(self.run_dir)
+        try:
+            ckpt_io.save_atomic(self._state(), path)
+        except OSError as err:
+            raise StopRun(f"could not write {path} ({err.strerror or err}); the previous checkpoint is intact. "
+                          "Free disk space, then resume") from None
+        self._emit(CheckpointSaved(str(path), self.step, self.step // self.steps_per_epoch, best))
+
+    def _load(self, path: Path) -> None:
+        state = ckpt_io.load(path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.best_map = float(state["best_map"])
+        self._last_eval_step = int(state.get("last_eval_step", -1))
+        ckpt_io.set_rng_state(state["rng"])
+        dropped = rundir.trim_metrics(self.run_dir, self.step)
+        note = f"resumed from {path} at step {self.step}"
+        if dropped:
+            note += f"; dropped {dropped} metric lines logged after that checkpoint (they are redone)"
+        self._emit(Log(note))
