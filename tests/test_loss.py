@@ -1,0 +1,169 @@
+"""engine/loss.py: focal heatmap loss, L1 / GIoU regressions, uncertainty-weighted total."""
+
+import math
+
+import pytest
+import torch
+
+from nanxi_tune.engine import encoding
+from nanxi_tune.engine.config import Config, with_updates
+from nanxi_tune.engine.loss import DetectionLoss, focal_loss
+
+S = 64
+
+
+def make_targets(boxes: list[torch.Tensor], labels: list[torch.Tensor], c: int, cfg: Config) -> dict:
+    """build_targets' format, built by hand from encoding.py (independent of engine/targets.py)."""
+    st = cfg.neck.out_stride
+    h = w = S // st
+    k = encoding.shape_channels(cfg.encode.shape)
+    b = len(boxes)
+    t = {"heatmap": torch.zeros(b, c, h, w), "offset": torch.zeros(b, 2, h, w), "shape": torch.zeros(b, k, h, w),
+         "box": torch.zeros(b, 4, h, w), "mask": torch.zeros(b, 1, h, w)}
+    ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    n = 0
+    for i, (bx, lb) in enumerate(zip(boxes, labels)):
+        ctr = encoding.centres(bx, st)
+        cell = ctr.floor().long()
+        off = encoding.encode_offset(ctr, cell, cfg.encode.offset)
+        shp = encoding.encode_shape(bx, ctr, st, cfg.encode.shape)
+        for j in range(len(bx)):
+            cx, cy = cell[j].tolist()
+            side = ((bx[j, 2:] - bx[j, :2]) / st).clamp(min=1)
+            sig = cfg.encode.gaussian_alpha * side / 6
+            g = torch.exp(-((xs - cx) ** 2 / (2 * sig[0] ** 2) + (ys - cy) ** 2 / (2 * sig[1] ** 2)))
+            t["heatmap"][i, lb[j]] = torch.maximum(t["heatmap"][i, lb[j]], g)
+            t["heatmap"][i, lb[j], cy, cx] = 1.0
+            t["offset"][i, :, cy, cx] = off[j]
+            t["shape"][i, :, cy, cx] = shp[j]
+            t["box"][i, :, cy, cx] = bx[j]
+            t["mask"][i, 0, cy, cx] = 1.0
+            n += 1
+    t["num_pos"] = torch.tensor(float(max(n, 1)))
+    return t
+
+
+BOXES = [torch.tensor([[4.0, 6.0, 30.0, 28.0], [33.0, 35.0, 60.0, 62.0]]), torch.tensor([[10.0, 20.0, 50.0, 40.0]])]
+LABELS = [torch.tensor([0, 1]), torch.tensor([1])]
+
+
+def cfg_with(**upd) -> Config:
+    return with_updates(Config(), {"preprocess.input_size": S, **upd})
+
+
+def perfect_outputs(t: dict, logit: float = 30.0) -> dict:
+    """Outputs that match the targets exactly: map 1 at centres, 0 elsewhere."""
+    onehot = (t["heatmap"] >= 1).float()
+    logits = torch.where(onehot > 0, torch.tensor(logit), torch.tensor(-logit))
+    return {"map": torch.sigmoid(logits), "map_logits": logits, "offset": t["offset"].clone(),
+            "shape": t["shape"].clone()}
+
+
+def test_focal_zero_for_perfect_and_grows_with_error():
+    cfg = cfg_with()
+    t = make_targets(BOXES, LABELS, 2, cfg)
+    gt, n = t["heatmap"], t["num_pos"]
+    onehot = (gt >= 1).float()
+    perfect = focal_loss(onehot, gt, n)
+    as_gt = focal_loss(gt, gt, n)  # the Gaussian itself: small penalty near peaks only
+    flat = focal_loss(torch.full_like(gt, 0.1), gt, n)
+    half = focal_loss(torch.full_like(gt, 0.5), gt, n)
+    inverted = focal_loss(1 - onehot, gt, n)
+    assert perfect.item() < 1e-3
+    assert perfect < as_gt < flat < half < inverted
+    assert as_gt.item() < 0.5 and inverted.item() > 10
+
+
+def test_focal_logits_path_matches_clamped_path():
+    cfg = cfg_with()
+    t = make_targets(BOXES, LABELS, 2, cfg)
+    x = torch.randn_like(t["heatmap"]) * 2
+    a = focal_loss(torch.sigmoid(x), t["heatmap"], t["num_pos"], logits=x)
+    b = focal_loss(torch.sigmoid(x), t["heatmap"], t["num_pos"])
+    assert a.item() > 0.1
+    assert torch.allclose(a, b, rtol=1e-4)
+
+
+@pytest.mark.parametrize("act", ["hsigmoid", "softskim", "heatskim"])
+@pytest.mark.parametrize("value", [0.0, 1.0, -0.12, 1.08])
+def test_no_nan_at_range_edges(act, value):
+    cfg = cfg_with(**{"head.range_norm_act": act})
+    crit = DetectionLoss(cfg)
+    t = make_targets(BOXES, LABELS, 2, cfg)
+    m = torch.full_like(t["heatmap"], value, requires_grad=True)
+    out = crit({"map": m, "map_logits": torch.zeros_like(m), "offset": torch.zeros_like(t["offset"]),
+                "shape": torch.ones_like(t["shape"])}, t)
+    out["loss"].backward()
+    assert all(torch.isfinite(v).all() for v in out.values())
+    assert torch.isfinite(m.grad).all()
+    assert out["loss_map"].item() > 1.0  # a constant map is a bad prediction, not a free one
+
+
+def test_combined_formula_is_exact():
+    cfg = cfg_with(**{"loss.s_map": 0.5, "loss.s_offset": -1.0, "loss.s_shape": 2.0, "loss.loss_scale": 2.5})
+    crit = DetectionLoss(cfg)
+    t = make_targets(BOXES, LABELS, 2, cfg)
+    torch.manual_seed(0)
+    outs = {"map": torch.rand_like(t["heatmap"]), "offset": torch.rand_like(t["offset"]),
+            "shape": torch.rand_like(t["shape"]) * 5}
+    r = crit(outs, t)
+    expected = 2.5 * (math.exp(-0.5) * r["loss_map"].item() + 0.5
+                      + math.exp(1.0) * r["loss_offset"].item() - 1.0
+                      + math.exp(-2.0) * r["loss_shape"].item() + 2.0)
+    assert r["loss"].item() == pytest.approx(expected, rel=1e-6)
+    assert (r["s_map"].item(), r["s_offset"].item(), r["s_shape"].item()) == (0.5, -1.0, 2.0)
+    assert not r["s_map"].requires_grad
+    # the raw branch losses by hand
+    m = t["mask"]
+    assert r["loss_offset"].item() == pytest.approx(
+        ((outs["offset"] - t["offset"]).abs() * m).sum().item() / 3, rel=1e-6)
+    assert r["loss_shape"].item() == pytest.approx(
+        ((outs["shape"] - t["shape"]).abs() * m).sum().item() / 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("shape", ["wh", "log_wh", "ltrb"])
+@pytest.mark.parametrize("offset", ["subpixel", "centered"])
+def test_giou_and_l1_zero_when_perfect_and_differ_otherwise(shape, offset):
+    cfgs = {lf: cfg_with(**{"encode.shape": shape, "encode.offset": offset, "loss.shape_loss": lf,
+                            "neck.out_stride": 8}) for lf in ("l1", "giou")}
+    t = make_targets(BOXES, LABELS, 2, cfgs["l1"])
+    out = perfect_outputs(t)
+    for lf, cfg in cfgs.items():
+        r = DetectionLoss(cfg)(out, t)
+        assert r["loss_shape"].item() == pytest.approx(0.0, abs=1e-5), lf
+        assert r["loss_offset"].item() == 0.0
+        assert r["loss_map"].item() < 1e-3
+    bad = {**out, "shape": out["shape"] * 1.5 + 0.3}
+    l1 = DetectionLoss(cfgs["l1"])(bad, t)["loss_shape"].item()
+    giou = DetectionLoss(cfgs["giou"])(bad, t)["loss_shape"].item()
+    assert l1 > 0.1 and giou > 0.01
+    assert abs(l1 - giou) > 1e-3
+    assert giou <= 2.0  # GIoU loss per positive lies in [0, 2]
+
+
+def test_giou_gradient_flows_to_shape():
+    cfg = cfg_with(**{"loss.shape_loss": "giou", "encode.shape": "ltrb"})
+    t = make_targets(BOXES, LABELS, 2, cfg)
+    shp = (t["shape"] * 0.5 + 0.5).requires_grad_(True)
+    r = DetectionLoss(cfg)({**perfect_outputs(t), "shape": shp}, t)
+    r["loss_shape"].backward()
+    cells = t["mask"].expand_as(shp) > 0
+    assert shp.grad[cells].abs().sum() > 0
+    assert shp.grad[~cells].abs().sum() == 0
+
+
+def test_no_objects_is_finite():
+    cfg = cfg_with(**{"loss.shape_loss": "giou"})
+    t = make_targets([torch.zeros(0, 4)], [torch.zeros(0, dtype=torch.long)], 2, cfg)
+    out = perfect_outputs(t)
+    r = DetectionLoss(cfg)(out, t)
+    assert all(torch.isfinite(v) for v in r.values())
+    assert r["loss_shape"].item() == 0.0
+
+
+def test_log_weights_frozen_or_learned_same_state_dict():
+    learned = DetectionLoss(cfg_with())
+    frozen = DetectionLoss(cfg_with(**{"loss.learn_log_weights": False}))
+    assert learned.state_dict().keys() == frozen.state_dict().keys() == {"s_map", "s_offset", "s_shape"}
+    assert all(p.requires_grad for p in learned.parameters())
+    assert not any(p.requires_grad for p in frozen.parameters())
