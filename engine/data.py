@@ -1,0 +1,390 @@
+"""载入数据 data loading: COCO sets in, (image, target) samples out, with exact resume.
+
+Every random choice of a sample comes from a seed derived from (run seed, epoch, index) and the
+epoch's order from (run seed, epoch) only, so a sample is the same whatever the number of loader
+workers, and resuming at a position needs only (epoch, start).
+
+Targets are in canvas pixels: ``canvas = source * scale + pad`` where *source* is the image that
+entered the resize step. For a non-augmented sample the source is the original image, so
+``orig = (canvas - pad) / scale`` maps predictions back (evaluation relies on it); for an
+augmented sample the source is the cropped / flipped image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as TF
+from PIL import Image, UnidentifiedImageError
+
+from nanxi_tune.engine.synthetic import ensure_synthetic
+
+BOX_TOLERANCE = 1.0  # px a box may overshoot the image edge (then clipped) before it counts as outside
+
+
+class DataError(Exception):
+    """A data problem; the message names the file (and item) and what to do."""
+
+
+# --- locating data ----------------------------------------------------------------------------
+
+def resolve(spec: str, split: str, cfg) -> tuple[Path, Path]:
+    """(images_dir, ann_json) for data.train / data.val: ``synthetic``, a COCO folder or an instances JSON."""
+    key = f"data.{split}" if split in ("train", "val") else "data.train / data.val"
+    if spec == "synthetic":
+        d = cfg.data
+        if split == "train":
+            return ensure_synthetic("train", d.synthetic_train, d.synthetic_seed, cfg.preprocess.input_size, "same")
+        return ensure_synthetic(split, d.synthetic_val, d.synthetic_seed, cfg.preprocess.input_size,
+                                d.synthetic_val_style)
+    path = Path(spec).expanduser()
+    fix = f"set {key} to a COCO folder (images/ + annotations/instances_{split}.json), an instances JSON, " \
+          f"or 'synthetic'"
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder; {fix}")
+    if path.is_dir():
+        candidates = [path / "annotations" / f"instances_{split}.json", path / f"instances_{split}.json"]
+        ann = next((c for c in candidates if c.is_file()), None)
+        if ann is None:
+            globbed = sorted((path / "annotations").glob(f"instances_{split}*.json")) + \
+                sorted(path.glob(f"instances_{split}*.json"))
+            ann = globbed[0] if globbed else None
+        if ann is None:
+            raise DataError(f"{path}: no annotations file found (looked for "
+                            f"{', '.join(str(c) for c in candidates)}); {fix}")
+        img_dir = path / "images" if (path / "images").is_dir() else path
+        return img_dir, ann
+    if path.suffix.lower() != ".json":
+        raise DataError(f"{path}: not a folder or a .json annotations file; {fix}")
+    for img_dir in (path.parent.parent / "images", path.parent / "images"):
+        if img_dir.is_dir():
+            return img_dir, path
+    raise DataError(f"{path}: no images folder beside it (looked for {path.parent.parent / 'images'} and "
+                    f"{path.parent / 'images'}); put the images there")
+
+
+# --- the dataset -------------------------------------------------------------------------------
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed that mixes (seed, epoch, index); stable across processes and platforms."""
+    digest = hashlib.blake2b(struct.pack("<qqq", seed, epoch, index), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _load_json(ann_file: Path) -> dict:
+    fix = "check the path in data.train / data.val"
+    try:
+        text = Path(ann_file).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{ann_file}: annotations file not found; {fix}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{ann_file}: cannot read the annotations file ({err}); {fix}") from None
+    if not text.strip():
+        raise DataError(f"{ann_file}: the annotations file is empty; write a COCO instances JSON "
+                        "(images, annotations, categories) there")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{ann_file}: not valid JSON ({err}); write a COCO instances JSON there") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{ann_file}: expected a COCO instances JSON object with images, annotations and "
+                        "categories")
+    return data
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """A COCO instances set; ``ds[i]`` is a plain sample, ``ds[(epoch, i)]`` an augmented one (train)."""
+
+    def __init__(self, ann_file, img_dir, cfg, train: bool, seed: int = 0, ids: list[int] | None = None):
+        from pycocotools.coco import COCO
+
+        self.ann_file, self.img_dir = Path(ann_file), Path(img_dir)
+        self.cfg, self.train, self.seed = cfg, train, seed
+        self.skip_bad = cfg.data.skip_bad
+        self.warnings: list[str] = []
+        self.skipped = 0
+        self._bad_images: set[int] = set()
+        data = self._validated(_load_json(self.ann_file))
+        self.coco = COCO()
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.coco.dataset = data
+            self.coco.createIndex()
+        self.cat_ids = sorted(c["id"] for c in data["categories"])
+        self._label = {c: i for i, c in enumerate(self.cat_ids)}
+        self.class_names = [self.coco.cats[c]["name"] for c in self.cat_ids]
+        self.num_classes = len(self.cat_ids)
+        if ids is None:
+            self.ids = sorted(self.coco.imgs)
+        else:
+            missing = [i for i in ids if i not in self.coco.imgs]
+            if missing:
+                raise DataError(f"{self.ann_file}: image ids {missing[:5]} are not in the annotations file")
+            self.ids = list(ids)
+        self._boxes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    # -- validation at load --
+    def _bad(self, msg: str) -> None:
+        if not self.skip_bad:
+            raise DataError(f"{self.ann_file}: {msg}; fix or remove it from the annotations, "
+                            "or set data.skip_bad = true")
+        self.warnings.append(f"{self.ann_file}: skipped {msg}")
+        self.skipped += 1
+
+    def _validated(self, data: dict) -> dict:
+        f = self.ann_file
+        images, anns, cats = data.get("images") or [], data.get("annotations") or [], data.get("categories") or []
+        if not images or not cats or not anns:
+            empty = [k for k, v in (("images", images), ("annotations", anns), ("categories", cats)) if not v]
+            raise DataError(f"{f}: the annotations file is empty (no {', '.join(empty)}); point data.train / "
+                            "data.val at a COCO instances JSON with labelled images")
+        cat_set = {c["id"] for c in cats}
+        imgs = {}
+        for im in images:
+            if "id" not in im or "file_name" not in im:
+                raise DataError(f"{f}: an image entry lacks id or file_name ({im!r:.80}); fix the annotations file")
+            imgs[im["id"]] = im
+        kept = []
+        for a in anns:
+            aid, iid = a.get("id"), a.get("image_id")
+            where = f"annotation {aid} (image {iid})"
+            bbox = a.get("bbox")
+            if iid not in imgs:
+                self._bad(f"{where} refers to an unknown image id")
+                continue
+            if a.get("category_id") not in cat_set:
+                self._bad(f"{where} has unknown category id {a.get('category_id')!r} "
+                          f"(known: {sorted(cat_set)})")
+                continue
+            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+                self._bad(f"{where} has no [x, y, w, h] bbox")
+                continue
+            x, y, w, h = (float(v) for v in bbox)
+            if not (w > 0 and h > 0):
+                self._bad(f"{where} has a zero or negative size box {list(bbox)}")
+                continue
+            im = imgs[iid]
+            iw, ih = im.get("width"), im.get("height")
+            if iw and ih:
+                t = BOX_TOLERANCE
+                if x < -t or y < -t or x + w > iw + t or y + h > ih + t:
+                    self._bad(f"{where} has a box {list(bbox)} outside the {iw}x{ih} image {im['file_name']}")
+                    continue
+            kept.append(a)
+        if not kept:
+            raise DataError(f"{f}: no valid annotations left; fix the boxes in the annotations file")
+        data = dict(data)
+        data["annotations"] = kept
+        return data
+
+    # -- samples --
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _targets(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+        if image_id not in self._boxes:
+            boxes, labels = [], []
+            for a in self.coco.imgToAnns.get(image_id, []):
+                if a.get("iscrowd", 0):
+                    continue
+                x, y, w, h = (float(v) for v in a["bbox"])
+                boxes.append((x, y, x + w, y + h))
+                labels.append(self._label[a["category_id"]])
+            self._boxes[image_id] = (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64))
+        return self._boxes[image_id]
+
+    def _read(self, image_id: int) -> torch.Tensor:
+        info = self.coco.imgs[image_id]
+        path = self.img_dir / info["file_name"]
+        fix = "remove it from the annotations or set data.skip_bad = true"
+        try:
+            with Image.open(path) as im:
+                im.load()
+                rgb = im.convert("RGB")
+        except FileNotFoundError:
+            raise DataError(f"{path}: image file not found (image {image_id} in {self.ann_file}); {fix}") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            raise DataError(f"{path}: cannot decode the image (image {image_id}: {err}); {fix}") from None
+        arr = np.asarray(rgb, dtype=np.uint8)
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            epoch, index = int(key[0]), int(key[1])
+            augment = self.train
+        else:
+            epoch, index, augment = 0, int(key), False
+        n = len(self.ids)
+        for attempt in range(n):
+            j = (index + attempt) % n
+            try:
+                return self._sample(epoch, j, augment)
+            except DataError as err:
+                if not self.skip_bad:
+                    raise
+                if j not in self._bad_images:
+                    self._bad_images.add(j)
+                    self.skipped += 1
+                    self.warnings.append(f"skipped: {err}")
+        raise DataError(f"{self.ann_file}: no readable image left in {self.img_dir}; check the images folder")
+
+    def _sample(self, epoch: int, index: int, augment: bool):
+        image_id = self.ids[index]
+        img = self._read(image_id)
+        orig_h, orig_w = img.shape[-2:]
+        boxes_np, labels_np = self._targets(image_id)
+        boxes = torch.from_numpy(boxes_np.copy())
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, orig_w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, orig_h)
+        labels = torch.from_numpy(labels_np.copy())
+        if augment:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed(self.seed, epoch, index))
+                img, boxes, labels = self._augment(img, boxes, labels)
+        image, boxes, scale, pad = self._resize(img, boxes)
+        return image, {"boxes": boxes, "labels": labels, "image_id": int(image_id), "scale": scale,
+                       "pad": pad, "orig_size": (int(orig_h), int(orig_w))}
+
+    def _augment(self, img: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor):
+        from torchvision import tv_tensors
+        from torchvision.transforms import v2
+
+        a = self.cfg.augment
+        h, w = img.shape[-2:]
+        sample = {"image": tv_tensors.Image(img),
+                  "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
+                  "labels": labels}
+        steps = []
+        # RandomIoUCrop needs boxes (it would loop forever without); its options are the minimum IoUs
+        # it samples from, 0.0 = any crop, a value >= 1.0 = keep the image (as MMDetection's MinIoURandomCrop).
+        if a.min_iou_random_crop and len(boxes):
+            steps.append(v2.RandomIoUCrop(sampler_options=[0.0, *a.min_iou_set, 1.0]))
+        if a.random_flip > 0:
+            steps.append(v2.RandomHorizontalFlip(p=a.random_flip))
+        if not steps:
+            return img, boxes, labels
+        steps.append(v2.SanitizeBoundingBoxes(min_size=1.0))
+        out = v2.Compose(steps)(sample)
+        return (out["image"].as_subclass(torch.Tensor), out["boxes"].as_subclass(torch.Tensor).float(),
+                out["labels"])
+
+    def _resize(self, img: torch.Tensor, boxes: torch.Tensor):
+        """Place the uint8 (3, h, w) image on the S×S canvas; normalise; map boxes canvas = src*scale + pad."""
+        S = self.cfg.preprocess.input_size
+        h, w = img.shape[-2:]
+        if self.cfg.preprocess.resize == "letterbox":
+            scale = min(S / h, S / w)
+        else:  # same_padding: unscaled, downscale only when a side is larger than the canvas
+            scale = min(1.0, S / h, S / w)
+        x = img.float().div_(255.0)
+        if scale != 1.0:
+            # scale_factor with recompute_scale_factor=False samples at exactly src = (dst + 0.5)/scale − 0.5,
+            # so the image follows the same affine map as the boxes; output side = floor(side × scale).
+            x = TF.interpolate(x[None], scale_factor=scale, mode="bilinear", align_corners=False,
+                               antialias=scale < 1.0, recompute_scale_factor=False)[0].clamp_(0, 1)
+        nh, nw = x.shape[-2:]
+        nh, nw = min(nh, S), min(nw, S)
+        if self.cfg.preprocess.resize == "letterbox":
+            px, py = (S - nw) // 2, (S - nh) // 2
+        else:
+            px, py = 0, 0
+        mean = torch.tensor(self.cfg.normalize.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.cfg.normalize.std, dtype=torch.float32).view(3, 1, 1)
+        canvas = torch.zeros(3, S, S, dtype=torch.float32)  # padding = 0 after normalisation (the mean colour)
+        canvas[:, py:py + nh, px:px + nw] = (x[:, :nh, :nw] - mean) / std
+        boxes = boxes.float() * scale
+        boxes[:, 0::2] += px
+        boxes[:, 1::2] += py
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(px, px + w * scale)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(py, py + h * scale)
+        return canvas, boxes.contiguous(), float(scale), (float(px), float(py))
+
+
+def to_original(boxes: torch.Tensor, scale: float, pad: tuple[float, float]) -> torch.Tensor:
+    """Canvas xyxy boxes → original image pixels: (canvas − pad) / scale."""
+    out = boxes.clone().float()
+    out[..., 0::2] = (out[..., 0::2] - pad[0]) / scale
+    out[..., 1::2] = (out[..., 1::2] - pad[1]) / scale
+    return out
+
+
+# --- batching and order ------------------------------------------------------------------------
+
+def collate(batch) -> tuple[torch.Tensor, list[dict]]:
+    images, targets = zip(*batch)
+    return torch.stack(images), list(targets)
+
+
+def _mix(seed: int, epoch: int) -> int:
+    return sample_seed(seed, epoch, -1)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """(epoch, index) keys in the epoch's order (from (seed, epoch) only), skipping the first ``start``."""
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0, shuffle: bool = True):
+        if not 0 <= start <= n:
+            raise ValueError(f"start must be between 0 and n = {n}, got {start}")
+        self.n, self.seed, self.epoch, self.start, self.shuffle = n, seed, epoch, start, shuffle
+
+    def order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n))
+        g = torch.Generator()
+        g.manual_seed(_mix(self.seed, self.epoch))
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        epoch = self.epoch
+        return iter([(epoch, i) for i in self.order()[self.start:]])
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
+def make_loader(dataset, sampler, batch_size: int, workers: int, device_type: str,
+                drop_last: bool) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                       collate_fn=collate, pin_memory=device_type == "cuda",
+                                       drop_last=drop_last, persistent_workers=False)
+
+
+# --- the sets a run uses -------------------------------------------------------------------------
+
+def train_dataset(cfg, seed: int) -> CocoDetection:
+    img_dir, ann = resolve(cfg.data.train, "train", cfg)
+    return CocoDetection(ann, img_dir, cfg, train=True, seed=seed)
+
+
+def eval_dataset(cfg, seed: int) -> CocoDetection:
+    """The non-augmented evaluation set of cfg.eval.val_data_mode (full / qmv / rsr)."""
+    mode = cfg.eval.val_data_mode
+    if mode == "rsr":
+        img_dir, ann = resolve(cfg.data.train, "train", cfg)
+        ds = CocoDetection(ann, img_dir, cfg, train=False, seed=seed)
+        k = min(len(ds.ids), cfg.eval.rsr)
+        g = torch.Generator()
+        g.manual_seed(_mix(seed, -2))
+        pick = torch.randperm(len(ds.ids), generator=g)[:k].tolist()
+        ds.ids = sorted(ds.ids[i] for i in pick)
+        return ds
+    img_dir, ann = resolve(cfg.data.val, "val", cfg)
+    ds = CocoDetection(ann, img_dir, cfg, train=False, seed=seed)
+    if mode == "qmv":
+        ds.ids = ds.ids[:cfg.eval.qmv]
+    return ds
+
+
+def describe(ds: CocoDetection) -> dict[str, Any]:
+    """A small summary for logs / the TUI."""
+    return {"images": len(ds), "classes": ds.class_names, "skipped": ds.skipped, "ann_file": str(ds.ann_file)}
