@@ -1,0 +1,347 @@
+"""The cheat-sheet (超参数速查表) as editable panels, generated from the pydantic schema.
+
+No per-field UI code: every field of every group in ``config.GROUPS`` gets a row whose
+editor is chosen from the field's type (Literal → Select, bool → Switch, anything else →
+Input parsed TOML-style by ``config.parse_value``). Each edit re-validates the whole config
+with ``config.with_updates``; pydantic's message appears inline under the field, naming the key.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.lazy import Lazy
+from textual.message import Message
+from textual.widgets import Input, Label, Select, Static, Switch
+
+from nanxi_tune.engine import config as C
+
+
+def field_id(key: str) -> str:
+    return "f-" + key.replace(".", "--")
+
+
+def key_of(widget_id: str | None) -> str:
+    return (widget_id or "")[2:].replace("--", ".")
+
+
+def group_fields(group: str) -> dict[str, Any]:
+    return C.Config.model_fields[group].annotation.model_fields
+
+
+def group_title(group: str) -> str:
+    doc = (C.Config.model_fields[group].annotation.__doc__ or "").strip().splitlines()[0]
+    return f"{group} — {doc}" if doc and doc.lower() != group else group
+
+
+def all_keys() -> list[str]:
+    return [f"{g}.{n}" for g in C.GROUPS for n in group_fields(g)]
+
+
+def kind_of(annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Literal:
+        return "select"
+    if annotation is bool:
+        return "switch"
+    if annotation is str:
+        return "text"
+    if typing.get_origin(annotation) is tuple:
+        return "tuple"
+    return "number"
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def parse_text(kind: str, text: str) -> Any:
+    """An Input's text as a config value: TOML-ish (``[0.7, 0.9]`` or ``0.7, 0.9`` for tuples)."""
+    text = text.strip()
+    if kind == "text":
+        return text
+    value = C.parse_value(text)
+    if kind == "tuple":
+        if isinstance(value, str) and text and not text.startswith("["):
+            value = C.parse_value(f"[{text}]")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+    return value
+
+
+def label_text(key: str, info: Any) -> Text:
+    name = key.split(".", 1)[1]
+    extra = info.json_schema_extra or {}
+    zh = extra.get("zh") or ""
+    if zh.startswith(name):
+        zh = zh[len(name):].lstrip(" :：")
+    t = Text(name, style="bold")
+    if zh and zh != name:
+        t.append(f"  {zh}", style="italic")
+    if extra.get("live"):
+        t.append(" ⟳", style="dim")
+    return t
+
+
+class FieldRow(Vertical):
+    """One config key: label, editor, the notes' remark, and an inline error."""
+
+    def __init__(self, key: str, info: Any, value: Any) -> None:
+        super().__init__(classes="field", id="row-" + field_id(key))
+        self.key = key
+        self.info = info
+        self.kind = kind_of(info.annotation)
+        self.initial = value
+        self._editor: Any = None
+        self._shown: tuple | None = None
+        self._pending_show: tuple | None = None
+
+    def compose(self) -> ComposeResult:
+        fid = field_id(self.key)
+        tip = f"{self.key}: {self.info.description or ''}"
+        yield Label(label_text(self.key, self.info), classes="field-key")
+        if self.kind == "select":
+            options = [(format_value(o), o) for o in typing.get_args(self.info.annotation)]
+            ed: Any = Select(options, value=self.initial, allow_blank=False, id=fid, compact=True)
+        elif self.kind == "switch":
+            ed = Switch(value=bool(self.initial), id=fid)
+        else:
+            ed = Input(format_value(self.initial), id=fid, compact=True, select_on_focus=False)
+        ed.tooltip = tip
+        yield ed
+        self._note = (self.info.json_schema_extra or {}).get("note") or ""
+        info = Static(self._info_text(None, False, None), classes="field-info")
+        info.display = bool(self._note)
+        yield info
+
+    def _info_text(self, error: str | None, changed: bool, base_value: Any) -> Text:
+        t = Text()
+        if changed:
+            t.append("● changed; preset: " + format_value(base_value), style="bold")
+        if error:
+            if t:
+                t.append("\n")
+            t.append(f"✗ {self.key}: {error}", style="bold")
+        if self._note:
+            if t:
+                t.append("\n")
+            t.append(self._note, style="italic")
+        return t
+
+    @property
+    def editor(self) -> Input | Select | Switch:
+        if self._editor is None:
+            self._editor = self.query_one("#" + field_id(self.key))
+        return self._editor
+
+    @property
+    def ready(self) -> bool:
+        return self._editor is not None or bool(self.is_mounted and self.children)
+
+    def get_value(self) -> Any:
+        if not self.ready:  # lazily mounted group not there yet
+            return self.initial
+        ed = self.editor
+        if isinstance(ed, Input):
+            return parse_text(self.kind, ed.value)
+        return ed.value
+
+    def set_value(self, value: Any) -> None:
+        if not self.ready:
+            self.initial = value
+            return
+        ed = self.editor
+        if isinstance(ed, Input):
+            text = format_value(value)
+            if ed.value != text:
+                ed.value = text
+        elif isinstance(ed, Switch):
+            ed.value = bool(value)
+        else:
+            ed.value = value
+
+    def on_mount(self) -> None:
+        if self._pending_show is not None:
+            self.show(*self._pending_show)
+
+    def show(self, error: str | None, changed: bool, base_value: Any = None) -> None:
+        state = (error, changed, repr(base_value))
+        if not self.ready:
+            self._pending_show = (error, changed, base_value)
+            return
+        if state == self._shown:
+            return
+        self._shown = state
+        info = self.query_one(".field-info", Static)
+        text = self._info_text(error, changed, base_value)
+        info.update(text)
+        info.display = bool(text)
+        info.set_class(bool(error), "-error")
+        self.set_class(bool(error), "-invalid")
+        self.set_class(changed, "-changed")
+
+
+class ConfigForm(VerticalScroll):
+    """All groups, in the notes' order. Keeps ``config`` (valid or None) and ``errors``."""
+
+    class Validated(Message):
+        def __init__(self, form: "ConfigForm") -> None:
+            super().__init__()
+            self.form = form
+
+    def __init__(self, cfg: C.Config, base: C.Config | None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.config: C.Config | None = cfg
+        self.base = base
+        self.preset = cfg.preset
+        self.errors: dict[str, str] = {}
+        self.general_error = ""
+        self._flat_base = C.flatten(base) if base else {}
+        self._rows: list[FieldRow] | None = None
+        self._validate_scheduled = False
+
+    EAGER_GROUPS = 3  # groups mounted before the first frame; the rest right after it
+
+    def compose(self) -> ComposeResult:
+        flat = C.flatten(self.config)
+        self._rows = []
+        for i, group in enumerate(C.GROUPS):
+            box = Vertical(classes="group", id=f"group-{group}")
+            with (box if i < self.EAGER_GROUPS else Lazy(box)):
+                yield Static(group_title(group), classes="group-title")
+                for name, info in group_fields(group).items():
+                    key = f"{group}.{name}"
+                    row = FieldRow(key, info, flat[key])
+                    self._rows.append(row)
+                    yield row
+        self._by_key = {r.key: r for r in self._rows}
+
+    @property
+    def all_mounted(self) -> bool:
+        return all(r.ready for r in self.rows())
+
+    def on_mount(self) -> None:
+        self._refresh_marks()
+
+    def rows(self) -> list[FieldRow]:
+        return self._rows or []
+
+    def row(self, key: str) -> FieldRow:
+        return self._by_key[key]
+
+    def load(self, cfg: C.Config, base: C.Config | None) -> None:
+        """Show another config (a loaded preset)."""
+        self.base = base
+        self._flat_base = C.flatten(base) if base else {}
+        self.preset = cfg.preset
+        flat = C.flatten(cfg)
+        for row in self.rows():
+            row.set_value(flat[row.key])
+        self.config = cfg
+        self.errors = {}
+        self.general_error = ""
+        self._refresh_marks()
+        self.post_message(self.Validated(self))
+
+    def set_key(self, key: str, value: Any) -> None:
+        """Set one field's editor (as if typed) and re-validate."""
+        self.row(key).set_value(value)
+        self.validate_now()
+
+    def values(self) -> dict[str, Any]:
+        return {row.key: row.get_value() for row in self.rows()}
+
+    def validate_now(self) -> C.Config | None:
+        try:
+            cfg = C.with_updates(C.Config(preset=self.preset), self.values(), source="panel")
+        except C.ConfigError as err:
+            self.config = None
+            self.errors = {}
+            general = []
+            keys = set(all_keys())
+            for key, _value, msg in err.problems:
+                if key in keys:
+                    self.errors.setdefault(key, msg)
+                else:
+                    general.append(f"{key}: {msg}")
+            self.general_error = "; ".join(general)
+        else:
+            self.config = cfg
+            self.errors = {}
+            self.general_error = ""
+        self._refresh_marks()
+        self.post_message(self.Validated(self))
+        return self.config
+
+    def changed_keys(self) -> list[str]:
+        if not self._flat_base:
+            return []
+        vals = self.values()
+        out = []
+        for key, value in vals.items():
+            if key in self.errors:
+                out.append(key)
+                continue
+            base = self._flat_base.get(key)
+            cur = C.flatten(self.config).get(key) if self.config else value
+            if _norm(cur) != _norm(base):
+                out.append(key)
+        return out
+
+    def _refresh_marks(self) -> None:
+        flat = C.flatten(self.config) if self.config else None
+        for row in self.rows():
+            err = self.errors.get(row.key)
+            base = self._flat_base.get(row.key) if self._flat_base else None
+            if err:
+                changed = bool(self._flat_base)
+            elif flat is not None and self._flat_base:
+                changed = _norm(flat[row.key]) != _norm(base)
+            elif self._flat_base:
+                changed = _norm(row.get_value()) != _norm(base)
+            else:
+                changed = False
+            row.show(err, changed, base)
+
+    @on(Input.Changed)
+    @on(Select.Changed)
+    @on(Switch.Changed)
+    def _edited(self, event: Message) -> None:
+        event.stop()
+        # coalesce: the 60-odd Changed events of a mount or a preset load validate once
+        if not self._validate_scheduled:
+            self._validate_scheduled = True
+            self.call_after_refresh(self._deferred_validate)
+
+    def _deferred_validate(self) -> None:
+        self._validate_scheduled = False
+        self.validate_now()
+
+    def on_descendant_focus(self, event: Any) -> None:
+        widget = event.widget
+        if widget.id and widget.id.startswith("f-"):
+            self.post_message(FieldFocused(key_of(widget.id)))
+
+
+class FieldFocused(Message):
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
+
+
+def _norm(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_norm(x) for x in v]
+    if isinstance(v, list):
+        return [_norm(x) for x in v]
+    if isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    return v

@@ -1,0 +1,376 @@
+"""The run monitor: plots, latest values, progress against the budget, diagnoses, system strip.
+
+The trainer's callback runs in the training thread. ``RunBridge`` is that callback: it only
+appends the event to a buffer under a lock and posts at most one ``RunUpdate`` message at a
+time (and at most one per ``min_interval`` for step metrics), so the UI never queues more
+than it paints. The UI drains the buffer when the message arrives (and on a slow timer, so
+the last points of a burst are never stranded).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Grid, Horizontal, VerticalScroll
+from textual.message import Message
+from textual.widgets import DataTable, Static
+from textual_plotext import PlotextPlot
+
+PLOTS = [  # id, title, train key, val key
+    ("loss", "total loss", "loss", "loss"),
+    ("loss_map", "loss_map", "loss_map", "loss_map"),
+    ("loss_offset", "loss_offset", "loss_offset", "loss_offset"),
+    ("loss_shape", "loss_shape", "loss_shape", "loss_shape"),
+    ("lr", "lr", "lr", None),
+    ("mAP", "mAP (val)", None, "mAP"),
+]
+TABLE_ROWS = ["loss", "loss_map", "loss_offset", "loss_shape", "lr", "grad_norm", "s_map", "s_offset",
+              "s_shape", "images_per_s", "mAP", "AP50"]
+MAX_PLOT_POINTS = 400
+
+
+class RunUpdate(Message):
+    """New events are waiting in the bridge."""
+
+    def __init__(self, bridge: "RunBridge") -> None:
+        super().__init__()
+        self.bridge = bridge
+
+
+class RunBridge:
+    """The trainer callback: buffer events, post one coalesced message at a time."""
+
+    def __init__(self, target: Any, min_interval: float = 0.1) -> None:
+        self.target = target
+        self.min_interval = min_interval
+        self._lock = threading.Lock()
+        self._train: list[Any] = []
+        self._val: list[Any] = []
+        self._other: list[Any] = []
+        self._posted = False
+        self._last_post = 0.0
+        self.events = 0
+
+    def __call__(self, event: Any) -> None:
+        kind = getattr(event, "kind", "")
+        with self._lock:
+            self.events += 1
+            if kind == "step":
+                self._train.append(event)
+            elif kind == "eval":
+                self._val.append(event)
+            else:
+                self._other.append(event)
+            if self._posted:
+                return
+            now = time.monotonic()
+            if kind == "step" and now - self._last_post < self.min_interval:
+                return
+            self._posted = True
+            self._last_post = now
+        self.target.post_message(RunUpdate(self))
+
+    def drain(self) -> tuple[list[Any], list[Any], list[Any]]:
+        with self._lock:
+            out = self._train, self._val, self._other
+            self._train, self._val, self._other = [], [], []
+            self._posted = False
+            return out
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "—"
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def fmt_num(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        if abs(v) < 1e-3 or abs(v) >= 1e5:
+            return f"{v:.3e}"
+        return f"{v:.4f}"
+    return str(v)
+
+
+def _get(ev: Any, key: str) -> Any:
+    return ev.get(key) if isinstance(ev, dict) else getattr(ev, key, None)
+
+
+class SystemStrip(Static):
+    """CPU, RAM, process RSS; GPU memory when torch is already imported and CUDA is present."""
+
+    def on_mount(self) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self._proc = psutil.Process(os.getpid())
+        psutil.cpu_percent(None)
+        self.sample()
+        self.set_interval(2.0, self.sample)
+
+    def sample(self) -> None:
+        ps = self._psutil
+        vm = ps.virtual_memory()
+        parts = [f"CPU {ps.cpu_percent(None):3.0f}%",
+                 f"RAM {vm.used / 2**30:.1f}/{vm.total / 2**30:.1f} GiB",
+                 f"RSS {self._proc.memory_info().rss / 2**20:.0f} MiB"]
+        torch = sys.modules.get("torch")
+        gpu = "GPU —"
+        try:
+            if torch is not None and torch.cuda.is_available():
+                free, total = torch.cuda.mem_get_info()
+                gpu = f"GPU {(total - free) / 2**30:.1f}/{total / 2**30:.1f} GiB"
+        except Exception:  # noqa: BLE001 - a broken driver must not break the UI
+            gpu = "GPU ?"
+        parts.append(gpu)
+        self.update("  ".join(parts))
+
+
+class Monitor(VerticalScroll):
+    """Everything about one run: what it is doing now and the curves so far."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.series: dict[str, tuple[list[float], list[float]]] = {}
+        self.latest_train: dict[str, Any] = {}
+        self.latest_val: dict[str, Any] = {}
+        self.run_name = ""
+        self.state = "idle"
+        self.step = 0
+        self.total_steps = 0
+        self.epoch = 0
+        self.images_per_s = 0.0
+        self.max_days = 4.0
+        self._rate_start: tuple[float, int] | None = None
+        self._rate_last: tuple[float, int] | None = None
+        self._dirty_plots: set[str] = set()
+        self.diagnoses: list[tuple[str, str, str, str]] = []
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._status_text(), id="run-status")
+        yield Static(self._budget_text(), id="budget")
+        yield SystemStrip(id="system")
+        with Horizontal(id="mid"):
+            with Grid(id="plots"):
+                for pid, title, *_ in PLOTS:
+                    yield PlotextPlot(id=f"plot-{pid}", classes="plot")
+            table = DataTable(id="latest", cursor_type="none", zebra_stripes=True)
+            yield table
+        diag = DataTable(id="diagnoses", cursor_type="row")
+        yield Static("Diagnoses", classes="section-title")
+        yield diag
+
+    def on_mount(self) -> None:
+        table = self.query_one("#latest", DataTable)
+        table.add_column("metric", key="metric")
+        table.add_column("train", key="train", width=11)
+        table.add_column("val", key="val", width=11)
+        for name in TABLE_ROWS:
+            table.add_row(name, "—", "—", key=name)
+        diag = self.query_one("#diagnoses", DataTable)
+        for col in ("step", "severity", "rule", "section", "message"):
+            diag.add_column(col, key=col)
+        for pid, title, *_ in PLOTS:
+            self._dirty_plots.add(pid)
+        self.set_interval(0.5, self.redraw_plots)
+        self.redraw_plots()
+
+    # --- data in -------------------------------------------------------------------------
+    def reset(self, run_name: str, max_days: float = 4.0) -> None:
+        self.series.clear()
+        self.latest_train.clear()
+        self.latest_val.clear()
+        self.run_name = run_name
+        self.state = "starting"
+        self.step = self.total_steps = self.epoch = 0
+        self.images_per_s = 0.0
+        self.max_days = max_days
+        self._rate_start = self._rate_last = None
+        self.diagnoses.clear()
+        self.query_one("#diagnoses", DataTable).clear()
+        table = self.query_one("#latest", DataTable)
+        for name in TABLE_ROWS:
+            table.update_cell(name, "train", "—")
+            table.update_cell(name, "val", "—")
+        self._dirty_plots.update(p[0] for p in PLOTS)
+        self.refresh_texts()
+
+    def _point(self, key: str, x: float, y: Any) -> None:
+        if y is None:
+            return
+        xs, ys = self.series.setdefault(key, ([], []))
+        xs.append(x)
+        ys.append(float(y))
+
+    def add_train(self, rows: list[Any], live: bool = True) -> None:
+        if not rows:
+            return
+        for ev in rows:
+            step = _get(ev, "step") or 0
+            for _, _, tkey, _ in PLOTS:
+                if tkey:
+                    self._point(f"train:{tkey}", step, _get(ev, tkey))
+        last = rows[-1]
+        for name in TABLE_ROWS:
+            v = _get(last, name)
+            if v is not None:
+                self.latest_train[name] = v
+        self.step = _get(last, "step") or self.step
+        self.epoch = _get(last, "epoch") or self.epoch
+        self.total_steps = _get(last, "total_steps") or self.total_steps
+        self.images_per_s = _get(last, "images_per_s") or self.images_per_s
+        if live:
+            now = time.monotonic()
+            if self._rate_start is None:
+                self._rate_start = (now, self.step)
+            self._rate_last = (now, self.step)
+        self._dirty_plots.update(p[0] for p in PLOTS if p[2])
+        self._update_table("train", self.latest_train)
+        self.refresh_texts()
+
+    def add_val(self, rows: list[Any]) -> None:
+        if not rows:
+            return
+        for ev in rows:
+            step = _get(ev, "step") or 0
+            for _, _, _, vkey in PLOTS:
+                if vkey:
+                    self._point(f"val:{vkey}", step, _get(ev, vkey))
+        last = rows[-1]
+        for name in TABLE_ROWS:
+            v = _get(last, name)
+            if v is not None:
+                self.latest_val[name] = v
+        self._dirty_plots.update(p[0] for p in PLOTS if p[3])
+        self._update_table("val", self.latest_val)
+
+    def add_diagnosis(self, step: Any, severity: str, rule: str, section: str, message: str) -> None:
+        row = (str(step), severity, rule, section, message)
+        self.diagnoses.append(row)
+        style = {"error": "bold red", "warning": "bold yellow"}.get(severity, "")
+        table = self.query_one("#diagnoses", DataTable)
+        table.add_row(row[0], Text(severity, style=style), rule, section, message)
+
+    def set_state(self, state: str) -> None:
+        self.state = state
+        if state in ("running",):
+            self._rate_start = None  # measure speed afresh after a pause / resume
+        self.refresh_texts()
+
+    def _update_table(self, col: str, values: dict[str, Any]) -> None:
+        table = self.query_one("#latest", DataTable)
+        for name in TABLE_ROWS:
+            if name in values:
+                table.update_cell(name, col, fmt_num(values[name]))
+
+    # --- derived ------------------------------------------------------------------------
+    def steps_per_s(self) -> float | None:
+        if self._rate_start and self._rate_last and self._rate_last[1] > self._rate_start[1]:
+            dt = self._rate_last[0] - self._rate_start[0]
+            if dt > 0:
+                return (self._rate_last[1] - self._rate_start[1]) / dt
+        return None
+
+    def eta_s(self) -> float | None:
+        rate = self.steps_per_s()
+        if not rate or not self.total_steps:
+            return None
+        return max(self.total_steps - self.step, 0) / rate
+
+    def projected_s(self) -> float | None:
+        rate = self.steps_per_s()
+        if not rate or not self.total_steps:
+            return None
+        return self.total_steps / rate
+
+    def _status_text(self) -> Text:
+        t = Text()
+        t.append(self.run_name or "no run", style="bold")
+        t.append(f"  [{self.state}]", style="bold reverse" if self.state in ("running",) else "bold")
+        total = f"/{self.total_steps}" if self.total_steps else ""
+        t.append(f"  step {self.step}{total}  epoch {self.epoch}  {self.images_per_s:.1f} img/s"
+                 f"  ETA {fmt_duration(self.eta_s())}")
+        return t
+
+    def _budget_text(self) -> Text:
+        proj = self.projected_s()
+        budget = self.max_days * 86400
+        width = 24
+        t = Text("budget ")
+        if proj is None:
+            t.append("░" * width, style="dim")
+            t.append(f" projected — of {self.max_days:g} d")
+            return t
+        frac = proj / budget
+        filled = min(width, int(round(frac * width)))
+        style = "red" if frac > 1 else ("yellow" if frac > 0.8 else "green")
+        t.append("█" * filled, style=style)
+        t.append("░" * (width - filled), style="dim")
+        t.append(f" projected {fmt_duration(proj)} of {self.max_days:g} d ({frac:.1%})")
+        if frac > 1:
+            t.append("  OVER BUDGET", style="bold red")
+        return t
+
+    def refresh_texts(self) -> None:
+        self.query_one("#run-status", Static).update(self._status_text())
+        self.query_one("#budget", Static).update(self._budget_text())
+
+    def redraw_plots(self, force: bool = False) -> None:
+        if not self._dirty_plots:
+            return
+        if not force and not self.is_on_screen_tab():
+            return
+        for pid, title, tkey, vkey in PLOTS:
+            if pid not in self._dirty_plots:
+                continue
+            plot = self.query_one(f"#plot-{pid}", PlotextPlot)
+            plt = plot.plt
+            plt.clear_figure()
+            plt.title(title)
+            drawn = False
+            if tkey and f"train:{tkey}" in self.series:
+                xs, ys = _thin(*self.series[f"train:{tkey}"])
+                plt.plot(xs, ys, label="train", marker="braille")
+                drawn = True
+            if vkey and f"val:{vkey}" in self.series:
+                xs, ys = _thin(*self.series[f"val:{vkey}"])
+                plt.plot(xs, ys, label="val", marker="dot" if len(xs) < 3 else "braille")
+                drawn = True
+            if pid == "lr" and drawn:
+                plt.yscale("log")
+            if not drawn:
+                plt.xlim(0, 1)
+                plt.ylim(0, 1)
+            plot.refresh()
+        self._dirty_plots.clear()
+
+    def is_on_screen_tab(self) -> bool:
+        try:
+            return self.display and self.is_on_screen
+        except Exception:  # noqa: BLE001
+            return True
+
+
+def _thin(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
+    n = len(xs)
+    if n <= MAX_PLOT_POINTS:
+        return xs, ys
+    stride = n / MAX_PLOT_POINTS
+    idx = [int(i * stride) for i in range(MAX_PLOT_POINTS)] + [n - 1]
+    return [xs[i] for i in idx], [ys[i] for i in idx]
