@@ -77,16 +77,20 @@ def build_targets(targets: list[dict], num_classes: int, cfg, device) -> dict[st
     total = int(counts.sum())
     obj = torch.repeat_interleave(torch.arange(N, device=device), counts, output_size=total)
     starts = torch.cumsum(counts, 0) - counts
-    local = torch.arange(total, device=device) - starts[obj]
-    kxo = kx[obj]
-    dy = torch.div(local, kxo, rounding_mode="floor") - radius[obj, 1]
-    dx = local - (dy + radius[obj, 1]) * kxo - radius[obj, 0]
-    x, y = cell[obj, 0] + dx, cell[obj, 1] + dy
-    s = sigma[obj]
-    val = torch.exp(-(dx.float() ** 2 / (2 * s[:, 0] ** 2) + dy.float() ** 2 / (2 * s[:, 1] ** 2)))
+    # one gather of every per-object integer / float parameter the window cells need
+    ints = torch.stack([starts, kx, radius[:, 0], radius[:, 1], cell[:, 0], cell[:, 1],
+                        (bidx * C + labels) * HW], 1)[obj]
+    inv = (1.0 / (2 * sigma ** 2))[obj]
+    local = torch.arange(total, device=device) - ints[:, 0]
+    row = torch.div(local, ints[:, 1], rounding_mode="floor")
+    dy = row - ints[:, 3]
+    dx = local - row * ints[:, 1] - ints[:, 2]
+    x, y = ints[:, 4] + dx, ints[:, 5] + dy
+    dxf, dyf = dx.float(), dy.float()
+    val = torch.exp(-(dxf * dxf * inv[:, 0] + dyf * dyf * inv[:, 1]))
     inside = (x >= 0) & (x < H) & (y >= 0) & (y < H)
     val = torch.where(inside, val, torch.zeros_like(val))  # outside cells: a harmless 0 at a clamped cell
-    flat = ((bidx[obj] * C + labels[obj]) * HW + y.clamp(0, H - 1) * H + x.clamp(0, H - 1))
+    flat = ints[:, 6] + y.clamp(0, H - 1) * H + x.clamp(0, H - 1)
     heat = out["heatmap"].view(-1)
     heat.scatter_reduce_(0, flat, val, reduce="amax", include_self=True)
 
@@ -123,12 +127,12 @@ def build_targets_loop(targets: list[dict], num_classes: int, cfg, device) -> di
                                                                  cfg.encode.offset, cfg.encode.shape)
             cx, cy = int(cell[0, 0]), int(cell[0, 1])
             rx, ry = int(radius[0, 0]), int(radius[0, 1])
-            sx, sy = sigma[0, 0], sigma[0, 1]
+            inv = 1.0 / (2 * sigma[0] ** 2)
             x0, x1 = max(0, cx - rx), min(H, cx + rx + 1)
             y0, y1 = max(0, cy - ry), min(H, cy + ry + 1)
             dx = (torch.arange(x0, x1, device=device) - cx).float()
             dy = (torch.arange(y0, y1, device=device) - cy).float()
-            g = torch.exp(-(dx[None, :] ** 2 / (2 * sx ** 2) + dy[:, None] ** 2 / (2 * sy ** 2)))
+            g = torch.exp(-(dx[None, :] * dx[None, :] * inv[0] + dy[:, None] * dy[:, None] * inv[1]))
             c = int(labels[i])
             region = out["heatmap"][b, c, y0:y1, x0:x1]
             out["heatmap"][b, c, y0:y1, x0:x1] = torch.maximum(region, g)
