@@ -117,6 +117,12 @@ class NanxiTuneApp(App):
         self.last_result: str | None = None
         self.first_paint_s: float | None = None
         self._t0 = time.perf_counter()
+        self.notices: list[str] = []  # every notification shown, newest last (for tests and debugging)
+
+    def notify(self, message: str, *, title: str = "", severity: Any = "information", **kw: Any) -> None:
+        self.notices.append(f"{severity}: {title + ': ' if title else ''}{message}")
+        del self.notices[:-50]
+        super().notify(message, title=title, severity=severity, **kw)
 
     # --- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:

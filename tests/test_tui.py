@@ -1,0 +1,226 @@
+"""The TUI through Textual's Pilot: config panels, presets, palette (no training here)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from nanxi_tune.engine import config as C
+from nanxi_tune.tui.app import NanxiTuneApp
+from nanxi_tune.tui.config_form import parse_text
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def wait_for(pilot, cond, timeout=10.0, step=0.05):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError("timed out waiting")
+        await pilot.pause(step)
+
+
+async def ready(pilot):
+    await wait_for(pilot, lambda: pilot.app.form.all_mounted and pilot.app.query("#mon"))
+    await pilot.pause()
+
+
+async def type_into(pilot, key: str, text: str) -> None:
+    app = pilot.app
+    row = app.form.row(key)
+    row.scroll_visible(animate=False)
+    ed = row.editor
+    ed.focus()
+    ed.value = ""
+    await pilot.press(*text)
+    await pilot.pause(0.1)
+
+
+def test_parse_text_tomlish():
+    assert parse_text("tuple", "0.7, 0.9") == [0.7, 0.9]
+    assert parse_text("tuple", "[5, 9]") == [5, 9]
+    assert parse_text("tuple", "5") == [5]
+    assert parse_text("number", "1e-3") == 0.001
+    assert parse_text("text", "123") == "123"
+
+
+def test_panels_cover_every_schema_field(tmp_path):
+    async def go():
+        app = NanxiTuneApp(runs_root=tmp_path / "runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await ready(pilot)
+            keys = [r.key for r in app.form.rows()]
+            flat = C.flatten(C.Config())
+            assert keys == [k for k in flat if k != "preset"]
+            # group order follows the notes' cheat-sheet
+            assert [k.split(".")[0] for k in dict.fromkeys(k.split(".")[0] for k in keys)] == list(C.GROUPS)
+            # Chinese label and the notes' remark are on screen
+            row = app.form.row("train.warmup_steps")
+            assert "warmup disabled" in str(row.query_one(".field-info").render())
+            assert "输入分辨率" in str(app.form.row("preprocess.input_size").query_one(".field-key").render())
+            assert app.form.config == app.initial_cfg
+    run(go())
+
+
+def test_edit_valid_value_marks_change(tmp_path):
+    async def go():
+        app = NanxiTuneApp(runs_root=tmp_path / "runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await ready(pilot)
+            await type_into(pilot, "train.base_lr", "0.01")
+            assert app.form.config is not None
+            assert app.form.config.train.base_lr == 0.01
+            assert app.form.row("train.base_lr").has_class("-changed")
+            assert not app.form.row("train.epochs").has_class("-changed")
+            assert "train.base_lr" in app.form.changed_keys()
+            assert "1 changed" in str(app.query_one("#config-status").render())
+            # a Select (Literal) and a Switch (bool)
+            app.form.row("preprocess.resize").editor.value = "letterbox"
+            app.form.row("data.skip_bad").editor.value = True
+            await pilot.pause(0.2)
+            assert app.form.config.preprocess.resize == "letterbox"
+            assert app.form.config.data.skip_bad is True
+            # tuples in TOML-ish syntax
+            await type_into(pilot, "train.milestones", "0.5, 0.8")
+            assert app.form.config.train.milestones == (0.5, 0.8)
+    run(go())
+
+
+def test_invalid_value_inline_error_and_refused_start(tmp_path):
+    async def go():
+        app = NanxiTuneApp(runs_root=tmp_path / "runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await ready(pilot)
+            await type_into(pilot, "preprocess.input_size", "100")
+            row = app.form.row("preprocess.input_size")
+            assert app.form.config is None
+            assert row.has_class("-invalid")
+            info = str(row.query_one(".field-info").render())
+            assert "preprocess.input_size" in info and "multiple of 32" in info
+            await type_into(pilot, "train.base_lr", "fast")
+            assert "train.base_lr" in app.form.errors
+            await pilot.press("f5")
+            await pilot.pause(0.2)
+            assert not app.running
+            assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+            assert any("Cannot start" in n and "preprocess.input_size" in n for n in app.notices)
+            # fixing the values clears the errors
+            await type_into(pilot, "preprocess.input_size", "96")
+            await type_into(pilot, "train.base_lr", "0.003")
+            assert app.form.config is not None and not app.form.errors
+            assert not row.has_class("-invalid")
+    run(go())
+
+
+def test_preset_save_and_load_round_trip(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    async def go():
+        app = NanxiTuneApp(runs_root=tmp_path / "runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await ready(pilot)
+            await type_into(pilot, "train.base_lr", "0.01")
+            await type_into(pilot, "loss.s_shape", "0.5")
+            # save as, through the dialog
+            await pilot.press("f3")
+            await pilot.pause(0.2)
+            path_input = app.screen.query_one("#save-path")
+            path_input.value = str(tmp_path / "mine.toml")
+            await pilot.press("enter")
+            await pilot.pause(0.2)
+            saved = C.load_preset(str(tmp_path / "mine.toml"))
+            assert saved.train.base_lr == 0.01 and saved.loss.s_shape == 0.5 and saved.preset == "demo"
+            # back to the bundled demo preset through the picker (option list)
+            await pilot.press("f2")
+            await pilot.pause(0.2)
+            app.screen.query_one("#preset-path").value = "demo"
+            app.screen.query_one("#preset-path").focus()
+            await pilot.press("enter")
+            await pilot.pause(0.3)
+            assert app.form.config.train.base_lr == 0.003
+            assert not app.form.changed_keys()
+            # the saved file is in the picker (a .toml in the working folder) and loads back
+            await pilot.press("f2")
+            await pilot.pause(0.2)
+            options = app.screen.query_one("#preset-list")
+            ids = [options.get_option_at_index(i).id for i in range(options.option_count)]
+            assert str(tmp_path / "mine.toml") in ids and "demo" in ids
+            options.focus()
+            options.highlighted = ids.index(str(tmp_path / "mine.toml"))
+            await pilot.press("enter")
+            await pilot.pause(0.3)
+            assert app.form.config.train.base_lr == 0.01
+            assert app.form.config.loss.s_shape == 0.5
+            assert set(app.form.changed_keys()) == {"train.base_lr", "loss.s_shape"}
+            # diff view against the preset
+            await pilot.press("f4")
+            await pilot.pause(0.2)
+            assert app.screen.query_one("#diff-body")
+            from rich.console import Console
+
+            console = Console(width=100, record=True, file=open("/dev/null", "w"))
+            console.print(app.screen.renderable)
+            text = console.export_text()
+            assert "train.base_lr" in text and "0.003" in text and "0.01" in text
+            await pilot.press("escape")
+    run(go())
+
+
+def test_bad_preset_path_is_reported(tmp_path):
+    async def go():
+        app = NanxiTuneApp(runs_root=tmp_path / "runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await ready(pilot)
+            assert not app.load_preset(str(tmp_path / "nope.toml"))
+            assert any("Cannot load preset" in n for n in app.notices)
+    run(go())
+
+
+def test_command_palette_has_run_actions(tmp_path):
+    async def go():
+        app = NanxiTuneApp(runs_root=tmp_path / "runs")
+        async with app.run_test(size=(100, 30)) as pilot:
+            await ready(pilot)
+            await pilot.press("ctrl+p")
+            await pilot.pause(0.2)
+            await pilot.press(*"save config")
+            await pilot.pause(0.5)
+            await pilot.press("enter")
+            await pilot.pause(0.3)
+            assert app.screen.query("#save-path")
+    run(go())
+
+
+def test_bindings_have_ids_and_tooltips():
+    ids = {b.id: b for b in NanxiTuneApp.BINDINGS}
+    for action in ("start_run", "pause_run", "stop_run", "resume_run", "load_preset", "save_preset"):
+        assert ids[action].action == action and ids[action].tooltip
+
+
+def test_tui_modules_do_not_import_torch():
+    import subprocess
+
+    code = ("import sys, nanxi_tune.tui.app, nanxi_tune.tui.monitor, nanxi_tune.tui.screens;"
+            "print('torch' in sys.modules, 'nanxi_tune.engine.trainer' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_pause_stop_refused_without_run(tmp_path):
+    async def go():
+        app = NanxiTuneApp(runs_root=tmp_path / "runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await ready(pilot)
+            await pilot.press("f6", "f7")
+            await pilot.pause(0.1)
+            assert sum("No run in progress" in n for n in app.notices) == 2
+            await pilot.press("f8")
+            await pilot.pause(0.1)
+            assert any("No run to resume" in n for n in app.notices)
+    run(go())
