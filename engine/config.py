@@ -236,8 +236,76 @@ class Budget(Strict):
                         note="< 4 days", gt=0, le=365, live=True)
 
 
+class Diagnose(Strict):
+    """诊断 diagnosis: thresholds of the rules in engine.diagnostics (all live).
+
+    Defaults come from a real demo run (CPU, synthetic set, batch 16, 32 steps per epoch): per-step
+    raw loss varies about ±20% around its epoch median, the largest loss over the median of the
+    previous 20 steps was 1.29, the largest gradient norm over its previous-20 median 2.97, and the
+    epoch-median raw loss fell 25% from the 2nd to the 4th epoch. Each threshold sits well outside
+    that healthy range; they will be re-tuned from bench/diagnosis.py.
+    """
+    enabled: bool = F(True, "Run the diagnostic rules during training.", zh="诊断", live=True)
+    check_every: int = F(50, "Also check every N logged train lines between evaluations (0 = only at evals).",
+                         ge=0, le=100000, live=True)
+    keep_lines: int = F(2000, "Recent train lines the watcher keeps for windowed rules (older ones survive only "
+                        "as per-epoch medians), so a check never rescans the whole run.", ge=100, le=1000000,
+                        live=True)
+    refire_change: float = F(0.25, "A rule already reported fires again only when its key evidence changed by "
+                             "more than this fraction, or its remedy changed.", gt=0, le=10, live=True)
+    flat_epochs: int = F(3, "Complete epochs, counted from the 2nd, before the flat-loss rule may judge "
+                         "(1 epoch's median is noisy: ±5% with 32 steps).", zh="从第二个epoch开始",
+                         ge=2, le=1000, live=True)
+    flat_min_drop: float = F(0.05, "Flat loss: the epoch-median raw train loss fell less than this fraction from "
+                             "the 2nd epoch to the latest complete one (healthy demo: 25% over 2 epochs).",
+                             gt=0, lt=1, live=True)
+    gap_min_evals: int = F(4, "Evaluations needed before judging a train/val gap (the EMA lags early).",
+                           ge=2, le=1000, live=True)
+    gap_ratio: float = F(1.5, "Train/val gap: latest val raw loss at least this many times the train raw loss.",
+                         gt=1, le=100, live=True)
+    gap_train_min_drop: float = F(0.10, "Train/val gap: train raw loss must have fallen at least this fraction "
+                                  "over the evaluation window.", gt=0, lt=1, live=True)
+    gap_val_frac: float = F(0.25, "Train/val gap: val loss fell less than this fraction of the train loss's "
+                            "relative fall (flat, oscillating or rising val loss).", ge=0, lt=1, live=True)
+    shape_epochs: int = F(3, "Complete epochs (from the 2nd) in the window of the shape-loss rule.",
+                          ge=2, le=1000, live=True)
+    shape_max_drop: float = F(0.05, "Shape loss stuck: loss_shape fell less than this fraction over the window "
+                              "(healthy demo: 16% over 2 epochs).", gt=0, lt=1, live=True)
+    shape_others_min_drop: float = F(0.15, "…while loss_map and loss_offset fell at least this fraction on "
+                                     "average (healthy demo: 20%).", gt=0, lt=1, live=True)
+    rsr_min: int = F(3000, "Fewest random train samples for a stable RSR metric.", zh="RANDOM_SAMPLE_NUM",
+                     note="3000: below that the metric was very unstable", ge=1, live=True)
+    headroom_max_used: float = F(0.5, "Batch-size headroom: peak memory used below this fraction of the device "
+                                 "means at least twice the batch fits.", gt=0, lt=1, live=True)
+    headroom_fill: float = F(0.8, "Target memory fill when proposing a larger batch (room for fragmentation).",
+                             gt=0, lt=1, live=True)
+    budget_min_lines: int = F(20, "Train lines needed before projecting the run's duration (first steps are "
+                              "slow: warm caches, data loading).", ge=2, le=100000, live=True)
+    negative_tol: float = F(1e-6, "A branch loss below −tol counts as negative (float rounding below).",
+                            ge=0, le=1, live=True)
+    explode_ratio: float = F(10.0, "Exploding gradient: the median gradient norm of the last explode_window "
+                             "lines exceeds this many times the lowest epoch median (healthy demo: 1.4×).",
+                             gt=1, le=1e6, live=True)
+    explode_window: int = F(50, "Train lines in the exploding-gradient window.", ge=5, le=100000, live=True)
+    spike_factor: float = F(2.0, "Loss spike: a raw train loss above this many times the median of the "
+                            "previous spike_ref lines (healthy demo max: 1.29×).", gt=1, le=1000, live=True)
+    spike_ref: int = F(20, "Lines in the causal median a spike is measured against.", ge=5, le=10000,
+                       live=True)
+    spike_window: int = F(200, "Recent train lines in which spikes are counted.", ge=10, le=100000, live=True)
+    spike_min_count: int = F(3, "Spikes in the window before the rule fires (one spike is a bad batch).",
+                             ge=1, le=10000, live=True)
+    dead_max: float = F(0.5, "Dead activations: a layer with more than this fraction of units never active on "
+                        "a batch.", gt=0, le=1, live=True)
+    plateau_evals: int = F(5, "Val plateau: evaluations without a new best mAP.", ge=2, le=1000, live=True)
+    plateau_min_delta: float = F(0.005, "Val plateau: a new best must beat the old by this much mAP "
+                                 "(64-image demo evals move by ~0.002 from noise).", ge=0, le=1, live=True)
+    ema_drift_ratio: float = F(3.0, "EMA drift: epoch-median ema_l2 (EMA↔online weight distance, the notes' "
+                               "retention metric) above this many times its lowest epoch median since the 2nd "
+                               "epoch (healthy demo: it falls after the 2nd epoch).", gt=1, le=1e6, live=True)
+
+
 GROUPS: tuple[str, ...] = ("preprocess", "normalize", "encode", "data", "principles", "backbone", "neck",
-                           "head", "loss", "train", "postprocess", "augment", "eval", "budget")
+                           "head", "loss", "train", "postprocess", "augment", "eval", "budget", "diagnose")
 
 
 class Config(Strict):
@@ -257,6 +325,7 @@ class Config(Strict):
     augment: Augment = Augment()
     eval: Eval = Eval()
     budget: Budget = Budget()
+    diagnose: Diagnose = Diagnose()
 
     @model_validator(mode="after")
     def _stride_fits(self) -> "Config":
