@@ -1,0 +1,132 @@
+"""The TUI driving the real trainer: start, watch, pause, continue, stop, resume, open, quit."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from nanxi_tune.engine import config as C
+from nanxi_tune.tui.app import NanxiTuneApp
+
+pytestmark = pytest.mark.slow
+
+TINY = {"data.synthetic_train": 16, "data.synthetic_val": 8, "preprocess.input_size": 64,
+        "data.batch_size": 8, "train.epochs": 4, "eval.interval": 100, "train.base_lr": 0.001}
+
+
+def tiny_preset(tmp_path: Path) -> str:
+    cfg = C.with_updates(C.load_preset("demo"), TINY)
+    return str(C.save(cfg, tmp_path / "tiny.toml"))
+
+
+async def wait_for(pilot, cond, timeout=120.0, step=0.05):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError("timed out waiting")
+        await pilot.pause(step)
+
+
+def test_run_pause_continue_stop_resume_and_open(tmp_path):
+    runs = tmp_path / "runs"
+    preset = tiny_preset(tmp_path)
+
+    async def go():
+        app = NanxiTuneApp(preset=preset, runs_root=runs)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: app.form.all_mounted and app.query("#mon"))
+            await pilot.press("f5")
+            await wait_for(pilot, lambda: app.running)
+            await pilot.press("f5")  # a run in progress cannot be started twice
+            await pilot.pause(0.1)
+            assert any("already running" in n for n in app.notices)
+            mon = app.monitor
+            # branch losses arrive in the table and the plots
+            await wait_for(pilot, lambda: mon.latest_train.get("loss_shape") is not None)
+            table = app.query_one("#latest")
+            for name in ("loss_map", "loss_offset", "loss_shape"):
+                cell = table.get_cell(name, "train")
+                assert cell != "—" and float(cell) == pytest.approx(mon.latest_train[name], rel=1e-3)
+                assert mon.series[f"train:{name}"][1]
+            assert mon.series["train:loss"][0][0] == 1
+            # pause, continue
+            await pilot.press("f6")
+            await wait_for(pilot, lambda: mon.state == "paused")
+            paused_at = app.trainer.step
+            await pilot.pause(0.5)
+            assert app.trainer.step == paused_at
+            await pilot.press("f6")
+            await wait_for(pilot, lambda: mon.state == "running")
+            # stop: checkpoint first
+            await pilot.press("f7")
+            await wait_for(pilot, lambda: not app.running)
+            assert app.last_result == "stopped"
+            run_dir = app.run_dir
+            stopped_at = app.trainer.step
+            assert (run_dir / "checkpoints" / "last.pt").exists()
+            assert 1 <= stopped_at < 8
+            # resume with a live edit (lr) through the dialog
+            await pilot.press("f8")
+            await pilot.pause(0.3)
+            inp = app.screen.query_one("#resume-updates")
+            inp.value = "train.base_lr=0.002"
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: app.running)
+            await wait_for(pilot, lambda: not app.running, timeout=240)
+            assert app.last_result == "finished", app.notices
+            steps = mon.series["train:loss"][0]
+            assert steps == sorted(steps) and steps[-1] == 8
+            assert stopped_at + 1 in steps  # the step count continued from the checkpoint
+            assert C.load(run_dir / "config.toml").train.base_lr == 0.002
+            assert "val:mAP" in mon.series
+            # runs tab lists it; opening it shows its curves from metrics.jsonl
+            await pilot.press("alt+3")
+            await pilot.pause(0.3)
+            rows = app.query_one("#runs-table")
+            assert rows.row_count == 1
+            rows.focus()
+            await pilot.press("enter")
+            await pilot.pause(0.3)
+            assert app.query_one("#tabs").active == "monitor"
+            assert mon.series["train:loss"][0][-1] == 8 and mon.state == "finished"
+        return run_dir
+
+    run_dir = asyncio.run(go())
+
+    # open a run given on the command line (nanxi-tune open RUN_DIR)
+    async def reopen():
+        app = NanxiTuneApp(open_run=run_dir, runs_root=runs)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.query("#mon") and app.monitor.series.get("train:loss"), timeout=20)
+            assert app.monitor.run_name == run_dir.name
+
+    asyncio.run(reopen())
+
+
+def test_quit_during_run_asks_then_checkpoints(tmp_path):
+    runs = tmp_path / "runs"
+    preset = tiny_preset(tmp_path)
+
+    async def go():
+        app = NanxiTuneApp(preset=preset, runs_root=runs)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.form.all_mounted and app.query("#mon"))
+            await pilot.press("f5")
+            await wait_for(pilot, lambda: app.monitor.latest_train.get("loss") is not None)
+            await pilot.press("ctrl+q")
+            await pilot.pause(0.2)
+            await pilot.press("n")
+            await pilot.pause(0.2)
+            assert app.running and app.is_running
+            await pilot.press("ctrl+q")
+            await pilot.pause(0.2)
+            await pilot.press("y")
+            await wait_for(pilot, lambda: not app.is_running, timeout=120)
+        return app
+
+    app = asyncio.run(go())
+    assert app.last_result == "stopped"
+    assert (app.run_dir / "checkpoints" / "last.pt").exists()
