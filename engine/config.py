@@ -259,20 +259,23 @@ class Diagnose(Strict):
     flat_min_drop: float = F(0.05, "Flat loss: the epoch-median raw train loss fell less than this fraction from "
                              "the 2nd epoch to the latest complete one (healthy demo: 25% over 2 epochs).",
                              gt=0, lt=1, live=True)
-    gap_min_evals: int = F(4, "Evaluations needed before judging a train/val gap (the EMA lags early).",
+    gap_min_evals: int = F(4, "Evaluations needed before judging a train/val gap (the EMA lags early); the "
+                           "rule compares the first half of all evals with the last half.",
                            ge=2, le=1000, live=True)
     gap_ratio: float = F(1.5, "Train/val gap: latest val raw loss at least this many times the train raw loss.",
                          gt=1, le=100, live=True)
     gap_train_min_drop: float = F(0.10, "Train/val gap: train raw loss must have fallen at least this fraction "
-                                  "over the evaluation window.", gt=0, lt=1, live=True)
+                                  "from the first half of the evals to the last.", gt=0, lt=1, live=True)
     gap_val_frac: float = F(0.25, "Train/val gap: val loss fell less than this fraction of the train loss's "
                             "relative fall (flat, oscillating or rising val loss).", ge=0, lt=1, live=True)
-    shape_epochs: int = F(3, "Complete epochs (from the 2nd) in the window of the shape-loss rule.",
+    shape_epochs: int = F(4, "Complete epochs (from the 2nd) in the window of the shape-loss rule; its first "
+                          "half is compared with its last half (per-step loss_shape varies ±20%).",
                           ge=2, le=1000, live=True)
-    shape_max_drop: float = F(0.05, "Shape loss stuck: loss_shape fell less than this fraction over the window "
-                              "(healthy demo: 16% over 2 epochs).", gt=0, lt=1, live=True)
+    shape_max_drop: float = F(0.08, "Shape loss stuck: loss_shape fell less than this fraction over the window "
+                              "(healthy demo: 28% from the 2nd to the 4th epoch, as fast as loss_map).",
+                              gt=0, lt=1, live=True)
     shape_others_min_drop: float = F(0.15, "…while loss_map and loss_offset fell at least this fraction on "
-                                     "average (healthy demo: 20%).", gt=0, lt=1, live=True)
+                                     "average (healthy demo: 22% from the 2nd to the 4th epoch).", gt=0, lt=1, live=True)
     rsr_min: int = F(3000, "Fewest random train samples for a stable RSR metric.", zh="RANDOM_SAMPLE_NUM",
                      note="3000: below that the metric was very unstable", ge=1, live=True)
     headroom_max_used: float = F(0.5, "Batch-size headroom: peak memory used below this fraction of the device "

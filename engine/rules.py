@@ -83,7 +83,10 @@ def flat_loss_after_epoch_2(cfg, h, stats):
     if len(eps) < d.flat_epochs:
         return None
     first, last = eps[0], eps[-1]
-    drop = rel_drop(first.median("raw"), last.median("raw"))
+    half = len(eps) // 2  # more epochs, less noise: compare the first and the last half of the window
+    a = median(e.median("raw") for e in eps[:half])
+    b = median(e.median("raw") for e in eps[-half:])
+    drop = rel_drop(a, b)
     if drop is None or drop >= d.flat_min_drop:
         return None
     new = lower_lr(cfg.train.base_lr)
@@ -91,8 +94,7 @@ def flat_loss_after_epoch_2(cfg, h, stats):
     return Finding(
         "flat-loss-after-epoch-2", "warning", "13.1",
         f"From the 2nd epoch on the train loss stays flat (从第二个epoch开始loss就一直保持不变,不在下降): its median "
-        f"went {first.median('raw'):.4g} → {last.median('raw'):.4g} ({-drop:+.1%}) from epoch 2 to epoch "
-        f"{last.epoch + 1}. The lr is likely too large: the step bounces between the walls of the valley "
+        f"went {a:.4g} → {b:.4g} ({-drop:+.1%}) from epoch 2 to epoch {last.epoch + 1}. The lr is likely too large: the step bounces between the walls of the valley "
         f"(学习率较大,导致梯度向量在斜坡两侧不断来回碰撞). Lower the lr (降低学习率lr): {cfg.train.base_lr:g} → {new:g}.",
         {"epoch_medians": meds, "from_epoch": first.epoch, "to_epoch": last.epoch, "drop": r(drop),
          "threshold": d.flat_min_drop, "base_lr": cfg.train.base_lr},
@@ -109,19 +111,23 @@ def _train_level(h: History, val_line: dict[str, Any]) -> float | None:
 
 @rule("train-val-gap", "13.2", key="ratio")
 def train_val_gap(cfg, h, stats):
-    """Over the last ``gap_min_evals`` evals the train loss fell by ≥ ``gap_train_min_drop`` while the val
-    loss fell by less than ``gap_val_frac`` of that (flat, oscillating or rising), ending ≥ ``gap_ratio``×
-    above the train loss."""
+    """After ≥ ``gap_min_evals`` evals: from the first half of the evals to the last, the train loss fell by
+    ≥ ``gap_train_min_drop`` while the val loss fell by less than ``gap_val_frac`` of that (flat, oscillating
+    or rising), ending ≥ ``gap_ratio``× above the train loss."""
     d = cfg.diagnose
     vals = [v for v in h.val if finite(raw_loss(v))]
     if len(vals) < d.gap_min_evals:
         return None
-    win = vals[-d.gap_min_evals:]
-    t0, t1 = _train_level(h, win[0]), _train_level(h, win[-1])
+    # The whole run's evals, first half against last half: train levels (epoch medians) and val losses
+    # alike. An early EMA lag (val far above, then falling faster) only makes val look better.
+    win, half = vals, len(vals) // 2
+    levels = [_train_level(h, v) for v in win]
+    if any(x is None for x in levels):
+        return None
+    t0, t1 = median(levels[:half]), median(levels[-half:])
     train_drop = rel_drop(t0, t1)
     if train_drop is None or train_drop < d.gap_train_min_drop:
         return None
-    half = len(win) // 2
     v0, v1 = median(raw_loss(v) for v in win[:half]), median(raw_loss(v) for v in win[-half:])
     val_drop = rel_drop(v0, v1)
     if val_drop is None or val_drop >= d.gap_val_frac * train_drop or not t1 or v1 / t1 < d.gap_ratio:
@@ -132,7 +138,7 @@ def train_val_gap(cfg, h, stats):
         "train-val-gap", "warning", "13.2",
         f"Train loss keeps falling ({-train_drop:+.0%}) while val loss ends far from it "
         f"(train集的loss不断下降,而val集的loss最终与训练集loss相差很大): val {v1:.4g} vs train {t1:.4g} "
-        f"({v1 / t1:.1f}×), val {'only oscillates' if oscillates else 'rises'} ({-val_drop:+.0%}) over the last "
+        f"({v1 / t1:.1f}×), val {'only oscillates' if oscillates else 'rises'} ({-val_drop:+.0%}) over "
         f"{len(win)} evals. Over-fitting, or the train set does not represent the val set (distribution shift: "
         f"训练集与验证集的分布存在较大的差异性). Try a lower lr ({cfg.train.base_lr:g} → {new:g}) and look at the data.",
         {"evals": [int(v["step"]) for v in win], "val_losses": [r(raw_loss(v)) for v in win],
@@ -152,8 +158,10 @@ def shape_loss_stuck(cfg, h, stats):
     eps = h.complete_epochs(start=1)
     if len(eps) < d.shape_epochs:
         return None
-    a, b = eps[-d.shape_epochs], eps[-1]
-    drops = {k: rel_drop(a.median(k), b.median(k)) for k in BRANCHES}
+    win = eps[-d.shape_epochs:]
+    a, b, half = win[0], win[-1], len(win) // 2  # first half of the window against the last half
+    drops = {k: rel_drop(median(e.median(k) for e in win[:half]), median(e.median(k) for e in win[-half:]))
+             for k in BRANCHES}
     if any(v is None for v in drops.values()):
         return None
     others = (drops["loss_map"] + drops["loss_offset"]) / 2
@@ -479,7 +487,7 @@ def val_plateau(cfg, h, stats):
     lrs = [e.lr_first for e in h.epochs.values() if finite(e.lr_first)]
     decayed = bool(lrs) and finite(last.get("lr")) and last["lr"] < max(lrs) * 0.999
     if not decayed and progress is not None and progress < 0.95:
-        at = min(math.ceil((progress + 1e-9) * 20) / 20, 0.95)
+        at = min(math.ceil(round(progress * 20, 6)) / 20, 0.95)
         ms = tuple(sorted({at, *(m for m in cfg.train.milestones if m > at)}))
         set_, how = {"train.milestones": list(ms)}, f"decay the lr now: train.milestones → {list(ms)} (live)"
     else:
