@@ -148,8 +148,10 @@ class EpochSummary:
     lr_first: float | None = None
     lr_last: float | None = None
     _samples: dict[str, _Decimated] = field(default_factory=lambda: {k: _Decimated() for k in EPOCH_KEYS})
+    _medians: dict[str, float | None] = field(default_factory=dict)  # cache: a complete epoch never changes
 
     def add(self, line: dict[str, Any]) -> None:
+        self._medians.clear()
         self.last_step = int(line.get("step", self.last_step))
         self.lines += 1
         lr = line.get("lr")
@@ -162,7 +164,9 @@ class EpochSummary:
                 self._samples[k].add(float(v))
 
     def median(self, key: str) -> float | None:
-        return self._samples[key].median()
+        if key not in self._medians:
+            self._medians[key] = self._samples[key].median()
+        return self._medians[key]
 
     def samples(self, key: str) -> list[float]:
         return list(self._samples[key].values)
@@ -185,6 +189,7 @@ class History:
         self.negative: dict[str, Any] | None = None  # first line with a negative branch loss
         self.nonfinite: dict[str, Any] | None = None  # first non-finite value (metrics or an error event)
         self.last_step = 0
+        self.max_lr: float | None = None
 
     @classmethod
     def of(cls, lines: "Iterable[dict[str, Any]] | History", cfg: C.Config | None = None) -> "History":
@@ -222,6 +227,8 @@ class History:
         if self.first_train is None:
             self.first_train = line
         self.train.append(line)
+        if finite(line.get("lr")) and (self.max_lr is None or line["lr"] > self.max_lr):
+            self.max_lr = line["lr"]
         epoch = int(line.get("epoch", 0))
         if epoch not in self.epochs:
             self.epochs[epoch] = EpochSummary(epoch, step)

@@ -484,8 +484,7 @@ def val_plateau(cfg, h, stats):
     last = h.last_train or {}
     total = last.get("total_steps") or 0
     progress = h.last_step / total if total else None
-    lrs = [e.lr_first for e in h.epochs.values() if finite(e.lr_first)]
-    decayed = bool(lrs) and finite(last.get("lr")) and last["lr"] < max(lrs) * 0.999
+    decayed = h.max_lr is not None and finite(last.get("lr")) and last["lr"] < h.max_lr * 0.999
     if not decayed and progress is not None and progress < 0.95:
         at = min(math.ceil(round(progress * 20, 6)) / 20, 0.95)
         ms = tuple(sorted({at, *(m for m in cfg.train.milestones if m > at)}))
