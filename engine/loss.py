@@ -43,12 +43,14 @@ def focal_loss(pred: torch.Tensor, gt: torch.Tensor, num_pos: torch.Tensor | flo
     neg_weight = torch.pow((1.0 - gt).clamp(min=0.0), beta)
     if logits is not None:
         logits = logits.float()
-        p = torch.sigmoid(logits)
+        # floors keep pow(·, alpha < 1) differentiable where the sigmoid saturates to exactly 0 or 1
+        p, q = torch.sigmoid(logits).clamp(min=1e-12), torch.sigmoid(-logits).clamp(min=1e-12)
         log_p, log_1mp = F.logsigmoid(logits), F.logsigmoid(-logits)
     else:
         p = pred.float().clamp(eps, 1.0 - eps)
+        q = 1.0 - p
         log_p, log_1mp = torch.log(p), torch.log1p(-p)
-    pos_loss = -log_p * torch.pow(1.0 - p, alpha)
+    pos_loss = -log_p * torch.pow(q, alpha)
     neg_loss = -log_1mp * torch.pow(p, alpha) * neg_weight
     loss = torch.where(pos, pos_loss, neg_loss).sum()
     return loss / num_pos

@@ -99,6 +99,21 @@ def test_no_nan_at_range_edges(act, value):
     assert out["loss_map"].item() > 1.0  # a constant map is a bad prediction, not a free one
 
 
+@pytest.mark.parametrize("alpha", [0.5, 2.0])
+def test_no_nan_with_saturated_logits(alpha):
+    cfg = cfg_with(**{"loss.focal_alpha": alpha, "loss.focal_beta": 0.5})
+    t = make_targets(BOXES, LABELS, 2, cfg)
+    x = torch.where(t["heatmap"] >= 1, torch.tensor(200.0), torch.tensor(-200.0))
+    x[0, 0, 0, 0] = 200.0  # a confident false positive
+    x[1, 1] = -200.0  # a missed object
+    x.requires_grad_(True)
+    r = DetectionLoss(cfg)({"map": torch.sigmoid(x), "map_logits": x, "offset": t["offset"],
+                            "shape": t["shape"]}, t)
+    r["loss"].backward()
+    assert torch.isfinite(r["loss"]) and torch.isfinite(x.grad).all()
+    assert r["loss_map"].item() > 10
+
+
 def test_combined_formula_is_exact():
     cfg = cfg_with(**{"loss.s_map": 0.5, "loss.s_offset": -1.0, "loss.s_shape": 2.0, "loss.loss_scale": 2.5})
     crit = DetectionLoss(cfg)
