@@ -76,7 +76,7 @@ class RunsPane(Vertical):
 class NanxiTuneApp(App):
     """The cheat-sheet as live panels; runs launched, watched, stopped and resumed from the keyboard."""
 
-    CSS_PATH = "app.tcss"
+    CSS_PATH = str(Path(__file__).with_name("app.tcss"))
     TITLE = "nanxi-tune"
     COMMANDS = App.COMMANDS | {RunCommands}
     BINDINGS = [
@@ -311,6 +311,7 @@ class NanxiTuneApp(App):
         self.bridge = RunBridge(self)
         self.monitor.reset(run_dir.name, max_days)
         self.query_one("#tabs", TabbedContent).active = "monitor"
+        self.monitor.focus()  # PageUp/PageDown/arrows scroll the monitor
         self.sub_title = f"run {run_dir.name}"
 
     @work(thread=True, exclusive=True, group="train", exit_on_error=False)
