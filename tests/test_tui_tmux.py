@@ -1,0 +1,66 @@
+"""The real app in a real terminal (tmux, 80×24): start a demo run by key, read loss values off the screen."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nanxi_tune.engine import config as C
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")]
+
+
+def tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True).stdout
+
+
+def test_real_terminal_start_run_and_read_losses(tmp_path):
+    cfg = C.with_updates(C.load_preset("demo"), {"data.synthetic_train": 16, "data.synthetic_val": 8,
+                                                 "preprocess.input_size": 64, "data.batch_size": 8,
+                                                 "train.epochs": 50, "eval.interval": 100})
+    preset = C.save(cfg, tmp_path / "tiny.toml")
+    session = f"nanxi-tui-{os.getpid()}"
+    code = ("from pathlib import Path; from nanxi_tune.tui.app import run_app; "
+            f"run_app({str(preset)!r}, runs_root=Path({str(tmp_path / 'runs')!r}))")
+    env = f"NANXI_TUNE_CACHE={os.environ.get('NANXI_TUNE_CACHE', str(tmp_path / 'cache'))}"
+    cmd = f"cd {tmp_path} && env {env} TERM=xterm-256color {sys.executable} -c {code!r}"
+    tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd)
+    try:
+        def screen() -> str:
+            return tmux("capture-pane", "-p", "-t", session)
+
+        def wait(pattern: str, timeout: float) -> re.Match:
+            end = time.time() + timeout
+            while time.time() < end:
+                m = re.search(pattern, screen())
+                if m:
+                    return m
+                time.sleep(0.2)
+            raise AssertionError(f"{pattern!r} not on screen:\n{screen()}")
+
+        wait(r"input_size", 30)  # first frame: the Config tab
+        wait(r"valid ✓", 30)
+        tmux("send-keys", "-t", session, "F5")
+        wait(r"\[running\]", 60)
+        m = wait(r"loss_map\s+(\d+\.\d+)", 120)
+        assert float(m.group(1)) > 0
+        for name in ("loss_offset", "loss_shape"):
+            m = wait(rf"{name}\s+(\d+\.\d+)", 10)
+            assert float(m.group(1)) > 0
+        # quit: asks, then stops with a checkpoint
+        tmux("send-keys", "-t", session, "C-q")
+        wait(r"Write a checkpoint", 10)
+        tmux("send-keys", "-t", session, "y")
+        end = time.time() + 120
+        while time.time() < end and session in tmux("ls"):
+            time.sleep(0.3)
+        runs = list((tmp_path / "runs").iterdir())
+        assert len(runs) == 1 and (runs[0] / "checkpoints" / "last.pt").exists()
+    finally:
+        tmux("kill-session", "-t", session)
