@@ -20,7 +20,7 @@ from nanxi_tune.engine import config as C
 from nanxi_tune.engine.data import EpochSampler, make_loader, train_dataset
 from nanxi_tune.engine.model import build_model
 from nanxi_tune.engine.targets import build_targets
-from nanxi_tune.engine.trainer import Trainer, pick_device
+from nanxi_tune.engine.trainer import Trainer, param_groups, pick_device
 
 
 def bare_loop(cfg: C.Config, steps: int, warmup: int) -> float:
@@ -29,7 +29,7 @@ def bare_loop(cfg: C.Config, steps: int, warmup: int) -> float:
     device = pick_device(cfg.train.device)
     ds = train_dataset(cfg, cfg.train.seed)
     model = build_model(cfg, ds.num_classes).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.train.weight_decay,
+    opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.lr,
                             betas=(cfg.train.beta1, cfg.train.beta2))
     loader = make_loader(ds, EpochSampler(len(ds), cfg.train.seed, 0), cfg.data.batch_size, cfg.data.workers,
                          device.type, drop_last=True)

@@ -168,6 +168,8 @@ class Train(Strict):
     warmup_steps: int = F(0, "Linear warmup steps (0 = off).", ge=0,
                           note="warmup disabled: slowed early convergence (0.000310 vs 0.010725)")
     ema_decay: float = F(0.99, "EMA decay of the weights.", zh="权重更新 Decay", note="0.99", ge=0, lt=1)
+    ema_ramp: bool = F(True, "Ramp the EMA decay up as min(ema_decay, (1 + n) / (10 + n)) after n updates, so "
+                       "early EMA weights are not an average of weights too far apart.")
     epochs: int = F(12, "Training epochs.", ge=1, le=100000, live=True)
     max_steps: int = F(0, "Stop after this many steps (0 = run all epochs).", ge=0, live=True)
     grad_clip: float = F(0.0, "Clip the gradient norm to this value (0 = off).", ge=0, live=True)

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from . import checkpoint as ckpt_io
 from . import config as C
 from . import journal, rundir
+from .diagnostics import Watcher
 from .data import EpochSampler, eval_dataset, make_loader, train_dataset
 from .evaluate import evaluate
 from .events import (Callback, CheckpointSaved, Error, EvalMetrics, Event, Log, StateChanged, StepMetrics,
@@ -50,6 +51,35 @@ def lr_at(cfg: C.Config, step: int, total_steps: int) -> float:
     return lr
 
 
+def ema_avg_fn(decay: float, ramp: bool):
+    """EMA update for AveragedModel. With ``ramp`` the decay is min(decay, (1 + n) / (10 + n)) after n updates
+    (TensorFlow's num_updates rule): early weights move fast, so a full 0.99 from step 0 averages weights
+    too far apart to form a working model."""
+
+    @torch.no_grad()
+    def update(ema_params, params, num_averaged):
+        n = int(num_averaged)
+        d = min(decay, (1 + n) / (10 + n)) if ramp else decay
+        if torch.is_floating_point(ema_params[0]):
+            torch._foreach_lerp_(list(ema_params), list(params), 1.0 - d)
+        else:  # integer buffers (BatchNorm's num_batches_tracked) follow the model
+            for e, p in zip(ema_params, params):
+                e.copy_(p)
+
+    return update
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on conv weights only: decaying biases, norm scales and the log weights s_* toward 0
+    would pull the heatmap prior bias and the loss balance away from where they belong."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 class Trainer:
     def __init__(self, cfg: C.Config, run_dir: Path | str, callback: Callback = null_callback,
                  max_steps: int | None = None, resume: bool = False):
@@ -66,6 +96,8 @@ class Trainer:
         self._stop = threading.Event()
         self._paused = threading.Event()
         self._wake = threading.Event()
+        self.watcher = Watcher(cfg)
+        self._lines_since_check = 0
         self._metrics: rundir.JsonlWriter | None = None
         self._events: rundir.JsonlWriter | None = None
 
@@ -106,9 +138,30 @@ class Trainer:
         line = event.to_json()
         if isinstance(event, (StepMetrics, EvalMetrics)):
             self._metrics.write(line)
+            self.watcher.observe(line)
+            self._lines_since_check += 1
         else:
             self._events.write(line)
         self.callback(event)
+
+    def _diagnose(self) -> None:
+        """The notes' rules over the history so far; new findings go out as Diagnosis events."""
+        if not self.cfg.diagnose.enabled:
+            return
+        self._lines_since_check = 0
+        try:
+            findings = self.watcher.check(self._model_stats())
+        except Exception as err:  # noqa: BLE001 - a broken rule must never end a training run
+            self._emit(Log(f"diagnostics skipped: {type(err).__name__}: {err}", "warning"))
+            return
+        for finding in findings:
+            self._emit(finding.to_event())
+
+    def _model_stats(self) -> dict[str, Any]:
+        if self.device.type != "cuda":
+            return {}
+        free, total = torch.cuda.mem_get_info(self.device)
+        return {"memory": {"used": torch.cuda.max_memory_reserved(self.device), "total": total}}
 
     def _set_state(self, state: str, message: str = "") -> None:
         self.state = state
@@ -173,9 +226,9 @@ class Trainer:
                           "images); lower data.batch_size")
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
         self.model = build_model(cfg, self.train_set.num_classes).to(self.device)
-        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay),
+        self.ema = AveragedModel(self.model, multi_avg_fn=ema_avg_fn(cfg.train.ema_decay, cfg.train.ema_ramp),
                                  use_buffers=True)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.train.weight_decay,
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.train.weight_decay), lr=cfg.lr,
                                            betas=(cfg.train.beta1, cfg.train.beta2))
         if self.resume_from is not None:
             self._load(self.resume_from)
@@ -207,6 +260,9 @@ class Trainer:
                 if epoch_done and (self.step // self.steps_per_epoch) % cfg.eval.interval == 0:
                     self._evaluate()
                     self._save()
+                    self._diagnose()
+                elif cfg.diagnose.check_every and self._lines_since_check >= cfg.diagnose.check_every:
+                    self._diagnose()
                 if self.step >= self.total_steps or self._reached_stop_at():
                     break
             if self.state == "stopped":
@@ -214,6 +270,7 @@ class Trainer:
         if not self._evaluated_at_step():
             self._evaluate()
         self._save()
+        self._diagnose()
         self._set_state("finished", f"best mAP {max(self.best_map, 0):.4f}")
 
     def _train_step(self, images: torch.Tensor, targets: list[dict]) -> dict[str, float]:
@@ -326,6 +383,8 @@ class Trainer:
         self._last_eval_step = int(state.get("last_eval_step", -1))
         ckpt_io.set_rng_state(state["rng"])
         dropped = rundir.trim_metrics(self.run_dir, self.step)
+        for line in rundir.read_metrics(self.run_dir):  # the rules judge the whole run, not just this part
+            self.watcher.observe(line)
         note = f"resumed from {path} at step {self.step}"
         if dropped:
             note += f"; dropped {dropped} metric lines logged after that checkpoint (they are redone)"

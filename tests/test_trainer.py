@@ -87,6 +87,7 @@ def test_pause_and_continue(tmp_path):
         seen.append(e)
         if e.kind == "step" and e.step == 2:
             t.request_pause()
+        if e.kind == "state" and e.state == "paused":  # continue from another thread, as a UI would
             threading.Timer(0.3, t.request_continue).start()
 
     t = Trainer(tiny(**{"train.epochs": 1}), tmp_path / "p", cb)

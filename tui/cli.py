@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--set", dest="sets", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override eval/postprocess keys, e.g. eval.val_data_mode=full")
 
+    d = sub.add_parser("diagnose", help="run the notes' diagnostic rules over a run directory")
+    d.add_argument("run_dir")
+    d.add_argument("--json", action="store_true", help="one JSON object per finding (events.jsonl's form)")
+
     sub.add_parser("presets", help="list the bundled presets")
     return p
 
@@ -58,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             run_app(preset=args.preset, open_run=Path(args.run_dir) if args.command == "open" else None,
                     runs_root=Path(args.runs))
             return 0
+        if args.command == "diagnose":
+            from nanxi_tune.tui.diagnose_cmd import diagnose
+
+            return diagnose(args)
         from nanxi_tune.tui import headless
 
         return getattr(headless, args.command)(args)
