@@ -62,6 +62,22 @@ def save_atomic(obj: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def link_atomic(src: Path, dst: Path) -> Path:
+    """Make ``dst`` the same file as ``src`` (a hard link swapped in by rename; a copy where links fail)."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    os.replace(tmp, dst)
+    return dst
+
+
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.exists():

@@ -172,6 +172,10 @@ class Train(Strict):
                        "early EMA weights are not an average of weights too far apart.")
     epochs: int = F(12, "Training epochs.", ge=1, le=100000, live=True)
     max_steps: int = F(0, "Stop after this many steps (0 = run all epochs).", ge=0, live=True)
+    checkpoint_every: int = F(0, "Also write last.pt every N steps between evaluations (0 = only at evaluations "
+                              "and stops); a killed run loses at most N steps.", ge=0, live=True)
+    keep_checkpoints: int = F(5, "Per-evaluation checkpoints kept (checkpoints/step-N.pt) for rewinding a remedy to "
+                              "before the evidence.", ge=1, le=1000, live=True)
     grad_clip: float = F(0.0, "Clip the gradient norm to this value (0 = off).", ge=0, live=True)
     seed: int = F(0, "Run seed: model init, data order and augmentation derive from it.", ge=0)
     device: str = F("auto", "Device: auto (CUDA when present), cpu, cuda or cuda:N.")

@@ -39,6 +39,15 @@ def best_checkpoint(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINTS / "best.pt"
 
 
+def ring_checkpoint(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:09d}.pt"
+
+
+def ring_checkpoints(run_dir: Path) -> list[Path]:
+    """The ring of per-evaluation checkpoints, oldest first."""
+    return sorted((Path(run_dir) / CHECKPOINTS).glob("step-*.pt"))
+
+
 class JsonlWriter:
     """Append-only JSON lines, flushed per line so a killed process loses at most the line in flight."""
 

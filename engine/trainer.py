@@ -259,17 +259,18 @@ class Trainer:
                 epoch_done = self.step % self.steps_per_epoch == 0
                 if epoch_done and (self.step // self.steps_per_epoch) % cfg.eval.interval == 0:
                     self._evaluate()
-                    self._save()
                     self._diagnose()
-                elif cfg.diagnose.check_every and self._lines_since_check >= cfg.diagnose.check_every:
-                    self._diagnose()
+                else:
+                    if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
+                        self._save()
+                    if cfg.diagnose.check_every and self._lines_since_check >= cfg.diagnose.check_every:
+                        self._diagnose()
                 if self.step >= self.total_steps or self._reached_stop_at():
                     break
             if self.state == "stopped":
                 return
         if not self._evaluated_at_step():
             self._evaluate()
-        self._save()
         self._diagnose()
         self._set_state("finished", f"best mAP {max(self.best_map, 0):.4f}")
 
@@ -343,9 +344,12 @@ class Trainer:
                                online_AP50=online.get("AP50"),
                                **{k: float(m[k]) for k in ("mAP", "AP50", "AP75", "APs", "APm", "APl", "loss",
                                                            "loss_map", "loss_offset", "loss_shape")}))
-        if m["mAP"] > self.best_map:
+        improved = m["mAP"] > self.best_map
+        if improved:
             self.best_map = float(m["mAP"])
-            self._save(rundir.best_checkpoint(self.run_dir), best=True)
+        self._save(ring=True)
+        if improved:
+            self._save_best()
 
     # --- checkpoints -------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -364,14 +368,25 @@ class Trainer:
             "rng": ckpt_io.rng_state(),
         }
 
-    def _save(self, path: Path | None = None, best: bool = False) -> None:
-        path = path or rundir.last_checkpoint(self.run_dir)
+    def _save(self, ring: bool = False) -> None:
+        """last.pt always; at evaluations also a ring file (checkpoints/step-N.pt) that remedies rewind to."""
+        last = rundir.last_checkpoint(self.run_dir)
+        path = rundir.ring_checkpoint(self.run_dir, self.step) if ring else last
         try:
             ckpt_io.save_atomic(self._state(), path)
+            if ring:
+                ckpt_io.link_atomic(path, last)
+                for old in rundir.ring_checkpoints(self.run_dir)[:-self.cfg.train.keep_checkpoints]:
+                    old.unlink(missing_ok=True)
         except OSError as err:
             raise StopRun(f"could not write {path} ({err.strerror or err}); the previous checkpoint is intact. "
                           "Free disk space, then resume") from None
-        self._emit(CheckpointSaved(str(path), self.step, self.step // self.steps_per_epoch, best))
+        self._emit(CheckpointSaved(str(path), self.step, self.step // self.steps_per_epoch, False))
+
+    def _save_best(self) -> None:
+        best = rundir.best_checkpoint(self.run_dir)
+        ckpt_io.link_atomic(rundir.last_checkpoint(self.run_dir), best)
+        self._emit(CheckpointSaved(str(best), self.step, self.step // self.steps_per_epoch, True))
 
     def _load(self, path: Path) -> None:
         state = ckpt_io.load(path, map_location=self.device)
