@@ -1,0 +1,63 @@
+"""Journal: parent (resume, remedy, sweep), config diff vs preset, results, findings; records; compare."""
+
+import pytest
+import torch
+
+from nanxi_tune.engine import config as C
+from nanxi_tune.engine import journal, remedy, rundir
+from nanxi_tune.engine.trainer import Trainer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(**updates):
+    base = {"preprocess.input_size": 64, "data.synthetic_train": 16, "data.synthetic_val": 8, "data.batch_size": 8,
+            "backbone.width": 8, "head.channels": 16, "train.epochs": 2, "eval.online": False, "eval.interval": 1}
+    return C.with_updates(C.load_preset("demo"), base | updates)
+
+
+def test_records_lines_and_compare(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert Trainer(tiny(), a, max_steps=2).run() == "stopped"
+    assert Trainer.resume(a).run() == "finished"
+    assert Trainer(tiny(**{"preprocess.resize": "letterbox"}), b).run() == "finished"
+    finding = {"rule": "flat-loss-after-epoch-2", "remedy": {"set": {"train.base_lr": 0.001}, "resume_from_step": 2}}
+    child = remedy.apply(a, finding, tmp_path)
+    assert Trainer.resume(child).run() == "finished"
+
+    ra = journal.record(a)
+    assert ra["resumes"] == 1 and ra["status"] == "finished" and ra["mAP"] is not None
+    assert ra["changes"]["preprocess.input_size"] == [128, 64]
+    text = (a / rundir.JOURNAL).read_text()
+    assert "resumed: resumed from" in text and "## Config vs preset" in text
+    rc = journal.record(child)
+    assert rc["parent"] == str(a) and rc["reason"] == "flat-loss-after-epoch-2"
+    assert rc["changes"]["train.base_lr"] == [0.003, 0.001]
+
+    recs = journal.records(tmp_path)
+    assert {r["name"] for r in recs} == {"a", "b", child.name}
+    out = journal.render_records(recs)
+    lb = next(x for x in out.splitlines() if x.startswith("b:"))
+    assert "preprocess.resize = letterbox" in lb and "vs" in lb and "same_padding" in lb and "mAP" in lb
+    assert "flat-loss-after-epoch-2 of a" in out and "resumed 1×" in out
+    md = journal.render_records(recs, markdown=True)
+    assert md.startswith("- ")
+
+    cmp = journal.compare(a, b)
+    assert ("preprocess.resize", "same_padding", "letterbox") in cmp["diff"]
+    assert cmp["curves"]["a"]["train_loss"] and cmp["curves"]["b"]["mAP"]
+    assert cmp["summary"].startswith("a vs b: mAP") and "preprocess.resize same_padding vs letterbox" in cmp["summary"]
+
+
+def test_records_survive_a_broken_folder(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / rundir.CONFIG).write_text("not = [toml")
+    recs = journal.records(tmp_path)
+    assert recs[0]["name"] == "bad" and "unreadable" in journal.render_records(recs)

@@ -1,0 +1,87 @@
+"""NMS after training: one forward pass cached, the grid decoded from it; the chosen thresholds ≥ the defaults."""
+
+import pytest
+import torch
+
+from nanxi_tune.engine import config as C
+from nanxi_tune.engine import rundir
+from nanxi_tune.engine import tune_post as TP
+from nanxi_tune.engine.evaluate_run import evaluate_run
+from nanxi_tune.engine.trainer import Trainer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(**updates):
+    base = {"preprocess.input_size": 64, "data.synthetic_train": 64, "data.synthetic_val": 16, "data.batch_size": 8,
+            "backbone.width": 8, "head.channels": 16, "train.epochs": 6, "train.base_lr": 0.01,
+            "eval.interval": 3, "eval.online": False}
+    return C.with_updates(C.load_preset("demo"), base | updates)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("tp") / "run"
+    assert Trainer(tiny(), run).run() == "finished"
+    torch.set_num_threads(n)
+    return run
+
+
+def test_cached_decode_scores_like_a_normal_eval(trained):
+    cache = TP.cache_outputs(trained)
+    flat = C.flatten(cache.cfg)
+    m = TP.score(cache, {k: flat[k] for k in TP.KEYS})
+    ref = evaluate_run(trained, "best")
+    assert m["mAP"] == pytest.approx(ref["mAP"], abs=1e-9) and m["AP50"] == pytest.approx(ref["AP50"], abs=1e-9)
+    assert len(cache.img_ids) == 16 and set(cache.outputs[0]) == {"map", "offset", "shape"}
+
+
+def test_tune_beats_or_matches_defaults_and_applies(trained, tmp_path, monkeypatch):
+    cfg0 = C.load(trained / rundir.CONFIG)
+    calls = {"forward": 0}
+    real = TP.cache_outputs
+
+    def counting(*a, **k):
+        calls["forward"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(TP, "cache_outputs", counting)
+    progress = []
+    res = TP.tune(trained, progress=lambda d, n: progress.append((d, n)))
+    assert calls["forward"] == 1  # the network ran once
+    n_points = 6 * 6 * 4  # the run's own values (0.6, 0.01, 100) are already on the grid
+    assert len(res.rows) == n_points and progress[-1] == (n_points, n_points)
+    defaults = [r for r in res.rows if r["default"]]
+    assert len(defaults) == 1 and defaults[0]["postprocess.nms_iou"] == cfg0.postprocess.nms_iou
+    assert res.best["mAP"] >= res.default["mAP"]
+    assert res.best["mAP"] == max(r["mAP"] for r in res.rows)
+    print(f"tune-post: defaults mAP {res.default['mAP']:.4f} → best {res.best['mAP']:.4f} ({TP.fmt_point(res.best)})")
+    # apply to a preset path, then to the run itself
+    preset = tmp_path / "mine.toml"
+    C.save(C.load_preset("demo"), preset)
+    TP.apply(res, preset)
+    assert C.flatten(C.load(preset))["postprocess.nms_iou"] == res.best["postprocess.nms_iou"]
+    TP.apply(res)
+    cfg1 = C.load(trained / rundir.CONFIG)
+    assert {k: C.flatten(cfg1)[k] for k in TP.KEYS} == res.best_updates()
+    assert C.diff(cfg0, cfg1).keys() <= set(TP.KEYS)
+    journal = (trained / rundir.JOURNAL).read_text()
+    assert "Post-processing (tuned after training)" in journal and "tune-post: best" in journal
+    # scoring the applied config reproduces the best
+    assert evaluate_run(trained, "best")["mAP"] == pytest.approx(res.best["mAP"], abs=1e-9)
+
+
+def test_grid_always_holds_the_runs_own_values():
+    cfg = C.with_updates(C.Config(), {"postprocess.nms_iou": 0.55, "postprocess.top_k": 77})
+    pts = TP.make_grid(cfg, {"postprocess.nms_iou": (0.5,), "postprocess.score_threshold": (0.1,),
+                             "postprocess.top_k": (10,)})
+    assert {"postprocess.nms_iou": 0.55, "postprocess.score_threshold": 0.01, "postprocess.top_k": 77} in pts
+    assert len(pts) == 2 * 2 * 2
