@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="one JSON object per finding (events.jsonl's form)")
 
     sub.add_parser("presets", help="list the bundled presets")
+
+    from nanxi_tune.tui.workflows_cmd import add_parsers as add_workflow_parsers
+
+    add_workflow_parsers(sub)  # sweep, stats, autobatch, tune-post, journal, budget
     return p
 
 
@@ -66,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             from nanxi_tune.tui.diagnose_cmd import diagnose
 
             return diagnose(args)
+        from nanxi_tune.tui.workflows_cmd import COMMANDS as WORKFLOWS
+
+        if args.command in WORKFLOWS:
+            return WORKFLOWS[args.command](args)
         from nanxi_tune.tui import headless
 
         return getattr(headless, args.command)(args)
