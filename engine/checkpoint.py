@@ -62,6 +62,28 @@ def save_atomic(obj: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def remove_stale_temps(folder: Path) -> int:
+    """Delete temp files (``.NAME.tmp-PID``) left by a process killed mid-write; a live writer's are kept.
+    A killed multi-day run would otherwise leave one partial checkpoint on disk per kill. Returns files removed."""
+    removed = 0
+    for tmp in Path(folder).glob(".*.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+                continue  # a live process (another writer): not ours to touch
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def link_atomic(src: Path, dst: Path) -> Path:
     """Make ``dst`` the same file as ``src`` (a hard link swapped in by rename; a copy where links fail)."""
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")

@@ -231,6 +231,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.train.weight_decay), lr=cfg.lr,
                                            betas=(cfg.train.beta1, cfg.train.beta2))
         if self.resume_from is not None:
+            ckpt_io.remove_stale_temps(self.resume_from.parent)  # partial files of a killed predecessor
             self._load(self.resume_from)
 
     def _loop(self) -> None:
@@ -398,6 +399,10 @@ class Trainer:
         self._last_eval_step = int(state.get("last_eval_step", -1))
         ckpt_io.set_rng_state(state["rng"])
         dropped = rundir.trim_metrics(self.run_dir, self.step)
+        # trim_metrics may have replaced metrics.jsonl (a new file, renamed over the old): append to the new one,
+        # or every line of the resumed run would go to the unlinked old file and be lost.
+        self._metrics.close()
+        self._metrics = rundir.JsonlWriter(self.run_dir / rundir.METRICS)
         for line in rundir.read_metrics(self.run_dir):  # the rules judge the whole run, not just this part
             self.watcher.observe(line)
         note = f"resumed from {path} at step {self.step}"
