@@ -196,7 +196,7 @@ class NanxiTuneApp(App):
         else:
             bad = list(form.errors) + ([form.general_error] if form.general_error else [])
             t.append(f" · ✗ {len(bad)} invalid: {', '.join(bad)[:60]}", style="bold red")
-        t.append(" · Tab/Shift+Tab moves; ⟳ = live key", style="dim")
+        t.append(" · Tab moves · ^t next tab · F5 start · ⟳ live key", style="dim")
         self.query_one("#config-status", Static).update(t)
 
     @on(FieldFocused)
