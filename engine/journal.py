@@ -117,10 +117,11 @@ def line(rec: dict) -> str:
     changes = rec.get("changes") or {}
     if rec.get("reason") == "sweep" and rec.get("sweep_key"):  # a trial: what the sweep varied
         v = rec.get("sweep_value")
-        shown = {rec["sweep_key"]: changes.get(rec["sweep_key"], [f"{_val(v)} as preset", v])}
+        shown = {rec["sweep_key"]: changes.get(rec["sweep_key"], [f"{_val(v)} (the preset's value)", v])}
     else:
         shown = {k: v for k, v in changes.items() if k not in ("train.max_steps", "eval.interval")} or changes
-    what = ", ".join(f"{k} {_val(b)} vs {_val(a)}" for k, (a, b) in shown.items()) or "as preset"
+    what = ", ".join(f"{k} {_val(a)}" if isinstance(a, str) and a.endswith("(the preset's value)")
+                     else f"{k} {_val(b)} vs {_val(a)}" for k, (a, b) in shown.items()) or "as preset"
     head = f"{rec['name']}: {what} ({rec['preset'] or 'no preset'})"
     res = (f"mAP {rec['mAP']:.4f} (AP50 {rec['AP50']:.4f}, {rec['mode']}, step {rec['best_step']})"
            if rec.get("mAP") is not None else "no evaluation yet")
