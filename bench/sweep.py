@@ -1,0 +1,71 @@
+"""Seven-stars sweep overhead: the wall time of a 7-trial sweep against 7 × one trial run alone.
+
+Each "alone" trial is a plain ``Trainer(cfg, run_dir).run()`` with exactly the config the sweep gives
+that trial (the swept value, train.max_steps, a final-only evaluation); the sweep adds its sweep.json
+bookkeeping, the parent event, the per-trial summary and its journal. The alone runs are timed before
+and after the sweep and averaged (the machine may be shared). Target: ratio ≤ 1.05.
+
+    python bench/sweep.py [--steps 20] [--start 0.0003] [--threads 1] [--size 64] [--device auto] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from nanxi_tune.engine import config as C
+from nanxi_tune.engine import sweep as S
+from nanxi_tune.engine.trainer import Trainer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--start", type=float, default=0.0003)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--keep", action="store_true", help="keep the run folders (default: removed)")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
+    os.environ.setdefault("NANXI_TUNE_CACHE", str(tmp / "cache"))
+    cfg = C.with_updates(C.load_preset("demo"), {
+        "preprocess.input_size": a.size, "data.synthetic_train": 64, "data.synthetic_val": 16, "data.batch_size": 8,
+        "backbone.width": 8, "head.channels": 16, "eval.online": False, "train.device": a.device})
+    values = S.window(a.start)
+    probe = S.Sweep(tmp / "probe", cfg, "train.base_lr", values, trial_steps=a.steps)
+    trial_cfgs = [probe.trial_config(v) for v in values]
+    Trainer(trial_cfgs[0], tmp / "warmup").run()  # synthetic cache, imports, allocator
+
+    def alone(tag: str) -> float:
+        t0 = time.perf_counter()
+        for i, c in enumerate(trial_cfgs):
+            Trainer(c, tmp / f"alone-{tag}-{i}").run()
+        return time.perf_counter() - t0
+
+    before = alone("a")
+    t0 = time.perf_counter()
+    sw = S.Sweep(tmp / "sweep", cfg, "train.base_lr", values, trial_steps=a.steps)
+    assert sw.run() == "finished"
+    sweep_s = time.perf_counter() - t0
+    after = alone("b")
+    base = (before + after) / 2
+    print(f"7 trials × {a.steps} steps at {a.size} px, {a.threads} thread(s), device {a.device}")
+    print(f"  7 × one trial alone: {before:.2f}s before, {after:.2f}s after (mean {base:.2f}s)")
+    print(f"  7-trial sweep:       {sweep_s:.2f}s")
+    print(f"  overhead ratio sweep / alone = {sweep_s / base:.3f}  (target ≤ 1.05)")
+    print(f"  best train.base_lr = {S.value_name(sw.best_value())}" + (f"; folder {tmp}" if a.keep else ""))
+    if not a.keep:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
