@@ -36,6 +36,14 @@ def F(default: Any, description: str, *, zh: str | None = None, note: str | None
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v: Any, info) -> Any:
+        """pydantic's lax mode reads true/false as 1/0 in a number field; in a preset that is a typo, not a number."""
+        if isinstance(v, bool) and cls.model_fields[info.field_name].annotation in (int, float):
+            raise ValueError("expected a number, not true/false")
+        return v
+
 
 class Preprocess(Strict):
     """图像预处理 image preprocessing"""
@@ -58,11 +66,22 @@ class Normalize(Strict):
                                                "over augmented training samples (`nanxi-tune stats`).",
                                                note="~ defaults until computed")
 
+    @field_validator("mean")
+    @classmethod
+    def _mean_finite(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        import math
+
+        if not all(math.isfinite(m) for m in v):
+            raise ValueError("every mean must be a finite number (images are scaled to [0, 1])")
+        return v
+
     @field_validator("std")
     @classmethod
     def _std_positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
-        if any(s <= 0 for s in v):
-            raise ValueError("every std must be greater than 0")
+        import math
+
+        if not all(math.isfinite(s) and s > 0 for s in v):
+            raise ValueError("every std must be a finite number greater than 0")
         return v
 
 
