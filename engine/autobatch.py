@@ -97,8 +97,6 @@ class _Step:
         self.pool = _sample_batch(self.ds, 8)
 
     def batch(self, n: int):
-        import torch
-
         images, targets = self.pool
         idx = [i % images.shape[0] for i in range(n)]
         return images[idx].to(self.device), [targets[i] for i in idx]
