@@ -222,10 +222,14 @@ class CocoDetection(torch.utils.data.Dataset):
         else:
             epoch, index, augment = 0, int(key), False
         n = len(self.ids)
+        found: list[str] = []
         for attempt in range(n):
             j = (index + attempt) % n
             try:
-                return self._sample(epoch, j, augment)
+                image, target = self._sample(epoch, j, augment)
+                if found:  # travels with the batch (also out of loader workers) so the trainer can count it
+                    target["skipped"] = found
+                return image, target
             except DataError as err:
                 if not self.skip_bad:
                     raise
@@ -233,6 +237,7 @@ class CocoDetection(torch.utils.data.Dataset):
                     self._bad_images.add(j)
                     self.skipped += 1
                     self.warnings.append(f"skipped: {err}")
+                    found.append(str(err))
         raise DataError(f"{self.ann_file}: no readable image left in {self.img_dir}; check the images folder")
 
     def _sample(self, epoch: int, index: int, augment: bool):

@@ -21,7 +21,7 @@ from . import checkpoint as ckpt_io
 from . import config as C
 from . import journal, rundir
 from .diagnostics import Watcher
-from .data import EpochSampler, eval_dataset, make_loader, train_dataset
+from .data import DataError, EpochSampler, eval_dataset, make_loader, train_dataset
 from .evaluate import evaluate
 from .events import (Callback, CheckpointSaved, Error, EvalMetrics, Event, Log, StateChanged, StepMetrics,
                      null_callback)
@@ -180,6 +180,12 @@ class Trainer:
             self._fail(str(err).split("\n")[0], str(err))
         except ckpt_io.CheckpointError as err:
             self._fail("checkpoint", str(err))
+        except DataError as err:  # names the file and the fix; not a crash, so no traceback
+            msg = str(err)
+            if "Original Traceback" in msg:  # re-raised from a loader worker: keep the worker's own message
+                msg = msg.rstrip().rsplit("DataError: ", 1)[-1]
+            self._fail(msg, "fix the data as the message says (or set data.skip_bad = true to skip bad items "
+                       "with a warning), then start the run again")
         except torch.OutOfMemoryError:
             self._fail("out of memory", self._oom_hint())
         except Exception as err:  # noqa: BLE001 - a run must end with a recorded reason, whatever broke
@@ -219,6 +225,10 @@ class Trainer:
         self.train_set = train_dataset(cfg, cfg.train.seed)
         for w in getattr(self.train_set, "warnings", [])[:20]:
             self._emit(Log(w, "warning"))
+        if getattr(self.train_set, "skipped", 0):
+            self._emit(Log(f"data.skip_bad: skipped {self.train_set.skipped} bad annotation(s) in "
+                           f"{self.train_set.ann_file}; the run continues without them", "warning"))
+        self._skipped_images: set[str] = set()
         bs = cfg.data.batch_size
         self.steps_per_epoch = len(self.train_set) // bs
         if self.steps_per_epoch == 0:
@@ -244,6 +254,7 @@ class Trainer:
             for images, targets in loader:
                 if self._honour_commands() or self._reached_stop_at():
                     return
+                self._count_skipped(targets)
                 lr = lr_at(cfg, self.step, self.total_steps)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
@@ -274,6 +285,15 @@ class Trainer:
             self._evaluate()
         self._diagnose()
         self._set_state("finished", f"best mAP {max(self.best_map, 0):.4f}")
+
+    def _count_skipped(self, targets: list[dict]) -> None:
+        """data.skip_bad: a warning with the running count for each bad image met for the first time."""
+        for t in targets:
+            for msg in t.get("skipped", ()):
+                if msg not in self._skipped_images:
+                    self._skipped_images.add(msg)
+                    self._emit(Log(f"data.skip_bad: skipped {len(self._skipped_images)} bad image(s) so far; "
+                                   f"latest: {msg}", "warning"))
 
     def _train_step(self, images: torch.Tensor, targets: list[dict]) -> dict[str, float]:
         images = images.to(self.device, non_blocking=True)
@@ -374,9 +394,11 @@ class Trainer:
         last = rundir.last_checkpoint(self.run_dir)
         path = rundir.ring_checkpoint(self.run_dir, self.step) if ring else last
         try:
-            ckpt_io.save_atomic(self._state(), path)
+            # last.pt first: it is what resume reads, so a kill between the two writes never leaves a ring file
+            # newer than last.pt (the ring entry is then simply missing)
+            ckpt_io.save_atomic(self._state(), last)
             if ring:
-                ckpt_io.link_atomic(path, last)
+                ckpt_io.link_atomic(last, path)
                 for old in rundir.ring_checkpoints(self.run_dir)[:-self.cfg.train.keep_checkpoints]:
                     old.unlink(missing_ok=True)
         except OSError as err:
