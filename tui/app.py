@@ -18,15 +18,16 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.lazy import Lazy
-from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, Header, ProgressBar, Static, TabbedContent, TabPane
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.tui.config_form import ConfigForm, FieldFocused, key_of
 from nanxi_tune.tui.monitor import Monitor, RunBridge, RunUpdate
 from nanxi_tune.tui.screens import Confirm, DiffView, PresetPicker, ResumeDialog, SaveAs, diff_table
+from nanxi_tune.tui.sweep_view import ConfigApplied
 
 ACTIONS = [  # action, palette name, help
     ("start_run", "Start run", "Start a run with the config on the Config tab"),
@@ -36,7 +37,23 @@ ACTIONS = [  # action, palette name, help
     ("load_preset", "Load preset", "Load a bundled preset, a .toml in this folder, or a path"),
     ("save_preset", "Save config as", "Save the current config as a TOML preset"),
     ("show_diff", "Diff against preset", "Show what the config changes from its preset"),
+    ("open_sweep", "Seven-stars sweep", "Sweep a numeric key (train.base_lr by default) over seven half-decade "
+                                        "values, starting from the current config"),
+    ("tune_post", "NMS tuning (post-processing)", "Search nms_iou / score_threshold / top_k on the selected or "
+                                                  "last trained run, without retraining"),
+    ("open_schedule", "Tuning schedule (rounds)", "The notes' order: round 1 QMV, round 2 RSR, after training"),
+    ("compute_stats", "Mean/std after augmentation", "Compute normalize.mean/std over augmented training "
+                                                     "samples and write them into the config"),
+    ("autobatch", "Largest batch (autobatch)", "Find the largest data.batch_size that fits in memory and write "
+                                               "it into the config (lr follows by linear scaling)"),
+    ("apply_remedy", "Apply the selected finding's remedy", "Stop the run with a checkpoint, rewind to before "
+                                                            "the evidence, change the config, start the child run"),
+    ("compare_runs", "Compare two runs", "Config diff side by side and both curves on one plot (mark runs with "
+                                         "space on the Runs tab)"),
+    ("next_tab", "Next tab", "Config → Monitor → Runs"),
+    ("quit", "Quit", "Quit (asks first while a run is in progress)"),
 ]
+TIP = {a: h for a, _n, h in ACTIONS}
 
 
 class RunCommands(Provider):
@@ -62,15 +79,57 @@ class RunDone(Message):
 
 
 class RunsPane(Vertical):
+    BINDINGS = [
+        Binding("space", "mark", "Mark", id="mark_run", tooltip="Mark / unmark the run under the cursor for compare"),
+        Binding("c", "app.compare_runs", "Compare", id="compare_runs", tooltip=TIP["compare_runs"]),
+    ]
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.marked: list[str] = []
+
     def compose(self) -> ComposeResult:
-        yield Static("Runs — Enter opens a run in the Monitor tab; F8 resumes the selected run",
-                     classes="section-title")
+        yield Static("Runs — Enter opens · space marks · c compares two · F8 resumes", classes="section-title")
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        for col in ("name", "status", "best mAP", "started", "step", "preset"):
+        for col in ("✓", "name", "status", "best mAP", "started", "step", "preset"):
             table.add_column(col, key=col)
+
+    def cursor_key(self) -> str | None:
+        table = self.query_one(DataTable)
+        if not table.row_count:
+            return None
+        try:
+            return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        except Exception:  # noqa: BLE001
+            return None
+
+    def action_mark(self) -> None:
+        key = self.cursor_key()
+        if key is None:
+            return
+        if key in self.marked:
+            self.marked.remove(key)
+        else:
+            self.marked.append(key)
+            del self.marked[:-2]  # two at most: the newest two marks
+        self.show_marks()
+
+    def show_marks(self) -> None:
+        table = self.query_one(DataTable)
+        for row_key in list(table.rows):
+            mark = str(self.marked.index(row_key.value) + 1) if row_key.value in self.marked else ""
+            table.update_cell(row_key, "✓", mark)
+
+    def pair(self) -> tuple[Path, Path] | None:
+        """The two runs to compare: the two marked, or the one marked and the one under the cursor."""
+        keys = [k for k in self.marked]
+        cur = self.cursor_key()
+        if len(keys) < 2 and cur and cur not in keys:
+            keys.append(cur)
+        return (Path(keys[0]), Path(keys[1])) if len(keys) >= 2 else None
 
 
 class NanxiTuneApp(App):
@@ -79,14 +138,26 @@ class NanxiTuneApp(App):
     CSS_PATH = str(Path(__file__).with_name("app.tcss"))
     TITLE = "nanxi-tune"
     COMMANDS = App.COMMANDS | {RunCommands}
+    # The footer (80 columns) shows the run keys, tab, quit and the palette; everything else is in the
+    # command palette (Ctrl+P) with the same key shown beside it.
     BINDINGS = [
-        Binding("f5", "start_run", "Start", key_display="F5", id="start_run", tooltip=ACTIONS[0][2]),
-        Binding("f6", "pause_run", "Pause", key_display="F6", id="pause_run", tooltip=ACTIONS[1][2]),
-        Binding("f7", "stop_run", "Stop", key_display="F7", id="stop_run", tooltip=ACTIONS[2][2]),
-        Binding("f8", "resume_run", "Resume", key_display="F8", id="resume_run", tooltip=ACTIONS[3][2]),
-        Binding("f2", "load_preset", "Load", key_display="F2", id="load_preset", tooltip=ACTIONS[4][2]),
-        Binding("f3", "save_preset", "Save", key_display="F3", id="save_preset", tooltip=ACTIONS[5][2]),
-        Binding("f4", "show_diff", "Diff", key_display="F4", id="show_diff", tooltip=ACTIONS[6][2]),
+        Binding("f5", "start_run", "Start", key_display="F5", id="start_run", tooltip=TIP["start_run"]),
+        Binding("f6", "pause_run", "Pause", key_display="F6", id="pause_run", tooltip=TIP["pause_run"]),
+        Binding("f7", "stop_run", "Stop", key_display="F7", id="stop_run", tooltip=TIP["stop_run"]),
+        Binding("f8", "resume_run", "Resume", key_display="F8", id="resume_run", tooltip=TIP["resume_run"]),
+        Binding("f2", "load_preset", "Load", key_display="F2", id="load_preset", tooltip=TIP["load_preset"],
+                show=False),
+        Binding("f3", "save_preset", "Save", key_display="F3", id="save_preset", tooltip=TIP["save_preset"],
+                show=False),
+        Binding("f4", "show_diff", "Diff", key_display="F4", id="show_diff", tooltip=TIP["show_diff"], show=False),
+        Binding("f9", "open_sweep", "Sweep", key_display="F9", id="open_sweep", tooltip=TIP["open_sweep"],
+                show=False),
+        Binding("ctrl+n", "tune_post", "NMS", id="tune_post", tooltip=TIP["tune_post"], show=False),
+        Binding("ctrl+g", "open_schedule", "Schedule", id="open_schedule", tooltip=TIP["open_schedule"],
+                show=False),
+        Binding("alt+m", "compute_stats", "Mean/std", id="compute_stats", tooltip=TIP["compute_stats"],
+                show=False),
+        Binding("alt+b", "autobatch", "Autobatch", id="autobatch", tooltip=TIP["autobatch"], show=False),
         Binding("ctrl+t", "next_tab", "Tab", id="next_tab", tooltip="Next tab: Config → Monitor → Runs"),
         Binding("alt+1", "tab('config')", "Config", show=False, id="tab_config", tooltip="Config tab"),
         Binding("alt+2", "tab('monitor')", "Monitor", show=False, id="tab_monitor", tooltip="Monitor tab"),
@@ -96,8 +167,13 @@ class NanxiTuneApp(App):
     ]
 
     def __init__(self, preset: str = "demo", open_run: Path | None = None, runs_root: Path = Path("runs"),
-                 *, max_steps: int | None = None, trainer_cls: Any = None) -> None:
+                 *, max_steps: int | None = None, trainer_cls: Any = None, stats_samples: int = 200,
+                 autobatch_cap_gb: float | None = None) -> None:
         super().__init__()
+        self.stats_samples = stats_samples
+        self.autobatch_cap_gb = autobatch_cap_gb
+        self.busy_task: str | None = None  # the running stats / autobatch / remedy task
+        self._remedy_pending: tuple[Path, dict] | None = None
         self.preset_arg = preset
         self.open_run_arg = Path(open_run) if open_run else None
         self.runs_root = Path(runs_root)
@@ -136,12 +212,17 @@ class NanxiTuneApp(App):
                 yield Lazy(Monitor(id="mon"))
             with TabPane("Runs", id="runs"):
                 yield Lazy(RunsPane(id="runs-pane"))
+        with Horizontal(id="task"):
+            yield Static("", id="task-label")
+            yield ProgressBar(id="task-progress", show_eta=False)
         yield Footer()
 
     def on_mount(self) -> None:
         self.sub_title = f"preset {self.initial_cfg.preset}"
         self.form.validate_now()
         self.set_interval(0.5, self._drain_timer)
+        self.set_interval(20.0, self._budget_tick)
+        self._task_hide()
         self.call_after_refresh(self._first_paint)
         self.on_resize()
         if self.open_run_arg:
@@ -180,8 +261,11 @@ class NanxiTuneApp(App):
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
         if event.pane.id == "runs":
             self.refresh_runs()
+            self.query_one("#runs-table", DataTable).focus()
         elif event.pane.id == "monitor":
             self.call_after_refresh(self.monitor.redraw_plots)
+            if self.focused is None or self.monitor not in self.focused.ancestors_with_self:
+                self.monitor.focus()
 
     # --- config ------------------------------------------------------------------------------
     @on(ConfigForm.Validated)
@@ -268,6 +352,229 @@ class NanxiTuneApp(App):
         form = self.form
         form.validate_now()
         self.push_screen(DiffView(diff_table(form.config, form.base, form.errors)))
+
+    # --- workflows (issue 5): sweep, NMS tuning, schedule, stats, autobatch ------------------
+    def _config_or_refuse(self, what: str) -> C.Config | None:
+        cfg = self.form.validate_now()
+        if cfg is None:
+            key, msg = self.first_error()
+            self.notify(f"{key}: {msg}", title=f"Cannot {what}: invalid config", severity="error", timeout=8)
+        return cfg
+
+    def action_open_sweep(self) -> None:
+        from nanxi_tune.tui.sweep_view import SweepScreen
+
+        cfg = self._config_or_refuse("sweep")
+        if cfg is not None:
+            self.push_screen(SweepScreen(cfg, self.runs_root))
+
+    def trained_run(self) -> Path | None:
+        """The selected run on the Runs tab, else the monitor's run, else the newest run with a checkpoint."""
+        from nanxi_tune.engine import rundir
+        from nanxi_tune.tui.schedule_view import newest_trained_run
+
+        def trained(p: Path | None) -> bool:
+            return p is not None and (rundir.best_checkpoint(p).exists() or rundir.last_checkpoint(p).exists())
+
+        tabs = self.query_one("#tabs", TabbedContent)
+        if tabs.active == "runs" and self.query("#runs-pane"):
+            key = self.query_one("#runs-pane", RunsPane).cursor_key()
+            if key and trained(Path(key)):
+                return Path(key)
+        if trained(self.run_dir):
+            return self.run_dir
+        return newest_trained_run(self.runs_root)
+
+    def action_tune_post(self) -> None:
+        from nanxi_tune.tui.post_view import TunePostScreen
+
+        run = self.trained_run()
+        if run is None:
+            self.notify(f"No trained run (with a checkpoint) under {self.runs_root} yet.", severity="warning")
+            return
+        if self.running and run == self.run_dir:
+            self.notify(f"{run.name} is still training; tune post-processing once it has stopped.",
+                        severity="warning")
+            return
+        self.push_screen(TunePostScreen(run))
+
+    def action_open_schedule(self) -> None:
+        from nanxi_tune.tui.schedule_view import ScheduleScreen
+
+        cfg = self._config_or_refuse("open the schedule")
+        if cfg is not None:
+            self.push_screen(ScheduleScreen(cfg, self.runs_root, stats_samples=self.stats_samples,
+                                            autobatch_cap_gb=self.autobatch_cap_gb))
+
+    @on(ConfigApplied)
+    def _config_applied(self, message: ConfigApplied) -> None:
+        """A workflow screen changed the config: the changed keys go into the panels (marked as changed)."""
+        updates = dict(message.updates) or {k: v for k, (_a, v) in C.diff(self.form.config or message.cfg,
+                                                                           message.cfg).items()}
+        self.form.apply_updates(updates)
+        shown = ", ".join(f"{k} = {v}" for k, v in updates.items())
+        self.notify(f"{shown}", title=f"config updated ({message.source})", timeout=6)
+
+    def action_compute_stats(self) -> None:
+        self._start_task("stats")
+
+    def action_autobatch(self) -> None:
+        self._start_task("autobatch")
+
+    def _start_task(self, task: str) -> None:
+        if self.busy_task is not None:
+            self.notify(f"{self.busy_task} is still running.", severity="warning")
+            return
+        cfg = self._config_or_refuse(task)
+        if cfg is None:
+            return
+        self.busy_task = task
+        what = {"stats": f"mean/std over {self.stats_samples} augmented samples",
+                "autobatch": "the largest batch that fits"}[task]
+        self.notify(f"Computing {what}…", title=task, timeout=4)
+        self._task_show(f"{task}: starting…", 0, None)
+        self._task_worker(task, cfg)
+
+    def _task_show(self, label: str, done: float | None, total: float | None) -> None:
+        box = self.query_one("#task")
+        box.display = True
+        self.query_one("#task-label", Static).update(label)
+        bar = self.query_one("#task-progress", ProgressBar)
+        bar.update(total=total, progress=done or 0)
+
+    def _task_hide(self) -> None:
+        self.query_one("#task").display = False
+
+    @work(thread=True, exclusive=True, group="task", exit_on_error=False)
+    def _task_worker(self, task: str, cfg: C.Config) -> None:
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:  # throttled: the UI hears ~5 updates a second
+            now = time.monotonic()
+            if now - last[0] > 0.2 or done == total:
+                last[0] = now
+                self.call_from_thread(self._task_show, f"{task}: {done}/{total}", done, total)
+
+        def say(msg: str) -> None:
+            self.call_from_thread(self._task_show, f"{task}: {msg}", None, None)
+
+        try:
+            if task == "stats":
+                from nanxi_tune.engine import stats as ST
+
+                st = ST.compute(cfg, self.stats_samples, progress=progress)
+                new = ST.apply(cfg, st)
+                updates = {"normalize.mean": list(new.normalize.mean), "normalize.std": list(new.normalize.std),
+                           "normalize.source": "computed"}
+            else:
+                from nanxi_tune.engine import autobatch as AB
+
+                r = AB.find_batch(cfg, cap_gb=self.autobatch_cap_gb, progress=say)
+                new = AB.apply(cfg, r)
+                updates = {"data.batch_size": r.batch_size}
+            self.call_from_thread(self._task_done, task, new, updates, None)
+        except Exception as err:  # noqa: BLE001 - shown, never crash the UI
+            self.call_from_thread(self._task_done, task, None, {}, f"{type(err).__name__}: {err}")
+
+    def _task_done(self, task: str, new: C.Config | None, updates: dict, error: str | None) -> None:
+        self.busy_task = None
+        self._task_hide()
+        if error:
+            self.notify(error, title=f"{task} failed", severity="error", timeout=10)
+            return
+        self.post_message(ConfigApplied(new, task, updates))
+
+    # --- findings: one-key remedy (issue 4) ---------------------------------------------------
+    def action_apply_remedy(self) -> None:
+        finding = self.monitor.selected_finding() if self.query("#mon") else None
+        if finding is None:
+            self.notify("No finding selected: findings appear on the Monitor tab.", severity="warning")
+            return
+        rem = finding.get("remedy") or {}
+        if not rem.get("set"):
+            self.notify(rem.get("text") or "This finding has no config change to apply.",
+                        title=f"{finding.get('rule')}: nothing to apply", severity="warning", timeout=8)
+            return
+        if self.run_dir is None:
+            self.notify("No run to apply the remedy to.", severity="warning")
+            return
+        if self._remedy_pending is not None or self.busy_task == "remedy":
+            self.notify("A remedy is already being applied.", severity="warning")
+            return
+        parent = self.run_dir
+        if self.running:
+            self._remedy_pending = (parent, finding)
+            self._command("request_stop")
+            self.monitor.set_state("stopping")
+            self.notify(f"{finding.get('rule')}: stopping {parent.name} with a checkpoint, then applying the remedy…")
+            return
+        self._remedy_worker(parent, finding)
+
+    @work(thread=True, exclusive=True, group="remedy", exit_on_error=False)
+    def _remedy_worker(self, parent: Path, finding: dict) -> None:
+        from nanxi_tune.engine import remedy
+
+        self.busy_task = "remedy"
+        try:
+            child = remedy.apply(parent, finding)
+        except Exception as err:  # noqa: BLE001
+            self.busy_task = None
+            self.call_from_thread(self.notify, f"{type(err).__name__}: {err}", title="Cannot apply the remedy",
+                                  severity="error", timeout=10)
+            return
+        self.busy_task = None
+        self.call_from_thread(self._start_child, child, finding)
+
+    def _start_child(self, child: Path, finding: dict) -> None:
+        from nanxi_tune.engine import remedy
+
+        cfg = C.load(child / "config.toml")
+        self._begin(child, cfg.budget.max_days)
+        max_steps = self.max_steps
+        resume = remedy.has_checkpoint(child)
+
+        def make(cb: Callable) -> Any:
+            cls = self._trainer_class()
+            if resume:
+                return cls.resume(child, callback=cb, max_steps=max_steps)
+            return cls(cfg, child, callback=cb, max_steps=max_steps)
+        self._train_worker(make, child, history=resume)
+        changes = ", ".join(f"{k} = {v}" for k, v in (finding.get("remedy") or {}).get("set", {}).items())
+        self.notify(f"{child.name}: {changes}" + (" (resumed from the parent's checkpoint)" if resume
+                                                  else " (from scratch)"),
+                    title=f"remedy {finding.get('rule')} → child run", timeout=10)
+
+    # --- budget (engine.budget: the over-time-budget rule's own projection) -------------------
+    @work(thread=True, exclusive=True, group="budget", exit_on_error=False)
+    def _project_budget(self, run_dir: Path) -> None:
+        from nanxi_tune.engine import budget
+
+        try:
+            proj = budget.latest(run_dir)
+        except Exception:  # noqa: BLE001 - a half-written run: keep the last projection
+            return
+        self.call_from_thread(self._show_projection, run_dir, proj)
+
+    def _show_projection(self, run_dir: Path, proj: Any) -> None:
+        if run_dir == self.run_dir and self.query("#mon"):
+            self.monitor.set_projection(proj)
+
+    def _budget_tick(self) -> None:
+        if self.running and self.run_dir is not None:
+            self._project_budget(self.run_dir)
+
+    # --- runs: compare two -------------------------------------------------------------------
+    def action_compare_runs(self) -> None:
+        from nanxi_tune.tui.compare_view import CompareScreen
+
+        pane = self.query_one("#runs-pane", RunsPane) if self.query("#runs-pane") else None
+        pair = pane.pair() if pane else None
+        if pair is None:
+            self.action_tab("runs")
+            self.notify("Mark two runs with space on the Runs tab (or mark one and put the cursor on the other), "
+                        "then press c.", severity="warning", timeout=8)
+            return
+        self.push_screen(CompareScreen(*pair))
 
     # --- runs: start / pause / stop / resume ------------------------------------------------
     def _trainer_class(self) -> Any:
@@ -445,12 +752,14 @@ class NanxiTuneApp(App):
             mon.add_train(train)
         if val:
             mon.add_val(val)
+            if self.run_dir is not None:
+                self._project_budget(self.run_dir)
         for ev in other:
             kind = ev.kind
             if kind == "state":
                 mon.set_state(ev.state)
             elif kind == "diagnosis":
-                mon.add_diagnosis(ev.step, ev.severity, ev.rule, ev.section, ev.message)
+                mon.add_diagnosis(ev.to_json() if hasattr(ev, "to_json") else ev)
                 if ev.severity != "info":
                     self.notify(f"[{ev.section}] {ev.message}", title=f"diagnosis: {ev.rule}",
                                 severity="warning" if ev.severity == "warning" else "error", timeout=8)
@@ -473,10 +782,16 @@ class NanxiTuneApp(App):
         self.monitor.redraw_plots()
         self.notify(f"Run {message.run_dir.name}: {message.result}",
                     severity="error" if message.result == "failed" else "information")
+        self._project_budget(message.run_dir)
         if self.query_one("#tabs", TabbedContent).active == "runs":
             self.refresh_runs()
         if self._quit_pending:
             self.exit()
+            return
+        if self._remedy_pending is not None:
+            parent, finding = self._remedy_pending
+            self._remedy_pending = None
+            self._remedy_worker(parent, finding)
 
     # --- runs tab ----------------------------------------------------------------------------
     def refresh_runs(self) -> None:
@@ -492,7 +807,10 @@ class NanxiTuneApp(App):
         for r in sorted(runs, key=lambda r: r.started or 0, reverse=True):
             started = datetime.fromtimestamp(r.started).strftime("%m-%d %H:%M") if r.started else "—"
             best = f"{r.best_map:.4f}" if r.best_map is not None else "—"
-            table.add_row(r.name, r.status, best, started, str(r.step), r.preset or "", key=str(r.path))
+            table.add_row("", r.name, r.status, best, started, str(r.step), r.preset or "", key=str(r.path))
+        pane = self.query_one("#runs-pane", RunsPane)
+        pane.marked = [k for k in pane.marked if k in {str(r.path) for r in runs}]
+        pane.show_marks()
 
     @on(DataTable.RowSelected, "#runs-table")
     def _run_selected(self, event: DataTable.RowSelected) -> None:
@@ -528,14 +846,14 @@ class NanxiTuneApp(App):
         mon.set_state(status)
         for ev in rundir.read_events(run_dir):
             if ev.get("kind") == "diagnosis":
-                mon.add_diagnosis(ev.get("step", ""), ev.get("severity", ""), ev.get("rule", ""),
-                                  ev.get("section", ""), ev.get("message", ""))
+                mon.add_diagnosis(ev)
         self.query_one("#tabs", TabbedContent).active = "monitor"
         self.sub_title = f"run {run_dir.name} ({status})"
         if status in ("running", "starting", "paused", "stopping"):
             self._tail = tail
             self._tail_timer = self.set_interval(1.0, self._poll_tail)
         mon.redraw_plots(force=True)
+        self._project_budget(run_dir)
 
     def _show_history(self, rows: list[dict], live: bool = False) -> None:
         mon = self.monitor

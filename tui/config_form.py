@@ -251,6 +251,13 @@ class ConfigForm(VerticalScroll):
         self._refresh_marks()
         self.post_message(self.Validated(self))
 
+    def apply_updates(self, updates: dict[str, Any]) -> C.Config | None:
+        """Set several keys (a workflow's result) as if typed; the preset stays the base, so they show changed."""
+        for key, value in updates.items():
+            if key in self._by_key:
+                self.row(key).set_value(value)
+        return self.validate_now()
+
     def set_key(self, key: str, value: Any) -> None:
         """Set one field's editor (as if typed) and re-validate."""
         self.row(key).set_value(value)

@@ -17,6 +17,7 @@ from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static
@@ -142,8 +143,51 @@ class SystemStrip(Static):
         self.update("  ".join(parts))
 
 
+def finding_detail(f: dict[str, Any]) -> Text:
+    """A finding's evidence (the numbers that made it fire) and its remedy, for the detail pane."""
+    t = Text()
+    t.append(f"{f.get('rule', '?')}", style="bold")
+    if f.get("section"):
+        t.append(f"  §{f['section']}")
+    t.append(f"  step {f.get('step', '?')}  [{f.get('severity', '')}]\n")
+    t.append(str(f.get("message", "")) + "\n")
+    ev = f.get("evidence") or {}
+    if ev:
+        t.append("evidence: ", style="bold")
+        t.append(", ".join(f"{k} = {f'{v:.4g}' if isinstance(v, float) else v}" for k, v in ev.items()) + "\n")
+    rem = f.get("remedy") or {}
+    changes = rem.get("set") or {}
+    t.append("remedy: ", style="bold")
+    if changes:
+        t.append(", ".join(f"{k} = {v}" for k, v in changes.items()), style="bold green")
+        frm = rem.get("resume_from_step")
+        t.append(f" — from the checkpoint at/before step {frm}" if frm is not None else " — from the last checkpoint")
+        t.append("  (r applies: stop, rewind, child run)", style="dim")
+    else:
+        t.append(rem.get("text") or "no config change to apply", style="italic")
+        return t
+    if rem.get("text"):
+        t.append("\n" + str(rem["text"]), style="italic")
+    return t
+
+
+def finding_of(step: Any, severity: str = "", rule: str = "", section: str = "", message: str = "",
+               evidence: dict | None = None, remedy: dict | None = None) -> dict[str, Any]:
+    if isinstance(step, dict):
+        return step
+    if hasattr(step, "to_json"):
+        return step.to_json()
+    return {"kind": "diagnosis", "step": step, "severity": severity, "rule": rule, "section": section,
+            "message": message, "evidence": evidence or {}, "remedy": remedy or {}}
+
+
 class Monitor(VerticalScroll):
     """Everything about one run: what it is doing now and the curves so far."""
+
+    BINDINGS = [
+        Binding("r", "app.apply_remedy", "Remedy", id="apply_remedy",
+                tooltip="Apply the selected finding's remedy: stop with a checkpoint, rewind, start the child run"),
+    ]
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
@@ -160,7 +204,9 @@ class Monitor(VerticalScroll):
         self._rate_start: tuple[float, int] | None = None
         self._rate_last: tuple[float, int] | None = None
         self._dirty_plots: set[str] = set()
-        self.diagnoses: list[tuple[str, str, str, str]] = []
+        self.diagnoses: list[tuple[str, str, str, str, str]] = []
+        self.findings: list[dict[str, Any]] = []
+        self.projection: Any = None  # engine.budget.Projection of the shown run
 
     def compose(self) -> ComposeResult:
         yield Static(self._status_text(), id="run-status")
@@ -173,8 +219,9 @@ class Monitor(VerticalScroll):
             table = DataTable(id="latest", cursor_type="none", zebra_stripes=True)
             yield table
         diag = DataTable(id="diagnoses", cursor_type="row")
-        yield Static("Diagnoses", classes="section-title")
+        yield Static("Diagnoses — ↑↓ select · r applies the remedy", classes="section-title")
         yield diag
+        yield Static("", id="diag-detail")
 
     def on_mount(self) -> None:
         table = self.query_one("#latest", DataTable)
@@ -184,8 +231,9 @@ class Monitor(VerticalScroll):
         for name in TABLE_ROWS:
             table.add_row(name, "—", "—", key=name)
         diag = self.query_one("#diagnoses", DataTable)
-        for col in ("step", "severity", "rule", "section", "message"):
-            diag.add_column(col, key=col)
+        for col, label in (("step", "step"), ("severity", "sev"), ("rule", "rule"), ("section", "§"),
+                           ("message", "message")):
+            diag.add_column(label, key=col)
         for pid, title, *_ in PLOTS:
             self._dirty_plots.add(pid)
         self.set_interval(0.5, self.redraw_plots)
@@ -203,7 +251,10 @@ class Monitor(VerticalScroll):
         self.max_days = max_days
         self._rate_start = self._rate_last = None
         self.diagnoses.clear()
+        self.findings.clear()
+        self.projection = None
         self.query_one("#diagnoses", DataTable).clear()
+        self.query_one("#diag-detail", Static).update("")
         table = self.query_one("#latest", DataTable)
         for name in TABLE_ROWS:
             table.update_cell(name, "train", "—")
@@ -260,12 +311,41 @@ class Monitor(VerticalScroll):
         self._dirty_plots.update(p[0] for p in PLOTS if p[3])
         self._update_table("val", self.latest_val)
 
-    def add_diagnosis(self, step: Any, severity: str, rule: str, section: str, message: str) -> None:
-        row = (str(step), severity, rule, section, message)
+    def add_diagnosis(self, step: Any, severity: str = "", rule: str = "", section: str = "", message: str = "",
+                      evidence: dict | None = None, remedy: dict | None = None) -> None:
+        """A finding (a Diagnosis event, its dict from events.jsonl, or the fields) into the list."""
+        f = finding_of(step, severity, rule, section, message, evidence, remedy)
+        row = (str(f.get("step", "")), f.get("severity", ""), f.get("rule", ""), f.get("section", ""),
+               f.get("message", ""))
         self.diagnoses.append(row)
-        style = {"error": "bold red", "warning": "bold yellow"}.get(severity, "")
+        self.findings.append(f)
+        style = {"error": "bold red", "warning": "bold yellow"}.get(row[1], "")
         table = self.query_one("#diagnoses", DataTable)
-        table.add_row(row[0], Text(severity, style=style), rule, section, message)
+        table.add_row(row[0], Text(row[1], style=style), row[2], row[3], row[4], key=str(len(self.findings) - 1))
+        if len(self.findings) == 1:
+            self._show_detail(0)
+
+    def selected_finding(self) -> dict[str, Any] | None:
+        if not self.findings:
+            return None
+        table = self.query_one("#diagnoses", DataTable)
+        i = table.cursor_row if 0 <= table.cursor_row < len(self.findings) else len(self.findings) - 1
+        return self.findings[i]
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "diagnoses":
+            self._show_detail(event.cursor_row)
+
+    def _show_detail(self, i: int) -> None:
+        if 0 <= i < len(self.findings):
+            self.query_one("#diag-detail", Static).update(finding_detail(self.findings[i]))
+
+    def set_projection(self, projection: Any) -> None:
+        """engine.budget.Projection (or None): the projected full-run time against budget.max_days."""
+        self.projection = projection
+        if projection is not None:
+            self.max_days = projection.max_days
+        self.refresh_texts()
 
     def set_state(self, state: str) -> None:
         self.state = state
@@ -293,12 +373,6 @@ class Monitor(VerticalScroll):
             return None
         return max(self.total_steps - self.step, 0) / rate
 
-    def projected_s(self) -> float | None:
-        rate = self.steps_per_s()
-        if not rate or not self.total_steps:
-            return None
-        return self.total_steps / rate
-
     def _status_text(self) -> Text:
         t = Text()
         t.append(self.run_name or "no run", style="bold")
@@ -309,21 +383,26 @@ class Monitor(VerticalScroll):
         return t
 
     def _budget_text(self) -> Text:
-        proj = self.projected_s()
-        budget = self.max_days * 86400
-        width = 24
+        """The bar of engine.budget's projection (the over-time-budget rule's own estimate) vs budget.max_days."""
+        p = self.projection
+        width = 20
         t = Text("budget ")
-        if proj is None:
+        days = None
+        if p is not None:
+            days = p.projected_days_with_evals if p.projected_days_with_evals is not None else p.projected_days
+        if days is None:
             t.append("░" * width, style="dim")
             t.append(f" projected — of {self.max_days:g} d")
+            if p is not None or self.state in ("running", "starting"):
+                t.append(" (projected at each eval)", style="dim")
             return t
-        frac = proj / budget
+        frac = days / self.max_days if self.max_days else float("inf")
         filled = min(width, int(round(frac * width)))
-        style = "red" if frac > 1 else ("yellow" if frac > 0.8 else "green")
+        style = "red" if (frac > 1 or p.over) else ("yellow" if frac > 0.8 else "green")
         t.append("█" * filled, style=style)
         t.append("░" * (width - filled), style="dim")
-        t.append(f" projected {fmt_duration(proj)} of {self.max_days:g} d ({frac:.1%})")
-        if frac > 1:
+        t.append(f" projected {fmt_duration(days * 86400)} of {self.max_days:g} d ({frac:.1%}) @ step {p.step}")
+        if p.over or frac > 1:
             t.append("  OVER BUDGET", style="bold red")
         return t
 

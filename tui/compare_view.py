@@ -1,0 +1,124 @@
+"""Two runs side by side: every config key that differs, and both runs' curves on one plot.
+
+``app.push_screen(CompareScreen(a, b))``. The data is engine.journal.compare(a, b) (read in a thread
+worker: long runs have long metrics.jsonl files); this screen only lays it out. Keys: Tab moves between
+the diff table and the plots, ``m`` switches the plot between loss and mAP, Escape closes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+from textual_plotext import PlotextPlot
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return str(v)
+
+
+class CompareScreen(Screen):
+    DEFAULT_CSS = """
+    CompareScreen { layout: vertical; }
+    CompareScreen #cmp-summary { height: auto; max-height: 3; padding: 0 1; background: $boost; }
+    CompareScreen #cmp-body { height: 1fr; }
+    CompareScreen #cmp-diff { width: 1fr; min-width: 30; height: 1fr; }
+    CompareScreen #cmp-plots { width: 2fr; height: 1fr; }
+    CompareScreen.-narrow #cmp-body { layout: vertical; }
+    CompareScreen.-narrow #cmp-diff { width: 1fr; height: 2fr; }
+    CompareScreen.-narrow #cmp-plots { width: 1fr; height: 3fr; }
+    CompareScreen PlotextPlot { height: 1fr; }
+    """
+    BINDINGS = [
+        Binding("m", "toggle_metric", "loss/mAP", id="cmp_metric", tooltip="Plot the losses or the val mAP"),
+        Binding("escape", "close", "Close", id="cmp_close", tooltip="Back to the runs"),
+    ]
+
+    def __init__(self, a: Path | str, b: Path | str) -> None:
+        super().__init__()
+        self.a, self.b = Path(a), Path(b)
+        self.data: dict[str, Any] | None = None
+        self.metric = "loss"
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"comparing {self.a.name} (a) with {self.b.name} (b)…", id="cmp-summary")
+        with Horizontal(id="cmp-body"):
+            yield DataTable(id="cmp-diff", cursor_type="row", zebra_stripes=True)
+            yield PlotextPlot(id="cmp-plots")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#cmp-diff", DataTable)
+        table.add_column("key", key="key")
+        table.add_column(f"a {self.a.name}"[:24], key="a")
+        table.add_column(f"b {self.b.name}"[:24], key="b")
+        self.on_resize()
+        self.run_worker(self._load, thread=True, exclusive=True, group="compare", exit_on_error=False)
+
+    def on_resize(self, _event: Any = None) -> None:
+        self.set_class(self.app.size.width < 120, "-narrow")
+
+    def _load(self) -> None:
+        from nanxi_tune.engine import journal
+
+        try:
+            data = journal.compare(self.a, self.b)
+        except Exception as err:  # noqa: BLE001 - a broken run folder: say so, keep the UI
+            self.app.call_from_thread(self._error, f"{type(err).__name__}: {err}")
+            return
+        self.app.call_from_thread(self._show, data)
+
+    def _error(self, text: str) -> None:
+        self.query_one("#cmp-summary", Static).update(Text(f"cannot compare: {text}", style="bold red"))
+
+    def _show(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.query_one("#cmp-summary", Static).update(Text(data["summary"]))
+        table = self.query_one("#cmp-diff", DataTable)
+        table.clear()
+        for key, x, y in data["diff"]:
+            table.add_row(key, _fmt(x), _fmt(y), key=key)
+        if not data["diff"]:
+            table.add_row("(same config)", "", "")
+        self.draw()
+
+    def draw(self) -> None:
+        if self.data is None:
+            return
+        plot = self.query_one("#cmp-plots", PlotextPlot)
+        plt = plot.plt
+        plt.clear_figure()
+        curves = self.data["curves"]
+        series = (("train_loss", "val_loss") if self.metric == "loss" else ("mAP",))
+        drawn = False
+        for side, name in (("a", self.a.name), ("b", self.b.name)):
+            for key in series:
+                pts = curves[side].get(key) or []
+                if not pts:
+                    continue
+                xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+                label = f"{side} {key}" if len(series) > 1 else f"{side} {name}"[:20]
+                plt.plot(xs, ys, label=label, marker="braille" if len(xs) > 2 else "dot")
+                drawn = True
+        plt.title("loss (train, val)" if self.metric == "loss" else "val mAP")
+        if not drawn:
+            plt.xlim(0, 1)
+            plt.ylim(0, 1)
+        plot.refresh()
+
+    def action_toggle_metric(self) -> None:
+        self.metric = "mAP" if self.metric == "loss" else "loss"
+        self.draw()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
