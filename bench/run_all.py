@@ -39,7 +39,7 @@ PLAN: dict[str, tuple[list[str], list[str], int]] = {
     "targets.py": (["--repeats", "2"], [], 1800),
     "tui_overhead.py": (["--steps", "20", "--repeats", "1"], [], 1800),
     "sweep.py": (["--steps", "10"], [], 1800),
-    "diagnosis.py": (["--quick"], [], 1800),
+    "diagnosis.py": ([], ["--full"], 1800),
     "crash_harness.py": (["--kills", "10"], ["--kills", "50"], 3600),
     "startup.py": (["--repeats", "3"], ["--repeats", "5"], 1200),
     "gpu_check.py": (["--steps", "10"], [], 1200),
