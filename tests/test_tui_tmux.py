@@ -64,3 +64,53 @@ def test_real_terminal_start_run_and_read_losses(tmp_path):
         assert len(runs) == 1 and (runs[0] / "checkpoints" / "last.pt").exists()
     finally:
         tmux("kill-session", "-t", session)
+
+
+def test_dropped_terminal_stops_the_run_with_a_checkpoint(tmp_path):
+    """kill the tmux session (the app gets SIGHUP, as on a dropped SSH link): checkpoint, stop recorded, exit."""
+    import json
+
+    cfg = C.with_updates(C.load_preset("demo"), {"data.synthetic_train": 16, "data.synthetic_val": 8,
+                                                 "preprocess.input_size": 64, "data.batch_size": 8,
+                                                 "train.epochs": 200, "eval.interval": 100})
+    preset = C.save(cfg, tmp_path / "tiny.toml")
+    session = f"nanxi-hup-{os.getpid()}"
+    pid_file = tmp_path / "app.pid"
+    code = ("import os; from pathlib import Path; from nanxi_tune.tui.app import run_app; "
+            f"Path({str(pid_file)!r}).write_text(str(os.getpid())); "
+            f"run_app({str(preset)!r}, runs_root=Path({str(tmp_path / 'runs')!r}))")
+    env = f"NANXI_TUNE_CACHE={os.environ.get('NANXI_TUNE_CACHE', str(tmp_path / 'cache'))}"
+    cmd = f"cd {tmp_path} && env {env} TERM=xterm-256color {sys.executable} -c {code!r}"
+    tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd)
+    try:
+        def wait(pattern: str, timeout: float) -> None:
+            end = time.time() + timeout
+            while time.time() < end:
+                if re.search(pattern, tmux("capture-pane", "-p", "-t", session)):
+                    return
+                time.sleep(0.2)
+            raise AssertionError(f"{pattern!r} not on screen")
+
+        wait(r"valid ✓", 60)
+        tmux("send-keys", "-t", session, "F5")
+        wait(r"loss_map\s+\d+\.\d+", 120)
+    finally:
+        tmux("kill-session", "-t", session)  # SIGHUP to the app
+    pid = int(pid_file.read_text())
+    end = time.time() + 120
+    while time.time() < end:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.3)
+    else:
+        os.kill(pid, 9)
+        raise AssertionError("the app did not exit after SIGHUP")
+    (run,) = list((tmp_path / "runs").iterdir())
+    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    states = [e.get("state") for e in events if e.get("kind") == "state"]
+    assert states[-1] == "stopped", states
+    assert any(e.get("kind") == "checkpoint" for e in events)
+    assert (run / "checkpoints" / "last.pt").exists()
+    assert events[-1].get("signal") == "SIGHUP" and "resume" in events[-1]["message"]

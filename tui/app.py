@@ -173,6 +173,12 @@ class NanxiTuneApp(App):
         self.stats_samples = stats_samples
         self.autobatch_cap_gb = autobatch_cap_gb
         self.busy_task: str | None = None  # the running stats / autobatch / remedy task
+        import threading
+
+        self.hangup: str | None = None  # "SIGHUP" / "SIGTERM" once the terminal went away
+        self._hangup_lock = threading.Lock()
+        self._hangup_recorded = False
+        self._train_done = threading.Event()  # set by the training thread when its trainer has returned
         self._remedy_pending: tuple[Path, dict] | None = None
         self.preset_arg = preset
         self.open_run_arg = Path(open_run) if open_run else None
@@ -225,6 +231,7 @@ class NanxiTuneApp(App):
         self._task_hide()
         self.call_after_refresh(self._first_paint)
         self.on_resize()
+        self._install_signal_handlers()
         if self.open_run_arg:
             self._when_ready(lambda: self.open_run(self.open_run_arg))
 
@@ -612,6 +619,7 @@ class NanxiTuneApp(App):
     def _begin(self, run_dir: Path, max_days: float) -> None:
         self._stop_tail()
         self.running = True
+        self._train_done.clear()
         self.run_dir = run_dir
         self.trainer = None
         self._pending = []
@@ -623,6 +631,12 @@ class NanxiTuneApp(App):
 
     @work(thread=True, exclusive=True, group="train", exit_on_error=False)
     def _train_worker(self, make: Callable, run_dir: Path, history: bool) -> None:
+        try:
+            self._train(make, run_dir, history)
+        finally:
+            self._train_done.set()
+
+    def _train(self, make: Callable, run_dir: Path, history: bool) -> None:
         bridge = self.bridge
         result = "failed"
         try:
@@ -786,6 +800,11 @@ class NanxiTuneApp(App):
         if self.query_one("#tabs", TabbedContent).active == "runs":
             self.refresh_runs()
         if self._quit_pending:
+            if self.hangup:
+                try:
+                    self._record_hangup(message.run_dir)
+                except OSError:
+                    pass
             self.exit()
             return
         if self._remedy_pending is not None:
@@ -871,6 +890,99 @@ class NanxiTuneApp(App):
         if self._tail_timer is not None:
             self._tail_timer.stop()
         self._tail = self._tail_timer = None
+
+    # --- dropped SSH / terminal closed: SIGHUP (and SIGTERM) -------------------------------------
+    # Textual installs no handler for these: by default the process would die mid-step with no
+    # checkpoint. Here they stop the run with a checkpoint (no question asked: nobody can answer),
+    # record why in events.jsonl, then exit.
+    HANGUP_SIGNALS = ("SIGHUP", "SIGTERM")
+
+    def _install_signal_handlers(self) -> None:
+        import asyncio
+        import signal
+
+        self._signals_installed: list[int] = []
+        try:
+            loop = asyncio.get_running_loop()
+            for name in self.HANGUP_SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    loop.add_signal_handler(sig, self._on_hangup, name)
+                    self._signals_installed.append(sig)
+        except (RuntimeError, NotImplementedError, ValueError):  # not the main thread / no such signals
+            pass
+
+    def _on_hangup(self, name: str) -> None:
+        """Runs in the event loop (asyncio's signal handler), never inside a widget callback.
+
+        With the terminal gone, Textual's output thread can block for good (its queue fills, nothing
+        drains it), freezing the event loop. So a plain watchdog thread finishes the job: it waits for
+        the training thread, records the stop, gives Textual a moment to exit, then ends the process.
+        """
+        if self.hangup:
+            return
+        self.hangup = name
+        import threading
+
+        threading.Thread(target=self._hangup_watchdog, name="nanxi-hangup", daemon=True).start()
+        if self.running:
+            self._quit_pending = True
+            self._remedy_pending = None
+            self._command("request_stop")
+            try:
+                self.monitor.set_state("stopping")
+            except Exception:  # noqa: BLE001 - the screen may already be gone
+                pass
+        else:
+            self.exit()
+
+    def _hangup_watchdog(self, grace_s: float = 3.0, limit_s: float = 900.0) -> None:
+        import os
+
+        run_dir = self.run_dir
+        if self.running:
+            self._train_done.wait(limit_s)
+            if self.trainer is not None:
+                self.trainer.request_stop()  # in case the loop froze before passing the request on
+            try:
+                self._record_hangup(run_dir)
+            except OSError:
+                pass
+        time.sleep(grace_s)  # Textual's own exit, if its output thread still works
+        os._exit(0)
+
+    def _record_hangup(self, run_dir: Path | None) -> None:
+        """After the trainer has closed its files: one line in events.jsonl saying why the run stopped."""
+        from nanxi_tune.engine import rundir
+
+        with self._hangup_lock:
+            if self._hangup_recorded or run_dir is None:
+                return
+            self._hangup_recorded = True
+
+        w = rundir.JsonlWriter(run_dir / rundir.EVENTS)
+        try:
+            w.write({"kind": "log", "level": "warning", "time": time.time(), "signal": self.hangup,
+                     "message": f"{self.hangup}: the terminal went away; the TUI stopped the run with a "
+                                f"checkpoint. Resume with: nanxi-tune resume {run_dir}"})
+        finally:
+            w.close()
+
+    def on_unmount(self) -> None:
+        """Whatever ends the app (a hang-up, a crash of the driver), never leave a run training unattended."""
+        import asyncio
+
+        if self.running:
+            if self.trainer is not None:
+                self.trainer.request_stop()
+            else:
+                self._pending.append("request_stop")
+        try:
+            loop = asyncio.get_running_loop()
+            for sig in getattr(self, "_signals_installed", []):
+                loop.remove_signal_handler(sig)
+        except RuntimeError:
+            pass
 
     # --- quit --------------------------------------------------------------------------------
     async def action_quit(self) -> None:
