@@ -269,9 +269,19 @@ class History:
         return max(self.epochs) if self.epochs else 0
 
     def complete_epochs(self, start: int = 0) -> list[EpochSummary]:
-        """Epochs from ``start`` on that are over (a later epoch has begun), in order."""
+        """Epochs from ``start`` on that are over, in order: a later epoch has begun, or the current epoch was
+        just evaluated (the trainer evaluates at epoch ends, so the check at that eval judges the epoch it ends
+        instead of one eval interval later)."""
         cur = self.current_epoch
-        return [self.epochs[e] for e in sorted(self.epochs) if start <= e < cur]
+        done = cur + 1 if self.epoch_ended() else cur
+        return [self.epochs[e] for e in sorted(self.epochs) if start <= e < done]
+
+    def epoch_ended(self) -> bool:
+        """The latest train line is the last of its epoch: an eval line was logged at its step."""
+        if not self.val or not self.train_lines:
+            return False
+        v = self.val[-1]
+        return int(v.get("step", -1)) == self.last_step and int(v.get("epoch", -1)) == self.current_epoch
 
     def recent(self, n: int) -> list[dict[str, Any]]:
         if n >= len(self.train):

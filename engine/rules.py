@@ -76,8 +76,14 @@ def _stabilise(cfg: C.Config, grad_norms: list[float]) -> tuple[dict[str, Any], 
 
 @rule("flat-loss-after-epoch-2", "13.1")
 def flat_loss_after_epoch_2(cfg, h, stats):
-    """From the 2nd epoch on the raw train loss stays flat: its epoch median fell less than
-    ``flat_min_drop`` from epoch index 1 to the latest complete epoch (after ≥ ``flat_epochs``)."""
+    """From the 2nd epoch on the raw train loss stops decreasing, judged once ≥ ``flat_epochs`` epochs from the
+    2nd are complete, in either of the two ways a too-large lr shows on real runs:
+
+    * flat: the median of the later half of those epochs' medians is less than ``flat_min_drop`` below the
+      earlier half (the step bounces between the valley's walls at one level);
+    * no progress: it is still less than ``flat_min_progress`` below the loss of the first logged step (the
+      first steps blew the loss up and it is only crawling back, often with the log weights s_* run away).
+    """
     d = cfg.diagnose
     eps = h.complete_epochs(start=1)
     if len(eps) < d.flat_epochs:
@@ -87,20 +93,35 @@ def flat_loss_after_epoch_2(cfg, h, stats):
     a = median(e.median("raw") for e in eps[:half])
     b = median(e.median("raw") for e in eps[-half:])
     drop = rel_drop(a, b)
-    if drop is None or drop >= d.flat_min_drop:
+    start = raw_loss(h.first_train) if h.first_train else None
+    progress = rel_drop(start, b) if finite(start) and start > 0 else None
+    flat = drop is not None and drop < d.flat_min_drop
+    stuck = progress is not None and progress < d.flat_min_progress
+    if not (flat or stuck):
         return None
     new = lower_lr(cfg.train.base_lr)
     meds = {str(e.epoch): r(e.median("raw")) for e in eps[-10:]}
+    if stuck:
+        how = (f"it is {b:.4g} in epochs {eps[-half].epoch + 1}–{last.epoch + 1}, "
+               + (f"{progress:.0%} below" if progress >= 0 else f"{-progress:.0%} above")
+               + f" the {start:.4g} it started from")
+        # the damage happened in the first steps: rewind to the start (a new run from scratch with the lower lr)
+        resume, where = 0, "start again from step 0 (the loss blew up in the first steps, so no checkpoint is clean)"
+    else:
+        how = f"its median went {a:.4g} → {b:.4g} ({-drop:+.1%}) from epoch 2 to epoch {last.epoch + 1}"
+        resume, where = max(first.first_step - 1, 0), "resume from the end of the 1st epoch, before the loss went flat"
     return Finding(
         "flat-loss-after-epoch-2", "warning", "13.1",
-        f"From the 2nd epoch on the train loss stays flat (从第二个epoch开始loss就一直保持不变,不在下降): its median "
-        f"went {a:.4g} → {b:.4g} ({-drop:+.1%}) from epoch 2 to epoch {last.epoch + 1}. The lr is likely too large: the step bounces between the walls of the valley "
+        f"From the 2nd epoch on the train loss stays flat (从第二个epoch开始loss就一直保持不变,不在下降): {how}. "
+        f"The lr is likely too large: the step bounces between the walls of the valley "
         f"(学习率较大,导致梯度向量在斜坡两侧不断来回碰撞). Lower the lr (降低学习率lr): {cfg.train.base_lr:g} → {new:g}.",
         {"epoch_medians": meds, "from_epoch": first.epoch, "to_epoch": last.epoch, "drop": r(drop),
-         "threshold": d.flat_min_drop, "base_lr": cfg.train.base_lr},
-        remedy({"train.base_lr": new}, max(first.first_step - 1, 0),
+         "threshold": d.flat_min_drop, "start_loss": r(start), "progress": r(progress),
+         "progress_threshold": d.flat_min_progress, "kind": "no-progress" if stuck else "flat",
+         "base_lr": cfg.train.base_lr},
+        remedy({"train.base_lr": new}, resume,
                f"lower train.base_lr one step on the 0.001/0.003/0.01 grid ({cfg.train.base_lr:g} → {new:g}) and "
-               f"resume from the end of the 1st epoch, before the loss went flat"),
+               f"{where}"),
         _step(h))
 
 
@@ -111,62 +132,101 @@ def _train_level(h: History, val_line: dict[str, Any]) -> float | None:
 
 @rule("train-val-gap", "13.2", key="ratio")
 def train_val_gap(cfg, h, stats):
-    """After ≥ ``gap_min_evals`` evals: from the first half of the evals to the last, the train loss fell by
-    ≥ ``gap_train_min_drop`` while the val loss fell by less than ``gap_val_frac`` of that (flat, oscillating
-    or rising), ending ≥ ``gap_ratio``× above the train loss."""
+    """Train loss falls while val loss does not, in either of two ways (both 13.2):
+
+    * rising: the val raw loss of each of the last two evals is ≥ ``gap_val_rise`` above the best (lowest) val
+      loss before them, while the train loss (epoch medians at those evals) fell ≥ ``gap_train_min_drop`` since
+      that best eval — val turned away from train (over-fitting, or a val set from another distribution);
+    * far: after ≥ ``gap_min_evals`` evals, from the first half of the evals to the last the train loss fell by
+      ≥ ``gap_train_min_drop`` while the val loss fell by less than ``gap_val_frac`` of that (flat, oscillating
+      or rising), ending ≥ ``gap_ratio``× above the train loss.
+
+    The min of the last two evals (not the last alone) keeps a single noisy eval from firing the rising test.
+    """
     d = cfg.diagnose
     vals = [v for v in h.val if finite(raw_loss(v))]
-    if len(vals) < d.gap_min_evals:
+    if len(vals) < 3:
         return None
-    # The whole run's evals, first half against last half: train levels (epoch medians) and val losses
-    # alike. An early EMA lag (val far above, then falling faster) only makes val look better.
-    win, half = vals, len(vals) // 2
-    levels = [_train_level(h, v) for v in win]
+    levels = [_train_level(h, v) for v in vals]
     if any(x is None for x in levels):
         return None
-    t0, t1 = median(levels[:half]), median(levels[-half:])
-    train_drop = rel_drop(t0, t1)
-    if train_drop is None or train_drop < d.gap_train_min_drop:
-        return None
-    v0, v1 = median(raw_loss(v) for v in win[:half]), median(raw_loss(v) for v in win[-half:])
-    val_drop = rel_drop(v0, v1)
-    if val_drop is None or val_drop >= d.gap_val_frac * train_drop or not t1 or v1 / t1 < d.gap_ratio:
-        return None
-    oscillates = val_drop > -0.05
+    vl = [raw_loss(v) for v in vals]
     new = lower_lr(cfg.train.base_lr)
+    start = raw_loss(h.first_train) if h.first_train else None
+    if finite(start) and levels[-1] >= start:
+        return None  # train is not below where it started: a blow-up recovering, not a gap (flat-loss's business)
+
+    # rising: the last two evals both above the best one before them, train still falling
+    best_i = min(range(len(vals) - 2), key=lambda i: vl[i])
+    rise = min(vl[-2:]) / vl[best_i] - 1 if vl[best_i] > 0 else None
+    t_drop = rel_drop(levels[best_i], median(levels[-2:]))
+    rising = (rise is not None and rise >= d.gap_val_rise and t_drop is not None
+              and t_drop >= d.gap_train_min_drop)
+
+    far = False
+    win, half = vals, len(vals) // 2
+    if len(vals) >= d.gap_min_evals and not rising:
+        t0, t1 = median(levels[:half]), median(levels[-half:])
+        train_drop = rel_drop(t0, t1)
+        v0, v1 = median(vl[:half]), median(vl[-half:])
+        val_drop = rel_drop(v0, v1)
+        far = (train_drop is not None and train_drop >= d.gap_train_min_drop and val_drop is not None
+               and val_drop < d.gap_val_frac * train_drop and bool(t1) and v1 / t1 >= d.gap_ratio)
+    if not (rising or far):
+        return None
+    if rising:
+        v0, v1, t0, t1 = vl[best_i], min(vl[-2:]), levels[best_i], median(levels[-2:])
+        train_drop, val_drop, win = t_drop, rel_drop(v0, v1), vals[best_i:]
+        how = (f"val rose {rise:+.0%} from its best {v0:.4g} (step {int(vals[best_i]['step'])}) to {v1:.4g} while "
+               f"train fell {-train_drop:+.0%} ({t0:.4g} → {t1:.4g})")
+    else:
+        how = (f"train fell {-train_drop:+.0%} while val {'only oscillates' if val_drop > -0.05 else 'rises'} "
+               f"({-val_drop:+.0%}) over {len(win)} evals, ending at {v1:.4g} vs train {t1:.4g} ({v1 / t1:.1f}×)")
     return Finding(
         "train-val-gap", "warning", "13.2",
-        f"Train loss keeps falling ({-train_drop:+.0%}) while val loss ends far from it "
-        f"(train集的loss不断下降,而val集的loss最终与训练集loss相差很大): val {v1:.4g} vs train {t1:.4g} "
-        f"({v1 / t1:.1f}×), val {'only oscillates' if oscillates else 'rises'} ({-val_drop:+.0%}) over "
-        f"{len(win)} evals. Over-fitting, or the train set does not represent the val set (distribution shift: "
-        f"训练集与验证集的分布存在较大的差异性). Try a lower lr ({cfg.train.base_lr:g} → {new:g}) and look at the data.",
+        f"Train loss keeps falling while val loss ends far from it "
+        f"(train集的loss不断下降,而val集的loss最终与训练集loss相差很大): {how}. Over-fitting, or the train set does "
+        f"not represent the val set (distribution shift: 训练集与验证集的分布存在较大的差异性). Try a lower lr "
+        f"({cfg.train.base_lr:g} → {new:g}) and look at the data.",
         {"evals": [int(v["step"]) for v in win], "val_losses": [r(raw_loss(v)) for v in win],
          "train_from": r(t0), "train_to": r(t1), "train_drop": r(train_drop), "val_drop": r(val_drop),
-         "ratio": r(v1 / t1)},
+         "ratio": r(v1 / t1) if t1 else None, "kind": "rising" if rising else "far"},
         remedy({"train.base_lr": new}, int(win[0]["step"]),
-               "lower the lr one grid step and resume from the first eval of the window; compare a few train and "
-               "val images side by side (colours, textures, object sizes) for a distribution shift"),
+               "lower the lr one grid step and resume from the first eval of the window (the best val before the "
+               "gap opened); compare a few train and val images side by side (colours, textures, object sizes) "
+               "for a distribution shift"),
         _step(h))
 
 
 @rule("shape-loss-stuck", "13")
 def shape_loss_stuck(cfg, h, stats):
-    """Over the last ``shape_epochs`` complete epochs (from the 2nd) loss_shape fell < ``shape_max_drop``
-    while loss_map and loss_offset fell ≥ ``shape_others_min_drop`` on average."""
+    """Once ≥ ``shape_epochs`` epochs from the 2nd are complete: from the first half of them (and from the 2nd
+    epoch) to the last half, loss_shape fell < ``shape_max_drop`` while loss_map and loss_offset fell ≥ ``shape_others_min_drop`` on
+    average and both are below the values they started from, and the raw loss as a whole came down at least
+    ``flat_min_progress`` (the run learns; a too-large lr's blow-up leaves every branch high or the total stuck,
+    which is flat-loss-after-epoch-2's finding, not the head's)."""
     d = cfg.diagnose
     eps = h.complete_epochs(start=1)
     if len(eps) < d.shape_epochs:
         return None
-    win = eps[-d.shape_epochs:]
+    win = eps
     a, b, half = win[0], win[-1], len(win) // 2  # first half of the window against the last half
-    drops = {k: rel_drop(median(e.median(k) for e in win[:half]), median(e.median(k) for e in win[-half:]))
-             for k in BRANCHES}
+    lasts = {k: median(e.median(k) for e in win[-half:]) for k in BRANCHES}
+    drops = {k: rel_drop(median(e.median(k) for e in win[:half]), lasts[k]) for k in BRANCHES}
     if any(v is None for v in drops.values()):
         return None
     others = (drops["loss_map"] + drops["loss_offset"]) / 2
     if drops["loss_shape"] >= d.shape_max_drop or others < d.shape_others_min_drop:
         return None
+    since_2nd = rel_drop(eps[0].median("loss_shape"), lasts["loss_shape"])
+    if since_2nd is None or since_2nd >= d.shape_max_drop:  # "stays high": not coming down since the 2nd epoch
+        return None
+    first = h.first_train or {}
+    if any(not finite(first.get(k)) or lasts[k] >= first[k] for k in ("loss_map", "loss_offset")):
+        return None
+    raw_progress = rel_drop(raw_loss(first), median(e.median("raw") for e in win[-half:]))
+    if raw_progress is None or raw_progress < d.flat_min_progress:
+        return None  # the run as a whole is not learning: that is flat-loss-after-epoch-2 (lr), not the head
     ch = min(cfg.head.channels * 2, 1024)
     return Finding(
         "shape-loss-stuck", "warning", "13",
