@@ -5,20 +5,15 @@ import torch
 
 from nanxi_tune.engine import autobatch as AB
 from nanxi_tune.engine import config as C
+from conftest import tiny as base_tiny
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**updates):
-    base = {"preprocess.input_size": 64, "data.synthetic_train": 64, "data.synthetic_val": 8, "data.batch_size": 8,
-            "backbone.width": 8, "head.channels": 16}
-    return C.with_updates(C.load_preset("demo"), base | updates)
+    extra = {"data.synthetic_train": 64}
+    return base_tiny(**(extra | updates))
 
 
 @pytest.mark.parametrize("largest,start", [(37, 16), (16, 16), (1, 8), (4096, 16), (3000, 1), (5, 64)])

@@ -6,20 +6,15 @@ import torch
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine import journal, remedy, rundir
 from nanxi_tune.engine.trainer import Trainer
+from conftest import tiny as base_tiny
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**updates):
-    base = {"preprocess.input_size": 64, "data.synthetic_train": 16, "data.synthetic_val": 8, "data.batch_size": 8,
-            "backbone.width": 8, "head.channels": 16, "train.epochs": 2, "eval.online": False, "eval.interval": 1}
-    return C.with_updates(C.load_preset("demo"), base | updates)
+    extra = {"data.synthetic_train": 16, "train.epochs": 2, "eval.online": False, "eval.interval": 1}
+    return base_tiny(**(extra | updates))
 
 
 def test_records_lines_and_compare(tmp_path):

@@ -8,20 +8,15 @@ from nanxi_tune.engine import config as C
 from nanxi_tune.engine import stats as ST
 from nanxi_tune.engine.data import EpochSampler, sample_seed, train_dataset
 from nanxi_tune.engine.rules import RULES
+from conftest import tiny as base_tiny
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**updates):
-    base = {"preprocess.input_size": 64, "data.synthetic_train": 16, "data.synthetic_val": 8, "data.batch_size": 8,
-            "backbone.width": 8, "head.channels": 16}
-    return C.with_updates(C.load_preset("demo"), base | updates)
+    extra = {"data.synthetic_train": 16}
+    return base_tiny(**(extra | updates))
 
 
 def direct(cfg, samples):

@@ -8,21 +8,15 @@ import torch
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine import journal, rundir
 from nanxi_tune.engine import sweep as S
+from conftest import tiny as base_tiny
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # the CI box is shared: one torch thread is several times faster than two fighting
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**updates):
-    base = {"preprocess.input_size": 64, "data.synthetic_train": 64, "data.synthetic_val": 16,
-            "data.batch_size": 8, "backbone.width": 8, "head.channels": 16, "train.epochs": 1,
-            "eval.online": False}
-    return C.with_updates(C.load_preset("demo"), base | updates)
+    extra = {"data.synthetic_train": 64, "data.synthetic_val": 16, "train.epochs": 1, "eval.online": False}
+    return base_tiny(**(extra | updates))
 
 
 def test_grid_window_and_slide():

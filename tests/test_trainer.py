@@ -10,12 +10,11 @@ from nanxi_tune.engine import config as C
 from nanxi_tune.engine import rundir
 from nanxi_tune.engine.trainer import Trainer
 
+from conftest import tiny as base_tiny
+
 
 def tiny(**updates):
-    base = {"preprocess.input_size": 64, "data.synthetic_train": 48, "data.synthetic_val": 8,
-            "data.batch_size": 8, "backbone.width": 8, "head.channels": 16, "train.epochs": 3,
-            "eval.interval": 1, "eval.online": True}
-    return C.with_updates(C.load_preset("demo"), base | updates)
+    return base_tiny(**({"train.epochs": 3, "eval.interval": 1, "eval.online": True} | updates))
 
 
 def tensors_equal(a, b):

@@ -8,21 +8,16 @@ from nanxi_tune.engine import rundir
 from nanxi_tune.engine import tune_post as TP
 from nanxi_tune.engine.evaluate_run import evaluate_run
 from nanxi_tune.engine.trainer import Trainer
+from conftest import tiny as base_tiny
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**updates):
-    base = {"preprocess.input_size": 64, "data.synthetic_train": 64, "data.synthetic_val": 16, "data.batch_size": 8,
-            "backbone.width": 8, "head.channels": 16, "train.epochs": 6, "train.base_lr": 0.01,
-            "eval.interval": 3, "eval.online": False}
-    return C.with_updates(C.load_preset("demo"), base | updates)
+    extra = {"data.synthetic_train": 64, "data.synthetic_val": 16, "train.epochs": 6, "train.base_lr": 0.01,
+             "eval.interval": 3, "eval.online": False}
+    return base_tiny(**(extra | updates))
 
 
 @pytest.fixture(scope="module")
