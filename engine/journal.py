@@ -9,16 +9,19 @@ from . import config as C
 from . import rundir
 
 
+def _load(run_dir: Path):
+    """(cfg, its preset or None, metrics, events, val lines, train lines) of one run directory."""
+    cfg = C.load(run_dir / rundir.CONFIG)
+    metrics = rundir.read_metrics(run_dir)
+    return (cfg, C.base_of(cfg), metrics, rundir.read_events(run_dir),
+            [m for m in metrics if m.get("split") == "val"], [m for m in metrics if m.get("split") == "train"])
+
+
 def render(run_dir: Path) -> str:
     run_dir = Path(run_dir)
-    cfg = C.load(run_dir / rundir.CONFIG)
-    base = C.base_of(cfg)
-    metrics = rundir.read_metrics(run_dir)
-    events = rundir.read_events(run_dir)
-    vals = [m for m in metrics if m.get("split") == "val"]
-    trains = [m for m in metrics if m.get("split") == "train"]
+    cfg, base, _metrics, events, vals, trains = _load(run_dir)
     lines = [f"# {run_dir.name}", "", f"- preset: `{cfg.preset or '(none)'}`"]
-    parent = next((e for e in events if e.get("kind") == "log" and e.get("parent")), None)
+    parent = _parent(events)
     if parent:
         lines.append(f"- parent: `{parent['parent']}` ({parent.get('reason', '')})")
         if parent.get("reason") == "sweep":
@@ -74,12 +77,7 @@ def _parent(events: list[dict]) -> dict | None:
 def record(run_dir: Path) -> dict:
     """One run as data: preset, parent (remedy / sweep) and resumes, config diff vs preset, results, findings."""
     run_dir = Path(run_dir)
-    cfg = C.load(run_dir / rundir.CONFIG)
-    base = C.base_of(cfg)
-    metrics = rundir.read_metrics(run_dir)
-    events = rundir.read_events(run_dir)
-    vals = [m for m in metrics if m.get("split") == "val"]
-    trains = [m for m in metrics if m.get("split") == "train"]
+    cfg, base, metrics, events, vals, trains = _load(run_dir)
     best = max(vals, key=lambda m: m.get("mAP", 0)) if vals else None
     parent = _parent(events)
     post = [e["tune_post"] for e in events if e.get("kind") == "log" and e.get("tune_post")]

@@ -71,6 +71,23 @@ def _run_name(cfg: C.Config) -> str:
     return f"{Path(cfg.preset).stem or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def run_until_signalled(thread: threading.Thread, stop, say) -> None:
+    """Start ``thread`` and wait for it; SIGINT / SIGTERM / SIGHUP call ``stop`` (finish the step, checkpoint)."""
+
+    def on_signal(signum, _frame) -> None:
+        say(signal.Signals(signum).name)
+        stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.2)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def _drive(make_trainer, run_dir: Path, quiet: bool) -> int:
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
@@ -98,19 +115,10 @@ def _drive(make_trainer, run_dir: Path, quiet: bool) -> int:
     result: dict[str, str] = {}
     thread = threading.Thread(target=lambda: result.setdefault("state", trainer.run()), name="trainer")
 
-    def on_signal(signum, _frame) -> None:
-        progress.console.print(f"[yellow]{signal.Signals(signum).name}: finishing the step, saving a checkpoint…")
-        trainer.request_stop()
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        with progress:
-            thread.start()
-            while thread.is_alive():
-                thread.join(0.2)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    with progress:
+        run_until_signalled(thread, trainer.request_stop,
+                            lambda name: progress.console.print(f"[yellow]{name}: finishing the step, "
+                                                                "saving a checkpoint…"))
     state = result.get("state", "failed")
     if state == "failed":
         console.print(f"[red]run failed: {outcome.get('error', 'see events.jsonl')}")

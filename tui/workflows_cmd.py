@@ -6,7 +6,6 @@ functions, never at import (so `nanxi-tune --help` stays fast).
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -132,19 +131,10 @@ def _in_thread(fn, stop) -> str:
     """Run ``fn`` in a thread; SIGINT/SIGTERM/SIGHUP call ``stop`` (finish the step, checkpoint)."""
     result: dict[str, str] = {}
     thread = threading.Thread(target=lambda: result.setdefault("state", fn()), name="sweep")
+    from nanxi_tune.tui.headless import run_until_signalled
 
-    def on_signal(signum, _frame) -> None:
-        err.print(f"[yellow]{signal.Signals(signum).name}: stopping the current trial with a checkpoint…")
-        stop()
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        thread.start()
-        while thread.is_alive():
-            thread.join(0.2)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    run_until_signalled(thread, stop,
+                        lambda name: err.print(f"[yellow]{name}: stopping the current trial with a checkpoint…"))
     return result.get("state", "failed")
 
 
