@@ -105,11 +105,12 @@ def flat_loss_after_epoch_2(cfg, h, stats):
         how = (f"it is {b:.4g} in epochs {eps[-half].epoch + 1}–{last.epoch + 1}, "
                + (f"{progress:.0%} below" if progress >= 0 else f"{-progress:.0%} above")
                + f" the {start:.4g} it started from")
-        # the damage happened in the first steps: rewind to the start (a new run from scratch with the lower lr)
-        resume, where = 0, "start again from step 0 (the loss blew up in the first steps, so no checkpoint is clean)"
     else:
         how = f"its median went {a:.4g} → {b:.4g} ({-drop:+.1%}) from epoch 2 to epoch {last.epoch + 1}"
-        resume, where = max(first.first_step - 1, 0), "resume from the end of the 1st epoch, before the loss went flat"
+    # The evidence window starts at the 2nd epoch: rewind to the end of the 1st. (After a blow-up in the first
+    # steps a new run at the lower lr learns faster still; the watcher proposes the next grid value if the
+    # child stays flat.)
+    resume, where = max(first.first_step - 1, 0), "resume from the end of the 1st epoch, before the loss went flat"
     return Finding(
         "flat-loss-after-epoch-2", "warning", "13.1",
         f"From the 2nd epoch on the train loss stays flat (从第二个epoch开始loss就一直保持不变,不在下降): {how}. "
