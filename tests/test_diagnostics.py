@@ -151,6 +151,31 @@ def test_flat_loss_remedy_picks_next_lower_grid_value(lr, lower):
     assert f.remedy["set"]["train.base_lr"] == pytest.approx(lower)
 
 
+def blown_up(t: float) -> float:
+    """A too-large lr on a real run: the first step at 5, then blown up and only crawling back, still far above
+    the start from the 2nd epoch on (real lr 1 runs: 5.1 → 147, 89, 48, 34, ...)."""
+    return 5.0 if t <= 1 / SPE else 20.0 + 130.0 * math.exp(-0.5 * t)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_flat_loss_fires_when_loss_never_comes_down_from_its_start(seed):
+    lines = trace(epochs=5, level=blown_up, seed=seed, noise=0.1, lr=1.0)
+    f = check_rule("flat-loss-after-epoch-2", cfg_with(**{"train.base_lr": 1.0}), lines)
+    assert f is not None and f.evidence["kind"] == "no-progress" and f.evidence["progress"] < 0
+    assert f.evidence["drop"] > 0.05  # not flat: falling, but from a blow-up
+    assert f.remedy["set"] == {"train.base_lr": 0.3} and f.remedy["resume_from_step"] == SPE
+    # the same shape well below the start (a healthy fall) is not a finding
+    learning = trace(epochs=5, level=lambda t: 5.0 if t <= 1 / SPE else 1.0 + 3.0 * math.exp(-0.5 * t), seed=seed)
+    assert check_rule("flat-loss-after-epoch-2", C.Config(), learning) is None
+
+
+def test_flat_loss_judges_an_epoch_at_the_eval_that_ends_it():
+    lines = trace(epochs=4, level=flat_level, val_every=1)  # an eval at every epoch end
+    assert check_rule("flat-loss-after-epoch-2", C.Config(), lines[:-1]) is None  # the 4th epoch's eval not in
+    f = check_rule("flat-loss-after-epoch-2", C.Config(), lines)  # epochs 2-4 complete at that eval
+    assert f is not None and f.step == 4 * SPE and f.evidence["to_epoch"] == 3
+
+
 def test_lr_grid_contains_the_notes_grid():
     for g in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10):
         assert any(math.isclose(g, x) for x in LR_GRID)
@@ -181,6 +206,34 @@ def test_train_val_gap_silent_when_val_follows_train_or_too_few_evals():
     assert check_rule("train-val-gap", C.Config(), flat) is None
 
 
+def rising_val(t, rng):
+    """Val follows train to epoch 6, then turns up 5% per epoch while train keeps falling (real shifted-val runs:
+    flat, then +6% to +20% per eval)."""
+    return 1.1 * healthy_level(min(t, 6.0)) * (1 + 0.05 * max(0.0, t - 6)) * (1 + 0.01 * rng.gauss(0, 1))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_train_val_gap_fires_when_val_turns_up(seed):
+    lines = trace(epochs=14, seed=seed, val_level=rising_val)
+    assert check_rule("train-val-gap", C.Config(), [m for m in lines if m["step"] <= 8 * SPE]) is None
+    w, first = Watcher(C.Config()), None
+    for line in lines:
+        w.observe(line)
+        if line["split"] == "val":
+            first = first or next((f for f in w.check() if f.rule == "train-val-gap"), None)
+    assert first is not None and first.evidence["kind"] == "rising" and first.evidence["val_drop"] < 0
+    assert first.step == 10 * SPE  # the first eval whose last two are both ≥ 5% above the best before them
+    assert first.remedy["resume_from_step"] == first.evidence["evals"][0]
+
+
+def test_train_val_gap_silent_on_one_val_spike_and_on_a_blow_up():
+    spike = trace(epochs=12, val_every=1, val_level=lambda t, rng: healthy_level(t) * (2.0 if 5 < t <= 6 else 1.1))
+    assert check_rule("train-val-gap", C.Config(), spike) is None
+    # a too-large lr recovering from its blow-up: train "falls" but stays above its start; val wobbles up
+    hot = trace(epochs=10, level=blown_up, val_every=1, val_level=lambda t, rng: 40.0 + 2.0 * t)
+    assert check_rule("train-val-gap", C.Config(), hot) is None
+
+
 # --- shape-loss-stuck (13) ------------------------------------------------------------------------------------
 
 def stuck_shape(t):
@@ -200,6 +253,11 @@ def test_shape_loss_stuck_silent_on_healthy_and_on_all_flat():
     for n in (4, 6, 10):
         assert check_rule("shape-loss-stuck", C.Config(), trace(epochs=n, seed=n)) is None
     assert check_rule("shape-loss-stuck", C.Config(), trace(epochs=6, level=lambda t: 5.0)) is None
+    # a too-large lr's blow-up: map and offset fall but stay far above their start, shape flat → not the head
+    hot = trace(epochs=6, branch=lambda t: {"loss_map": 2.0 if t <= 1 / SPE else 2.0 + 300 * math.exp(-t),
+                                           "loss_offset": 0.8 if t <= 1 / SPE else 0.8 + 50 * math.exp(-t),
+                                           "loss_shape": 2.0 if t <= 1 / SPE else 7.0})
+    assert check_rule("shape-loss-stuck", C.Config(), hot) is None
 
 
 # --- config-only rules --------------------------------------------------------------------------------------
