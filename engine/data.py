@@ -261,6 +261,8 @@ class CocoDetection(torch.utils.data.Dataset):
         from torchvision import tv_tensors
         from torchvision.transforms import v2
 
+        from nanxi_tune.engine.iou_crop import MinIoURandomCrop
+
         a = self.cfg.augment
         h, w = img.shape[-2:]
         sample = {"image": tv_tensors.Image(img),
@@ -270,7 +272,7 @@ class CocoDetection(torch.utils.data.Dataset):
         # RandomIoUCrop needs boxes (it would loop forever without); its options are the minimum IoUs
         # it samples from, 0.0 = any crop, a value >= 1.0 = keep the image (as MMDetection's MinIoURandomCrop).
         if a.min_iou_random_crop and len(boxes):
-            steps.append(v2.RandomIoUCrop(sampler_options=[0.0, *a.min_iou_set, 1.0]))
+            steps.append(MinIoURandomCrop(sampler_options=[0.0, *a.min_iou_set, 1.0]))
         if a.random_flip > 0:
             steps.append(v2.RandomHorizontalFlip(p=a.random_flip))
         if not steps:
