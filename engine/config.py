@@ -294,6 +294,9 @@ class Diagnose(Strict):
                                  "healthy runs are 26-41% below it (lr 0.1: 27-35%); lr 0.3 runs 3.5-15% below, "
                                  "lr 1 and 3 runs 9-17× above (the first steps blow the loss up).", ge=0, lt=1,
                                  live=True)
+    flat_blowup: float = F(1.2, "Flat loss, no progress: only after a blow-up — some epoch-median raw train loss "
+                           "above this many times the first step's (healthy runs: ≤ 1.03×, their 1st epoch; lr 0.3: "
+                           "1.34-3.1×, lr 1 and 3: 17-350×).", gt=1, le=1e6, live=True)
     gap_min_evals: int = F(4, "Evaluations needed before the 'far' test of the train/val gap (val lags early: on "
                            "healthy runs it stays flat for the first 3-4 evals while train falls 25%); it "
                            "compares the first half of all evals with the last half.",

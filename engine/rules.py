@@ -81,8 +81,10 @@ def flat_loss_after_epoch_2(cfg, h, stats):
 
     * flat: the median of the later half of those epochs' medians is less than ``flat_min_drop`` below the
       earlier half (the step bounces between the valley's walls at one level);
-    * no progress: it is still less than ``flat_min_progress`` below the loss of the first logged step (the
-      first steps blew the loss up and it is only crawling back, often with the log weights s_* run away).
+    * no progress: it is still less than ``flat_min_progress`` below the loss of the first logged step, after an
+      epoch median rose above ``flat_blowup`` × that loss (the first steps blew the loss up and it is only
+      crawling back, often with the log weights s_* run away). The blow-up keeps a slow, too-small lr — which
+      also makes little progress — from being told to lower the lr.
     """
     d = cfg.diagnose
     eps = h.complete_epochs(start=1)
@@ -95,8 +97,10 @@ def flat_loss_after_epoch_2(cfg, h, stats):
     drop = rel_drop(a, b)
     start = raw_loss(h.first_train) if h.first_train else None
     progress = rel_drop(start, b) if finite(start) and start > 0 else None
+    peak = max((e.median("raw") or 0.0) for e in h.complete_epochs(0))
+    blew_up = progress is not None and peak > d.flat_blowup * start
     flat = drop is not None and drop < d.flat_min_drop
-    stuck = progress is not None and progress < d.flat_min_progress
+    stuck = blew_up and progress < d.flat_min_progress
     if not (flat or stuck):
         return None
     new = lower_lr(cfg.train.base_lr)
@@ -118,7 +122,8 @@ def flat_loss_after_epoch_2(cfg, h, stats):
         f"(学习率较大,导致梯度向量在斜坡两侧不断来回碰撞). Lower the lr (降低学习率lr): {cfg.train.base_lr:g} → {new:g}.",
         {"epoch_medians": meds, "from_epoch": first.epoch, "to_epoch": last.epoch, "drop": r(drop),
          "threshold": d.flat_min_drop, "start_loss": r(start), "progress": r(progress),
-         "progress_threshold": d.flat_min_progress, "kind": "no-progress" if stuck else "flat",
+         "progress_threshold": d.flat_min_progress, "peak_epoch_median": r(peak),
+         "kind": "no-progress" if stuck else "flat",
          "base_lr": cfg.train.base_lr},
         remedy({"train.base_lr": new}, resume,
                f"lower train.base_lr one step on the 0.001/0.003/0.01 grid ({cfg.train.base_lr:g} → {new:g}) and "

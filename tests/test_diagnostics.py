@@ -167,6 +167,9 @@ def test_flat_loss_fires_when_loss_never_comes_down_from_its_start(seed):
     # the same shape well below the start (a healthy fall) is not a finding
     learning = trace(epochs=5, level=lambda t: 5.0 if t <= 1 / SPE else 1.0 + 3.0 * math.exp(-0.5 * t), seed=seed)
     assert check_rule("flat-loss-after-epoch-2", C.Config(), learning) is None
+    # a slow lr: little progress from the start (~16% by the 5th epoch) but no blow-up → not "lower the lr"
+    slow = trace(epochs=5, level=lambda t: 5.0 * 0.95 ** t, seed=seed, noise=0.1)
+    assert check_rule("flat-loss-after-epoch-2", C.Config(), slow) is None
 
 
 def test_flat_loss_judges_an_epoch_at_the_eval_that_ends_it():
