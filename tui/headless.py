@@ -122,11 +122,11 @@ def _drive(make_trainer, run_dir: Path, quiet: bool) -> int:
     state = result.get("state", "failed")
     if state == "failed":
         console.print(f"[red]run failed: {outcome.get('error', 'see events.jsonl')}")
-        console.print(f"run directory: {run_dir}")
+        console.print(f"run directory: {run_dir}", soft_wrap=True)
         return 1
     if state == "stopped":
-        console.print(f"stopped at step {trainer.step}. Resume with:  nanxi-tune resume {run_dir}")
+        console.print(f"stopped at step {trainer.step}. Resume with:  nanxi-tune resume {run_dir}", soft_wrap=True)
         return 0
-    console.print(f"finished: {run_dir} (best mAP {max(trainer.best_map, 0):.4f})")
+    console.print(f"finished: {run_dir} (best mAP {max(trainer.best_map, 0):.4f})", soft_wrap=True)
     return 0
 

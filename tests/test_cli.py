@@ -1,0 +1,62 @@
+"""The headless CLI as a user types it: train, resume, eval, diagnose, presets; errors name the key."""
+
+import json
+
+import pytest
+
+from nanxi_tune.engine import rundir
+from nanxi_tune.tui.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SETS = ["preprocess.input_size=64", "data.synthetic_train=32", "data.synthetic_val=8", "data.batch_size=8",
+        "backbone.width=8", "head.channels=16", "train.epochs=2", "eval.online=false"]
+
+
+def test_train_resume_eval_diagnose(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", "--preset", "demo", "--quiet", "--run-dir", str(run), "--max-steps", "3", "--set", *SETS]) == 0
+    err = capsys.readouterr().err
+    assert f"nanxi-tune resume {run}" in err
+    lines = rundir.read_metrics(run)
+    assert [m["step"] for m in lines if m["split"] == "train"] == [1, 2, 3]
+    assert all(k in lines[0] for k in ("loss_map", "loss_offset", "loss_shape"))
+
+    assert main(["resume", str(run), "--quiet", "--set", "train.seed=3"]) == 2
+    assert "train.seed" in capsys.readouterr().err
+    assert main(["resume", str(run), "--quiet", "--set", "train.base_lr=0.001"]) == 0
+    assert "finished" in capsys.readouterr().err
+    assert max(m["step"] for m in rundir.read_metrics(run)) == 8
+
+    assert main(["eval", str(run), "--checkpoint", "last"]) == 0
+    out = capsys.readouterr().out
+    assert "mAP" in out and "AP50" in out and "loss_shape" in out
+
+    assert main(["diagnose", str(run), "--json"]) == 0
+    findings = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.strip()]
+    assert {"rule", "severity", "section", "remedy"} <= set(findings[0])
+
+
+def test_bad_set_and_preset_are_clear(tmp_path, capsys):
+    assert main(["train", "--preset", "demo", "--set", "train.base_lr=-1", "--run-dir", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "train.base_lr = -1" in err and "greater than 0" in err and "Traceback" not in err
+    assert main(["train", "--preset", "nope"]) == 2
+    assert "bundled presets" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_presets_lists_bundled(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "demo" in out and "coco-640" in out and "bccd" in out
+
+
+def test_resume_without_checkpoint_says_so(tmp_path, capsys):
+    run = tmp_path / "empty"
+    run.mkdir()
+    from nanxi_tune.engine import config as C
+
+    C.save(C.load_preset("demo"), run / "config.toml")
+    assert main(["resume", str(run), "--quiet"]) == 1
+    assert "no checkpoint" in capsys.readouterr().err
