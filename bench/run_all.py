@@ -53,6 +53,7 @@ NAMES = {  # friendlier names for lines that do not start with one
 NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 TARGET = re.compile(rf"\(target\s*(?P<label>[A-Za-z][\w-]*\s+)?(?P<op><=|>=|≤|≥|<|>|=)?\s*(?P<target>{NUM}(?:/{NUM})?)"
                     rf"\s*(?P<unit>[^)]*)\)")
+VERDICT = re.compile(r"^\s*targets \((.+)\):\s*(MET|NOT MET)\s*$")
 VALUE = re.compile(rf"(?P<value>{NUM}(?:/{NUM})?)\s*(?P<unit>x|%|ms|s|MB|GiB)?\s*[,;]?\s*$")
 
 
@@ -60,6 +61,11 @@ def parse(script: str, text: str) -> list[dict]:
     """Every "(target …)" line → {figure, value, unit, target, pass}."""
     rows = []
     for line in text.splitlines():
+        verdict = VERDICT.search(line)
+        if verdict:  # "targets (precision ≥ 0.95, recall ≥ 0.9, …): MET" (diagnosis.py)
+            rows.append({"bench": script, "figure": f"{Path(script).stem} targets", "value": verdict.group(2),
+                         "unit": "", "target": verdict.group(1), "pass": verdict.group(2) == "MET"})
+            continue
         m = TARGET.search(line)
         if not m:
             continue

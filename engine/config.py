@@ -39,9 +39,13 @@ class Strict(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_for_numbers(cls, v: Any, info) -> Any:
-        """pydantic's lax mode reads true/false as 1/0 in a number field; in a preset that is a typo, not a number."""
-        if isinstance(v, bool) and cls.model_fields[info.field_name].annotation in (int, float):
+        """pydantic's lax mode reads true/false as 1/0 in a number field and 1/0 as true/false in a switch; in a
+        preset either is a typo, not a value."""
+        ann = cls.model_fields[info.field_name].annotation
+        if isinstance(v, bool) and ann in (int, float):
             raise ValueError("expected a number, not true/false")
+        if ann is bool and isinstance(v, (int, float)) and not isinstance(v, bool):
+            raise ValueError("expected true or false, not a number")
         return v
 
 

@@ -78,8 +78,9 @@ def bad_value(draw, info):
         return kind, draw(st.lists(junk_text, min_size=1, max_size=3))
     if kind == "bool":
         return kind, draw(st.booleans())
-    if kind == "number":
-        return kind, draw(st.one_of(st.integers(-1000, 1000), st.floats(-1e6, 1e6, allow_nan=False)))
+    if kind == "number":  # 0 and 1 included on purpose: pydantic's lax mode would read them as false / true
+        return kind, draw(st.one_of(st.sampled_from([0, 1, 0.0, 1.0]), st.integers(-1000, 1000),
+                                    st.floats(-1e6, 1e6, allow_nan=False)))
     if kind == "fraction":
         return kind, draw(st.integers(-1000, 1000)) + 0.5
     if kind == "choice":
@@ -187,6 +188,11 @@ def test_cli_refuses_bad_presets_with_exit_2_and_no_traceback(data):
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "bad.toml"
         path.write_text(text)
+        try:  # a preset the config accepted would start a real training run below: fail fast instead
+            C.load_preset(str(path))
+            raise AssertionError(f"{group}.{name} = {value!r} ({kind}) was accepted")
+        except C.ConfigError:
+            pass
         err, out = io.StringIO(), io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
             rc = main(["train", "--preset", str(path), "--run-dir", str(Path(d) / "run")])

@@ -32,9 +32,11 @@ key-to-paint latency while training: n=40 p50 20.1 ms, p95 30.5 ms, max 200.0 ms
   overhead ratio sweep / alone = 1.020  (target ≤ 1.05)
 crash safety: 9/10 kills resumed exactly (target 10/10)
 help time: 0.194 s (target <= 0.5 s)
+targets (precision ≥ 0.95, recall ≥ 0.9, delay ≤ 1 eval interval): NOT MET
 a line without a target: 3.0"""
     rows = {r["figure"]: r for r in mod.parse("x.py", out)}
-    assert len(rows) == 8
+    assert len(rows) == 9
+    assert rows["x targets"]["value"] == "NOT MET" and rows["x targets"]["pass"] is False
     assert rows["train efficiency trainer/bare"]["pass"] and rows["train efficiency trainer/bare"]["value"] == 0.985
     assert rows["targets vectorised vs loop"]["value"] == 25.3 and rows["targets vectorised vs loop"]["pass"]
     assert not rows["targets share of a training step"]["pass"]
