@@ -141,13 +141,16 @@ def train_val_gap(cfg, h, stats):
     """Train loss falls while val loss does not, in either of two ways (both 13.2):
 
     * rising: the val raw loss of each of the last two evals is ≥ ``gap_val_rise`` above the best (lowest) val
-      loss before them, while the train loss (epoch medians at those evals) fell ≥ ``gap_train_min_drop`` since
-      that best eval — val turned away from train (over-fitting, or a val set from another distribution);
+      loss before them, while the train loss (epoch medians at those evals) kept falling since that best eval
+      and fell ≥ ``gap_train_min_drop`` since the first eval — val turned away from train (over-fitting, or a
+      val set from another distribution);
     * far: after ≥ ``gap_min_evals`` evals, from the first half of the evals to the last the train loss fell by
       ≥ ``gap_train_min_drop`` while the val loss fell by less than ``gap_val_frac`` of that (flat, oscillating
       or rising), ending ≥ ``gap_ratio``× above the train loss.
 
     The min of the last two evals (not the last alone) keeps a single noisy eval from firing the rising test.
+    Neither fires before the train loss is ``flat_min_progress`` below its first step's (a too-large lr's
+    blow-up recovering is flat-loss-after-epoch-2's finding).
     """
     d = cfg.diagnose
     vals = [v for v in h.val if finite(raw_loss(v))]
@@ -159,15 +162,16 @@ def train_val_gap(cfg, h, stats):
     vl = [raw_loss(v) for v in vals]
     new = lower_lr(cfg.train.base_lr)
     start = raw_loss(h.first_train) if h.first_train else None
-    if finite(start) and levels[-1] >= start:
-        return None  # train is not below where it started: a blow-up recovering, not a gap (flat-loss's business)
+    if finite(start) and (rel_drop(start, levels[-1]) or 0.0) < d.flat_min_progress:
+        return None  # train has not come down from its start: a blow-up recovering (flat-loss's business), not a gap
 
     # rising: the last two evals both above the best one before them, train still falling
     best_i = min(range(len(vals) - 2), key=lambda i: vl[i])
     rise = min(vl[-2:]) / vl[best_i] - 1 if vl[best_i] > 0 else None
     t_drop = rel_drop(levels[best_i], median(levels[-2:]))
-    rising = (rise is not None and rise >= d.gap_val_rise and t_drop is not None
-              and t_drop >= d.gap_train_min_drop)
+    t_total = rel_drop(levels[0], median(levels[-2:]))
+    rising = (rise is not None and rise >= d.gap_val_rise and t_drop is not None and t_drop > 0
+              and t_total is not None and t_total >= d.gap_train_min_drop)
 
     far = False
     win, half = vals, len(vals) // 2
