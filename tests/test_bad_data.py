@@ -85,11 +85,12 @@ def run(tmp_path, fault, **updates):
     return state, events, named
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-@pytest.mark.parametrize("fault", IMAGE_FAULTS + ANN_FAULTS + ["empty_annotations"])
+# annotation faults are found before any loader worker starts: workers matter for image faults only
+CASES = [(f, 0) for f in IMAGE_FAULTS + ANN_FAULTS] + [(f, 2) for f in IMAGE_FAULTS]
+
+
+@pytest.mark.parametrize("fault,workers", CASES + [("empty_annotations", 0)])
 def test_fault_fails_with_the_file_and_the_fix(tmp_path, fault, workers):
-    if workers and fault not in IMAGE_FAULTS:
-        pytest.skip("annotation faults are found before any worker starts")
     state, events, named = run(tmp_path, fault, **{"data.workers": workers})
     assert state == "failed"
     errors = [e for e in events if e.kind == "error"]
@@ -106,11 +107,8 @@ def test_fault_fails_with_the_file_and_the_fix(tmp_path, fault, workers):
                for e in rundir.read_events(tmp_path / "run"))
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-@pytest.mark.parametrize("fault", IMAGE_FAULTS + ANN_FAULTS)
+@pytest.mark.parametrize("fault,workers", CASES)
 def test_skip_bad_continues_with_a_counted_warning(tmp_path, fault, workers):
-    if workers and fault not in IMAGE_FAULTS:
-        pytest.skip("annotation faults are found before any worker starts")
     state, events, named = run(tmp_path, fault, **{"data.skip_bad": True, "data.workers": workers})
     assert state == "finished", [e for e in events if e.kind == "error"]
     warnings = [e.message for e in events if e.kind == "log" and e.level == "warning"]
