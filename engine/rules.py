@@ -185,10 +185,10 @@ def train_val_gap(cfg, h, stats):
     if not (rising or far):
         return None
     if rising:
-        v0, v1, t0, t1 = vl[best_i], min(vl[-2:]), levels[best_i], median(levels[-2:])
-        train_drop, val_drop, win = t_drop, rel_drop(v0, v1), vals[best_i:]
+        v0, v1, t0, t1 = vl[best_i], min(vl[-2:]), levels[0], median(levels[-2:])
+        train_drop, val_drop, win = t_total, rel_drop(v0, v1), vals[best_i:]
         how = (f"val rose {rise:+.0%} from its best {v0:.4g} (step {int(vals[best_i]['step'])}) to {v1:.4g} while "
-               f"train fell {-train_drop:+.0%} ({t0:.4g} → {t1:.4g})")
+               f"train kept falling ({levels[best_i]:.4g} → {t1:.4g}; {-train_drop:+.0%} since the first eval)")
     else:
         how = (f"train fell {-train_drop:+.0%} while val {'only oscillates' if val_drop > -0.05 else 'rises'} "
                f"({-val_drop:+.0%}) over {len(win)} evals, ending at {v1:.4g} vs train {t1:.4g} ({v1 / t1:.1f}×)")
@@ -200,7 +200,8 @@ def train_val_gap(cfg, h, stats):
         f"({cfg.train.base_lr:g} → {new:g}) and look at the data.",
         {"evals": [int(v["step"]) for v in win], "val_losses": [r(raw_loss(v)) for v in win],
          "train_from": r(t0), "train_to": r(t1), "train_drop": r(train_drop), "val_drop": r(val_drop),
-         "ratio": r(v1 / t1) if t1 else None, "kind": "rising" if rising else "far"},
+         "ratio": r(v1 / t1) if t1 else None, "kind": "rising" if rising else "far",
+         **({"train_drop_since_best": r(t_drop)} if rising else {})},
         remedy({"train.base_lr": new}, int(win[0]["step"]),
                "lower the lr one grid step and resume from the first eval of the window (the best val before the "
                "gap opened); compare a few train and val images side by side (colours, textures, object sizes) "
