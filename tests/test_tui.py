@@ -33,7 +33,8 @@ async def ready(pilot):
 
 async def type_into(pilot, key: str, text: str) -> None:
     app = pilot.app
-    row = app.form.row(key)
+    row = app.form.show_key(key)  # one group of the cheat-sheet on screen at a time
+    await pilot.pause()
     row.scroll_visible(animate=False)
     ed = row.editor
     ed.focus()
@@ -210,6 +211,39 @@ def test_tui_modules_do_not_import_torch():
             "print('torch' in sys.modules, 'nanxi_tune.engine.trainer' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_config_groups_one_at_a_time(tmp_path):
+    """Only the shown group is laid out (cheap keystrokes and tab switches); Alt+→ / the palette move on."""
+    async def go():
+        app = NanxiTuneApp(runs_root=tmp_path / "runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await ready(pilot)
+            groups = list(C.GROUPS)
+            form = app.form
+            assert form.active_group == groups[0]
+            shown = [g for g in groups if form.query_one(f"#group-{g}").display]
+            assert shown == [groups[0]]
+            assert groups[0] in str(app.query_one("#group-bar").render())
+            await pilot.press("alt+right")
+            await pilot.pause()
+            assert form.active_group == groups[1] and groups[1] in str(app.query_one("#group-bar").render())
+            await pilot.press("alt+left", "alt+left")
+            await pilot.pause()
+            assert form.active_group == groups[-1]
+            await pilot.press("ctrl+p")
+            await pilot.pause(0.2)
+            await pilot.press(*"config group: train")
+            await pilot.pause(0.5)
+            await pilot.press("enter")
+            await pilot.pause(0.3)
+            assert form.active_group == "train"
+            # an invalid key in another group: F5 refuses and shows that key's group with its editor focused
+            form.set_key("preprocess.input_size", 100)
+            await pilot.press("f5")
+            await pilot.pause(0.2)
+            assert form.active_group == "preprocess" and app.focused is form.row("preprocess.input_size").editor
+    run(go())
 
 
 def test_pause_stop_refused_without_run(tmp_path):

@@ -16,8 +16,8 @@ TINY = {"data.synthetic_train": 16, "data.synthetic_val": 8, "preprocess.input_s
         "data.batch_size": 8, "train.epochs": 4, "eval.interval": 100, "train.base_lr": 0.001}
 
 
-def tiny_preset(tmp_path: Path) -> str:
-    cfg = C.with_updates(C.load_preset("demo"), TINY)
+def tiny_preset(tmp_path: Path, **updates) -> str:
+    cfg = C.with_updates(C.load_preset("demo"), TINY | updates)
     return str(C.save(cfg, tmp_path / "tiny.toml"))
 
 
@@ -108,7 +108,7 @@ def test_run_pause_continue_stop_resume_and_open(tmp_path):
 
 def test_quit_during_run_asks_then_checkpoints(tmp_path):
     runs = tmp_path / "runs"
-    preset = tiny_preset(tmp_path)
+    preset = tiny_preset(tmp_path, **{"train.epochs": 100})  # long enough never to finish before the "y"
 
     async def go():
         app = NanxiTuneApp(preset=preset, runs_root=runs)

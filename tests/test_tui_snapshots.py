@@ -1,4 +1,5 @@
-"""Layout snapshots of the Config and Monitor screens at 80×24 and 160×48 (pytest-textual-snapshot).
+"""Layout snapshots at 80×24 and 160×48 (pytest-textual-snapshot): Config, Monitor (with a finding selected
+and a budget projection), Runs, and the compare / sweep / schedule screens.
 
 Update after an intended layout change with ``pytest tests/test_tui_snapshots.py --snapshot-update``
 and review the SVGs by eye (tests/__snapshots__/).
@@ -51,9 +52,17 @@ async def show_monitor(pilot):
     mon._rate_start, mon._rate_last = (0.0, 0), (30.0, 60)  # 2 steps/s, fixed for the snapshot
     mon.set_state("running")
     mon._rate_start, mon._rate_last = (0.0, 0), (30.0, 60)
+    from nanxi_tune.engine.budget import Projection
+
+    mon.set_projection(Projection(step=60, total_steps=240, seconds_per_step=0.5, projected_days=120 / 86400,
+                                  projected_days_with_evals=150 / 86400, eval_seconds=3.0, evals_planned=12,
+                                  elapsed_days=30 / 86400, max_days=4.0, over=False, finding=None))
     mon.refresh_texts()
-    mon.add_diagnosis(40, "warning", "loss_flat_after_epoch2", "13.1",
-                      "loss stays flat from the 2nd epoch on: lr too large; lower train.base_lr")
+    mon.add_diagnosis({"kind": "diagnosis", "step": 40, "severity": "warning", "rule": "flat-loss-after-epoch-2",
+                       "section": "13.1", "message": "train loss flat from epoch 2 on (lr too large; 平了)",
+                       "evidence": {"median_before": 1.234, "median_after": 1.229, "epoch": 2},
+                       "remedy": {"set": {"train.base_lr": 0.001}, "resume_from_step": 40,
+                                  "text": "lower lr one step on the 0.001/0.003/0.01 grid"}})
     mon.focus()
     await pilot.pause()
     mon.redraw_plots(force=True)
@@ -81,3 +90,67 @@ def test_config_screen(snap_compare, tmp_path, size):
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_monitor_screen(snap_compare, tmp_path, size):
     assert snap_compare(NanxiTuneApp(runs_root=tmp_path / "runs"), terminal_size=size, run_before=show_monitor)
+
+
+async def show_runs_and_compare(pilot):
+    """Two fabricated runs (config + metrics only): the Runs tab, then the compare screen."""
+    import json
+
+    from nanxi_tune.engine import config as C
+
+    app = pilot.app
+    root = app.runs_root
+    train, val = fake_rows()
+    for name, lr, t0 in (("run-a", 0.003, 1767261600), ("run-b", 0.01, 1767265200)):
+        d = root / name
+        d.mkdir(parents=True)
+        C.save(C.with_updates(C.load_preset("demo"), {"train.base_lr": lr}), d / "config.toml")
+        with open(d / "metrics.jsonl", "w") as f:
+            for r in train + val:
+                f.write(json.dumps(dict(r, time=t0 + r["step"], mAP=r.get("mAP", 0) * (lr * 100))
+                                   if r["split"] == "val" else dict(r, time=t0 + r["step"])) + "\n")
+        with open(d / "events.jsonl", "w") as f:
+            f.write(json.dumps({"kind": "state", "state": "finished", "step": 60, "time": t0 + 61}) + "\n")
+    await pilot.pause()
+    app.action_tab("runs")
+    await pilot.pause(0.2)
+    if app.size.width < 100:
+        return
+    await pilot.press("space", "down", "space", "c")
+    for _ in range(100):
+        if getattr(app.screen, "data", None) is not None:
+            break
+        await pilot.pause(0.05)
+    await pilot.pause(0.2)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_runs_and_compare_screen(snap_compare, tmp_path, size, monkeypatch):
+    import time as _time
+
+    monkeypatch.setenv("TZ", "UTC")
+    _time.tzset()
+    assert snap_compare(NanxiTuneApp(runs_root=tmp_path / "runs"), terminal_size=size,
+                        run_before=show_runs_and_compare)
+
+
+async def show_sweep(pilot):
+    await pilot.pause()
+    await pilot.press("f9")
+    await pilot.pause(0.3)
+
+
+async def show_schedule(pilot):
+    await pilot.pause()
+    await pilot.press("ctrl+g")
+    await pilot.pause(0.3)
+
+
+@pytest.mark.parametrize("size", [(80, 24)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_sweep_screen(snap_compare, tmp_path, size):
+    assert snap_compare(NanxiTuneApp(runs_root=tmp_path / "runs"), terminal_size=size, run_before=show_sweep)
+
+
+@pytest.mark.parametrize("size", [(80, 24)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_schedule_screen(snap_compare, tmp_path, size):
+    assert snap_compare(NanxiTuneApp(runs_root=tmp_path / "runs"), terminal_size=size, run_before=show_schedule)

@@ -59,16 +59,46 @@ TIP = {a: h for a, _n, h in ACTIONS}
 class RunCommands(Provider):
     """The run and preset actions in the command palette (Ctrl+P)."""
 
+    def _entries(self) -> list[tuple[str, Callable, str]]:
+        out = [(name, partial(self.app.run_action, action), help_) for action, name, help_ in ACTIONS]
+        from nanxi_tune.tui.config_form import group_title
+
+        for group in C.GROUPS:
+            out.append((f"Config group: {group}", partial(self.app.show_config_group, group), group_title(group)))
+        return out
+
     async def discover(self) -> Hits:
-        for action, name, help_ in ACTIONS:
-            yield DiscoveryHit(name, partial(self.app.run_action, action), help=help_)
+        for name, fn, help_ in self._entries():
+            yield DiscoveryHit(name, fn, help=help_)
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
-        for action, name, help_ in ACTIONS:
+        for name, fn, help_ in self._entries():
             score = matcher.match(name)
             if score > 0:
-                yield Hit(score, matcher.highlight(name), partial(self.app.run_action, action), help=help_)
+                yield Hit(score, matcher.highlight(name), fn, help=help_)
+
+
+class SteadyFooter(Footer):
+    """Textual's Footer, recomposed only when the keys it shows change.
+
+    The stock Footer rebuilds itself (and restyles every key) on each focus change; with the
+    Config tab's few hundred widgets that made every tab switch ~0.3 s slower under load. The
+    main screen's shown bindings are the same everywhere, so after the first compose it stays put.
+    """
+
+    _shown: tuple | None = None
+
+    def bindings_changed(self, screen: Any) -> None:
+        try:
+            shown = tuple((b.key, b.action, b.description, enabled)
+                          for (_n, b, enabled, _t) in screen.active_bindings.values() if b.show)
+        except Exception:  # noqa: BLE001 - fall back to the stock behaviour
+            shown = None
+        if shown is not None and shown == self._shown and self._bindings_ready:
+            return
+        self._shown = shown
+        super().bindings_changed(screen)
 
 
 class RunDone(Message):
@@ -80,8 +110,9 @@ class RunDone(Message):
 
 class RunsPane(Vertical):
     BINDINGS = [
-        Binding("space", "mark", "Mark", id="mark_run", tooltip="Mark / unmark the run under the cursor for compare"),
-        Binding("c", "app.compare_runs", "Compare", id="compare_runs", tooltip=TIP["compare_runs"]),
+        Binding("space", "mark", "Mark", id="mark_run", tooltip="Mark / unmark the run under the cursor for compare",
+                show=False),
+        Binding("c", "app.compare_runs", "Compare", id="compare_runs", tooltip=TIP["compare_runs"], show=False),
     ]
 
     def __init__(self, **kw: Any) -> None:
@@ -159,6 +190,10 @@ class NanxiTuneApp(App):
                 show=False),
         Binding("alt+b", "autobatch", "Autobatch", id="autobatch", tooltip=TIP["autobatch"], show=False),
         Binding("ctrl+t", "next_tab", "Tab", id="next_tab", tooltip="Next tab: Config → Monitor → Runs"),
+        Binding("alt+right", "config_group(1)", "Next group", id="next_group", show=False,
+                tooltip="Config tab: show the next group of the cheat-sheet"),
+        Binding("alt+left", "config_group(-1)", "Prev group", id="prev_group", show=False,
+                tooltip="Config tab: show the previous group of the cheat-sheet"),
         Binding("alt+1", "tab('config')", "Config", show=False, id="tab_config", tooltip="Config tab"),
         Binding("alt+2", "tab('monitor')", "Monitor", show=False, id="tab_monitor", tooltip="Monitor tab"),
         Binding("alt+3", "tab('runs')", "Runs", show=False, id="tab_runs", tooltip="Runs tab"),
@@ -170,6 +205,9 @@ class NanxiTuneApp(App):
                  *, max_steps: int | None = None, trainer_cls: Any = None, stats_samples: int = 200,
                  autobatch_cap_gb: float | None = None) -> None:
         super().__init__()
+        # No animations: the tab underline's slide alone repainted the screen ~20 times per tab switch,
+        # competing with the trainer for the CPU; over SSH it is also bytes for nothing.
+        self.animation_level = "none"
         self.stats_samples = stats_samples
         self.autobatch_cap_gb = autobatch_cap_gb
         self.busy_task: str | None = None  # the running stats / autobatch / remedy task
@@ -212,6 +250,7 @@ class NanxiTuneApp(App):
         with TabbedContent(id="tabs", initial="config"):
             with TabPane("Config", id="config"):
                 yield Static("", id="config-status")
+                yield Static("", id="group-bar")
                 yield ConfigForm(self.initial_cfg, self.initial_base, id="form")
                 yield Static("", id="field-help")
             with TabPane("Monitor", id="monitor"):
@@ -221,11 +260,12 @@ class NanxiTuneApp(App):
         with Horizontal(id="task"):
             yield Static("", id="task-label")
             yield ProgressBar(id="task-progress", show_eta=False)
-        yield Footer()
+        yield SteadyFooter()
 
     def on_mount(self) -> None:
         self.sub_title = f"preset {self.initial_cfg.preset}"
         self.form.validate_now()
+        self.form.show_group(self.form.active_group)
         self.set_interval(0.5, self._drain_timer)
         self.set_interval(20.0, self._budget_tick)
         self._task_hide()
@@ -288,7 +328,26 @@ class NanxiTuneApp(App):
             bad = list(form.errors) + ([form.general_error] if form.general_error else [])
             t.append(f" · ✗ {len(bad)} invalid: {', '.join(bad)[:60]}", style="bold red")
         t.append(" · Tab moves · ^t next tab · F5 start · ⟳ live key", style="dim")
-        self.query_one("#config-status", Static).update(t)
+        self.query_one("#config-status", Static).update(t, layout=False)  # fixed height: no re-layout
+
+    def action_config_group(self, delta: int) -> None:
+        self.action_tab("config")
+        self.form.step_group(int(delta))
+
+    def show_config_group(self, group: str) -> None:
+        self.action_tab("config")
+        self.form.show_group(group)
+
+    @on(ConfigForm.GroupShown)
+    def _group_shown(self, event: ConfigForm.GroupShown) -> None:
+        groups = list(C.GROUPS)
+        i = groups.index(event.group)
+        t = Text()
+        t.append(f" {event.group} ", style="bold reverse")
+        t.append(f" {i + 1}/{len(groups)}  ")
+        t.append(f"◀ {groups[i - 1]}  ·  {groups[(i + 1) % len(groups)]} ▶", style="dim")
+        t.append("  alt+←/→", style="dim")
+        self.query_one("#group-bar", Static).update(t, layout=False)
 
     @on(FieldFocused)
     def _field_focused(self, event: FieldFocused) -> None:
@@ -299,7 +358,7 @@ class NanxiTuneApp(App):
         t.append(f": {info.description or ''}")
         if C.is_live(event.key):
             t.append("  (live: may change when resuming)", style="dim")
-        self.query_one("#field-help", Static).update(t)
+        self.query_one("#field-help", Static).update(t, layout=False)
 
     def first_error(self) -> tuple[str, str] | None:
         form = self.form
@@ -602,7 +661,7 @@ class NanxiTuneApp(App):
             self.notify(f"{key}: {msg}", title="Cannot start: invalid config", severity="error", timeout=8)
             try:
                 self.query_one("#tabs", TabbedContent).active = "config"
-                self.form.row(key).editor.focus()
+                self.form.show_key(key).editor.focus()
             except Exception:  # noqa: BLE001 - a general (non-field) error has no editor
                 pass
             return
@@ -793,7 +852,7 @@ class NanxiTuneApp(App):
         self.running = False
         self.last_result = message.result
         self.monitor.set_state(message.result)
-        self.monitor.redraw_plots()
+        self.monitor.redraw_plots(force=True)
         self.notify(f"Run {message.run_dir.name}: {message.result}",
                     severity="error" if message.result == "failed" else "information")
         self._project_budget(message.run_dir)

@@ -55,7 +55,7 @@ class CompareScreen(Screen):
         with Horizontal(id="cmp-body"):
             yield DataTable(id="cmp-diff", cursor_type="row", zebra_stripes=True)
             yield PlotextPlot(id="cmp-plots")
-        yield Footer()
+        yield Footer(compact=True)  # 80 columns: the screen's keys and ^p fit
 
     def on_mount(self) -> None:
         table = self.query_one("#cmp-diff", DataTable)

@@ -210,11 +210,24 @@ class ConfigForm(VerticalScroll):
 
     EAGER_GROUPS = 3  # groups mounted before the first frame; the rest right after it
 
+    class GroupShown(Message):
+        def __init__(self, form: "ConfigForm", group: str) -> None:
+            super().__init__()
+            self.form = form
+            self.group = group
+
     def compose(self) -> ComposeResult:
         flat = C.flatten(self.config)
         self._rows = []
+        self._boxes: dict[str, Vertical] = {}
+        self.active_group = C.GROUPS[0]
         for i, group in enumerate(C.GROUPS):
             box = Vertical(classes="group", id=f"group-{group}")
+            # One group on screen at a time: the others are display:none, so a keystroke that changes a
+            # row's height (a "changed" mark, an inline error) or a tab switch lays out ~15 rows, not ~500
+            # widgets. Alt+←/→ (or the palette) moves between groups; focusing a key shows its group.
+            box.display = group == self.active_group
+            self._boxes[group] = box
             with (box if i < self.EAGER_GROUPS else Lazy(box)):
                 yield Static(group_title(group), classes="group-title")
                 for name, info in group_fields(group).items():
@@ -223,6 +236,27 @@ class ConfigForm(VerticalScroll):
                     self._rows.append(row)
                     yield row
         self._by_key = {r.key: r for r in self._rows}
+
+    def show_group(self, group: str) -> None:
+        if group not in self._boxes:
+            raise KeyError(group)
+        if group != self.active_group:
+            self._boxes[self.active_group].display = False
+            self._boxes[group].display = True
+            self.active_group = group
+            self.scroll_home(animate=False)
+        self.post_message(self.GroupShown(self, group))
+
+    def step_group(self, delta: int) -> str:
+        groups = list(C.GROUPS)
+        group = groups[(groups.index(self.active_group) + delta) % len(groups)]
+        self.show_group(group)
+        return group
+
+    def show_key(self, key: str) -> FieldRow:
+        """Show the group holding ``key`` and return its row (focus its ``editor`` next)."""
+        self.show_group(key.split(".", 1)[0])
+        return self.row(key)
 
     @property
     def all_mounted(self) -> bool:
@@ -292,13 +326,14 @@ class ConfigForm(VerticalScroll):
         if not self._flat_base:
             return []
         vals = self.values()
+        flat = C.flatten(self.config) if self.config else None
         out = []
         for key, value in vals.items():
             if key in self.errors:
                 out.append(key)
                 continue
             base = self._flat_base.get(key)
-            cur = C.flatten(self.config).get(key) if self.config else value
+            cur = flat.get(key) if flat is not None else value
             if _norm(cur) != _norm(base):
                 out.append(key)
         return out

@@ -18,8 +18,9 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Grid, Horizontal, VerticalScroll
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.message import Message
+from textual.widget import Widget
 from textual.widgets import DataTable, Static
 from textual_plotext import PlotextPlot
 
@@ -33,7 +34,7 @@ PLOTS = [  # id, title, train key, val key
 ]
 TABLE_ROWS = ["loss", "loss_map", "loss_offset", "loss_shape", "lr", "grad_norm", "s_map", "s_offset",
               "s_shape", "images_per_s", "mAP", "AP50"]
-MAX_PLOT_POINTS = 400
+MAX_PLOT_POINTS = 240  # points per series on screen; a plot is at most ~80 braille columns wide
 
 
 class RunUpdate(Message):
@@ -47,7 +48,7 @@ class RunUpdate(Message):
 class RunBridge:
     """The trainer callback: buffer events, post one coalesced message at a time."""
 
-    def __init__(self, target: Any, min_interval: float = 0.1) -> None:
+    def __init__(self, target: Any, min_interval: float = 0.25) -> None:
         self.target = target
         self.min_interval = min_interval
         self._lock = threading.Lock()
@@ -113,6 +114,42 @@ def _get(ev: Any, key: str) -> Any:
     return ev.get(key) if isinstance(ev, dict) else getattr(ev, key, None)
 
 
+class LatestTable(Widget):
+    """The latest train / val values: a fixed-size text table.
+
+    Repainting it costs one small Text (no DataTable row machinery, no re-layout), so the values
+    can follow a run at several updates a second without taking the GIL from the trainer.
+    ``get_cell(metric, "train" | "val")`` reads a cell (tests, tmux).
+    """
+
+    DEFAULT_CSS = "LatestTable { height: 14; width: 36; }"
+
+    def __init__(self, rows: list[str], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.rows = list(rows)
+        self.cells: dict[tuple[str, str], str] = {(r, c): "—" for r in rows for c in ("train", "val")}
+
+    def get_cell(self, row: str, col: str) -> str:
+        return self.cells[(row, col)]
+
+    def update_cell(self, row: str, col: str, value: str) -> None:
+        if self.cells.get((row, col)) != value:
+            self.cells[(row, col)] = value
+            self.refresh()
+
+    def render(self) -> Text:
+        name_w = 12
+        val_w = max(8, (self.size.width - name_w) // 2)
+        t = Text(no_wrap=True, overflow="crop")
+        t.append(f"{'metric':<{name_w}}{'train':>{val_w}}{'val':>{val_w}}\n", style="bold")
+        for i, name in enumerate(self.rows):
+            t.append(f"{name:<{name_w}}", style="bold" if name.startswith("loss") or name == "mAP" else "")
+            t.append(f"{self.cells[(name, 'train')]:>{val_w}}{self.cells[(name, 'val')]:>{val_w}}")
+            if i < len(self.rows) - 1:
+                t.append("\n")
+        return t
+
+
 class SystemStrip(Static):
     """CPU, RAM, process RSS; GPU memory when torch is already imported and CUDA is present."""
 
@@ -140,7 +177,7 @@ class SystemStrip(Static):
         except Exception:  # noqa: BLE001 - a broken driver must not break the UI
             gpu = "GPU ?"
         parts.append(gpu)
-        self.update("  ".join(parts))
+        self.update("  ".join(parts), layout=False)
 
 
 def finding_detail(f: dict[str, Any]) -> Text:
@@ -186,11 +223,16 @@ class Monitor(VerticalScroll):
 
     BINDINGS = [
         Binding("r", "app.apply_remedy", "Remedy", id="apply_remedy",
-                tooltip="Apply the selected finding's remedy: stop with a checkpoint, rewind, start the child run"),
+                tooltip="Apply the selected finding's remedy: stop with a checkpoint, rewind, start the child run",
+                show=False),  # the footer stays the same on every tab (cheap tab switches); the title says "r"
     ]
+
+    PLOT_INTERVAL = 0.4  # s between single-plot redraws (round-robin) while a run streams in
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
+        self._narrow: bool | None = None
+        self._rr = 0  # next plot in the round-robin
         self.series: dict[str, tuple[list[float], list[float]]] = {}
         self.latest_train: dict[str, Any] = {}
         self.latest_val: dict[str, Any] = {}
@@ -216,28 +258,34 @@ class Monitor(VerticalScroll):
             with Grid(id="plots"):
                 for pid, title, *_ in PLOTS:
                     yield PlotextPlot(id=f"plot-{pid}", classes="plot")
-            table = DataTable(id="latest", cursor_type="none", zebra_stripes=True)
-            yield table
-        diag = DataTable(id="diagnoses", cursor_type="row")
-        yield Static("Diagnoses — ↑↓ select · r applies the remedy", classes="section-title")
-        yield diag
-        yield Static("", id="diag-detail")
+            yield LatestTable(TABLE_ROWS, id="latest")
+        with Vertical(id="diag-box"):
+            yield Static("Diagnoses — ↑↓ select · r applies the remedy", classes="section-title")
+            yield DataTable(id="diagnoses", cursor_type="row")
+            yield Static("", id="diag-detail")
 
     def on_mount(self) -> None:
-        table = self.query_one("#latest", DataTable)
-        table.add_column("metric", key="metric")
-        table.add_column("train", key="train", width=11)
-        table.add_column("val", key="val", width=11)
-        for name in TABLE_ROWS:
-            table.add_row(name, "—", "—", key=name)
         diag = self.query_one("#diagnoses", DataTable)
         for col, label in (("step", "step"), ("severity", "sev"), ("rule", "rule"), ("section", "§"),
                            ("message", "message")):
             diag.add_column(label, key=col)
         for pid, title, *_ in PLOTS:
             self._dirty_plots.add(pid)
-        self.set_interval(0.5, self.redraw_plots)
+        self.on_resize()
+        self.set_interval(self.PLOT_INTERVAL, self.redraw_plots)
         self.redraw_plots()
+
+    def on_resize(self, _event: Any = None) -> None:
+        """Narrow terminals stack the plots one per row, so the findings go above them (never off-screen)."""
+        narrow = self.app.size.width < 120
+        if narrow == self._narrow:
+            return
+        self._narrow = narrow
+        box, mid = self.query_one("#diag-box"), self.query_one("#mid")
+        if narrow:
+            self.move_child(box, before=mid)
+        else:
+            self.move_child(box, after=mid)
 
     # --- data in -------------------------------------------------------------------------
     def reset(self, run_name: str, max_days: float = 4.0) -> None:
@@ -255,7 +303,7 @@ class Monitor(VerticalScroll):
         self.projection = None
         self.query_one("#diagnoses", DataTable).clear()
         self.query_one("#diag-detail", Static).update("")
-        table = self.query_one("#latest", DataTable)
+        table = self.query_one("#latest", LatestTable)
         for name in TABLE_ROWS:
             table.update_cell(name, "train", "—")
             table.update_cell(name, "val", "—")
@@ -354,7 +402,7 @@ class Monitor(VerticalScroll):
         self.refresh_texts()
 
     def _update_table(self, col: str, values: dict[str, Any]) -> None:
-        table = self.query_one("#latest", DataTable)
+        table = self.query_one("#latest", LatestTable)
         for name in TABLE_ROWS:
             if name in values:
                 table.update_cell(name, col, fmt_num(values[name]))
@@ -407,43 +455,69 @@ class Monitor(VerticalScroll):
         return t
 
     def refresh_texts(self) -> None:
-        self.query_one("#run-status", Static).update(self._status_text())
-        self.query_one("#budget", Static).update(self._budget_text())
+        # one-line strips of fixed height: repaint them without re-laying out the screen
+        self.query_one("#run-status", Static).update(self._status_text(), layout=False)
+        self.query_one("#budget", Static).update(self._budget_text(), layout=False)
 
     def redraw_plots(self, force: bool = False) -> None:
+        """Redraw dirty plots: all of them when forced, else one per call, round-robin, on-screen only.
+
+        plotext renders in pure Python (~50 ms a plot under load); six at once would hold the UI (and
+        the GIL) for a third of a second. One per tick spreads the cost, so a key never waits behind
+        a burst of plots, and each plot still refreshes every ~PLOT_INTERVAL × 6 while data streams in.
+        """
         if not self._dirty_plots:
             return
         if not force and not self.is_on_screen_tab():
             return
-        for pid, title, tkey, vkey in PLOTS:
-            if pid not in self._dirty_plots:
-                continue
+        order = [p for p in PLOTS if p[0] in self._dirty_plots]
+        if not force:
+            start = self._rr % len(PLOTS)
+            order = sorted(order, key=lambda p: (PLOTS.index(p) - start) % len(PLOTS))
+        for pid, title, tkey, vkey in order:
             plot = self.query_one(f"#plot-{pid}", PlotextPlot)
-            plt = plot.plt
-            plt.clear_figure()
-            plt.title(title)
-            drawn = False
-            if tkey and f"train:{tkey}" in self.series:
-                xs, ys = _thin(*self.series[f"train:{tkey}"])
-                plt.plot(xs, ys, label="train", marker="braille")
-                drawn = True
-            if vkey and f"val:{vkey}" in self.series:
-                xs, ys = _thin(*self.series[f"val:{vkey}"])
-                plt.plot(xs, ys, label="val", marker="dot" if len(xs) < 3 else "braille")
-                drawn = True
-            if pid == "lr" and drawn:
-                plt.yscale("log")
-            if not drawn:
-                plt.xlim(0, 1)
-                plt.ylim(0, 1)
-            plot.refresh()
-        self._dirty_plots.clear()
+            if not force and not _visible(plot):
+                continue
+            self._draw(plot, title, tkey, vkey, pid)
+            self._dirty_plots.discard(pid)
+            if not force:
+                self._rr = PLOTS.index((pid, title, tkey, vkey)) + 1
+                return
+
+    def _draw(self, plot: PlotextPlot, title: str, tkey: str | None, vkey: str | None, pid: str) -> None:
+        plt = plot.plt
+        plt.clear_figure()
+        plt.title(title)
+        drawn = False
+        if tkey and f"train:{tkey}" in self.series:
+            xs, ys = _thin(*self.series[f"train:{tkey}"])
+            plt.plot(xs, ys, label="train", marker="braille")
+            drawn = True
+        if vkey and f"val:{vkey}" in self.series:
+            xs, ys = _thin(*self.series[f"val:{vkey}"])
+            plt.plot(xs, ys, label="val", marker="dot" if len(xs) < 3 else "braille")
+            drawn = True
+        if pid == "lr" and drawn:
+            plt.yscale("log")
+        if not drawn:
+            plt.xlim(0, 1)
+            plt.ylim(0, 1)
+        plot.refresh()
 
     def is_on_screen_tab(self) -> bool:
         try:
             return self.display and self.is_on_screen
         except Exception:  # noqa: BLE001
             return True
+
+
+def _visible(widget: Any) -> bool:
+    """Whether any of the widget is inside its scrolling parent's viewport (narrow layouts scroll plots)."""
+    try:
+        geo = widget.screen.find_widget(widget)
+    except Exception:  # noqa: BLE001 - not laid out yet / not on the compositor's map
+        return False
+    return bool(geo.region.intersection(geo.clip))
 
 
 def _thin(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:

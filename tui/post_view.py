@@ -24,6 +24,7 @@ from nanxi_tune.tui.sweep_view import ConfigApplied
 class TunePostScreen(Screen):
     DEFAULT_CSS = """
     TunePostScreen { layout: vertical; }
+    TunePostScreen > Label { width: 1fr; height: auto; }
     TunePostScreen #post-table { height: 1fr; }
     TunePostScreen #post-status { height: auto; }
     """
@@ -50,7 +51,7 @@ class TunePostScreen(Screen):
         yield ProgressBar(id="post-progress", show_eta=False)
         yield DataTable(id="post-table", cursor_type="row", zebra_stripes=True)
         yield Static("F5 searches.", id="post-status")
-        yield Footer()
+        yield Footer(compact=True)  # 80 columns: the screen's keys and ^p fit
 
     def on_mount(self) -> None:
         self.query_one("#post-table", DataTable).add_columns("nms_iou", "score_threshold", "top_k", "mAP", "AP50",

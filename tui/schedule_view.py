@@ -30,9 +30,18 @@ def newest_trained_run(root: Path) -> Path | None:
     return runs[0] if runs else None
 
 
+def _short_round(name: str) -> str:
+    """"round 1 — QMV 100" → "R1 QMV"; "after training" → "after" (the table fits 80 columns)."""
+    head = name.split(" — ")
+    if head[0].startswith("round "):
+        return f"R{head[0].split()[1]}" + (f" {head[1].split()[0]}" if len(head) > 1 else "")
+    return head[0].split()[0]
+
+
 class ScheduleScreen(Screen):
     DEFAULT_CSS = """
     ScheduleScreen { layout: vertical; }
+    ScheduleScreen #sched-title { width: 1fr; height: auto; }
     ScheduleScreen #sched-table { height: auto; max-height: 14; }
     ScheduleScreen #sched-detail { height: 1fr; padding: 0 1; }
     """
@@ -56,10 +65,11 @@ class ScheduleScreen(Screen):
         self.busy = False
 
     def compose(self) -> ComposeResult:
-        yield Label("[b]调参流程 the tuning schedule[/b] — round 1 QMV 100 → round 2 RSR 3000 → after training")
+        yield Label("[b]调参流程 the tuning schedule[/b] — round 1 QMV 100 → round 2 RSR 3000 → after training",
+                    id="sched-title")
         yield DataTable(id="sched-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="sched-detail")
-        yield Footer()
+        yield Footer(compact=True)  # 80 columns: the screen's keys and ^p fit
 
     def on_mount(self) -> None:
         t = self.query_one("#sched-table", DataTable)
@@ -77,7 +87,7 @@ class ScheduleScreen(Screen):
         row = t.cursor_row
         t.clear()
         for step, lines in self.recorded:
-            t.add_row(step.round.split(" — ")[0], step.title, step.action, step.section,
+            t.add_row(_short_round(step.round), step.title, step.action, step.section,
                       f"{len(lines)} record{'s' if len(lines) != 1 else ''}" if lines else "—", key=step.id)
         if self.recorded:
             t.move_cursor(row=min(row, len(self.recorded) - 1))

@@ -52,6 +52,7 @@ def parse_budget(text: str) -> tuple[int | None, float | None]:
 class SweepScreen(Screen):
     DEFAULT_CSS = """
     SweepScreen { layout: vertical; }
+    SweepScreen #sweep-title { width: 1fr; height: auto; }
     SweepScreen #sweep-form { height: auto; }
     SweepScreen #sweep-form Input { width: 1fr; }
     SweepScreen #sweep-form Label { padding: 1 1 0 1; }
@@ -101,7 +102,7 @@ class SweepScreen(Screen):
             yield DataTable(id="sweep-table", cursor_type="row", zebra_stripes=True)
             yield Static("", id="sweep-chart")
             yield Static("F5 starts seven trials.", id="sweep-status")
-        yield Footer()
+        yield Footer(compact=True)  # 80 columns: the screen's keys and ^p fit
 
     def on_mount(self) -> None:
         table = self.query_one("#sweep-table", DataTable)
