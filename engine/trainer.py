@@ -266,7 +266,7 @@ class Trainer:
                     ips, t_last, seen = seen / (now - t_last), now, 0
                 if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
                     self._emit(StepMetrics(step=self.step, epoch=self.epoch, time=time.time(), lr=lr,
-                                           images_per_s=ips, ema_l2=self._ema_l2(), total_steps=self.total_steps,
+                                           images_per_s=ips, total_steps=self.total_steps,
                                            **values))
                 epoch_done = self.step % self.steps_per_epoch == 0
                 if epoch_done and (self.step // self.steps_per_epoch) % cfg.eval.interval == 0:
@@ -305,9 +305,9 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         keys = ("loss", "loss_map", "loss_offset", "loss_shape", "s_map", "s_offset", "s_shape")
         # One host sync per step: the values to log and the finiteness check, before the update.
-        values = dict(zip(keys + ("grad_norm",),
-                          torch.stack([losses[k].detach().float() for k in keys] + [grad_norm.float()]).tolist()))
-        if not all(math.isfinite(v) for v in values.values()):
+        stacked = [losses[k].detach().float() for k in keys] + [grad_norm.float(), self._ema_l2()]
+        values = dict(zip(keys + ("grad_norm", "ema_l2"), torch.stack(stacked).tolist()))
+        if not all(math.isfinite(v) for k, v in values.items() if k != "ema_l2"):
             bad = ", ".join(k for k, v in values.items() if not math.isfinite(v))
             self._save()  # the weights are still those of the last good step
             raise StopRun(f"non-finite {bad} at step {self.step + 1}: lr {self.cfg.lr:g} is likely too large. "
@@ -318,10 +318,11 @@ class Trainer:
         return values
 
     @torch.no_grad()
-    def _ema_l2(self) -> float:
-        """The notes' "retention" metric: L2 distance between EMA and online weights."""
-        pairs = zip(self.ema.module.parameters(), self.model.parameters())
-        return float(torch.sqrt(sum(((e - p).float() ** 2).sum() for e, p in pairs)))
+    def _ema_l2(self) -> torch.Tensor:
+        """The notes' "retention" metric: L2 distance between EMA and online weights as they stand before this
+        step's update (a tensor, read with the step's one sync)."""
+        ema, online = list(self.ema.module.parameters()), list(self.model.parameters())
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(torch._foreach_sub(ema, online))).float())
 
     def _reached_stop_at(self) -> bool:
         if self.stop_at is None or self.step < self.stop_at or self.step >= self.total_steps:

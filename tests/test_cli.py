@@ -22,6 +22,8 @@ def test_train_resume_eval_diagnose(tmp_path, capsys):
     assert [m["step"] for m in lines if m["split"] == "train"] == [1, 2, 3]
     assert all(k in lines[0] for k in ("loss_map", "loss_offset", "loss_shape"))
 
+    assert main(["train", "--preset", "demo", "--quiet", "--run-dir", str(run), "--set", *SETS]) == 2
+    assert "already holds a run" in capsys.readouterr().err
     assert main(["resume", str(run), "--quiet", "--set", "train.seed=3"]) == 2
     assert "train.seed" in capsys.readouterr().err
     assert main(["resume", str(run), "--quiet", "--set", "train.base_lr=0.001"]) == 0

@@ -35,6 +35,10 @@ def train(args) -> int:
     if args.sets:
         cfg = C.with_updates(cfg, C.parse_sets(args.sets))
     run_dir = Path(args.run_dir) if args.run_dir else rundir.new_run_dir(Path(args.runs), _run_name(cfg))
+    if (run_dir / rundir.METRICS).exists() or (run_dir / rundir.CONFIG).exists():
+        console.print(f"[red]nanxi-tune: {run_dir} already holds a run; continue it with  nanxi-tune resume "
+                      f"{run_dir}  or pick another --run-dir", soft_wrap=True)
+        return 2
     from nanxi_tune.engine.trainer import Trainer
 
     return _drive(lambda cb: Trainer(cfg, run_dir, cb, max_steps=args.max_steps), run_dir, args.quiet)
