@@ -9,13 +9,13 @@ without training again).
 
 Labels (what was switched on; the rules that count as detecting it):
 
-* ``healthy`` — demo hyper-parameters (AdamW, base_lr 0.003 or 0.01, same-distribution val). Expected: no
+* ``healthy`` — demo hyper-parameters (AdamW, base_lr 0.003 or 0.01; --full adds 0.001), same-distribution val. Expected: no
   warning- or error-level finding. Any warning/error firing here is a false positive of that rule.
-* ``lr-too-large`` — base_lr 0.3 / 1 / 3 (100× to 1000× the demo's): the first steps blow the loss up, the
+* ``lr-too-large`` — base_lr 0.3 / 1 / 3 (--full adds 10; 100× to 3000× the demo's): the first steps blow the loss up, the
   learnable log weights run away and the raw loss then stays above where it started (or bounces flat) from the
   2nd epoch on. Detected by ``flat-loss-after-epoch-2`` (notes 13.1) or, when it diverges, ``non-finite-loss`` /
   ``loss-spikes``. The other rules firing here are false positives.
-* ``shifted-val`` — healthy training (base_lr 0.003 / 0.01), val drawn from a different distribution
+* ``shifted-val`` — healthy training (base_lr 0.003 / 0.01; --full adds 0.001), val drawn from a different distribution
   (``data.synthetic_val_style = "shifted"``). Detected by ``train-val-gap`` (notes 13.2). The train side is
   bit-identical to the healthy run of the same seed and lr.
 
@@ -38,8 +38,8 @@ fixed, rule-independent definition (the notes' wording), not where a rule's own 
 Delay = first firing of a detecting rule − evidence, in steps and in eval intervals (negative: fired before that
 point). Target: precision ≥ 0.95, recall ≥ 0.9, delay ≤ 1 eval interval.
 
-    python bench/diagnosis.py            # quick: 3 seeds, 21 runs, ~10 min on a shared 2-core CPU
-    python bench/diagnosis.py --full     # 6 seeds, more lrs, 16 epochs
+    python bench/diagnosis.py            # quick: 3 seeds, 21 runs × 10 epochs, 7-9 min on a shared 2-core CPU
+    python bench/diagnosis.py --full     # 6 seeds, 60 runs × 16 epochs (+ lr 0.001 healthy/shifted, lr 10), ~35 min
     python bench/diagnosis.py --keep DIR # keep the runs in DIR; --reuse DIR re-scores them without training
 """
 
