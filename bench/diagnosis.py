@@ -9,15 +9,15 @@ without training again).
 
 Labels (what was switched on; the rules that count as detecting it):
 
-* ``healthy`` — demo hyper-parameters (AdamW, base_lr 0.003 or 0.01; --full adds 0.001), same-distribution val. Expected: no
-  warning- or error-level finding. Any warning/error firing here is a false positive of that rule.
-* ``lr-too-large`` — base_lr 0.3 / 1 / 3 (--full adds 10; 100× to 3000× the demo's): the first steps blow the loss up, the
-  learnable log weights run away and the raw loss then stays above where it started (or bounces flat) from the
-  2nd epoch on. Detected by ``flat-loss-after-epoch-2`` (notes 13.1) or, when it diverges, ``non-finite-loss`` /
-  ``loss-spikes``. The other rules firing here are false positives.
-* ``shifted-val`` — healthy training (base_lr 0.003 / 0.01; --full adds 0.001), val drawn from a different distribution
-  (``data.synthetic_val_style = "shifted"``). Detected by ``train-val-gap`` (notes 13.2). The train side is
-  bit-identical to the healthy run of the same seed and lr.
+* ``healthy`` — demo hyper-parameters (AdamW, base_lr 0.003 or 0.01; --full adds 0.001), same-distribution
+  val. Expected: no warning- or error-level finding; any warning/error here is a false positive of that rule.
+* ``lr-too-large`` — base_lr 0.3 / 1 / 3 (--full adds 10; 100× to 3000× the demo's): the first steps blow the
+  loss up, the learnable log weights run away and the raw loss then stays above where it started (or bounces
+  flat) from the 2nd epoch on. Detected by ``flat-loss-after-epoch-2`` (notes 13.1) or, when it diverges,
+  ``non-finite-loss`` / ``loss-spikes``. Other rules firing here are false positives (but see "consistent").
+* ``shifted-val`` — healthy training (base_lr 0.003 / 0.01; --full adds 0.001), val drawn from a different
+  distribution (``data.synthetic_val_style = "shifted"``). Detected by ``train-val-gap`` (notes 13.2). The train
+  side is bit-identical to the healthy run of the same seed and lr.
 
 Precision of a rule = its firings on runs whose label lists it / its firings on runs whose label lists it or
 another cause (warning or error level). ``ema-drift`` and ``exploding-gradient`` on ``lr-too-large`` runs name the
