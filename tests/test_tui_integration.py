@@ -205,9 +205,9 @@ def test_budget_projection_and_compare_two_runs(tmp_path, one_thread):
             text = str(app.query_one("#budget").render())
             assert "projected" in text and "of 4 d" in text
             await pilot.press("alt+3")
-            await pilot.pause(0.2)
             table = app.query_one("#runs-table")
-            assert table.row_count == 2 and app.focused is table
+            await wait_for(pilot, lambda: table.row_count == 2, timeout=30)
+            assert app.focused is table
             await pilot.press("space", "down", "space", "c")
             await pilot.pause(0.2)
             screen = app.screen

@@ -32,7 +32,9 @@ async def wait_for(pilot, cond, timeout=120.0, step=0.05):
 
 def test_run_pause_continue_stop_resume_and_open(tmp_path):
     runs = tmp_path / "runs"
-    preset = tiny_preset(tmp_path)
+    epochs = 12  # 24 steps: enough that pause / stop always land before the end, however fast the box
+    total = epochs * 2
+    preset = tiny_preset(tmp_path, **{"train.epochs": epochs})
 
     async def go():
         app = NanxiTuneApp(preset=preset, runs_root=runs)
@@ -67,31 +69,31 @@ def test_run_pause_continue_stop_resume_and_open(tmp_path):
             run_dir = app.run_dir
             stopped_at = app.trainer.step
             assert (run_dir / "checkpoints" / "last.pt").exists()
-            assert 1 <= stopped_at < 8
+            assert 1 <= stopped_at < total
             # resume with a live edit (lr) through the dialog
             await pilot.press("f8")
             await pilot.pause(0.3)
             inp = app.screen.query_one("#resume-updates")
             inp.value = "train.base_lr=0.002"
             await pilot.press("enter")
-            await wait_for(pilot, lambda: app.running)
+            await wait_for(pilot, lambda: app.running or app.run_dir != run_dir or app.last_result != "stopped"
+                           or app.monitor.state != "stopped", timeout=60)
             await wait_for(pilot, lambda: not app.running, timeout=240)
             assert app.last_result == "finished", app.notices
             steps = mon.series["train:loss"][0]
-            assert steps == sorted(steps) and steps[-1] == 8
+            assert steps == sorted(steps) and steps[-1] == total
             assert stopped_at + 1 in steps  # the step count continued from the checkpoint
             assert C.load(run_dir / "config.toml").train.base_lr == 0.002
             assert "val:mAP" in mon.series
             # runs tab lists it; opening it shows its curves from metrics.jsonl
             await pilot.press("alt+3")
-            await pilot.pause(0.3)
             rows = app.query_one("#runs-table")
-            assert rows.row_count == 1
+            await wait_for(pilot, lambda: rows.row_count == 1, timeout=30)
             rows.focus()
             await pilot.press("enter")
             await pilot.pause(0.3)
             assert app.query_one("#tabs").active == "monitor"
-            assert mon.series["train:loss"][0][-1] == 8 and mon.state == "finished"
+            assert mon.series["train:loss"][0][-1] == total and mon.state == "finished"
         return run_dir
 
     run_dir = asyncio.run(go())

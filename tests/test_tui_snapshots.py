@@ -113,7 +113,11 @@ async def show_runs_and_compare(pilot):
             f.write(json.dumps({"kind": "state", "state": "finished", "step": 60, "time": t0 + 61}) + "\n")
     await pilot.pause()
     app.action_tab("runs")
-    await pilot.pause(0.2)
+    for _ in range(100):
+        if app.query_one("#runs-table").row_count == 2:
+            break
+        await pilot.pause(0.05)
+    await pilot.pause(0.1)
     if app.size.width < 100:
         return
     await pilot.press("space", "down", "space", "c")
@@ -138,6 +142,8 @@ async def show_sweep(pilot):
     await pilot.pause()
     await pilot.press("f9")
     await pilot.pause(0.3)
+    pilot.app.screen.set_focus(None)  # no blinking Input cursor in the snapshot
+    await pilot.pause(0.1)
 
 
 async def show_schedule(pilot):

@@ -211,6 +211,7 @@ class NanxiTuneApp(App):
         self.stats_samples = stats_samples
         self.autobatch_cap_gb = autobatch_cap_gb
         self.busy_task: str | None = None  # the running stats / autobatch / remedy task
+        self.runs_listed = 0  # how many times the Runs table was filled (tests wait on it)
         import threading
 
         self.hangup: str | None = None  # "SIGHUP" / "SIGTERM" once the terminal went away
@@ -873,22 +874,41 @@ class NanxiTuneApp(App):
 
     # --- runs tab ----------------------------------------------------------------------------
     def refresh_runs(self) -> None:
+        """Re-list runs_root in a thread (each run's events are read: many runs must not stall a key)."""
+        self._list_runs()
+
+    @work(thread=True, exclusive=True, group="runs-list", exit_on_error=False)
+    def _list_runs(self) -> None:
         from nanxi_tune.engine import rundir
 
-        table = self.query_one("#runs-table", DataTable)
-        table.clear()
         try:
             runs = rundir.list_runs(self.runs_root)
         except Exception as err:  # noqa: BLE001
-            self.notify(f"cannot list runs: {err}", severity="error")
+            self.call_from_thread(self.notify, f"cannot list runs: {err}", severity="error")
             return
+        rows = []
         for r in sorted(runs, key=lambda r: r.started or 0, reverse=True):
             started = datetime.fromtimestamp(r.started).strftime("%m-%d %H:%M") if r.started else "—"
             best = f"{r.best_map:.4f}" if r.best_map is not None else "—"
-            table.add_row("", r.name, r.status, best, started, str(r.step), r.preset or "", key=str(r.path))
+            rows.append((str(r.path), (r.name, r.status, best, started, str(r.step), r.preset or "")))
+        self.call_from_thread(self._fill_runs, rows)
+
+    def _fill_runs(self, rows: list[tuple[str, tuple]]) -> None:
+        table = self.query_one("#runs-table", DataTable)
         pane = self.query_one("#runs-pane", RunsPane)
-        pane.marked = [k for k in pane.marked if k in {str(r.path) for r in runs}]
+        if rows == getattr(self, "_runs_rows", None) and table.row_count == len(rows):
+            return  # nothing changed: keep the table (and its cursor) as it is
+        self._runs_rows = rows
+        cur = pane.cursor_key()
+        table.clear()
+        for key, cells in rows:
+            table.add_row("", *cells, key=key)
+        keys = [k for k, _ in rows]
+        if cur in keys:
+            table.move_cursor(row=keys.index(cur), animate=False)
+        pane.marked = [k for k in pane.marked if k in keys]
         pane.show_marks()
+        self.runs_listed += 1
 
     @on(DataTable.RowSelected, "#runs-table")
     def _run_selected(self, event: DataTable.RowSelected) -> None:

@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -22,7 +22,8 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
-from textual_plotext import PlotextPlot
+if TYPE_CHECKING:
+    from textual_plotext import PlotextPlot
 
 PLOTS = [  # id, title, train key, val key
     ("loss", "total loss", "loss", "loss"),
@@ -251,6 +252,8 @@ class Monitor(VerticalScroll):
         self.projection: Any = None  # engine.budget.Projection of the shown run
 
     def compose(self) -> ComposeResult:
+        PlotextPlot = cached_plot_class()  # noqa: N806 - plotext costs ~0.1 s to import: after the first frame
+
         yield Static(self._status_text(), id="run-status")
         yield Static(self._budget_text(), id="budget")
         yield SystemStrip(id="system")
@@ -475,7 +478,7 @@ class Monitor(VerticalScroll):
             start = self._rr % len(PLOTS)
             order = sorted(order, key=lambda p: (PLOTS.index(p) - start) % len(PLOTS))
         for pid, title, tkey, vkey in order:
-            plot = self.query_one(f"#plot-{pid}", PlotextPlot)
+            plot = self.query_one(f"#plot-{pid}")
             if not force and not _visible(plot):
                 continue
             self._draw(plot, title, tkey, vkey, pid)
@@ -502,6 +505,7 @@ class Monitor(VerticalScroll):
         if not drawn:
             plt.xlim(0, 1)
             plt.ylim(0, 1)
+        plot.version = getattr(plot, "version", 0) + 1
         plot.refresh()
 
     def is_on_screen_tab(self) -> bool:
@@ -509,6 +513,33 @@ class Monitor(VerticalScroll):
             return self.display and self.is_on_screen
         except Exception:  # noqa: BLE001
             return True
+
+
+_CACHED_PLOT: Any = None
+
+
+def cached_plot_class() -> Any:
+    """PlotextPlot that rebuilds its figure only when the data (``version``), size or theme changed.
+
+    The stock widget runs plotext's build (~50 ms of pure Python) on every render, e.g. each time
+    the Monitor tab is shown again; this one keeps the last Text.
+    """
+    global _CACHED_PLOT
+    if _CACHED_PLOT is None:
+        from textual_plotext import PlotextPlot
+
+        class CachedPlot(PlotextPlot):
+            version = 0
+            _cache: tuple[Any, Any] | None = None
+
+            def render(self) -> Any:
+                key = (self.version, self.size, self.app.theme)
+                if self._cache is None or self._cache[0] != key:
+                    self._cache = (key, super().render())
+                return self._cache[1]
+
+        _CACHED_PLOT = CachedPlot
+    return _CACHED_PLOT
 
 
 def _visible(widget: Any) -> bool:
