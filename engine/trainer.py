@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel
 from . import checkpoint as ckpt_io
 from . import config as C
 from . import journal, rundir
-from .diagnostics import Watcher
+from .diagnostics import Watcher, lower_lr
 from .data import DataError, EpochSampler, eval_dataset, make_loader, train_dataset
 from .evaluate import evaluate
 from .events import (Callback, CheckpointSaved, Error, EvalMetrics, Event, Log, StateChanged, StepMetrics,
@@ -311,7 +311,7 @@ class Trainer:
             bad = ", ".join(k for k, v in values.items() if not math.isfinite(v))
             self._save()  # the weights are still those of the last good step
             raise StopRun(f"non-finite {bad} at step {self.step + 1}: lr {self.cfg.lr:g} is likely too large. "
-                          f"Try train.base_lr = {self.cfg.train.base_lr / 3:.3g} (one step down the 0.001/0.003/0.01 "
+                          f"Try train.base_lr = {lower_lr(self.cfg.train.base_lr):g} (one step down the 0.001/0.003/0.01 "
                           "grid) or train.grad_clip = 10, then resume from the last checkpoint")
         self.optimizer.step()
         self.ema.update_parameters(self.model)
