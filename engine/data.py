@@ -251,7 +251,8 @@ class CocoDetection(torch.utils.data.Dataset):
         labels = torch.from_numpy(labels_np.copy())
         if augment:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sample_seed(self.seed, epoch, index))
+                # CPU generator only: torch.manual_seed would also queue lazy CUDA/XPU seeding with a stack trace
+                torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
                 img, boxes, labels = self._augment(img, boxes, labels)
         image, boxes, scale, pad = self._resize(img, boxes)
         return image, {"boxes": boxes, "labels": labels, "image_id": int(image_id), "scale": scale,
