@@ -91,6 +91,7 @@ def attached(preset: str, root: Path, steps: int, keys_on: bool) -> tuple[Path, 
                 await pilot.pause(0.05)
             i = 0
             tabs = app.query_one("#tabs")
+            w0, cpu0 = time.perf_counter(), time.thread_time()
             while app.running:
                 if not keys_on:
                     await asyncio.sleep(0.2)
@@ -115,6 +116,8 @@ def attached(preset: str, root: Path, steps: int, keys_on: bool) -> tuple[Path, 
                 name = {"alt+1": "tab→config", "alt+2": "tab→monitor", "alt+3": "tab→runs"}.get(key, group)
                 samples.append((name, wall, time.thread_time() - c0))
                 await asyncio.sleep(0.25)
+            if not keys_on:  # the UI's own cost while watching: main-thread CPU per wall second
+                samples.append(("ui-cpu", time.thread_time() - cpu0, time.perf_counter() - w0))
             return app.run_dir
 
     return asyncio.run(go()), samples
@@ -173,11 +176,12 @@ def main() -> None:
     bs = cfg.data.batch_size
     root = Path(tempfile.mkdtemp(prefix="tui-overhead-"))
     headless(cfg, root / "warm", min(args.steps, args.skip + 2))  # dataset cache, torch import
-    rates_h, rates_a, rates_k, lat = [], [], [], []
+    rates_h, rates_a, rates_k, lat, ui = [], [], [], [], []
     for r in range(args.repeats):
         rates_h.append(images_per_s(headless(cfg, root / "runs", args.steps), bs, args.skip))
-        run_dir, _ = attached(args.preset, root / "runs", args.steps, keys_on=False)
+        run_dir, u = attached(args.preset, root / "runs", args.steps, keys_on=False)
         rates_a.append(images_per_s(run_dir, bs, args.skip))
+        ui += [c / w for _, c, w in u if w > 0]
         run_dir, s = attached(args.preset, root / "runs", args.key_steps or 3 * args.steps, keys_on=True)
         rates_k.append(images_per_s(run_dir, bs, args.skip))
         lat += s
@@ -186,8 +190,13 @@ def main() -> None:
     h, a, k = statistics.median(rates_h), statistics.median(rates_a), statistics.median(rates_k)
     print(f"preset {args.preset}, {args.steps} steps/run, {args.repeats} repeats, batch {bs}, "
           f"torch threads {torch.get_num_threads()}")
+    pairs = [x / y for x, y in zip(rates_a, rates_h)]
     print(f"throughput headless {h:.1f} img/s, attached (watching) {a:.1f} img/s, ratio {a / h:.3f} "
-          f"(target >= 0.97); attached while keys are pressed {k:.1f} img/s, ratio {k / h:.3f}")
+          f"(target >= 0.97); per-repeat ratios {', '.join(f'{p:.3f}' for p in pairs)} (median "
+          f"{statistics.median(pairs):.3f}); attached while keys are pressed {k:.1f} img/s, ratio {k / h:.3f}")
+    if ui:
+        print(f"UI main thread while watching: {statistics.median(ui):.1%} of one core (median over repeats; "
+              "the trainer runs in another thread, so this is the most the UI can take from it)")
     if lat:
         walls = [w * 1000 for _, w, _ in lat]
         cpus = [c * 1000 for _, _, c in lat]

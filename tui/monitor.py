@@ -228,12 +228,14 @@ class Monitor(VerticalScroll):
                 show=False),  # the footer stays the same on every tab (cheap tab switches); the title says "r"
     ]
 
-    PLOT_INTERVAL = 0.4  # s between single-plot redraws (round-robin) while a run streams in
+    PLOT_INTERVAL = 0.4  # s between single-plot redraws (round-robin) while a run streams in, at least
+    PLOT_DUTY = 20  # … and at least 20 × the last plot's build time (≤ 5% of the time spent plotting)
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self._narrow: bool | None = None
         self._rr = 0  # next plot in the round-robin
+        self._next_plot = 0.0
         self.series: dict[str, tuple[list[float], list[float]]] = {}
         self.latest_train: dict[str, Any] = {}
         self.latest_val: dict[str, Any] = {}
@@ -475,6 +477,12 @@ class Monitor(VerticalScroll):
             return
         order = [p for p in PLOTS if p[0] in self._dirty_plots]
         if not force:
+            # pace: a plot build holds the GIL (the trainer's Python waits), so keep plotting under
+            # ~1/PLOT_DUTY of the time: 50 ms builds → one plot a second, each plot every ~6 s
+            now = time.monotonic()
+            if now < self._next_plot:
+                return
+            self._next_plot = now + self.PLOT_DUTY * getattr(cached_plot_class(), "cost", 0.0)
             start = self._rr % len(PLOTS)
             order = sorted(order, key=lambda p: (PLOTS.index(p) - start) % len(PLOTS))
         for pid, title, tkey, vkey in order:
@@ -532,10 +540,14 @@ def cached_plot_class() -> Any:
             version = 0
             _cache: tuple[Any, Any] | None = None
 
+            cost = 0.0  # seconds the last build took (the Monitor paces redraws by it)
+
             def render(self) -> Any:
                 key = (self.version, self.size, self.app.theme)
                 if self._cache is None or self._cache[0] != key:
+                    t0 = time.perf_counter()
                     self._cache = (key, super().render())
+                    CachedPlot.cost = time.perf_counter() - t0
                 return self._cache[1]
 
         _CACHED_PLOT = CachedPlot
