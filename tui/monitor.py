@@ -236,7 +236,7 @@ class Monitor(VerticalScroll):
         self._narrow: bool | None = None
         self._rr = 0  # next plot in the round-robin
         self._next_plot = 0.0
-        self.series: dict[str, tuple[list[float], list[float]]] = {}
+        self.series: dict[str, Series] = {}
         self.latest_train: dict[str, Any] = {}
         self.latest_val: dict[str, Any] = {}
         self.run_name = ""
@@ -318,9 +318,7 @@ class Monitor(VerticalScroll):
     def _point(self, key: str, x: float, y: Any) -> None:
         if y is None:
             return
-        xs, ys = self.series.setdefault(key, ([], []))
-        xs.append(x)
-        ys.append(float(y))
+        self.series.setdefault(key, Series()).add(x, float(y))
 
     def add_train(self, rows: list[Any], live: bool = True) -> None:
         if not rows:
@@ -561,6 +559,45 @@ def _visible(widget: Any) -> bool:
     except Exception:  # noqa: BLE001 - not laid out yet / not on the compositor's map
         return False
     return bool(geo.region.intersection(geo.clip))
+
+
+class Series:
+    """A curve's history in bounded memory: past ``cap`` points it keeps every other one and from then on
+    samples every ``stride``-th new point (doubling as it fills), so a million logged steps cost what a few
+    thousand do. The newest point is always kept. Reads as (xs, ys): ``series[0]``, ``series[1]``, ``*series``."""
+
+    __slots__ = ("_xs", "_ys", "_stride", "_seen", "_last", "cap")
+
+    def __init__(self, cap: int = 4096):
+        self._xs: list[float] = []
+        self._ys: list[float] = []
+        self._stride, self._seen, self._last = 1, 0, None
+        self.cap = cap
+
+    def add(self, x: float, y: float) -> None:
+        self._seen += 1
+        self._last = (x, y)
+        if self._seen % self._stride:
+            return
+        self._xs.append(x)
+        self._ys.append(y)
+        if len(self._xs) > self.cap:
+            self._xs, self._ys = self._xs[::2], self._ys[::2]
+            self._stride *= 2
+
+    def _with_last(self, seq: list[float], i: int) -> list[float]:
+        if self._last is None or (self._xs and self._xs[-1] == self._last[0]):
+            return seq
+        return seq + [self._last[i]]
+
+    def __getitem__(self, i: int) -> list[float]:
+        return self._with_last(self._xs if i == 0 else self._ys, i)
+
+    def __iter__(self):
+        return iter((self[0], self[1]))
+
+    def __len__(self) -> int:
+        return len(self[0])
 
 
 def _thin(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
