@@ -11,19 +11,13 @@ import pytest
 from nanxi_tune.engine import config as C
 from nanxi_tune.tui.app import NanxiTuneApp
 from nanxi_tune.tui.config_form import parse_text
+from conftest import wait_for
 
 
 def run(coro):
     return asyncio.run(coro)
 
 
-async def wait_for(pilot, cond, timeout=10.0, step=0.05):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("timed out waiting")
-        await pilot.pause(step)
 
 
 async def ready(pilot):

@@ -12,6 +12,7 @@ from nanxi_tune.engine import config as C
 from nanxi_tune.engine import rundir
 from nanxi_tune.tui.app import ACTIONS, NanxiTuneApp
 from nanxi_tune.tui.sweep_view import ConfigApplied
+from conftest import wait_for
 
 TINY = {"preprocess.input_size": 64, "data.synthetic_train": 48, "data.synthetic_val": 8, "data.batch_size": 8,
         "backbone.width": 8, "head.channels": 16, "train.epochs": 3, "eval.interval": 1, "eval.online": True}
@@ -21,23 +22,6 @@ def tiny(**updates) -> C.Config:
     return C.with_updates(C.load_preset("demo"), TINY | updates)
 
 
-@pytest.fixture
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-async def wait_for(pilot, cond, timeout=120.0, step=0.05):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("timed out waiting")
-        await pilot.pause(step)
 
 
 async def ready(pilot):

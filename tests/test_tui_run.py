@@ -9,6 +9,7 @@ import pytest
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.tui.app import NanxiTuneApp
+from conftest import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -21,13 +22,6 @@ def tiny_preset(tmp_path: Path, **updates) -> str:
     return str(C.save(cfg, tmp_path / "tiny.toml"))
 
 
-async def wait_for(pilot, cond, timeout=120.0, step=0.05):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("timed out waiting")
-        await pilot.pause(step)
 
 
 def test_run_pause_continue_stop_resume_and_open(tmp_path):

@@ -18,6 +18,7 @@ from nanxi_tune.tui import cli
 from nanxi_tune.tui.post_view import TunePostScreen
 from nanxi_tune.tui.schedule_view import ScheduleScreen
 from nanxi_tune.tui.sweep_view import ConfigApplied, SweepScreen, parse_budget
+from conftest import wait_for
 
 TINY = {"preprocess.input_size": 64, "data.synthetic_train": 16, "data.synthetic_val": 8, "data.batch_size": 8,
         "backbone.width": 8, "head.channels": 16, "train.epochs": 2, "eval.online": False}
@@ -59,13 +60,6 @@ class Host(App):
         self.applied.append(message)
 
 
-async def wait_for(pilot, cond, timeout=120.0, step=0.1):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("timed out waiting")
-        await pilot.pause(step)
 
 
 def test_parse_budget():
