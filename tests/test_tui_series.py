@@ -25,3 +25,20 @@ def test_short_series_is_kept_whole():
     for i in range(10):
         s.add(i, float(i))
     assert s[0] == list(range(10)) and s[1] == [float(i) for i in range(10)] and len(s) == 10
+
+
+def test_bridge_thins_steps_when_the_ui_falls_behind():
+    from types import SimpleNamespace
+
+    from nanxi_tune.tui.monitor import RunBridge
+
+    posted = []
+    bridge = RunBridge(SimpleNamespace(post_message=posted.append), max_buffer=1024)
+    for i in range(1, 5001):
+        bridge(SimpleNamespace(kind="step", step=i))
+    bridge(SimpleNamespace(kind="eval", step=5000))
+    train, val, other = bridge.drain()
+    assert len(posted) == 1  # one message in flight at a time
+    assert 512 <= len(train) <= 1024 and train[-1].step == 5000 and train[0].step < 100
+    assert [e.step for e in train] == sorted(e.step for e in train)
+    assert len(val) == 1  # evaluations are never thinned

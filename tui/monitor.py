@@ -49,9 +49,10 @@ class RunUpdate(Message):
 class RunBridge:
     """The trainer callback: buffer events, post one coalesced message at a time."""
 
-    def __init__(self, target: Any, min_interval: float = 0.25) -> None:
+    def __init__(self, target: Any, min_interval: float = 0.25, max_buffer: int = 1024) -> None:
         self.target = target
         self.min_interval = min_interval
+        self.max_buffer = max_buffer  # back-pressure: a trainer outrunning the UI gets its steps thinned
         self._lock = threading.Lock()
         self._train: list[Any] = []
         self._val: list[Any] = []
@@ -66,6 +67,8 @@ class RunBridge:
             self.events += 1
             if kind == "step":
                 self._train.append(event)
+                if len(self._train) > self.max_buffer:  # keep the newest and every other one before it
+                    self._train = self._train[::-2][::-1]
             elif kind == "eval":
                 self._val.append(event)
             else:
