@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 try:  # installed wheel: presets live beside engine inside nanxi_tune
@@ -137,7 +137,7 @@ class Backbone(Strict):
 
 class Neck(Strict):
     """neck"""
-    spp_kernels: tuple[int, ...] = F((5, 9, 13), "Max-pool kernels of the SPP block (odd).",
+    spp_kernels: tuple[StrictInt, ...] = F((5, 9, 13), "Max-pool kernels of the SPP block (odd).",
                                      note="yolov5x's SPP instead of a costly stride search")
     out_stride: Literal[4, 8, 16] = F(4, "Output stride of the head's feature map.", zh="步长设置")
 

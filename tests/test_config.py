@@ -47,6 +47,11 @@ def test_bad_values_name_the_key_value_and_what_is_allowed(key, value, fragment)
     assert key in text and fragment in text and repr(value) in text
 
 
+def test_booleans_are_not_kernel_sizes():
+    with pytest.raises(C.ConfigError, match=r"neck.spp_kernels = True: Input should be a valid integer"):
+        C.with_updates(C.load_preset("demo"), {"neck.spp_kernels": [True]})
+
+
 def test_all_problems_are_reported_at_once():
     with pytest.raises(C.ConfigError) as err:
         C.loads('[train]\nbase_lr = "x"\nzzz = 1\n[preprocess]\ninput_size = 100\n')
