@@ -62,3 +62,13 @@ def test_resume_without_checkpoint_says_so(tmp_path, capsys):
     C.save(C.load_preset("demo"), run / "config.toml")
     assert main(["resume", str(run), "--quiet"]) == 1
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_missing_data_is_a_message_not_a_traceback(tmp_path, capsys):
+    code = main(["train", "--preset", "demo", "--quiet", "--run-dir", str(tmp_path / "r"),
+                 "--set", "data.train=no/such/folder"])
+    err = capsys.readouterr().err
+    assert code == 1 and "no/such/folder" in err and "data.train" in err and "Traceback" not in err
+    assert main(["autobatch", "--preset", "demo", "--set", "data.train=no/such/folder"]) == 1
+    err = capsys.readouterr().err
+    assert "no such file or folder" in err and "Traceback" not in err

@@ -82,6 +82,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as err:  # noqa: BLE001 - the engine's own errors already say what to do: no traceback
+        if type(err).__name__ in USER_ERRORS:
+            print(f"nanxi-tune: {err}", file=sys.stderr)
+            return 1
+        raise
+
+
+# Errors whose message names the file or key and the fix (engine.data, checkpoint, remedy, sweep). Matched by
+# name so the CLI need not import the engine (and torch) just to catch them.
+USER_ERRORS = {"DataError", "CheckpointError", "RemedyError", "SweepError"}
 
 
 if __name__ == "__main__":
