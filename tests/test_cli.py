@@ -72,3 +72,10 @@ def test_missing_data_is_a_message_not_a_traceback(tmp_path, capsys):
     assert main(["autobatch", "--preset", "demo", "--set", "data.train=no/such/folder"]) == 1
     err = capsys.readouterr().err
     assert "no such file or folder" in err and "Traceback" not in err
+
+
+def test_a_folder_that_is_not_a_run_is_named(tmp_path, capsys):
+    for command in ("eval", "resume", "diagnose", "budget"):
+        assert main([command, str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path}: not a run directory" in err and "Traceback" not in err

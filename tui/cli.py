@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from nanxi_tune.engine.config import ConfigError
 
+    run_dir = getattr(args, "run_dir", None)
+    if args.command != "train" and run_dir and not (Path(run_dir) / "config.toml").exists():
+        print(f"nanxi-tune: {run_dir}: not a run directory (no config.toml); runs are the folders under "
+              f"{args.runs}/ — the TUI's Runs tab lists them", file=sys.stderr)
+        return 2
     try:
         if args.command in (None, "open"):
             from nanxi_tune.tui.app import run_app
