@@ -307,10 +307,12 @@ class NanxiTuneApp(App):
 
     @on(TabbedContent.TabActivated)
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        if event.pane.id == "runs":
+        # Panes mount lazily after the first frame: a tab activated before its pane exists (`nanxi-tune open
+        # RUN` on a slow box) has nothing to refresh yet; its pane draws itself when it mounts.
+        if event.pane.id == "runs" and self.query("#runs-table"):
             self.refresh_runs()
             self.query_one("#runs-table", DataTable).focus()
-        elif event.pane.id == "monitor":
+        elif event.pane.id == "monitor" and self.query("#mon"):
             self.call_after_refresh(self.monitor.redraw_plots)
             if self.focused is None or self.monitor not in self.focused.ancestors_with_self:
                 self.monitor.focus()
