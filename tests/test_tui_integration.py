@@ -118,7 +118,7 @@ def test_finding_remedy_with_one_key(tmp_path, one_thread):
     from nanxi_tune.engine.events import Diagnosis
 
     runs = tmp_path / "runs"
-    preset = C.save(tiny(**{"train.epochs": 30, "train.base_lr": 0.003}), tmp_path / "tiny.toml")
+    preset = C.save(tiny(**{"train.epochs": 100, "train.base_lr": 0.003}), tmp_path / "tiny.toml")  # outlasts the test
 
     async def go():
         app = NanxiTuneApp(preset=str(preset), runs_root=runs)
