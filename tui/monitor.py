@@ -326,16 +326,7 @@ class Monitor(VerticalScroll):
     def add_train(self, rows: list[Any], live: bool = True) -> None:
         if not rows:
             return
-        for ev in rows:
-            step = _get(ev, "step") or 0
-            for _, _, tkey, _ in PLOTS:
-                if tkey:
-                    self._point(f"train:{tkey}", step, _get(ev, tkey))
-        last = rows[-1]
-        for name in TABLE_ROWS:
-            v = _get(last, name)
-            if v is not None:
-                self.latest_train[name] = v
+        last = self._collect(rows, "train", 2, self.latest_train)
         self.step = _get(last, "step") or self.step
         self.epoch = _get(last, "epoch") or self.epoch
         self.total_steps = _get(last, "total_steps") or self.total_steps
@@ -345,25 +336,28 @@ class Monitor(VerticalScroll):
             if self._rate_start is None:
                 self._rate_start = (now, self.step)
             self._rate_last = (now, self.step)
-        self._dirty_plots.update(p[0] for p in PLOTS if p[2])
-        self._update_table("train", self.latest_train)
         self.refresh_texts()
 
     def add_val(self, rows: list[Any]) -> None:
-        if not rows:
-            return
+        if rows:
+            self._collect(rows, "val", 3, self.latest_val)
+
+    def _collect(self, rows: list[Any], split: str, col: int, latest: dict[str, Any]) -> Any:
+        """Plot points of one split (its key in column ``col`` of PLOTS) and the latest values for the table;
+        returns the last row."""
         for ev in rows:
             step = _get(ev, "step") or 0
-            for _, _, _, vkey in PLOTS:
-                if vkey:
-                    self._point(f"val:{vkey}", step, _get(ev, vkey))
+            for plot in PLOTS:
+                if plot[col]:
+                    self._point(f"{split}:{plot[col]}", step, _get(ev, plot[col]))
         last = rows[-1]
         for name in TABLE_ROWS:
             v = _get(last, name)
             if v is not None:
-                self.latest_val[name] = v
-        self._dirty_plots.update(p[0] for p in PLOTS if p[3])
-        self._update_table("val", self.latest_val)
+                latest[name] = v
+        self._dirty_plots.update(p[0] for p in PLOTS if p[col])
+        self._update_table(split, latest)
+        return last
 
     def add_diagnosis(self, step: Any, severity: str = "", rule: str = "", section: str = "", message: str = "",
                       evidence: dict | None = None, remedy: dict | None = None) -> None:
