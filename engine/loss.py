@@ -1,7 +1,8 @@
 """loss函数: the three branch losses and their uncertainty-weighted sum.
 
 * map: CenterNet's penalty-reduced focal loss on the heatmap, normalised by the number of
-  objects (``num_pos``).
+  objects (``num_pos``). Targets may come dense or sparse (``engine/targets.py``); the losses read
+  the sparse form, touching only the cells with ground truth.
 * offset: L1 on the centre cells, summed over the 2 channels, divided by ``num_pos``.
 * shape: L1 on the centre cells in the encoding's own units (cells, or log-cells for
   ``log_wh``), summed over channels, / ``num_pos``; or GIoU between the box decoded at the
@@ -24,70 +25,85 @@ from torchvision.ops import generalized_box_iou_loss
 
 from nanxi_tune.engine import encoding
 from nanxi_tune.engine.config import Config
+from nanxi_tune.engine.targets import sparsify
 
 EPS = 1e-4
 POS_THRESHOLD = 1.0 - 1e-4  # heatmap cells at (or numerically at) 1.0 are the object centres
 
 
-def focal_loss(pred: torch.Tensor, gt: torch.Tensor, num_pos: torch.Tensor | float, alpha: float = 2.0,
-               beta: float = 4.0, logits: torch.Tensor | None = None, eps: float = EPS) -> torch.Tensor:
-    """Penalty-reduced focal loss (CenterNet), summed and divided by ``num_pos``.
+def _focal_terms(pred: torch.Tensor, logits: torch.Tensor | None, alpha: float, eps: float, pos: bool = True
+                 ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(pos_loss, neg_loss) elementwise, before the neg weight (1 − gt)^beta; pos_loss is None if not ``pos``.
 
-    ``pred`` is the heatmap after its range-normalising activation; it is clamped into
-    (eps, 1 − eps) so activations that reach 0 or 1 (hsigmoid) or leave [0, 1] (softskim)
-    cannot produce inf/NaN. When ``logits`` are given (sigmoid heads) the log terms are
-    computed from them with logsigmoid instead: exact, and a gradient everywhere.
-    """
-    gt = gt.float()
-    pos = gt >= POS_THRESHOLD
-    neg_weight = torch.pow((1.0 - gt).clamp(min=0.0), beta)
+    ``pred`` is the heatmap after its range-normalising activation; it is clamped into (eps, 1 − eps)
+    so activations that reach 0 or 1 (hsigmoid) or leave [0, 1] (softskim) cannot produce inf/NaN.
+    With ``logits`` (sigmoid heads) the log terms come from logsigmoid: exact, a gradient everywhere."""
     if logits is not None:
         logits = logits.float()
         # floors keep pow(·, alpha < 1) differentiable where the sigmoid saturates to exactly 0 or 1
-        p, q = torch.sigmoid(logits).clamp(min=1e-12), torch.sigmoid(-logits).clamp(min=1e-12)
-        log_p, log_1mp = F.logsigmoid(logits), F.logsigmoid(-logits)
-    else:
-        p = pred.float().clamp(eps, 1.0 - eps)
-        q = 1.0 - p
-        log_p, log_1mp = torch.log(p), torch.log1p(-p)
-    pos_loss = -log_p * torch.pow(q, alpha)
-    neg_loss = -log_1mp * torch.pow(p, alpha) * neg_weight
-    loss = torch.where(pos, pos_loss, neg_loss).sum()
-    return loss / num_pos
+        p = torch.sigmoid(logits).clamp(min=1e-12)
+        neg = -F.logsigmoid(-logits) * torch.pow(p, alpha)
+        if not pos:
+            return None, neg
+        return -F.logsigmoid(logits) * torch.pow(torch.sigmoid(-logits).clamp(min=1e-12), alpha), neg
+    p = pred.float().clamp(eps, 1.0 - eps)
+    neg = -torch.log1p(-p) * torch.pow(p, alpha)
+    return (-torch.log(p) * torch.pow(1.0 - p, alpha) if pos else None), neg
 
 
-def _masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-               num_pos: torch.Tensor | float) -> torch.Tensor:
-    """Σ over centre cells and channels of |pred − target|, / num_pos. mask: (B, 1, H, W)."""
-    m = mask.float()
-    return ((pred.float() - target.float()).abs() * m).sum() / num_pos
+def focal_loss(pred: torch.Tensor, gt: torch.Tensor, num_pos: torch.Tensor | float, alpha: float = 2.0,
+               beta: float = 4.0, logits: torch.Tensor | None = None, eps: float = EPS) -> torch.Tensor:
+    """Penalty-reduced focal loss (CenterNet) against a dense heatmap, summed and divided by ``num_pos``."""
+    gt = gt.float()
+    pos_loss, neg_loss = _focal_terms(pred, logits, alpha, eps)
+    neg_loss = neg_loss * torch.pow((1.0 - gt).clamp(min=0.0), beta)
+    return torch.where(gt >= POS_THRESHOLD, pos_loss, neg_loss).sum() / num_pos
 
 
-def _centre_cells(mask: torch.Tensor) -> torch.Tensor:
-    """(P, 3) indices (b, y, x) of the centre cells."""
-    return (mask[:, 0] > 0.5).nonzero(as_tuple=False)
+def focal_loss_sparse(pred: torch.Tensor, index: torch.Tensor, value: torch.Tensor,
+                      num_pos: torch.Tensor | float, alpha: float = 2.0, beta: float = 4.0,
+                      logits: torch.Tensor | None = None, eps: float = EPS) -> torch.Tensor:
+    """``focal_loss`` with the heatmap given sparse (flat ``index`` into pred, ``value`` there, 0 elsewhere).
+
+    Where gt = 0 the neg weight is 1, so the loss is the plain neg term summed over every cell, corrected
+    on the touched cells only: no dense ground truth, and fewer dense temporaries than ``focal_loss``."""
+    _, neg_all = _focal_terms(pred, logits, alpha, eps, pos=False)
+    at = (lambda x: x.reshape(-1)[index])
+    pos_s, neg_s = _focal_terms(at(pred), None if logits is None else at(logits), alpha, eps)
+    value = value.float()
+    here = torch.where(value >= POS_THRESHOLD, pos_s, neg_s * torch.pow((1.0 - value).clamp(min=0.0), beta))
+    return (neg_all.sum() + (here - neg_s).sum()) / num_pos
 
 
-def decode_at_centres(shape_pred: torch.Tensor, offset_gt: torch.Tensor, mask: torch.Tensor, cfg: Config
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def at_centres(pred: torch.Tensor, pos_index: torch.Tensor) -> torch.Tensor:
+    """(P, channels) of a (B, channels, H, W) map at the flat (B, H, W) indices ``pos_index``."""
+    H, W = pred.shape[-2:]
+    b, cell = pos_index // (H * W), pos_index % (H * W)
+    return pred[b, :, cell // W, cell % W]
+
+
+def _l1(pred: torch.Tensor, target: torch.Tensor, pos_index: torch.Tensor,
+        num_pos: torch.Tensor | float) -> torch.Tensor:
+    """Σ over centre cells and channels of |pred − target|, / num_pos."""
+    return (at_centres(pred, pos_index).float() - target.float()).abs().sum() / num_pos
+
+
+def decode_at_centres(shape_pred: torch.Tensor, targets: dict, cfg: Config) -> torch.Tensor:
     """Boxes (P, 4, pixels) decoded from the predicted shape at every centre cell, placed at the
-    ground-truth centre (cell + gt offset); also returns the (P, 3) (b, y, x) indices."""
-    idx = _centre_cells(mask)
-    b, y, x = idx.unbind(1)
-    cell = torch.stack([x, y], dim=1)
-    off = offset_gt[b, :, y, x].float()
-    centre = encoding.decode_offset(cell, off, cfg.encode.offset)
-    shp = shape_pred[b, :, y, x].float()
-    return encoding.decode_shape(centre, shp, cfg.neck.out_stride, cfg.encode.shape), idx
+    ground-truth centre (cell + gt offset)."""
+    W = shape_pred.shape[-1]
+    cell = targets["pos_index"] % (shape_pred.shape[-2] * W)
+    xy = torch.stack([cell % W, cell // W], dim=1)
+    centre = encoding.decode_offset(xy, targets["pos_offset"].float(), cfg.encode.offset)
+    shp = at_centres(shape_pred, targets["pos_index"]).float()
+    return encoding.decode_shape(centre, shp, cfg.neck.out_stride, cfg.encode.shape)
 
 
 def giou_shape_loss(shape_pred: torch.Tensor, targets: dict, cfg: Config) -> torch.Tensor:
-    boxes, idx = decode_at_centres(shape_pred, targets["offset"], targets["mask"], cfg)
-    b, y, x = idx.unbind(1)
-    gt = targets["box"][b, :, y, x].float()
+    boxes = decode_at_centres(shape_pred, targets, cfg)
     if boxes.numel() == 0:
         return shape_pred.float().sum() * 0.0
-    return generalized_box_iou_loss(boxes, gt, reduction="none").sum() / targets["num_pos"]
+    return generalized_box_iou_loss(boxes, targets["pos_box"].float(), reduction="none").sum() / targets["num_pos"]
 
 
 class DetectionLoss(nn.Module):
@@ -111,15 +127,15 @@ class DetectionLoss(nn.Module):
         if not torch.is_tensor(num_pos):
             num_pos = torch.tensor(float(num_pos), device=outputs["map"].device)
         num_pos = num_pos.float().clamp(min=1.0)
-        targets = {**targets, "num_pos": num_pos}
+        targets = {**sparsify(targets), "num_pos": num_pos}
         logits = outputs.get("map_logits") if cfg.head.range_norm_act == "sigmoid" else None
-        loss_map = focal_loss(outputs["map"], targets["heatmap"], num_pos, cfg.loss.focal_alpha,
-                              cfg.loss.focal_beta, logits=logits)
-        loss_offset = _masked_l1(outputs["offset"], targets["offset"], targets["mask"], num_pos)
+        loss_map = focal_loss_sparse(outputs["map"], targets["heat_index"], targets["heat_value"], num_pos,
+                                     cfg.loss.focal_alpha, cfg.loss.focal_beta, logits=logits)
+        loss_offset = _l1(outputs["offset"], targets["pos_offset"], targets["pos_index"], num_pos)
         if cfg.loss.shape_loss == "giou":
             loss_shape = giou_shape_loss(outputs["shape"], targets, cfg)
         else:
-            loss_shape = _masked_l1(outputs["shape"], targets["shape"], targets["mask"], num_pos)
+            loss_shape = _l1(outputs["shape"], targets["pos_shape"], targets["pos_index"], num_pos)
         return {"loss_map": loss_map, "loss_offset": loss_offset, "loss_shape": loss_shape}
 
     def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -4,14 +4,20 @@
   sigma_x = max(alpha·w/6, MIN_SIGMA), sigma_y = max(alpha·h/6, MIN_SIGMA) in cells (w, h = box size
   in cells, alpha = cfg.encode.gaussian_alpha), truncated to the window |dx| <= floor(3·sigma_x),
   |dy| <= floor(3·sigma_y); exactly 1.0 at the centre cell; objects of one class combine by max.
-* ``offset`` (B, 2, H, W), ``shape`` (B, K, H, W), ``box`` (B, 4, H, W), ``mask`` (B, 1, H, W):
-  regression targets written at each object's centre cell (cell = floor(centre), clamped into the map).
+* ``offset`` (2), ``shape`` (K), ``box`` (4, pixels): regression targets of each object's centre cell
+  (cell = floor(centre), clamped into the map).
   **When several objects share a centre cell, the one with the smaller box area wins** (ties: the
   first in batch order) — small objects have no other cell, large ones are still found by their heatmap.
 * ``num_pos``: number of positive cells (clamped >= 1), a float scalar.
 
 ``build_targets`` is vectorised over all objects of the batch (Gaussians as a ragged list of window
-cells reduced with ``scatter_reduce(amax)``); ``build_targets_loop`` is the per-object reference.
+cells, deduplicated with ``unique`` and combined with ``scatter_reduce(amax)``) and returns everything
+**sparse**, as the loss reads it: ``heat_index`` (flat indices into (B, C, H, W), unique, sorted) and
+``heat_value`` — every other heatmap cell is 0 — and, per positive cell, ``pos_index`` (flat into
+(B, H, W)), ``pos_offset``, ``pos_shape``, ``pos_box``. At 640 px and 80 classes a dense heatmap is 8 MB
+an image of mostly zeros. ``densify`` adds the dense maps ``heatmap`` (B, C, H, W), ``offset`` (B, 2, H,
+W), ``shape`` (B, K, H, W), ``box`` (B, 4, H, W) and ``mask`` (B, 1, H, W): the form of
+``build_targets_loop``, the per-object reference.
 """
 
 from __future__ import annotations
@@ -51,63 +57,103 @@ def _object_params(boxes: torch.Tensor, stride: int, H: int, alpha: float, offse
     return cell, sigma, radius, off, shp, area
 
 
-def _empty(B: int, C: int, H: int, K: int, device) -> dict[str, torch.Tensor]:
+def _empty(B: int, C: int, H: int, K: int, device, heatmap: bool = True) -> dict[str, torch.Tensor]:
     z = dict(device=device, dtype=torch.float32)
-    return {"heatmap": torch.zeros(B, C, H, H, **z), "offset": torch.zeros(B, 2, H, H, **z),
-            "shape": torch.zeros(B, K, H, H, **z), "box": torch.zeros(B, 4, H, H, **z),
-            "mask": torch.zeros(B, 1, H, H, **z)}
+    out = {"offset": torch.zeros(B, 2, H, H, **z), "shape": torch.zeros(B, K, H, H, **z),
+           "box": torch.zeros(B, 4, H, H, **z), "mask": torch.zeros(B, 1, H, H, **z)}
+    if heatmap:
+        out["heatmap"] = torch.zeros(B, C, H, H, **z)
+    return out
 
 
-def build_targets(targets: list[dict], num_classes: int, cfg, device) -> dict[str, torch.Tensor]:
-    """Vectorised targets of a batch (see the module docstring)."""
+def densify(t: dict[str, torch.Tensor], batch_size: int, num_classes: int, cfg) -> dict[str, torch.Tensor]:
+    """``build_targets``' sparse targets with the dense maps added (``build_targets_loop``'s form)."""
+    H, _ = _grid(cfg)
+    dense = _empty(batch_size, num_classes, H, t["pos_shape"].shape[1], t["heat_value"].device)
+    dense["heatmap"].view(-1)[t["heat_index"]] = t["heat_value"]
+    b, cell = t["pos_index"] // (H * H), t["pos_index"] % (H * H)
+    y, x = cell // H, cell % H
+    for key in ("offset", "shape", "box"):
+        dense[key][b, :, y, x] = t[f"pos_{key}"]
+    dense["mask"][b, 0, y, x] = 1.0
+    return {**t, **dense}
+
+
+def sparsify(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Dense targets (``build_targets_loop``'s form, or built by hand) in ``build_targets``' sparse form."""
+    if "heat_index" in t:
+        return t
+    heat = t["heatmap"].reshape(-1)
+    heat_index = (heat > 0).nonzero()[:, 0]
+    b, y, x = (t["mask"][:, 0] > 0.5).nonzero().unbind(1)
+    H, W = t["mask"].shape[-2:]
+    return {"heat_index": heat_index, "heat_value": heat[heat_index], "pos_index": (b * H + y) * W + x,
+            "pos_offset": t["offset"][b, :, y, x], "pos_shape": t["shape"][b, :, y, x],
+            "pos_box": t["box"][b, :, y, x], "num_pos": t["num_pos"]}
+
+
+def build_targets(targets: list[dict], num_classes: int, cfg, device, dense: bool = False
+                  ) -> dict[str, torch.Tensor]:
+    """Vectorised targets of a batch (see the module docstring), sparse as the loss reads them;
+    ``dense=True`` adds the dense maps too."""
+    out = _build(targets, num_classes, cfg, device)
+    return densify(out, len(targets), num_classes, cfg) if dense else out
+
+
+def _build(targets: list[dict], num_classes: int, cfg, device) -> dict[str, torch.Tensor]:
     H, stride = _grid(cfg)
-    B, C, K = len(targets), num_classes, encoding.shape_channels(cfg.encode.shape)
-    out = _empty(B, C, H, K, device)
+    C, K = num_classes, encoding.shape_channels(cfg.encode.shape)
     boxes, labels, bidx = _gather(targets, device)
     N = len(boxes)
     if N == 0:
-        out["num_pos"] = torch.ones((), device=device)
-        return out
+        z = dict(device=device)
+        return {"heat_index": torch.zeros(0, dtype=torch.long, **z), "heat_value": torch.zeros(0, **z),
+                "pos_index": torch.zeros(0, dtype=torch.long, **z), "pos_offset": torch.zeros(0, 2, **z),
+                "pos_shape": torch.zeros(0, K, **z), "pos_box": torch.zeros(0, 4, **z),
+                "num_pos": torch.ones((), **z)}
+    out = {}
     cell, sigma, radius, off, shp, area = _object_params(boxes, stride, H, cfg.encode.gaussian_alpha,
                                                          cfg.encode.offset, cfg.encode.shape)
     HW = H * H
-    # heatmap: every object contributes its (2rx+1)×(2ry+1) window as a ragged list of cells
-    kx, ky = 2 * radius[:, 0] + 1, 2 * radius[:, 1] + 1
-    counts = kx * ky
+    # heatmap: every object contributes its (2rx+1)×(2ry+1) window, clipped to the map, as a ragged
+    # list of cells
+    x0, y0 = (cell - radius).clamp(min=0).unbind(1)
+    x1, y1 = (cell + radius).clamp(max=H - 1).unbind(1)
+    kx = x1 - x0 + 1
+    counts = kx * (y1 - y0 + 1)
     total = int(counts.sum())
     obj = torch.repeat_interleave(torch.arange(N, device=device), counts, output_size=total)
     starts = torch.cumsum(counts, 0) - counts
     # one gather of every per-object integer / float parameter the window cells need
-    ints = torch.stack([starts, kx, radius[:, 0], radius[:, 1], cell[:, 0], cell[:, 1],
-                        (bidx * C + labels) * HW], 1)[obj]
-    inv = (1.0 / (2 * sigma ** 2))[obj]
+    ints = torch.stack([starts, kx, x0 - cell[:, 0], y0 - cell[:, 1],
+                        (bidx * C + labels) * HW + y0 * H + x0], 1).index_select(0, obj)
+    inv = (1.0 / (2 * sigma ** 2)).index_select(0, obj)
     local = torch.arange(total, device=device) - ints[:, 0]
     row = torch.div(local, ints[:, 1], rounding_mode="floor")
-    dy = row - ints[:, 3]
-    dx = local - row * ints[:, 1] - ints[:, 2]
-    x, y = ints[:, 4] + dx, ints[:, 5] + dy
-    dxf, dyf = dx.float(), dy.float()
+    col = local - row * ints[:, 1]
+    dxf, dyf = (ints[:, 2] + col).float(), (ints[:, 3] + row).float()
     val = torch.exp(-(dxf * dxf * inv[:, 0] + dyf * dyf * inv[:, 1]))
-    inside = (x >= 0) & (x < H) & (y >= 0) & (y < H)
-    val = torch.where(inside, val, torch.zeros_like(val))  # outside cells: a harmless 0 at a clamped cell
-    flat = ints[:, 6] + y.clamp(0, H - 1) * H + x.clamp(0, H - 1)
-    heat = out["heatmap"].view(-1)
-    heat.scatter_reduce_(0, flat, val, reduce="amax", include_self=True)
+    # one entry per touched cell, objects of one class combined by max: no dense (B, C, H, W) fill
+    flat = ints[:, 4] + row * H + col
+    if len(targets) * C * HW < 2 ** 31:  # int32 sorts about twice as fast
+        flat = flat.int()
+    heat_index, where = torch.unique(flat, return_inverse=True)
+    out["heat_index"] = heat_index.long()
+    out["heat_value"] = torch.zeros(len(out["heat_index"]), device=device).scatter_reduce_(
+        0, where, val, reduce="amax", include_self=False)
 
     # regression targets: one winner per (image, cell) = the smallest area, ties to the first object
     pos = bidx * HW + cell[:, 1] * H + cell[:, 0]
     order = torch.argsort(area, stable=True)
     rank = torch.empty_like(order)
     rank[order] = torch.arange(N, device=device)
-    best = torch.full((B * HW,), N, dtype=torch.long, device=device)
-    best.scatter_reduce_(0, pos, rank, reduce="amin", include_self=True)
-    win = best[pos] == rank
-    wb, wy, wx = bidx[win], cell[win, 1], cell[win, 0]
-    out["offset"][wb, :, wy, wx] = off[win].float()
-    out["shape"][wb, :, wy, wx] = shp[win].float()
-    out["box"][wb, :, wy, wx] = boxes[win]
-    out["mask"][wb, 0, wy, wx] = 1.0
-    out["num_pos"] = win.sum().float().clamp(min=1)
+    key = torch.sort(pos * N + rank).values  # by cell, then rank: the first of each cell wins
+    first = torch.ones_like(key, dtype=torch.bool)
+    first[1:] = key[1:] // N != key[:-1] // N
+    win = order[key[first] % N]
+    out["pos_index"] = pos[win]
+    out["pos_offset"], out["pos_shape"], out["pos_box"] = off[win].float(), shp[win].float(), boxes[win]
+    out["num_pos"] = torch.tensor(float(max(len(win), 1)), device=device)
     return out
 
 

@@ -182,3 +182,39 @@ def test_log_weights_frozen_or_learned_same_state_dict():
     assert learned.state_dict().keys() == frozen.state_dict().keys() == {"s_map", "s_offset", "s_shape"}
     assert all(p.requires_grad for p in learned.parameters())
     assert not any(p.requires_grad for p in frozen.parameters())
+
+
+@pytest.mark.parametrize("use_logits", [True, False])
+def test_sparse_focal_equals_dense_in_value_and_gradient(use_logits):
+    """build_targets hands the loss a sparse heatmap; the sparse focal loss must be the dense one."""
+    from nanxi_tune.engine.loss import focal_loss_sparse
+
+    t = make_targets(BOXES, LABELS, 3, cfg_with())
+    gt = t["heatmap"]
+    gt[0, 2, 0, 0] = 1e-30  # a touched cell whose value underflows: weight ~1, like an untouched one
+    index = (gt.view(-1) > 0).nonzero()[:, 0]
+    grads = []
+    for sparse in (False, True):
+        x = (torch.randn(gt.shape, generator=torch.Generator().manual_seed(3)) * 3).requires_grad_()
+        logits = x if use_logits else None
+        loss = (focal_loss_sparse(torch.sigmoid(x), index, gt.view(-1)[index], t["num_pos"], logits=logits)
+                if sparse else focal_loss(torch.sigmoid(x), gt, t["num_pos"], logits=logits))
+        loss.backward()
+        grads.append((loss.detach(), x.grad))
+    (a, ga), (b, gb) = grads
+    assert a.item() > 1.0 and torch.allclose(a, b, rtol=1e-5)
+    assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-7)
+
+
+def test_detection_loss_reads_build_targets_sparse_heatmap():
+    from nanxi_tune.engine.targets import build_targets
+
+    cfg = cfg_with()
+    batch = [{"boxes": b, "labels": lb} for b, lb in zip(BOXES, LABELS)]
+    sparse = build_targets(batch, 2, cfg, "cpu")
+    assert "heatmap" not in sparse
+    dense = build_targets(batch, 2, cfg, "cpu", dense=True)
+    out = perfect_outputs(dense, logit=1.0)
+    crit = DetectionLoss(cfg)
+    a, b = crit(out, sparse), crit(out, dense)
+    assert a["loss_map"].item() > 0.1 and torch.allclose(a["loss_map"], b["loss_map"], rtol=1e-5)

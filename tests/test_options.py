@@ -36,7 +36,7 @@ def sample(cfg, key=(0, 3), train=True):
 
 def targets(cfg):
     images, tgts = zip(*(sample(cfg, (0, i)) for i in range(4)))
-    return build_targets(list(tgts), 3, cfg, torch.device("cpu"))
+    return build_targets(list(tgts), 3, cfg, torch.device("cpu"), dense=True)
 
 
 def model_out(cfg, seed=0):

@@ -10,7 +10,19 @@ import torch
 
 from nanxi_tune.engine import encoding
 from nanxi_tune.engine.config import Config, with_updates
-from nanxi_tune.engine.targets import MIN_SIGMA, build_targets, build_targets_loop
+from nanxi_tune.engine.targets import MIN_SIGMA, build_targets_loop, sparsify
+from nanxi_tune.engine.targets import build_targets as build_sparse
+
+
+def dense_heatmap_of(sparse, like):
+    heat = torch.zeros_like(like["heatmap"])
+    heat.view(-1)[sparse["heat_index"]] = sparse["heat_value"]
+    return heat
+
+
+def build_targets(*a):
+    """The vectorised targets with the dense heatmap beside the sparse one the loss reads."""
+    return build_sparse(*a, dense=True)
 
 ENCODINGS = list(itertools.product(["subpixel", "centered"], ["wh", "log_wh", "ltrb"]))
 
@@ -47,8 +59,16 @@ def test_vectorised_equals_loop(offset, shape, stride):
         batch = _random_batch(g, 4, 64, 5)
         fast = build_targets(batch, 5, cfg, "cpu")
         slow = build_targets_loop(batch, 5, cfg, "cpu")
-        assert set(fast) == set(slow) == {"heatmap", "offset", "shape", "box", "mask", "num_pos"}
-        for k in fast:
+        assert set(slow) == {"heatmap", "offset", "shape", "box", "mask", "num_pos"}
+        assert set(fast) == set(slow) | {"heat_index", "heat_value", "pos_index", "pos_offset", "pos_shape",
+                                         "pos_box"}
+        back = sparsify(slow)  # the loop's dense maps read back sparse: the same cells and values
+        assert torch.equal(back["pos_index"].sort().values, fast["pos_index"].sort().values)
+        assert torch.allclose(dense_heatmap_of(back, slow), slow["heatmap"])
+        idx = fast["heat_index"]  # sparse: unique sorted cells, every non-zero cell of the dense map among them
+        assert (idx[1:] > idx[:-1]).all() and set((slow["heatmap"].view(-1) > 0).nonzero()[:, 0].tolist()) \
+            <= set(idx.tolist())
+        for k in slow:
             assert fast[k].shape == slow[k].shape, k
             assert torch.allclose(fast[k], slow[k], atol=1e-6), k
         assert fast["mask"].sum() > 0 and fast["mask"][1].sum() == 0 and fast["heatmap"][1].max() == 0

@@ -122,7 +122,7 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
         calls["n"] += 1
         out = real(*a, **k)
         if calls["n"] == 3:
-            out["heatmap"] = out["heatmap"] * float("nan")
+            out["heat_value"] = out["heat_value"] * float("nan")
         return out
 
     monkeypatch.setattr(T, "build_targets", poisoned)
