@@ -80,3 +80,5 @@ def test_a_folder_that_is_not_a_run_is_named(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"{tmp_path}: not a run directory" in err and "Traceback" not in err
         assert ("saved no checkpoint yet" in err) == (command == "resume")  # killed before writing config.toml
+        assert main([command, str(tmp_path / "gone")]) == 2
+        assert f"{tmp_path / 'gone'}: no such file or folder" in capsys.readouterr().err

@@ -140,10 +140,10 @@ def test_finding_remedy_with_one_key(tmp_path, one_thread):
             table = mon.query_one("#diagnoses")
             table.focus()
             table.move_cursor(row=mine()[0])
-            await pilot.pause(0.1)
             assert mon.selected_finding()["rule"] == "flat-loss-after-epoch-2"
-            detail = str(mon.query_one("#diag-detail").render())
-            assert "median_before = 1.23" in detail and "train.base_lr = 0.001" in detail
+            detail = lambda: str(mon.query_one("#diag-detail").render())  # noqa: E731 - repaints via a message
+            await wait_for(pilot, lambda: "median_before = 1.23" in detail())
+            assert "train.base_lr = 0.001" in detail()
             await pilot.press("r")
             await wait_for(pilot, lambda: app.run_dir != parent and app.running, timeout=180)
             child = app.run_dir

@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dir = getattr(args, "run_dir", None)
     if args.command != "train" and run_dir and not (Path(run_dir) / "config.toml").exists():
-        print(f"nanxi-tune: {run_dir}: not a run directory (no config.toml); runs are the folders under "
-              f"{args.runs}/ — the TUI's Runs tab lists them"
+        what = "not a run directory (no config.toml)" if Path(run_dir).exists() else "no such file or folder"
+        print(f"nanxi-tune: {run_dir}: {what}; runs are the folders under {args.runs}/ — the TUI's Runs tab lists them"
               + ("; a run stopped as it started saved no checkpoint yet: start it again with `nanxi-tune train`"
                  if args.command == "resume" and Path(run_dir).is_dir() else ""), file=sys.stderr)
         return 2
