@@ -318,10 +318,11 @@ class Diagnose(Strict):
                             live=True)
     gap_val_frac: float = F(0.25, "Train/val gap: val loss fell less than this fraction of the train loss's "
                             "relative fall (flat, oscillating or rising val loss).", ge=0, lt=1, live=True)
-    shape_epochs: int = F(4, "Complete epochs (from the 2nd) before the shape-loss rule judges; it compares the "
+    shape_epochs: int = F(5, "Complete epochs (from the 2nd) before the shape-loss rule judges; it compares the "
                           "first half of all epochs since the 2nd with the last half (per-step loss_shape "
-                          "varies ±20%; a healthy loss_shape can pause for 3 epochs, so a short window misfired "
-                          "on 3 of 6 healthy runs).",
+                          "varies ±20%; a healthy loss_shape can pause for 3 epochs: a 3-epoch window misfired "
+                          "on 3 of 6 healthy runs, a 4-epoch one on a healthy demo run whose shape loss "
+                          "paused in epochs 2–4 and fell 17% in the 5th).",
                           ge=2, le=1000, live=True)
     shape_max_drop: float = F(0.08, "Shape loss stuck: loss_shape fell less than this fraction over the window "
                               "and since the 2nd epoch (healthy runs: ≥ 15% since the 2nd epoch by the 6th).",

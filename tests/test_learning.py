@@ -9,7 +9,9 @@ from nanxi_tune.engine.trainer import Trainer
 
 @pytest.mark.slow
 def test_demo_learns_to_ap50_above_half(tmp_path):
-    cfg = C.with_updates(C.load_preset("demo"), {"train.epochs": 10, "eval.interval": 5})
+    # 16 epochs (~1.5 min on 2 cores): AP50 0.63-0.65 over seeds 0-2; at 10 epochs it was 0.49-0.57, too close
+    # to the bar for float-rounding-level changes not to flip it
+    cfg = C.with_updates(C.load_preset("demo"), {"train.epochs": 16, "eval.interval": 8})
     assert Trainer(cfg, tmp_path / "learn").run() == "finished"
     vals = [m for m in rundir.read_metrics(tmp_path / "learn") if m["split"] == "val"]
     first, last = vals[0], vals[-1]
