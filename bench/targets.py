@@ -6,7 +6,8 @@ prints the loop / vectorised time ratio (target >= 20x). The vectorised builder 
 sparse, as the loss reads them (a dense 16×80×160×160 float heatmap is 131 MB of mostly zeros, and
 zero-filling it on a CPU costs more than building every Gaussian); the loop is the per-object reference
 and paints dense maps. The ratio with the vectorised builder also filling the dense maps is printed
-beside it. Then it times one training step (build_targets + forward + loss + backward of
+beside it, and the focal loss (forward + backward) reading a dense heatmap vs the sparse one. Then it
+times one training step (build_targets + forward + loss + backward of
 ``build_model``) and prints the share the targets take of it (target < 5 %). The step on a CPU defaults
 to a smaller setting (--step-size / --step-batch), named in the output.
 
@@ -23,6 +24,7 @@ import time
 import torch
 
 from nanxi_tune.engine.config import Config, with_updates
+from nanxi_tune.engine.loss import focal_loss, focal_loss_sparse
 from nanxi_tune.engine.targets import build_targets, build_targets_loop
 
 
@@ -91,6 +93,24 @@ def main() -> None:
     print(f"build_targets_loop (per object, dense)     : {t_slow * 1e3:8.2f} ms")
     print(f"targets vectorised vs loop: {t_slow / t_fast:.1f}x (target >= 20x)")
     print(f"  for reference, if the vectorised builder also filled the dense maps: {t_slow / t_dense:.1f}x")
+
+    # --- what the sparse form saves in the loss: the focal loss, forward + backward ---
+    heat = torch.randn(a.batch, a.classes, H, H, device=dev, requires_grad=True)
+    dense_t = fast_dense()
+
+    def focal(sparse: bool):
+        heat.grad = None
+        p = torch.sigmoid(heat)
+        if sparse:
+            loss = focal_loss_sparse(p, dense_t["heat_index"], dense_t["heat_value"], dense_t["num_pos"], logits=heat)
+        else:
+            loss = focal_loss(p, dense_t["heatmap"], dense_t["num_pos"], logits=heat)
+        loss.backward()
+
+    t_fd, t_fs = timed(lambda: focal(False), dev, a.repeats), timed(lambda: focal(True), dev, a.repeats)
+    print(f"focal loss forward + backward: dense heatmap {t_fd * 1e3:.1f} ms, sparse {t_fs * 1e3:.1f} ms "
+          f"({t_fd / t_fs:.2f}x)")
+    del heat, dense_t
 
     # --- share of one training step ---
     step_size = a.step_size or (a.size if dev.startswith("cuda") else 256)

@@ -45,3 +45,13 @@ a line without a target: 3.0"""
     assert rows["sweep / trials alone wall time"]["pass"]
     assert rows["crash safety"]["value"] == "9/10" and not rows["crash safety"]["pass"]
     assert rows["help time"]["target"] == "<= 0.5 s"
+
+
+def test_targets_bench_small_run_checks_and_reports():
+    """bench/targets.py at a toy size: it checks vectorised == loop itself, then prints every figure."""
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "targets.py"), "--device", "cpu", "--size", "128",
+                        "--batch", "2", "--classes", "4", "--repeats", "1", "--step-size", "64", "--step-batch", "2"],
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for key in ("targets vectorised vs loop:", "focal loss forward + backward:", "targets share of a training step:"):
+        assert key in r.stdout, r.stdout
