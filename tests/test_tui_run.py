@@ -26,7 +26,7 @@ def tiny_preset(tmp_path: Path, **updates) -> str:
 
 def test_run_pause_continue_stop_resume_and_open(tmp_path):
     runs = tmp_path / "runs"
-    epochs = 40  # 80 steps: enough that pause / stop always land before the end, however fast the box
+    epochs = 100  # 200 steps: pause and stop land long before the end, however fast the box
     total = epochs * 2
     preset = tiny_preset(tmp_path, **{"train.epochs": epochs})
 
@@ -35,11 +35,15 @@ def test_run_pause_continue_stop_resume_and_open(tmp_path):
         async with app.run_test(size=(120, 40)) as pilot:
             await wait_for(pilot, lambda: app.form.all_mounted and app.query("#mon"))
             await pilot.press("f5")
-            await wait_for(pilot, lambda: app.running)
-            await pilot.press("f5")  # a run in progress cannot be started twice
-            await pilot.pause(0.1)
-            assert any("already running" in n for n in app.notices)
+            await wait_for(pilot, lambda: app.running and app.trainer is not None and app.trainer.step >= 1)
             mon = app.monitor
+            # pause at once (the UI may lag the trainer by many steps), then look at what arrived
+            await pilot.press("f6")
+            await wait_for(pilot, lambda: mon.state == "paused")
+            paused_at = app.trainer.step
+            assert paused_at < total // 2
+            await pilot.press("f5")  # a run in progress cannot be started twice
+            await wait_for(pilot, lambda: any("already running" in n for n in app.notices))
             # branch losses arrive in the table and the plots
             await wait_for(pilot, lambda: mon.latest_train.get("loss_shape") is not None)
             table = app.query_one("#latest")
@@ -48,12 +52,9 @@ def test_run_pause_continue_stop_resume_and_open(tmp_path):
                 assert cell != "—" and float(cell) == pytest.approx(mon.latest_train[name], rel=1e-3)
                 assert mon.series[f"train:{name}"][1]
             assert mon.series["train:loss"][0][0] == 1
-            # pause, continue
-            await pilot.press("f6")
-            await wait_for(pilot, lambda: mon.state == "paused")
-            paused_at = app.trainer.step
             await pilot.pause(0.5)
             assert app.trainer.step == paused_at
+            # continue
             await pilot.press("f6")
             await wait_for(pilot, lambda: app.trainer.step > paused_at)  # continued (the state may flash by)
             # stop: checkpoint first
