@@ -194,9 +194,14 @@ class NanxiTuneApp(App):
                 tooltip="Config tab: show the next group of the cheat-sheet"),
         Binding("alt+left", "config_group(-1)", "Prev group", id="prev_group", show=False,
                 tooltip="Config tab: show the previous group of the cheat-sheet"),
-        Binding("alt+1", "tab('config')", "Config", show=False, id="tab_config", tooltip="Config tab"),
-        Binding("alt+2", "tab('monitor')", "Monitor", show=False, id="tab_monitor", tooltip="Monitor tab"),
-        Binding("alt+3", "tab('runs')", "Runs", show=False, id="tab_runs", tooltip="Runs tab"),
+        # xterm / tmux send Alt+1 as ESC 1, which Textual reads as macOS Option+1 ("¡"): bind both, with
+        # priority so a focused input does not take the character
+        Binding("alt+1,inverted_exclamation_mark", "tab('config')", "Config", show=False, id="tab_config",
+                tooltip="Config tab", key_display="Alt+1", priority=True),
+        Binding("alt+2,trade_mark_sign", "tab('monitor')", "Monitor", show=False, id="tab_monitor",
+                tooltip="Monitor tab", key_display="Alt+2", priority=True),
+        Binding("alt+3,pound_sign", "tab('runs')", "Runs", show=False, id="tab_runs", tooltip="Runs tab",
+                key_display="Alt+3", priority=True),
         Binding("ctrl+q", "quit", "Quit", id="quit", tooltip="Quit (asks first while a run is in progress)",
                 priority=True),
     ]
