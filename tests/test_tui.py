@@ -252,3 +252,39 @@ def test_pause_stop_refused_without_run(tmp_path):
             await pilot.pause(0.1)
             assert any("No run to resume" in n for n in app.notices)
     run(go())
+
+
+def test_resume_dialog_fits_80x24_and_refuses_a_bad_value_inline(tmp_path):
+    """The resume dialog's input is on screen at 80×24 (the live-key list scrolls below it), and a bad value
+    is refused in the dialog, naming the key, instead of starting a resume that fails."""
+    from textual.widgets import Input, Static
+
+    from nanxi_tune.tui.screens import ResumeDialog
+
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    C.save(C.load_preset("demo"), run_dir / "config.toml")
+    live = [k for k in C.flatten(C.Config()) if C.is_live(k)]
+    results = []
+
+    async def go():
+        app = NanxiTuneApp(preset="demo", runs_root=tmp_path / "runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await ready(pilot)
+            app.push_screen(ResumeDialog(run_dir, "", live), results.append)
+            await pilot.pause(0.2)
+            inp = app.screen.query_one("#resume-updates", Input)
+            assert inp.has_focus and inp.region.bottom <= 24 and inp.region.height > 0
+            for text in ("train.base_lr=abc", "train.base_lr=-1", "train.no_such=1", "preprocess.input_size=64"):
+                inp.value = text
+                await pilot.press("enter")
+                await pilot.pause(0.1)
+                err = str(app.screen.query_one("#resume-error", Static).render())
+                assert text.split("=")[0] in err, (text, err)
+                assert isinstance(app.screen, ResumeDialog) and results == []
+            inp.value = "train.base_lr=0.001"
+            await pilot.press("enter")
+            await pilot.pause(0.1)
+            assert results == [{"train.base_lr": 0.001}]
+
+    run(go())

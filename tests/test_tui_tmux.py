@@ -53,11 +53,17 @@ def test_real_terminal_start_run_and_read_losses(tmp_path):
         for name in ("loss_offset", "loss_shape"):
             m = wait(rf"{name}\s+(\d+\.\d+)", 10)
             assert float(m.group(1)) > 0
-        # Alt+3 / Alt+1 switch tabs in a real terminal (xterm sends ESC 3, which Textual reads as "£")
+        # Alt+3 / Alt+1 switch tabs in a real terminal (xterm sends ESC 3), even from a focused input
+        tmux("send-keys", "-t", session, "M-1")
+        wait(r"preprocess  1/", 10)
+        tmux("send-keys", "-t", session, "Tab")
+        tmux("send-keys", "-t", session, "Tab")
+        time.sleep(0.5)
         tmux("send-keys", "-t", session, "M-3")
         wait(r"Runs — Enter opens", 10)
         tmux("send-keys", "-t", session, "M-1")
         wait(r"preprocess  1/", 10)
+        assert "£" not in screen(), screen()  # nothing typed into the focused input
         # quit: asks, then stops with a checkpoint
         tmux("send-keys", "-t", session, "C-q")
         wait(r"Write a checkpoint", 10)

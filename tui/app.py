@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rich.text import Text
-from textual import on, work
+from textual import _ansi_sequences, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
@@ -28,6 +28,11 @@ from nanxi_tune.tui.config_form import ConfigForm, FieldFocused, key_of
 from nanxi_tune.tui.monitor import Monitor, RunBridge, RunUpdate
 from nanxi_tune.tui.screens import Confirm, DiffView, PresetPicker, ResumeDialog, SaveAs, diff_table
 from nanxi_tune.tui.sweep_view import ConfigApplied
+
+# xterm, tmux and most Linux terminals send Alt+digit as ESC digit; Textual maps ESC 1/2/3 to macOS
+# Option characters ("¡", "™", "£"), which a focused input then types. Read them as Alt+1/2/3 (tab keys).
+for _seq in ("\x1b1", "\x1b2", "\x1b3"):
+    _ansi_sequences.ANSI_SEQUENCES_KEYS.pop(_seq, None)
 
 ACTIONS = [  # action, palette name, help
     ("start_run", "Start run", "Start a run with the config on the Config tab"),
@@ -194,14 +199,11 @@ class NanxiTuneApp(App):
                 tooltip="Config tab: show the next group of the cheat-sheet"),
         Binding("alt+left", "config_group(-1)", "Prev group", id="prev_group", show=False,
                 tooltip="Config tab: show the previous group of the cheat-sheet"),
-        # xterm / tmux send Alt+1 as ESC 1, which Textual reads as macOS Option+1 ("¡"): bind both, with
-        # priority so a focused input does not take the character
-        Binding("alt+1,inverted_exclamation_mark", "tab('config')", "Config", show=False, id="tab_config",
-                tooltip="Config tab", key_display="Alt+1", priority=True),
-        Binding("alt+2,trade_mark_sign", "tab('monitor')", "Monitor", show=False, id="tab_monitor",
-                tooltip="Monitor tab", key_display="Alt+2", priority=True),
-        Binding("alt+3,pound_sign", "tab('runs')", "Runs", show=False, id="tab_runs", tooltip="Runs tab",
-                key_display="Alt+3", priority=True),
+        Binding("alt+1", "tab('config')", "Config", show=False, id="tab_config", tooltip="Config tab",
+                priority=True),
+        Binding("alt+2", "tab('monitor')", "Monitor", show=False, id="tab_monitor", tooltip="Monitor tab",
+                priority=True),
+        Binding("alt+3", "tab('runs')", "Runs", show=False, id="tab_runs", tooltip="Runs tab", priority=True),
         Binding("ctrl+q", "quit", "Quit", id="quit", tooltip="Quit (asks first while a run is in progress)",
                 priority=True),
     ]

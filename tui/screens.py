@@ -134,14 +134,16 @@ class ResumeDialog(Dialog):
         self.live_keys = live_keys
 
     def compose(self) -> ComposeResult:
+        # the input comes first: at 80×24 the ~40 live keys below it would push it off-screen
         with Vertical(classes="dialog"):
             yield Label(f"Resume {self.run_dir.name} from its last checkpoint", classes="dialog-title")
-            yield Static(Text("Live keys (may change mid-run): " + ", ".join(self.live_keys), style="dim"),
-                         classes="dialog-help")
             yield Label("Changes, as key=value separated by spaces (empty = resume as it was):")
             yield Input(self.prefill, id="resume-updates")
             yield Static("", id="resume-error", classes="dialog-error")
             yield Label("Enter resumes · Esc cancels", classes="dialog-help")
+            with VerticalScroll(id="resume-live"):
+                yield Static(Text("Live keys (may change mid-run): " + ", ".join(self.live_keys), style="dim"),
+                             classes="dialog-help")
 
     @on(Input.Submitted, "#resume-updates")
     def _submit(self, event: Input.Submitted) -> None:
@@ -151,6 +153,8 @@ class ResumeDialog(Dialog):
             bad = [k for k in updates if not C.is_live(k)]
             if bad:
                 raise C.ConfigError([(k, updates[k], "not a live key: it cannot change mid-run") for k in bad])
+            if updates:  # the values themselves, against the run's own config, before anything starts
+                C.with_updates(C.load(self.run_dir / "config.toml"), updates, "resume")
         except C.ConfigError as err:
             self.query_one("#resume-error", Static).update(Text(str(err)))
             return
