@@ -29,7 +29,7 @@ def test_real_terminal_start_run_and_read_losses(tmp_path):
     code = ("from pathlib import Path; from nanxi_tune.tui.app import run_app; "
             f"run_app({str(preset)!r}, runs_root=Path({str(tmp_path / 'runs')!r}))")
     env = f"NANXI_TUNE_CACHE={os.environ.get('NANXI_TUNE_CACHE', str(tmp_path / 'cache'))}"
-    cmd = f"cd {tmp_path} && env {env} TERM=xterm-256color {sys.executable} -c {code!r}"
+    cmd = f"cd {tmp_path} && env {env} TERM=xterm-256color {sys.executable} -c {code!r}; sleep 60"
     tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd)
     try:
         def screen() -> str:
@@ -68,11 +68,15 @@ def test_real_terminal_start_run_and_read_losses(tmp_path):
         tmux("send-keys", "-t", session, "C-q")
         wait(r"Write a checkpoint", 10)
         tmux("send-keys", "-t", session, "y")
+        # back in the shell: where the run stopped and the command that resumes it (-J: lines the terminal
+        # wrapped are joined, as a mouse copy would take them)
         end = time.time() + 120
-        while time.time() < end and session in tmux("ls"):
+        while time.time() < end and "nanxi-tune resume" not in tmux("capture-pane", "-p", "-J", "-t", session):
             time.sleep(0.3)
+        m = re.search(r"Resume it with.*\n\s+nanxi-tune resume (\S+)", tmux("capture-pane", "-p", "-J", "-t", session))
         runs = list((tmp_path / "runs").iterdir())
         assert len(runs) == 1 and (runs[0] / "checkpoints" / "last.pt").exists()
+        assert m and m.group(1) == str(runs[0]), screen()
     finally:
         tmux("kill-session", "-t", session)
 

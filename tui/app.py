@@ -240,6 +240,7 @@ class NanxiTuneApp(App):
         self.run_dir: Path | None = None
         self._pending: list[str] = []  # commands given before the trainer object exists
         self._quit_pending = False
+        self.exit_text = ""  # printed to the shell by run_app after quitting during a run
         self._tail: Any = None
         self._tail_timer: Any = None
         self.last_result: str | None = None
@@ -874,12 +875,23 @@ class NanxiTuneApp(App):
                     self._record_hangup(message.run_dir)
                 except OSError:
                     pass
+                self.exit()
+                return
+            self.exit_text = self.exit_note(message.run_dir, message.result)
             self.exit()
             return
         if self._remedy_pending is not None:
             parent, finding = self._remedy_pending
             self._remedy_pending = None
             self._remedy_worker(parent, finding)
+
+    def exit_note(self, run_dir: Path, result: str) -> str:
+        """What the shell shows after quitting during a run: where it stopped and how to go on."""
+        ckpt = run_dir / "checkpoints" / "last.pt"
+        if result != "stopped" or not ckpt.exists():
+            return f"nanxi-tune: run {run_dir.name} {result}; see {run_dir / 'events.jsonl'}"
+        return (f"nanxi-tune: run {run_dir.name} stopped at step {self.monitor.step} with a checkpoint ({ckpt}).\n"
+                f"Resume it with (or F8 on the TUI's Runs tab):\n  nanxi-tune resume {run_dir}")
 
     # --- runs tab ----------------------------------------------------------------------------
     def refresh_runs(self) -> None:
@@ -1105,7 +1117,11 @@ def _toml(v: Any) -> str:
 
 def run_app(preset: str = "demo", open_run: Path | None = None, runs_root: Path = Path("runs")) -> Any:
     """Entry point used by ``nanxi-tune`` (tui/cli.py)."""
-    return NanxiTuneApp(preset=preset, open_run=open_run, runs_root=runs_root).run()
+    app = NanxiTuneApp(preset=preset, open_run=open_run, runs_root=runs_root)
+    result = app.run()
+    if app.exit_text:  # plain print after the screen is restored: the terminal wraps, paths copy whole
+        print(app.exit_text)
+    return result
 
 
 __all__ = ["NanxiTuneApp", "run_app", "key_of"]
