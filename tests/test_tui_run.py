@@ -9,6 +9,7 @@ import pytest
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.tui.app import NanxiTuneApp
+from nanxi_tune.tui.screens import Confirm
 from conftest import wait_for
 
 pytestmark = pytest.mark.slow
@@ -41,6 +42,8 @@ def test_run_pause_continue_stop_resume_and_open(tmp_path):
             await pilot.press("f6")
             await wait_for(pilot, lambda: mon.state == "paused")
             paused_at = app.trainer.step
+            status = str(app.query_one("#run-status").render())
+            assert "[paused]" in status and "— img/s  ETA —" in status  # no stale speed / ETA while paused
             assert paused_at < total // 2
             await pilot.press("f5")  # a run in progress cannot be started twice
             await wait_for(pilot, lambda: any("already running" in n for n in app.notices))
@@ -114,16 +117,17 @@ def test_quit_during_run_asks_then_checkpoints(tmp_path):
             await pilot.press("f5")
             await wait_for(pilot, lambda: app.monitor.latest_train.get("loss") is not None)
             await pilot.press("ctrl+q")
-            await pilot.pause(0.2)
+            await wait_for(pilot, lambda: isinstance(app.screen, Confirm))
             await pilot.press("n")
-            await pilot.pause(0.2)
+            await wait_for(pilot, lambda: not isinstance(app.screen, Confirm))
             assert app.running and app.is_running
             await pilot.press("ctrl+q")
-            await pilot.pause(0.2)
+            await wait_for(pilot, lambda: isinstance(app.screen, Confirm))
             await pilot.press("y")
             await wait_for(pilot, lambda: not app.is_running, timeout=120)
         return app
 
     app = asyncio.run(go())
-    assert app.last_result == "stopped"
+    assert app.last_result == "stopped", (app.last_result, app.notices)
+    assert "nanxi-tune resume" in app.exit_text and str(app.run_dir) in app.exit_text
     assert (app.run_dir / "checkpoints" / "last.pt").exists()

@@ -383,8 +383,16 @@ class NanxiTuneApp(App):
     # --- presets -----------------------------------------------------------------------------
     def action_load_preset(self) -> None:
         def done(value: str | None) -> None:
-            if value:
+            if not value:
+                return
+            edited = self.form.changed_keys()
+            if not edited:
                 self.load_preset(value)
+                return
+            self.push_screen(Confirm(f"Load {value}? It replaces {len(edited)} edited key(s) on the Config tab "
+                                     f"({', '.join(edited[:3])}{', …' if len(edited) > 3 else ''}); F3 saves "
+                                     "them first. y loads, n keeps them."),
+                             lambda yes: self.load_preset(value) if yes else None)
         self.push_screen(PresetPicker(), done)
 
     def load_preset(self, name_or_path: str) -> bool:
@@ -394,7 +402,8 @@ class NanxiTuneApp(App):
             self.notify(str(err), title="Cannot load preset", severity="error", timeout=8)
             return False
         self.form.load(cfg, C.base_of(cfg))
-        self.sub_title = f"preset {cfg.preset}"
+        if not self.running:  # the title names the run while one is in progress
+            self.sub_title = f"preset {cfg.preset}"
         self.notify(f"Loaded {name_or_path}")
         return True
 

@@ -426,6 +426,9 @@ class Monitor(VerticalScroll):
         t.append(self.run_name or "no run", style="bold")
         t.append(f"  [{self.state}]", style="bold reverse" if self.state in ("running",) else "bold")
         total = f"/{self.total_steps}" if self.total_steps else ""
+        if self.state in ("paused", "stopped", "finished", "failed"):  # no speed, no ETA while not moving
+            t.append(f"  step {self.step}{total}  epoch {self.epoch}  — img/s  ETA —")
+            return t
         t.append(f"  step {self.step}{total}  epoch {self.epoch}  {self.images_per_s:.1f} img/s"
                  f"  ETA {fmt_duration(self.eta_s())}")
         return t
