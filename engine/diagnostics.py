@@ -314,6 +314,13 @@ class Watcher:
         """Live keys changed (e.g. train.base_lr after a remedy): later findings use the new config."""
         self.cfg = cfg
 
+    def remember(self, event: dict[str, Any]) -> None:
+        """A finding already reported (a diagnosis line of events.jsonl, before a resume): not reported again
+        unless it changes as ``check`` says."""
+        fields = ("rule", "severity", "section", "message", "evidence", "remedy", "step")
+        if event.get("kind") == "diagnosis" and all(k in event for k in fields):
+            self.reported[event["rule"]] = Finding(**{k: event[k] for k in fields})
+
     def observe(self, line: dict[str, Any]) -> None:
         """One metrics line (or an events line: a non-finite error is noted, others ignored)."""
         self.history.add(line)

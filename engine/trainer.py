@@ -428,6 +428,9 @@ class Trainer:
         self._metrics = rundir.JsonlWriter(self.run_dir / rundir.METRICS)
         for line in rundir.read_metrics(self.run_dir):  # the rules judge the whole run, not just this part
             self.watcher.observe(line)
+        for event in rundir.read_events(self.run_dir):  # what was reported before stays reported once
+            if event.get("kind") == "diagnosis" and int(event.get("step", 0)) <= self.step:
+                self.watcher.remember(event)
         note = f"resumed from {path} at step {self.step}"
         if dropped:
             note += f"; dropped {dropped} metric lines logged after that checkpoint (they are redone)"

@@ -151,3 +151,15 @@ def test_batch_larger_than_dataset_is_a_clear_error(tmp_path):
     events = []
     assert Trainer(tiny(**{"data.batch_size": 64}), tmp_path / "b", events.append).run() == "failed"
     assert "lower data.batch_size" in next(e for e in events if e.kind == "error").error
+
+
+def test_a_finding_reported_before_a_resume_is_not_reported_again(tmp_path):
+    """A config finding (warmup on) fires once at the start; the resumed run remembers it from events.jsonl."""
+    run = tmp_path / "w"
+    cfg = tiny(**{"train.warmup_steps": 4, "diagnose.enabled": True})
+    assert Trainer(cfg, run, max_steps=8).run() == "stopped"  # the rules first run at the end of epoch 1
+    fired = lambda: [e for e in rundir.read_events(run)  # noqa: E731
+                     if e.get("kind") == "diagnosis" and e["rule"] == "warmup-enabled"]
+    assert len(fired()) == 1 and fired()[0]["step"] <= 8
+    assert Trainer.resume(run).run() == "finished"
+    assert len(fired()) == 1
