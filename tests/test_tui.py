@@ -303,3 +303,29 @@ def test_resume_dialog_fits_80x24_and_refuses_a_bad_value_inline(tmp_path):
             assert results == [{"train.base_lr": 0.001}]
 
     run(go())
+
+
+def test_palette_finds_a_config_key_and_shows_binding_keys(tmp_path):
+    """Typing "base_lr" in the palette offers "Edit train.base_lr"; Enter shows and focuses that field.
+    Actions carry their key ("Start run  [F5]")."""
+    from nanxi_tune.tui.app import RunCommands
+
+    from types import SimpleNamespace
+
+    fake_app = SimpleNamespace(run_action=print, show_config_group=print, edit_key=print)
+    names = [n for n, _fn, _h in RunCommands._entries(SimpleNamespace(app=fake_app))]
+    assert "Start run  [F5]" in names and any(n.startswith("Edit train.base_lr") for n in names)
+
+    async def go():
+        app = NanxiTuneApp(runs_root=tmp_path / "runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await ready(pilot)
+            await pilot.press("ctrl+t")  # away from the Config tab first
+            await pilot.press("ctrl+p")
+            await pilot.pause(0.2)
+            await pilot.press(*"edit train.base_lr")
+            await pilot.pause(0.5)
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: app.query_one("#tabs").active == "config" and app.focused is not None
+                           and app.focused is app.form.row("train.base_lr").editor)
+    run(go())

@@ -65,11 +65,19 @@ class RunCommands(Provider):
     """The run and preset actions in the command palette (Ctrl+P)."""
 
     def _entries(self) -> list[tuple[str, Callable, str]]:
-        out = [(name, partial(self.app.run_action, action), help_) for action, name, help_ in ACTIONS]
-        from nanxi_tune.tui.config_form import group_title
+        keys = {b.action: (b.key_display or b.key).replace("ctrl+", "^").replace("alt+", "Alt+")
+                for b in NanxiTuneApp.BINDINGS if isinstance(b, Binding)}
+        out = [(f"{name}  [{keys[action]}]" if action in keys else name, partial(self.app.run_action, action), help_)
+               for action, name, help_ in ACTIONS]
+        from nanxi_tune.tui.config_form import all_keys, group_title
 
         for group in C.GROUPS:
             out.append((f"Config group: {group}", partial(self.app.show_config_group, group), group_title(group)))
+        for key in all_keys():  # every cheat-sheet key: "lr" finds train.base_lr
+            info = C.field_info(key)
+            zh = (info.json_schema_extra or {}).get("zh") or ""
+            out.append((f"Edit {key}" + (f"  {zh}" if zh else ""), partial(self.app.edit_key, key),
+                        info.description or ""))
         return out
 
     async def discover(self) -> Hits:
@@ -344,6 +352,12 @@ class NanxiTuneApp(App):
     def action_config_group(self, delta: int) -> None:
         self.action_tab("config")
         self.form.step_group(int(delta))
+
+    def edit_key(self, key: str) -> None:
+        """The Config tab, with the field of ``key`` shown and focused (the palette's "Edit …" entries)."""
+        self.action_tab("config")
+        row = self.form.show_key(key)
+        self.call_after_refresh(lambda: row.editor.focus())
 
     def show_config_group(self, group: str) -> None:
         self.action_tab("config")
