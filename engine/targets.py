@@ -57,13 +57,12 @@ def _object_params(boxes: torch.Tensor, stride: int, H: int, alpha: float, offse
     return cell, sigma, radius, off, shp, area
 
 
-def _empty(B: int, C: int, H: int, K: int, device, heatmap: bool = True) -> dict[str, torch.Tensor]:
+def _empty(B: int, C: int, H: int, K: int, device) -> dict[str, torch.Tensor]:
+    """Zero-filled dense maps (``build_targets_loop``'s form)."""
     z = dict(device=device, dtype=torch.float32)
-    out = {"offset": torch.zeros(B, 2, H, H, **z), "shape": torch.zeros(B, K, H, H, **z),
-           "box": torch.zeros(B, 4, H, H, **z), "mask": torch.zeros(B, 1, H, H, **z)}
-    if heatmap:
-        out["heatmap"] = torch.zeros(B, C, H, H, **z)
-    return out
+    return {"heatmap": torch.zeros(B, C, H, H, **z), "offset": torch.zeros(B, 2, H, H, **z),
+            "shape": torch.zeros(B, K, H, H, **z), "box": torch.zeros(B, 4, H, H, **z),
+            "mask": torch.zeros(B, 1, H, H, **z)}
 
 
 def densify(t: dict[str, torch.Tensor], batch_size: int, num_classes: int, cfg) -> dict[str, torch.Tensor]:
