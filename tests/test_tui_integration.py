@@ -127,14 +127,18 @@ def test_finding_remedy_with_one_key(tmp_path, one_thread):
             await pilot.press("f5")
             await wait_for(pilot, lambda: app.running and app.run_dir is not None)
             parent = app.run_dir
+            mon = app.monitor
             await wait_for(pilot, lambda: rundir.ring_checkpoints(parent), timeout=180)
+            # pause: a running parent rotates its checkpoint ring, and under load the one picked here could
+            # be gone before "r" (the child would then start from scratch)
+            await pilot.press("f6")
+            await wait_for(pilot, lambda: mon.state == "paused")
             step = int(rundir.ring_checkpoints(parent)[0].stem.split("-")[1])
             app.bridge(Diagnosis(rule="flat-loss-after-epoch-2", severity="warning", section="13.1",
                                  message="train loss flat from epoch 2 on (lr too large)",
                                  evidence={"median_before": 1.23, "median_after": 1.22},
                                  remedy={"set": {"train.base_lr": 0.001}, "resume_from_step": step,
                                          "text": "lower lr one step on the grid"}, step=step + 1))
-            mon = app.monitor
             mine = lambda: [i for i, f in enumerate(mon.findings) if f["rule"] == "flat-loss-after-epoch-2"]  # noqa: E731
             await wait_for(pilot, mine)
             table = mon.query_one("#diagnoses")
