@@ -131,27 +131,24 @@ def test_preset_save_and_load_round_trip(tmp_path, monkeypatch):
             await pilot.pause(0.2)
             saved = C.load_preset(str(tmp_path / "mine.toml"))
             assert saved.train.base_lr == 0.01 and saved.loss.s_shape == 0.5 and saved.preset == "demo"
-            # back to the bundled demo preset through the picker (option list)
-            await pilot.press("f2")
-            await pilot.pause(0.2)
-            app.screen.query_one("#preset-path").value = "demo"
-            app.screen.query_one("#preset-path").focus()
-            await pilot.press("enter")
-            # two edited keys on the Config tab: loading asks first; n keeps them, y replaces them
+            # back to the bundled demo preset through the picker; two edited keys on the Config tab:
+            # loading asks first; n keeps them, y replaces them
             from nanxi_tune.tui.screens import Confirm
 
-            await wait_for(pilot, lambda: isinstance(app.screen, Confirm))
-            assert "2 edited key(s)" in app.screen.question and "train.base_lr" in app.screen.question
-            await pilot.press("n")
+            async def pick_demo(answer: str) -> None:
+                await pilot.press("f2")
+                await pilot.pause(0.2)
+                app.screen.query_one("#preset-path").value = "demo"
+                app.screen.query_one("#preset-path").focus()
+                await pilot.press("enter")
+                await wait_for(pilot, lambda: isinstance(app.screen, Confirm))
+                assert "2 edited key(s)" in app.screen.question and "train.base_lr" in app.screen.question
+                await pilot.press(answer)
+
+            await pick_demo("n")
             await wait_for(pilot, lambda: not isinstance(app.screen, Confirm))
             assert app.form.config.train.base_lr == 0.01
-            await pilot.press("f2")
-            await pilot.pause(0.2)
-            app.screen.query_one("#preset-path").value = "demo"
-            app.screen.query_one("#preset-path").focus()
-            await pilot.press("enter")
-            await wait_for(pilot, lambda: isinstance(app.screen, Confirm))
-            await pilot.press("y")
+            await pick_demo("y")
             await pilot.pause(0.3)
             assert app.form.config.train.base_lr == 0.003
             assert not app.form.changed_keys()
