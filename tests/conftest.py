@@ -46,3 +46,12 @@ async def wait_for(pilot, cond, timeout=120.0, step=0.05):
         if loop.time() > end:
             raise AssertionError("timed out waiting")
         await pilot.pause(step)
+
+
+async def palette(pilot, query: str) -> None:
+    """Open the command palette (Ctrl+P), type ``query`` and run the first hit (Pilot tests)."""
+    await pilot.press("ctrl+p")
+    await pilot.pause(0.2)
+    await pilot.press(*query)
+    await pilot.pause(0.5)
+    await pilot.press("enter")

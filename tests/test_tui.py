@@ -11,7 +11,7 @@ import pytest
 from nanxi_tune.engine import config as C
 from nanxi_tune.tui.app import NanxiTuneApp
 from nanxi_tune.tui.config_form import parse_text
-from conftest import wait_for
+from conftest import palette, wait_for
 
 
 def run(coro):
@@ -194,11 +194,7 @@ def test_command_palette_has_run_actions(tmp_path):
         app = NanxiTuneApp(runs_root=tmp_path / "runs")
         async with app.run_test(size=(100, 30)) as pilot:
             await ready(pilot)
-            await pilot.press("ctrl+p")
-            await pilot.pause(0.2)
-            await pilot.press(*"save config")
-            await pilot.pause(0.5)
-            await pilot.press("enter")
+            await palette(pilot, "save config")
             await pilot.pause(0.3)
             assert app.screen.query("#save-path")
     run(go())
@@ -237,11 +233,7 @@ def test_config_groups_one_at_a_time(tmp_path):
             await pilot.press("alt+left", "alt+left")
             await pilot.pause()
             assert form.active_group == groups[-1]
-            await pilot.press("ctrl+p")
-            await pilot.pause(0.2)
-            await pilot.press(*"config group: train")
-            await pilot.pause(0.5)
-            await pilot.press("enter")
+            await palette(pilot, "config group: train")
             await pilot.pause(0.3)
             assert form.active_group == "train"
             # an invalid key in another group: F5 refuses and shows that key's group with its editor focused
@@ -318,11 +310,7 @@ def test_palette_finds_a_config_key_and_shows_binding_keys(tmp_path):
         async with app.run_test(size=(80, 24)) as pilot:
             await ready(pilot)
             await pilot.press("ctrl+t")  # away from the Config tab first
-            await pilot.press("ctrl+p")
-            await pilot.pause(0.2)
-            await pilot.press(*"edit train.base_lr")
-            await pilot.pause(0.5)
-            await pilot.press("enter")
+            await palette(pilot, "edit train.base_lr")
             await wait_for(pilot, lambda: app.query_one("#tabs").active == "config" and app.focused is not None
                            and app.focused is app.form.row("train.base_lr").editor)
     run(go())

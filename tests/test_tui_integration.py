@@ -12,7 +12,7 @@ from nanxi_tune.engine import config as C
 from nanxi_tune.engine import rundir
 from nanxi_tune.tui.app import ACTIONS, NanxiTuneApp
 from nanxi_tune.tui.sweep_view import ConfigApplied
-from conftest import wait_for
+from conftest import palette, wait_for
 
 TINY = {"preprocess.input_size": 64, "data.synthetic_train": 48, "data.synthetic_val": 8, "data.batch_size": 8,
         "backbone.width": 8, "head.channels": 16, "train.epochs": 3, "eval.interval": 1, "eval.online": True}
@@ -80,11 +80,7 @@ def test_workflow_screens_open_and_config_applied_marks_changes(tmp_path):
             await pilot.pause(0.1)
             assert any("No trained run" in n for n in app.notices)
             # the palette finds the workflow actions
-            await pilot.press("ctrl+p")
-            await pilot.pause(0.2)
-            await pilot.press(*"seven-stars")
-            await pilot.pause(0.5)
-            await pilot.press("enter")
+            await palette(pilot, "seven-stars")
             await pilot.pause(0.3)
             assert isinstance(app.screen, SweepScreen)
 

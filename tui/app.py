@@ -898,9 +898,8 @@ class NanxiTuneApp(App):
                     self._record_hangup(message.run_dir)
                 except OSError:
                     pass
-                self.exit()
-                return
-            self.exit_text = self.exit_note(message.run_dir, message.result)
+            else:
+                self.exit_text = self.exit_note(message.run_dir, message.result)
             self.exit()
             return
         if self._remedy_pending is not None:
