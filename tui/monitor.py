@@ -506,7 +506,7 @@ class Monitor(VerticalScroll):
             xs, ys = _thin(*self.series[f"val:{vkey}"])
             plt.plot(xs, ys, label="val", marker="dot" if len(xs) < 3 else "braille")
             drawn = True
-        if pid == "lr" and drawn:
+        if pid == "lr" and drawn and _wants_log(self.series.get("train:lr")):
             plt.yscale("log")
         if not drawn:
             plt.xlim(0, 1)
@@ -550,6 +550,21 @@ def cached_plot_class() -> Any:
 
         _CACHED_PLOT = CachedPlot
     return _CACHED_PLOT
+
+
+def _wants_log(series: Any) -> bool:
+    """A log y-axis only for a curve that spans a real range of positive values (a decay, a warmup).
+
+    plotext's log scale breaks on a flat curve: the degenerate range comes out inverted (small values at
+    the top) and the line lands on the wrong label. A flat or nearly flat lr reads right on a linear axis.
+    """
+    if series is None:
+        return False
+    ys = series[1]
+    if not ys:
+        return False
+    lo, hi = min(ys), max(ys)
+    return lo > 0 and hi / lo >= 2.0
 
 
 def _visible(widget: Any) -> bool:
