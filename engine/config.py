@@ -129,8 +129,16 @@ class Principles(Strict):
 
 class Backbone(Strict):
     """Backbone"""
-    width: int = F(32, "Channels of the first stage; each stage doubles it.", ge=4, le=512)
-    depth: int = F(1, "Residual blocks per stage.", ge=1, le=8)
+    name: Literal["nanxi", "resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "regnet_y_400mf",
+                  "regnet_y_800mf", "efficientnet_b0", "convnext_tiny"] = F(
+        "nanxi", "nanxi: the notes' own small residual stack (width, depth and principles.act apply); the others "
+        "are torchvision's builders without their classifier, with their own activations, feeding the same neck "
+        "and head (stage strides and channels read from the built model).")
+    weights: str = F("", "Initial backbone weights: a state dict file (.pt/.pth; a run's checkpoint works too), a "
+                     "torchvision weights name such as IMAGENET1K_V1 (downloaded when the machine can), or empty "
+                     "to train from scratch.")
+    width: int = F(32, "Channels of the first stage; each stage doubles it (backbone.name = nanxi).", ge=4, le=512)
+    depth: int = F(1, "Residual blocks per stage (backbone.name = nanxi).", ge=1, le=8)
     input_channels_bn: bool = F(False, "A learnable BatchNorm on the input channels.",
                                 zh="input_channels_bn: 输入通道归一化", note="~ off: no visible effect")
 

@@ -1,8 +1,9 @@
 """The detector: backbone → neck (yolov5-style SPP + top-down path) → three-branch head.
 
-Backbone: a stride-2 stem, then four stages (stride 4, 8, 16, 32), each a stride-2
+Backbone (``backbone.name = nanxi``): a stride-2 stem, then four stages (stride 4, 8, 16, 32), each a stride-2
 conv-BN-act followed by ``backbone.depth`` residual bottlenecks (1×1 then 3×3). Stage
 channels: width, 2·width, 4·width, 8·width (capped at 1024); the stem has ``width``.
+Other names are torchvision trunks (engine.backbones); ``backbone.weights`` loads after initialisation.
 Neck: SPP on the stride-32 feature, then per level down to ``neck.out_stride``:
 1×1 reduce, nearest ×2 upsample, + lateral 1×1 of the backbone feature, 3×3 merge conv.
 The level's channels are the backbone's channels at that stride.
@@ -196,8 +197,16 @@ def init_weights(module: nn.Module, kind: str) -> None:
             nn.init.zeros_(m.bias)
 
 
+def build_backbone(cfg: Config) -> nn.Module:
+    if cfg.backbone.name == "nanxi":
+        return Backbone(cfg)
+    from nanxi_tune.engine.backbones import TorchvisionBackbone
+
+    return TorchvisionBackbone(cfg.backbone.name)
+
+
 class Detector(nn.Module):
-    def __init__(self, cfg: Config, num_classes: int):
+    def __init__(self, cfg: Config, num_classes: int, load_weights: bool = True):
         super().__init__()
         if num_classes < 1:
             raise ValueError("num_classes must be at least 1")
@@ -207,7 +216,7 @@ class Detector(nn.Module):
         self.shape_channels = encoding.shape_channels(cfg.encode.shape)
         self.shape_scale = 16.0 / self.stride
         self.input_bn = nn.BatchNorm2d(3) if cfg.backbone.input_channels_bn else nn.Identity()
-        self.backbone = Backbone(cfg)
+        self.backbone = build_backbone(cfg)
         self.neck = Neck(cfg, self.backbone.channels)
         c = self.neck.out_channels
         self.head_map = Branch(c, num_classes, cfg)
@@ -216,6 +225,13 @@ class Detector(nn.Module):
         self.criterion = DetectionLoss(cfg)
         init_weights(self, cfg.principles.weights_init)
         nn.init.constant_(self.head_map.out_conv.bias, prior_bias(cfg.head.range_norm_act))
+        self.weights_source = ""
+        if load_weights and cfg.backbone.weights:  # a resume skips it: the checkpoint overwrites them anyway
+            from nanxi_tune.engine.backbones import load_weights as load
+
+            tv = cfg.backbone.name != "nanxi"
+            self.weights_source = load(self.backbone.net if tv else self.backbone, cfg.backbone.weights,
+                                       cfg.backbone.name, "backbone.net." if tv else "backbone.")
 
     def forward(self, images: torch.Tensor, targets: dict | None = None) -> dict[str, torch.Tensor]:
         f = self.neck(self.backbone(self.input_bn(images)))
@@ -233,8 +249,8 @@ class Detector(nn.Module):
         return self.criterion(outputs, targets)
 
 
-def build_model(cfg: Config, num_classes: int) -> Detector:
-    return Detector(cfg, num_classes)
+def build_model(cfg: Config, num_classes: int, load_weights: bool = True) -> Detector:
+    return Detector(cfg, num_classes, load_weights)
 
 
 def count_parameters(model: nn.Module) -> int:
