@@ -15,7 +15,7 @@ SETS = ["preprocess.input_size=64", "data.synthetic_train=32", "data.synthetic_v
 
 def test_train_resume_eval_diagnose(tmp_path, capsys):
     run = tmp_path / "r"
-    assert main(["train", "--preset", "demo", "--quiet", "--run-dir", str(run), "--max-steps", "3", "--set", *SETS]) == 0
+    assert main(["train", "--preset", "demo", "--quiet", "--run-dir", str(run), "--max-steps", "3", "--set", *SETS]) == 3
     err = capsys.readouterr().err
     assert f"nanxi-tune resume {run}" in err
     lines = rundir.read_metrics(run)
@@ -54,14 +54,14 @@ def test_presets_lists_bundled(capsys):
     assert "demo" in out and "coco-640" in out and "bccd" in out
 
 
-def test_resume_without_checkpoint_says_so(tmp_path, capsys):
+def test_resume_without_checkpoint_starts_again(tmp_path, capsys):
     run = tmp_path / "empty"
     run.mkdir()
     from nanxi_tune.engine import config as C
 
-    C.save(C.load_preset("demo"), run / "config.toml")
-    assert main(["resume", str(run), "--quiet"]) == 1
-    assert "no checkpoint" in capsys.readouterr().err
+    C.save(C.with_updates(C.load_preset("demo"), C.parse_sets(SETS)), run / "config.toml")
+    assert main(["resume", str(run), "--quiet", "--max-steps", "1"]) == 3
+    assert "before its first checkpoint: starting it again from step 0" in " ".join(capsys.readouterr().err.split())
 
 
 def test_missing_data_is_a_message_not_a_traceback(tmp_path, capsys):

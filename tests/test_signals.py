@@ -1,6 +1,6 @@
 """Hang-ups and signals, headless: SIGHUP (a dropped SSH session), SIGTERM (kill, a scheduler) and SIGINT (Ctrl-C)
-each finish the current step, write a checkpoint, record the stop in events.jsonl, exit 0 with the resume
-command, and the run then resumes from that checkpoint."""
+each finish the current step, write a checkpoint, record the stop in events.jsonl, exit 3 (stopped, resumable)
+with the resume command, and the run then resumes from that checkpoint."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def test_signal_stops_with_checkpoint_and_resume_hint(tmp_path, sig):
             if p.poll() is None:
                 p.kill()
     said = " ".join(out.read_text().split())  # Rich wraps long lines
-    assert rc == 0, said[-2000:]
+    assert rc == 3, said[-2000:]
     assert f"{sig.name}: finishing the step, saving a checkpoint" in said
     assert f"Resume with: nanxi-tune resume {run}" in said
 
@@ -68,7 +68,7 @@ def test_signal_stops_with_checkpoint_and_resume_hint(tmp_path, sig):
 
     r = subprocess.run(cli() + ["resume", str(run), "--quiet", "--max-steps", str(step + 2)],
                        capture_output=True, text=True, env=env(), timeout=180)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.returncode == 3, r.stdout + r.stderr
     assert ck.load(rundir.last_checkpoint(run))["step"] == step + 2
     assert train_steps(run) == list(range(1, step + 3))
     assert any(f"resumed from {rundir.last_checkpoint(run)} at step {step}" in e.get("message", "")
