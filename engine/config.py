@@ -440,7 +440,7 @@ def problems_from(err: ValidationError) -> list[tuple[str, Any, str]]:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(loc)
-            msg = "unknown key" + (f"; known keys here: {', '.join(allowed)}" if allowed else "")
+            msg = "unknown key" + did_you_mean(key) + (f"; known keys here: {', '.join(allowed)}" if allowed else "")
         elif e["type"] == "model_type":
             msg = "expected a table of keys (a [section] in TOML)"
         value = e.get("input", _MISSING)
@@ -500,10 +500,12 @@ def with_updates(cfg: Config, updates: dict[str, Any], source: str = "--set") ->
         group, _, name = key.partition(".")
         if group not in data or not isinstance(data[group], dict) or not name or "." in name:
             known = ", ".join(k for k in data if isinstance(data[k], dict))
-            problems.append((key, value, f"unknown key; keys are group.name with group one of: {known}"))
+            problems.append((key, value, f"unknown key{did_you_mean(key)}; keys are group.name with group one of: "
+                                         f"{known}"))
             continue
         if name not in data[group]:
-            problems.append((key, value, f"unknown key; known keys in [{group}]: {', '.join(data[group])}"))
+            problems.append((key, value, f"unknown key{did_you_mean(key)}; known keys in [{group}]: "
+                                         f"{', '.join(data[group])}"))
             continue
         data[group][name] = value
     try:
@@ -513,6 +515,25 @@ def with_updates(cfg: Config, updates: dict[str, Any], source: str = "--set") ->
     if problems:
         raise ConfigError(problems, source)
     return cfg
+
+
+def known_keys() -> list[str]:
+    """Every dotted key of the schema (group.name), in the notes' order."""
+    return [f"{g}.{n}" for g, info in Config.model_fields.items()
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+            for n in info.annotation.model_fields]
+
+
+def did_you_mean(key: str) -> str:
+    """" (did you mean train.base_lr?)" for a misspelt dotted key (a bare name or a group's typo too), else ""."""
+    import difflib
+
+    keys = known_keys()
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    if not close and "." not in key:  # a bare name: match it against the names without their group
+        by_name = {k.split(".", 1)[1]: k for k in keys}
+        close = [by_name[n] for n in difflib.get_close_matches(key, list(by_name), n=3, cutoff=0.75)]
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
