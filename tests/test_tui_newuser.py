@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
 
 from nanxi_tune.tui import monitor as M
 from nanxi_tune.tui.app import NanxiTuneApp
 from conftest import wait_for
+
+
+def tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True).stdout
 
 
 def run(coro):
@@ -88,3 +99,92 @@ def test_wants_log_only_for_a_real_range():
     z.add(0, 0.0)
     z.add(1, 0.003)  # warmup from zero: no log of 0
     assert not M._wants_log(z)
+
+
+# --- (b) keys typed in a burst into a config field ----------------------------------------------------------------
+
+async def burst(pilot, *keys: str) -> None:
+    """Send ``keys`` the way a terminal read delivers a burst: all queued at once, no pause between them
+    (``pilot.press`` waits for the app to go idle after each key, which hides ordering bugs)."""
+    from textual import events
+    from textual.keys import _character_to_key
+
+    app = pilot.app
+    for key in keys:
+        char = key if len(key) == 1 else None
+        if len(key) == 1 and not key.isalnum():
+            key = _character_to_key(key)
+        event = events.Key(key, char)
+        event.set_sender(app)
+        app._driver.send_message(event)
+
+
+BURSTS = [
+    (["end", "ctrl+u", *"0.004"], "0.004"),  # left the field empty
+    (["end", *["backspace"] * 5, *"0.002"], "0.002"),  # gave 0.003 (or 0.0.0 in a terminal)
+    (["home", "right", "right", "delete", "delete", "delete", *"05"], "0.05"),
+]
+
+
+def test_a_burst_of_keys_in_a_config_field_applies_in_order(tmp_path):
+    async def go():
+        app = NanxiTuneApp(runs_root=tmp_path / "runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.form.all_mounted)
+            row = app.form.show_key("train.base_lr")
+            await pilot.pause()
+            row.editor.focus()
+            await pilot.pause()
+            for keys, want in BURSTS:
+                row.set_value(0.003)
+                row.editor.cursor_position = len(row.editor.value)
+                await pilot.pause()
+                await burst(pilot, *keys)
+                await pilot.pause(0.3)
+                assert row.editor.value == want, (keys, row.editor.value)
+                await wait_for(pilot, lambda: app.form.config is not None  # re-validated
+                               and app.form.config.train.base_lr == float(want), timeout=5)
+
+    run(go())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
+def test_real_terminal_burst_of_keys_in_a_config_field(tmp_path):
+    """The same bursts in a real terminal: tmux writes each send-keys call's keys to the app in one go."""
+    session = f"nanxi-burst-{os.getpid()}"
+    code = ("from pathlib import Path; from nanxi_tune.tui.app import run_app; "
+            f"run_app(runs_root=Path({str(tmp_path / 'runs')!r}))")
+    env = f"NANXI_TUNE_CACHE={os.environ.get('NANXI_TUNE_CACHE', str(tmp_path / 'cache'))}"
+    cmd = f"cd {tmp_path} && env {env} TERM=xterm-256color {sys.executable} -c {code!r}; sleep 60"
+    tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd)
+    try:
+        def field() -> str | None:
+            m = re.search(r"base_lr\s+基础学习率 ⟳ *(\S*)", tmux("capture-pane", "-p", "-t", session))
+            return m and m.group(1)
+
+        def wait(cond, timeout: float) -> None:
+            end = time.time() + timeout
+            while time.time() < end:
+                if cond():
+                    return
+                time.sleep(0.2)
+            raise AssertionError(tmux("capture-pane", "-p", "-t", session))
+
+        wait(lambda: "valid ✓" in tmux("capture-pane", "-p", "-t", session), 60)
+        tmux("send-keys", "-t", session, "C-p")
+        time.sleep(0.5)
+        tmux("send-keys", "-t", session, "-l", "train.base_lr")
+        time.sleep(1.0)
+        tmux("send-keys", "-t", session, "Enter")  # the palette jumps to the field and focuses it
+        wait(lambda: field() == "0.003", 10)
+        time.sleep(0.5)
+        tmux("send-keys", "-t", session, "End", "C-u", "0.004")  # one call: one burst
+        time.sleep(1.5)
+        assert field() == "0.004", tmux("capture-pane", "-p", "-t", session)
+        tmux("send-keys", "-t", session, "End", *["BSpace"] * 5, "0.002")
+        time.sleep(1.5)
+        assert field() == "0.002", tmux("capture-pane", "-p", "-t", session)
+        assert "1 changed" in tmux("capture-pane", "-p", "-t", session)
+    finally:
+        tmux("kill-session", "-t", session)

@@ -12,7 +12,7 @@ import typing
 from typing import Any
 
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.lazy import Lazy
@@ -91,6 +91,31 @@ def label_text(key: str, info: Any) -> Text:
     return t
 
 
+class OrderedInput(Input):
+    """An Input that applies every key in the order typed, however fast the keys arrive.
+
+    Textual's Input inserts a printable character as soon as its Key event reaches the Input, but a
+    bound key (Backspace, End, Ctrl+U, arrows, …) only runs once its Key event has bubbled up through
+    every ancestor to the App, which then looks the binding up back on the Input — one message hop per
+    DOM level (a dozen here). Keys that arrive in one read (a burst over SSH, a paste of keystrokes) are
+    all forwarded to the Input at once, so the characters behind a bound key overtake it: End, Ctrl+U,
+    ``0.004`` inserted ``0.004`` and then cleared the field (Textual issue #6605). This Input runs its
+    own bindings inline, from its own Key handler, exactly as the App would have (the focused widget is
+    the first namespace of the binding chain; priority bindings were already checked by the App before
+    the key reached the Input), so each key is applied before the next one is read.
+    """
+
+    async def _on_key(self, event: events.Key) -> None:
+        if not event.is_printable:
+            for binding in self._bindings.key_to_bindings.get(event.key, ()):
+                if not binding.priority and await self.app.run_action(binding.action, self):
+                    self._restart_blink()
+                    event.stop()
+                    event.prevent_default()
+                    return
+        await super()._on_key(event)
+
+
 class FieldRow(Vertical):
     """One config key: label, editor, the notes' remark, and an inline error."""
 
@@ -114,7 +139,7 @@ class FieldRow(Vertical):
         elif self.kind == "switch":
             ed = Switch(value=bool(self.initial), id=fid)
         else:
-            ed = Input(format_value(self.initial), id=fid, compact=True, select_on_focus=False)
+            ed = OrderedInput(format_value(self.initial), id=fid, compact=True, select_on_focus=False)
         ed.tooltip = tip
         yield ed
         self._note = (self.info.json_schema_extra or {}).get("note") or ""
