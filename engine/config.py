@@ -203,6 +203,11 @@ class Train(Strict):
                        "early EMA weights are not an average of weights too far apart.")
     epochs: int = F(12, "Training epochs.", ge=1, le=100000, live=True)
     max_steps: int = F(0, "Stop after this many steps (0 = run all epochs).", ge=0, live=True)
+    time_budget_min: float = F(0.0, "Wall-clock budget of the run in minutes (0 = off: the length is train.epochs). "
+                               "On, the run measures its step time, projects the steps that fit (evaluations "
+                               "included, budget.max_days the ceiling) and places the end and train.milestones "
+                               "there, re-planning as the speed changes; train.max_steps still caps it.",
+                               ge=0, le=525600)
     checkpoint_every: int = F(0, "Also write last.pt every N steps between evaluations (0 = only at evaluations "
                               "and stops); a killed run loses at most N steps.", ge=0, live=True)
     keep_checkpoints: int = F(5, "Per-evaluation checkpoints kept (checkpoints/step-N.pt) for rewinding a remedy to "
@@ -482,6 +487,39 @@ def field_info(key: str):
 def is_live(key: str) -> bool:
     info = field_info(key)
     return bool(info and (info.json_schema_extra or {}).get("live"))
+
+
+def live_keys() -> list[str]:
+    """The keys a running run accepts (``live=True`` in the schema), in the cheat-sheet's order."""
+    return [k for k in flatten(Config()) if is_live(k)]
+
+
+def live_keys_summary() -> str:
+    """The live keys in a line: ``group.*`` where a whole group is live."""
+    groups: dict[str, list[str]] = {}
+    for k in flatten(Config()):
+        groups.setdefault(k.partition(".")[0], []).append(k)
+    out = []
+    for group, keys in groups.items():
+        live = [k for k in keys if is_live(k)]
+        out += [f"{group}.*"] if live and live == keys else live
+    return ", ".join(out)
+
+
+def with_live_updates(cfg: Config, updates: dict[str, Any], source: str = "live edit") -> Config:
+    """``cfg`` with ``updates`` applied mid-run: unknown keys and bad values as ``with_updates`` names them, and
+    every known key that is not live refused, naming the live ones."""
+    problems = [(k, v, "not a live key: it cannot change mid-run (start a new run for it); live keys are "
+                 + live_keys_summary()) for k, v in updates.items() if "." in k and field_info(k) is not None
+                and not is_live(k)]
+    try:
+        new = with_updates(cfg, updates, source)
+    except ConfigError as err:
+        problems = [p for p in err.problems if p[0] not in {q[0] for q in problems}] + problems
+        raise ConfigError(problems, source) from None
+    if problems:
+        raise ConfigError(problems, source)
+    return new
 
 
 def parse_value(text: str) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -17,6 +17,10 @@ from nanxi_tune.engine.config import Config
 from nanxi_tune.engine.decode import decode
 
 METRICS = ("mAP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+class EvalInterrupted(Exception):
+    """``interrupt`` asked to end the evaluation between batches (a stop)."""
 LOSSES = ("loss", "loss_map", "loss_offset", "loss_shape")
 
 
@@ -68,8 +72,10 @@ def coco_map(coco_gt, results: list[dict], img_ids: list[int]) -> dict[str, floa
     return {k: max(float(v), 0.0) for k, v in zip(METRICS, ev.stats[:6])}
 
 
-def evaluate(model, loader, cfg: Config, device, coco_gt, cat_ids: list[int]) -> dict[str, float]:
-    """Val losses (averaged over images) and COCO metrics of ``model`` on ``loader``."""
+def evaluate(model, loader, cfg: Config, device, coco_gt, cat_ids: list[int],
+             interrupt: Callable[[], bool] | None = None) -> dict[str, float]:
+    """Val losses (averaged over images) and COCO metrics of ``model`` on ``loader``. ``interrupt`` is asked
+    between batches; True raises EvalInterrupted."""
     from nanxi_tune.engine.targets import build_targets
 
     was_training = model.training
@@ -81,6 +87,8 @@ def evaluate(model, loader, cfg: Config, device, coco_gt, cat_ids: list[int]) ->
     try:
         with torch.inference_mode():
             for images, targets in loader:
+                if interrupt is not None and interrupt():
+                    raise EvalInterrupted
                 images = images.to(device, non_blocking=True)
                 outputs = model(images)
                 t = build_targets(targets, model.num_classes, cfg, images.device)

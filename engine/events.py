@@ -7,7 +7,7 @@ metrics.jsonl / events.jsonl.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Literal
 
 RunState = Literal["starting", "running", "paused", "stopping", "stopped", "finished", "failed"]
@@ -117,6 +117,39 @@ class Log(Event):
     message: str
     level: Literal["info", "warning"] = "info"
     time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class CommandAck(Event):
+    """The trainer's answer to a command of the control channel (engine.runctl): applied at ``step`` or
+    refused with the reason. ``changes`` lists a live edit's [key, old, new]."""
+    kind = "ack"
+    id: str
+    op: str
+    applied: bool
+    step: int
+    message: str
+    sender: str = ""
+    changes: list = field(default_factory=list)
+    time: float = field(default_factory=time.time)
+
+
+KINDS: dict[str, type[Event]] = {c.kind: c for c in (StepMetrics, EvalMetrics, StateChanged, CheckpointSaved,
+                                                     Diagnosis, Error, Log, CommandAck)}
+
+
+def from_json(d: dict[str, Any]) -> Event | None:
+    """A line of metrics.jsonl / events.jsonl as its typed event (None for lines of no known kind, e.g. the
+    traceback record). Fields a line lacks take their defaults; fields a class lacks are dropped."""
+    cls = KINDS.get(d.get("kind", "step" if d.get("split") == "train" else "eval" if d.get("split") == "val"
+                          else ""))
+    if cls is None:
+        return None
+    names = {f.name for f in fields(cls)}
+    try:
+        return cls(**{k: v for k, v in d.items() if k in names})
+    except TypeError:  # a line from an older version missing a required field
+        return None
 
 
 Callback = Callable[[Event], None]

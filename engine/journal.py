@@ -83,7 +83,7 @@ def record(run_dir: Path) -> dict:
     post = [e["tune_post"] for e in events if e.get("kind") == "log" and e.get("tune_post")]
     return {
         "kind": "run", "name": run_dir.name, "path": str(run_dir), "preset": cfg.preset,
-        "status": rundir._status(events), "started": next((e.get("time") for e in events if e.get("time")), None),
+        "status": rundir.state_of(events) or "unknown", "started": next((e.get("time") for e in events if e.get("time")), None),
         "parent": parent.get("parent") if parent else None, "reason": parent.get("reason") if parent else None,
         "sweep_key": parent.get("sweep_key") if parent else None,
         "sweep_value": parent.get("sweep_value") if parent else None,

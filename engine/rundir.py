@@ -8,15 +8,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
 EVENTS = "events.jsonl"
 JOURNAL = "journal.md"
 CHECKPOINTS = "checkpoints"
+OWNER_LOCK = "owner.lock"  # flock held by the live trainer (engine.runctl)
+OWNER = "owner.json"  # who owns the run: pid, host, start, heartbeat, state
+CONTROL = "control"  # commands from clients, one file each (engine.runctl)
+STDOUT = "stdout.log"  # a detached run's own output
 
 
 def new_run_dir(root: Path = Path("runs"), name: str | None = None) -> Path:
@@ -107,12 +110,12 @@ def trim_metrics(run_dir: Path, step: int) -> int:
     return len(lines) - len(keep)
 
 
-class MetricsTail:
-    """Follow a metrics.jsonl being written: poll() returns the complete lines added since the last poll."""
+class JsonlTail:
+    """Follow a JSON-lines file being written: poll() returns the complete lines added since the last poll."""
 
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / METRICS
-        self._pos = 0
+    def __init__(self, path: Path, pos: int = 0):
+        self.path = Path(path)
+        self._pos = pos
         self._buf = ""
 
     def poll(self) -> list[dict[str, Any]]:
@@ -139,52 +142,16 @@ class MetricsTail:
         return out
 
 
-@dataclass
-class RunInfo:
-    name: str
-    path: Path
-    status: str
-    best_map: float | None
-    started: float | None
-    step: int
-    preset: str
+def recorded_state(run_dir: Path) -> str | None:
+    """The last state the run recorded in events.jsonl ("failed" after an error), None before any."""
+    return state_of(read_events(run_dir))
 
 
-def _status(events: Iterable[dict[str, Any]]) -> str:
-    status = "unknown"
+def state_of(events: list[dict[str, Any]]) -> str | None:
+    state = None
     for e in events:
         if e.get("kind") == "state":
-            status = e.get("state", status)
+            state = e.get("state", state)
         elif e.get("kind") == "error":
-            status = "failed"
-    return status
-
-
-def run_info(run_dir: Path) -> RunInfo:
-    run_dir = Path(run_dir)
-    metrics = read_metrics(run_dir)
-    events = read_events(run_dir)
-    maps = [m["mAP"] for m in metrics if m.get("split") == "val" and isinstance(m.get("mAP"), (int, float))]
-    started = next((e.get("time") for e in events if e.get("kind") == "state"), None)
-    preset = ""
-    try:
-        import tomllib
-
-        preset = tomllib.loads((run_dir / CONFIG).read_text()).get("preset", "")
-    except (OSError, ValueError):
-        pass
-    status = _status(events)
-    if status in ("running", "starting", "paused") and metrics:
-        # A run whose writer died (kill -9, dropped SSH) looks "running" forever; call it stale after 10 min.
-        if time.time() - (run_dir / METRICS).stat().st_mtime > 600:
-            status = "interrupted"
-    return RunInfo(run_dir.name, run_dir, status, max(maps) if maps else None, started,
-                   max((m.get("step", 0) for m in metrics), default=0), preset)
-
-
-def list_runs(root: Path = Path("runs")) -> list[RunInfo]:
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    runs = [run_info(p) for p in root.iterdir() if (p / CONFIG).exists()]
-    return sorted(runs, key=lambda r: r.started or 0, reverse=True)
+            state = "failed"
+    return state

@@ -1,8 +1,9 @@
 """The training loop, readable top to bottom: data → model → loss → AdamW → EMA → eval → checkpoint.
 
-A Trainer owns one run directory. It emits typed events to one callback, and honours
-stop / pause / continue requests (from any thread) at step boundaries. Resume is a
-Trainer started from the run's last checkpoint; with data randomness derived from
+A Trainer owns one run directory (engine.runctl's lock, for its whole life). It emits typed events to one
+callback, and applies the commands of the run's control channel (pause, continue, stop, checkpoint,
+evaluate, live edits) at step boundaries; pause and stop also interrupt an evaluation between batches.
+Resume is a Trainer started from the run's last checkpoint; with data randomness derived from
 (seed, epoch, index), the resumed run cannot tell it was interrupted.
 """
 
@@ -19,12 +20,13 @@ from torch.optim.swa_utils import AveragedModel
 
 from . import checkpoint as ckpt_io
 from . import config as C
-from . import journal, rundir
+from . import journal, rundir, runctl
 from .diagnostics import Watcher, lower_lr
 from .data import DataError, EpochSampler, eval_dataset, make_loader, train_dataset
-from .evaluate import evaluate
-from .events import (Callback, CheckpointSaved, Error, EvalMetrics, Event, Log, StateChanged, StepMetrics,
-                     null_callback)
+from .evaluate import EvalInterrupted, evaluate
+from .events import (Callback, CheckpointSaved, CommandAck, Error, EvalMetrics, Event, Log, StateChanged,
+                     StepMetrics, null_callback)
+from .runctl import Command, Op
 from .model import build_model
 from .targets import build_targets
 
@@ -82,7 +84,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 class Trainer:
     def __init__(self, cfg: C.Config, run_dir: Path | str, callback: Callback = null_callback,
-                 max_steps: int | None = None, resume: bool = False):
+                 max_steps: int | None = None, resume: bool = False, owner: runctl.RunOwner | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.callback = callback
@@ -100,8 +102,11 @@ class Trainer:
         self._lines_since_check = 0
         self._metrics: rundir.JsonlWriter | None = None
         self._events: rundir.JsonlWriter | None = None
+        self.owner = owner  # taken in run() unless resume() already holds it
+        self.inbox = runctl.Inbox(self.run_dir)
+        self._deferred: list[Command] = []  # commands met during an evaluation, applied after it
 
-    # --- commands in (thread-safe) --------------------------------------------------------
+    # --- commands in: in-process requests (signals; thread-safe) and the control channel ----------------
     def request_stop(self) -> None:
         self._stop.set()
         self._wake.set()
@@ -116,22 +121,17 @@ class Trainer:
     @classmethod
     def resume(cls, run_dir: Path | str, callback: Callback = null_callback, updates: dict[str, Any] | None = None,
                max_steps: int | None = None) -> "Trainer":
-        """A trainer continuing ``run_dir`` from its last checkpoint; ``updates`` may touch live keys only."""
+        """A trainer continuing ``run_dir`` from its last checkpoint; ``updates`` may touch live keys only.
+        Raises runctl.RunBusy when a live process owns the folder (nothing is changed then)."""
         run_dir = Path(run_dir)
-        cfg = C.load(run_dir / rundir.CONFIG)
-        updates = updates or {}
-        frozen = [(k, v, "cannot change mid-run (only live keys can: "
-                   f"{', '.join(k2 for k2 in C.flatten(cfg) if C.is_live(k2))}); start a new run instead")
-                  for k, v in updates.items() if C.field_info(k) is not None and not C.is_live(k)]
-        if frozen:
-            raise C.ConfigError(frozen, "resume")
-        cfg = C.with_updates(cfg, updates, "resume")
+        cfg = C.with_live_updates(C.load(run_dir / rundir.CONFIG), updates or {}, "resume")
         if not rundir.last_checkpoint(run_dir).exists():
             raise ckpt_io.CheckpointError(f"{rundir.last_checkpoint(run_dir)}: this run saved no checkpoint "
                                           "yet; start it again instead")
+        owner = runctl.RunOwner.acquire(run_dir)
         if updates:
             C.save(cfg, run_dir / rundir.CONFIG)
-        return cls(cfg, run_dir, callback, max_steps=max_steps, resume=True)
+        return cls(cfg, run_dir, callback, max_steps=max_steps, resume=True, owner=owner)
 
     # --- events out ------------------------------------------------------------------------
     def _emit(self, event: Event) -> None:
@@ -165,11 +165,21 @@ class Trainer:
 
     def _set_state(self, state: str, message: str = "") -> None:
         self.state = state
+        self.owner.update(state=state, step=self.step)
         self._emit(StateChanged(state, self.step, message))
 
     # --- the run -------------------------------------------------------------------------------
     def run(self) -> str:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        """Train to the end, a stop or a failure; returns the final state. Raises runctl.RunBusy (having written
+        nothing) when another live process owns the folder."""
+        if self.owner is None:
+            self.owner = runctl.RunOwner.acquire(self.run_dir)
+        try:
+            return self._run()
+        finally:
+            self.owner.release()
+
+    def _run(self) -> str:
         self._metrics = rundir.JsonlWriter(self.run_dir / rundir.METRICS)
         self._events = rundir.JsonlWriter(self.run_dir / rundir.EVENTS)
         try:
@@ -234,7 +244,7 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise StopRun(f"data.batch_size = {bs} is larger than the training set ({len(self.train_set)} "
                           "images); lower data.batch_size")
-        self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
+        self.total_steps = self._planned_steps()
         self.model = build_model(cfg, self.train_set.num_classes).to(self.device)
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_avg_fn(cfg.train.ema_decay, cfg.train.ema_ramp),
                                  use_buffers=True)
@@ -245,15 +255,22 @@ class Trainer:
             self._load(self.resume_from)
 
     def _loop(self) -> None:
-        cfg, bs = self.cfg, self.cfg.data.batch_size
+        bs = self.cfg.data.batch_size
         t_last, seen, ips = time.perf_counter(), 0, 0.0
+        if self.step and self._eval_due() and not self._evaluated_at_step():
+            self._evaluate()  # the evaluation a stop interrupted: redone before training on
+            self._diagnose()
         while self.step < self.total_steps:
             self.epoch, position = divmod(self.step, self.steps_per_epoch)
-            sampler = EpochSampler(len(self.train_set), cfg.train.seed, self.epoch, start=position * bs)
-            loader = make_loader(self.train_set, sampler, bs, cfg.data.workers, self.device.type, drop_last=True)
+            sampler = EpochSampler(len(self.train_set), self.cfg.train.seed, self.epoch, start=position * bs)
+            loader = make_loader(self.train_set, sampler, bs, self.cfg.data.workers, self.device.type,
+                                 drop_last=True)
             for images, targets in loader:
                 if self._honour_commands() or self._reached_stop_at():
                     return
+                if self.step >= self.total_steps:  # a live edit of train.epochs / max_steps ended the run here
+                    break
+                cfg = self.cfg  # live edits land between steps
                 self._count_skipped(targets)
                 lr = lr_at(cfg, self.step, self.total_steps)
                 for group in self.optimizer.param_groups:
@@ -268,8 +285,7 @@ class Trainer:
                     self._emit(StepMetrics(step=self.step, epoch=self.epoch, time=time.time(), lr=lr,
                                            images_per_s=ips, total_steps=self.total_steps,
                                            **values))
-                epoch_done = self.step % self.steps_per_epoch == 0
-                if epoch_done and (self.step // self.steps_per_epoch) % cfg.eval.interval == 0:
+                if self._eval_due():
                     self._evaluate()
                     self._diagnose()
                 else:
@@ -281,10 +297,18 @@ class Trainer:
                     break
             if self.state == "stopped":
                 return
+        if self._honour_commands():  # a stop during the last evaluation
+            return
         if not self._evaluated_at_step():
             self._evaluate()
+            if self._honour_commands():
+                return
         self._diagnose()
         self._set_state("finished", f"best mAP {max(self.best_map, 0):.4f}")
+
+    def _eval_due(self) -> bool:
+        epochs, position = divmod(self.step, self.steps_per_epoch)
+        return position == 0 and epochs % self.cfg.eval.interval == 0
 
     def _count_skipped(self, targets: list[dict]) -> None:
         """data.skip_bad: a warning with the running count for each bad image met for the first time."""
@@ -332,12 +356,16 @@ class Trainer:
         return True
 
     def _honour_commands(self) -> bool:
-        """At a step boundary: stop (checkpoint first) or wait while paused. True means the loop must end."""
+        """At a step boundary: apply the channel's commands; stop (checkpoint first) or wait while paused, still
+        applying commands. True means the loop must end."""
+        self.owner.update(step=self.step)
+        self._apply_commands()
         if self._paused.is_set() and not self._stop.is_set():
             self._set_state("paused")
             while self._paused.is_set() and not self._stop.is_set():
-                self._wake.wait(0.2)
+                self._wake.wait(runctl.POLL_S * 4)
                 self._wake.clear()
+                self._apply_commands()
             if not self._stop.is_set():
                 self._set_state("running", "continued")
         if self._stop.is_set():
@@ -346,6 +374,79 @@ class Trainer:
             self._set_state("stopped", "stopped by request; resume to continue")
             return True
         return False
+
+    def _apply_commands(self) -> None:
+        pending, self._deferred = self._deferred + self.inbox.take(), []
+        for cmd in pending:
+            if isinstance(cmd, tuple):  # an unreadable file: answered, never guessed at
+                self._emit(CommandAck(cmd[0], "?", False, self.step, cmd[1]))
+                continue
+            try:
+                message, changes = self._apply(cmd)
+            except C.ConfigError as err:
+                self._emit(CommandAck(cmd.id, cmd.op.value, False, self.step, str(err), cmd.sender))
+                continue
+            self._emit(CommandAck(cmd.id, cmd.op.value, True, self.step, message, cmd.sender, changes))
+
+    def _apply(self, cmd: Command) -> tuple[str, list]:
+        """One command at a step boundary: (what was done, live edits as [key, old, new])."""
+        if cmd.op == Op.PAUSE:
+            self._paused.set()
+            return f"paused at step {self.step}", []
+        if cmd.op == Op.CONTINUE:
+            self._paused.clear()
+            return f"continued at step {self.step}", []
+        if cmd.op == Op.STOP:
+            self._stop.set()
+            return f"stopping at step {self.step} with a checkpoint", []
+        if cmd.op == Op.CHECKPOINT:
+            self._save()
+            return f"checkpoint written at step {self.step}", []
+        if cmd.op == Op.EVAL:
+            self._evaluate()
+            self._diagnose()
+            return f"evaluated at step {self.step}", []
+        changes = self.live_edit(cmd.updates)
+        said = ", ".join(f"{k} {old} → {new}" for k, old, new in changes) or "no change"
+        return f"{said} from step {self.step + 1}", changes
+
+    def live_edit(self, updates: dict[str, Any]) -> list[list]:
+        """Change live keys mid-run (C.with_live_updates names any refused key); saved to config.toml, so a
+        resume continues with them. Returns [key, old, new] per changed key."""
+        new = C.with_live_updates(self.cfg, updates, "live edit")
+        changes = [[k, a, b] for k, (a, b) in C.diff(self.cfg, new).items()]
+        if not changes:
+            return []
+        old, self.cfg = self.cfg, new
+        C.save(new, self.run_dir / rundir.CONFIG)
+        self.watcher.set_config(new)
+        if hasattr(self, "steps_per_epoch"):
+            self.total_steps = self._planned_steps()
+        if any(k.startswith("eval.") and k not in ("eval.interval", "eval.online") for k, _, _ in changes):
+            self.__dict__.pop("eval_set", None)  # val_data_mode / qmv / rsr: the eval images change
+        return changes
+
+    def _planned_steps(self) -> int:
+        return self.cfg.train.max_steps or self.cfg.train.epochs * self.steps_per_epoch
+
+    def _eval_interrupt(self) -> bool:
+        """Between evaluation batches: True ends the evaluation (stop). A pause holds it here until continue or
+        stop; other commands wait for the next step boundary."""
+        for cmd in self.inbox.take():
+            if isinstance(cmd, Command) and cmd.op in (Op.PAUSE, Op.STOP, Op.CONTINUE):
+                self._emit(CommandAck(cmd.id, cmd.op.value, True, self.step, self._apply(cmd)[0]
+                                      + " (during an evaluation)", cmd.sender))
+            else:
+                self._deferred.append(cmd)
+        if self._paused.is_set() and not self._stop.is_set():
+            self._set_state("paused", "during an evaluation")
+            while self._paused.is_set() and not self._stop.is_set():
+                self._wake.wait(runctl.POLL_S * 4)
+                self._wake.clear()
+                self._eval_interrupt()
+            if not self._stop.is_set():
+                self._set_state("running", "continued")
+        return self._stop.is_set()
 
     # --- evaluation ------------------------------------------------------------------------
     def _evaluated_at_step(self) -> bool:
@@ -358,8 +459,11 @@ class Trainer:
             self.eval_loader = make_loader(self.eval_set, range(len(self.eval_set)), cfg.data.batch_size,
                                            cfg.data.workers, self.device.type, drop_last=False)
         args = (self.eval_loader, cfg, self.device, self.eval_set.coco, self.eval_set.cat_ids)
-        m = evaluate(self.ema.module, *args)
-        online = evaluate(self.model, *args) if cfg.eval.online else {}
+        try:
+            m = evaluate(self.ema.module, *args, interrupt=self._eval_interrupt)
+            online = evaluate(self.model, *args, interrupt=self._eval_interrupt) if cfg.eval.online else {}
+        except EvalInterrupted:  # stopped mid-way: the checkpoint of this step redoes it on resume
+            return
         self._last_eval_step = self.step
         self._emit(EvalMetrics(step=self.step, epoch=self.epoch, time=time.time(), mode=cfg.eval.val_data_mode,
                                images=int(m["images"]), online_mAP=online.get("mAP"),

@@ -74,7 +74,7 @@ def test_trim_metrics_drops_lines_after_checkpoint_and_torn_tail(tmp_path):
 
 
 def test_metrics_tail_follows_appends_and_trims(tmp_path):
-    tail = rundir.MetricsTail(tmp_path)
+    tail = rundir.JsonlTail(tmp_path / rundir.METRICS)
     assert tail.poll() == []
     w = rundir.JsonlWriter(tmp_path / rundir.METRICS)
     w.write({"step": 1}); w.write({"step": 2})

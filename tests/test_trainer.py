@@ -7,7 +7,7 @@ import torch
 
 from nanxi_tune.engine import checkpoint as ck
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir
+from nanxi_tune.engine import rundir, runctl
 from nanxi_tune.engine.trainer import Trainer
 
 from conftest import tiny as base_tiny
@@ -74,8 +74,8 @@ def test_run_directory_and_events(tmp_path):
     assert {"mAP", "AP50", "loss_map", "online_mAP"} <= set(val)
     assert rundir.last_checkpoint(r).exists() and rundir.best_checkpoint(r).exists()
     assert "## Results" in (r / "journal.md").read_text()
-    info = rundir.list_runs(tmp_path)[0]
-    assert info.status == "finished" and info.step == 6 and info.preset == "demo"
+    info = runctl.list_runs(tmp_path)[0]
+    assert info.status.state == runctl.RunState.FINISHED and not info.status.alive and info.step == 6 and info.preset == "demo"
 
 
 def test_pause_and_continue(tmp_path):

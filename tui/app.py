@@ -793,7 +793,7 @@ class NanxiTuneApp(App):
             return self.run_dir
         from nanxi_tune.engine import rundir
 
-        runs = sorted(rundir.list_runs(self.runs_root), key=lambda r: r.started or 0)
+        runs = sorted(runctl.list_runs(self.runs_root), key=lambda r: r.started or 0)
         return Path(runs[-1].path) if runs else None
 
     def live_prefill(self, run_dir: Path) -> str:
@@ -925,7 +925,7 @@ class NanxiTuneApp(App):
         from nanxi_tune.engine import rundir
 
         try:
-            runs = rundir.list_runs(self.runs_root)
+            runs = runctl.list_runs(self.runs_root)
         except Exception as err:  # noqa: BLE001
             self.call_from_thread(self.notify, f"cannot list runs: {err}", severity="error")
             return
@@ -977,7 +977,7 @@ class NanxiTuneApp(App):
         self.run_dir = run_dir
         mon = self.monitor
         mon.reset(run_dir.name, max_days)
-        tail = rundir.MetricsTail(run_dir)
+        tail = rundir.JsonlTail(run_dir / rundir.METRICS)
         self._show_history(tail.poll(), live=False)
         try:
             info = rundir.run_info(run_dir)

@@ -1,0 +1,358 @@
+"""Run control: one owner per run folder (an OS lock and a heartbeat) and the typed command channel.
+
+The trainer owns its run folder for its whole life: it holds an exclusive ``flock`` on owner.lock (the
+OS drops it when the process dies, so a dead owner's lock is simply taken over, never waited on) and
+rewrites owner.json with a heartbeat every ``HEARTBEAT_S`` from a thread of its own, so a long
+evaluation never looks like a dead run. Every other process is a client: ``status`` tells a live run
+from a dead one; ``send`` drops one JSON file per command into control/, which the trainer applies at
+its next step boundary and answers with an ``ack`` event in events.jsonl (``wait_ack``). The engine owns
+both ends: the TUI and the CLI call these functions and never touch the files themselves.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nanxi_tune.engine import rundir
+
+HEARTBEAT_S = 2.0  # owner.json is rewritten at least this often
+STALE_S = 15.0  # a heartbeat older than this from another host means a dead owner
+POLL_S = 0.05  # how often a client looks for its acknowledgement
+
+
+class Op(str, enum.Enum):
+    """What a client may ask of a live trainer."""
+    PAUSE = "pause"
+    CONTINUE = "continue"
+    STOP = "stop"  # checkpoint first
+    CHECKPOINT = "checkpoint"
+    EVAL = "eval"
+    SET = "set"  # live keys only
+
+
+class RunState(str, enum.Enum):
+    """A run as any client sees it. DEAD: its owner went away without recording a stop."""
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FINISHED = "finished"
+    FAILED = "failed"
+    DEAD = "dead"
+
+    @property
+    def active(self) -> bool:
+        return self in (RunState.STARTING, RunState.RUNNING, RunState.PAUSED, RunState.STOPPING)
+
+
+@dataclass(frozen=True)
+class Command:
+    op: Op
+    updates: dict[str, Any] = field(default_factory=dict)
+    sender: str = ""
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    time: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.op.value, "updates": self.updates, "sender": self.sender, "id": self.id,
+                "time": self.time}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Command":
+        return cls(Op(d["op"]), dict(d.get("updates") or {}), str(d.get("sender", "")), str(d["id"]),
+                   float(d.get("time", 0.0)))
+
+
+@dataclass(frozen=True)
+class OwnerInfo:
+    pid: int
+    host: str
+    started: float
+    heartbeat: float
+    state: str = "starting"
+    step: int = 0
+
+    @property
+    def here(self) -> bool:
+        return self.host == socket.gethostname()
+
+    def describe(self) -> str:
+        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.started))
+        return f"pid {self.pid} on {self.host}, since {since}"
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    state: RunState
+    alive: bool
+    owner: OwnerInfo | None
+    step: int
+
+
+class RunBusy(RuntimeError):
+    """Another live trainer owns the folder: attach to it instead of starting a second writer."""
+
+    def __init__(self, run_dir: Path, owner: OwnerInfo | None):
+        self.run_dir, self.owner = Path(run_dir), owner
+        who = owner.describe() if owner else "another process"
+        super().__init__(f"{run_dir} is being trained by a live process ({who}); a second trainer would corrupt "
+                         f"it. Attach instead: nanxi-tune open {run_dir}  (or: nanxi-tune ctl {run_dir} status)")
+
+
+class NotAlive(RuntimeError):
+    """A command sent to a run with no live trainer."""
+
+
+def sender_name(role: str) -> str:
+    return f"{role} pid {os.getpid()}@{socket.gethostname()}"
+
+
+# --- the owner's side ---------------------------------------------------------------------------
+
+class RunOwner:
+    """Held by the trainer for its whole life: the lock, owner.json and its heartbeat thread."""
+
+    def __init__(self, run_dir: Path, fd: int):
+        self.run_dir, self._fd = Path(run_dir), fd
+        self.info = OwnerInfo(os.getpid(), socket.gethostname(), time.time(), time.time())
+        self._lock = threading.Lock()
+        self._quit = threading.Event()
+        self._write()
+        self._thread = threading.Thread(target=self._beat, name="nanxi-heartbeat", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def acquire(cls, run_dir: Path | str) -> "RunOwner":
+        """Own ``run_dir`` or raise RunBusy naming the live owner. Stale commands of a dead owner are dropped."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / rundir.OWNER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        for _ in range(20):  # a client's liveness probe holds a shared lock for microseconds
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+                time.sleep(0.02)
+        else:
+            os.close(fd)
+            raise RunBusy(run_dir, read_owner(run_dir))
+        owner = cls(run_dir, fd)
+        Inbox(run_dir).clear(before=owner.info.started)
+        return owner
+
+    def update(self, state: str | None = None, step: int | None = None) -> None:
+        with self._lock:
+            changes = {k: v for k, v in (("state", state), ("step", step)) if v is not None}
+            self.info = OwnerInfo(**{**self.info.__dict__, **changes})
+        if state is not None:
+            self._write()
+
+    def _write(self) -> None:
+        with self._lock:
+            self.info = OwnerInfo(**{**self.info.__dict__, "heartbeat": time.time()})
+            data = dict(self.info.__dict__)
+        path = self.run_dir / rundir.OWNER
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(data), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:  # a full disk must not kill the run from the heartbeat thread
+            pass
+
+    def _beat(self) -> None:
+        while not self._quit.wait(HEARTBEAT_S):
+            self._write()
+
+    def release(self) -> None:
+        self._quit.set()
+        self._thread.join(timeout=5)
+        self._write()
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self._fd)
+
+
+class Inbox:
+    """The trainer's end of control/: one file per command, taken in the order sent."""
+
+    def __init__(self, run_dir: Path | str):
+        self.dir = Path(run_dir) / rundir.CONTROL
+
+    def _files(self) -> list[Path]:
+        try:
+            return sorted(p for p in self.dir.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def clear(self, before: float) -> None:
+        for p in self._files():
+            if int(p.name.split("-", 1)[0]) < before * 1e9:
+                p.unlink(missing_ok=True)
+
+    def take(self) -> list[Command | tuple[str, str]]:
+        """Commands waiting, oldest first; an unreadable file comes back as (its id, the problem)."""
+        out: list[Command | tuple[str, str]] = []
+        for p in self._files():
+            try:
+                out.append(Command.from_json(json.loads(p.read_text(encoding="utf-8"))))
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                out.append((p.stem.split("-", 1)[-1], f"unreadable command {p.name}: {err}"))
+            p.unlink(missing_ok=True)
+        return out
+
+
+# --- the clients' side ----------------------------------------------------------------------------
+
+def read_owner(run_dir: Path | str) -> OwnerInfo | None:
+    try:
+        return OwnerInfo(**json.loads((Path(run_dir) / rundir.OWNER).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _lock_held(run_dir: Path) -> bool:
+    try:
+        fd = os.open(run_dir / rundir.OWNER_LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def status(run_dir: Path | str, recorded: str | None = "") -> RunStatus:
+    """Live or dead, and in which state: the owner's own word while it lives, the record after.
+    ``recorded``: the last state of events.jsonl when the caller has already read it."""
+    run_dir = Path(run_dir)
+    owner = read_owner(run_dir)
+    if owner is not None and not owner.here:  # flock does not reach across hosts: trust a fresh heartbeat
+        alive = time.time() - owner.heartbeat < STALE_S
+    else:
+        alive = _lock_held(run_dir)
+    if recorded == "":
+        recorded = rundir.recorded_state(run_dir)
+    if alive:
+        state = RunState(owner.state) if owner and owner.state in RunState._value2member_map_ else RunState.STARTING
+    elif recorded is None:
+        state = RunState.NEW
+    else:
+        state = RunState(recorded) if recorded in RunState._value2member_map_ else RunState.DEAD
+        if state.active:
+            state = RunState.DEAD
+    step = owner.step if alive and owner else 0
+    return RunStatus(state, alive, owner if alive else None, step)
+
+
+def send(run_dir: Path | str, op: Op, updates: dict[str, Any] | None = None, sender: str = "") -> Command:
+    """Queue a command for the live trainer of ``run_dir``; NotAlive when there is none."""
+    run_dir = Path(run_dir)
+    st = status(run_dir)
+    if not st.alive:
+        raise NotAlive(f"{run_dir.name} is {st.state.value}: no live trainer to {op.value} it"
+                       + (f"; resume it with: nanxi-tune resume {run_dir}" if st.state != RunState.FINISHED else ""))
+    cmd = Command(op, dict(updates or {}), sender or sender_name("client"))
+    folder = run_dir / rundir.CONTROL
+    folder.mkdir(exist_ok=True)
+    tmp = folder / f".{cmd.id}.tmp"
+    tmp.write_text(json.dumps(cmd.to_json()), encoding="utf-8")
+    os.replace(tmp, folder / f"{time.time_ns()}-{cmd.id}.json")
+    return cmd
+
+
+def events_size(run_dir: Path | str) -> int:
+    try:
+        return (Path(run_dir) / rundir.EVENTS).stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def wait_ack(run_dir: Path | str, cmd: Command, timeout: float = 30.0, since: int = 0) -> dict[str, Any] | None:
+    """The trainer's answer to ``cmd`` (an ``ack`` line of events.jsonl read from byte ``since``), or None when
+    the trainer died or ``timeout`` passed first."""
+    run_dir = Path(run_dir)
+    tail = rundir.JsonlTail(run_dir / rundir.EVENTS, since)
+    deadline = time.monotonic() + timeout
+    checked_alive = time.monotonic()
+    while time.monotonic() < deadline:
+        for e in tail.poll():
+            if e.get("kind") == "ack" and e.get("id") == cmd.id:
+                return e
+        if time.monotonic() - checked_alive > 1.0:
+            checked_alive = time.monotonic()
+            if not status(run_dir).alive:
+                for e in tail.poll():  # its last words may hold the answer
+                    if e.get("kind") == "ack" and e.get("id") == cmd.id:
+                        return e
+                return None
+        time.sleep(POLL_S)
+    return None
+
+
+def request(run_dir: Path | str, op: Op, updates: dict[str, Any] | None = None, sender: str = "",
+            timeout: float = 30.0) -> dict[str, Any] | None:
+    """send + wait_ack: the ack line, or None (no answer in time / the trainer ended first)."""
+    since = events_size(run_dir)
+    cmd = send(run_dir, op, updates, sender)
+    return wait_ack(run_dir, cmd, timeout, since)
+
+
+# --- the index of runs ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunInfo:
+    name: str
+    path: Path
+    status: RunStatus
+    best_map: float | None
+    started: float | None
+    step: int
+    preset: str
+
+
+def run_info(run_dir: Path | str) -> RunInfo:
+    run_dir = Path(run_dir)
+    metrics = rundir.read_metrics(run_dir)
+    events = rundir.read_events(run_dir)
+    maps = [m["mAP"] for m in metrics if m.get("split") == "val" and isinstance(m.get("mAP"), (int, float))]
+    started = next((e.get("time") for e in events if e.get("kind") == "state"), None)
+    preset = ""
+    try:
+        import tomllib
+
+        preset = tomllib.loads((run_dir / rundir.CONFIG).read_text()).get("preset", "")
+    except (OSError, ValueError):
+        pass
+    st = status(run_dir, rundir.state_of(events))
+    step = max(st.step, max((m.get("step", 0) for m in metrics), default=0))
+    return RunInfo(run_dir.name, run_dir, st, max(maps) if maps else None, started, step, preset)
+
+
+def list_runs(root: Path | str = Path("runs")) -> list[RunInfo]:
+    """Every run folder under ``root``, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = [run_info(p) for p in root.iterdir() if (p / rundir.CONFIG).exists()]
+    return sorted(runs, key=lambda r: r.started or 0, reverse=True)
