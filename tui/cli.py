@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list the bundled presets")
 
+    from nanxi_tune.tui.ctl_cmd import add_parser as add_ctl_parser
+
+    add_ctl_parser(sub)
+
     from nanxi_tune.tui.workflows_cmd import add_parsers as add_workflow_parsers
 
     add_workflow_parsers(sub)  # sweep, stats, autobatch, tune-post, journal, budget
@@ -117,6 +121,10 @@ def _main(argv: list[str] | None) -> int:
             run_app(preset=args.preset, open_run=Path(args.run_dir) if args.command == "open" else None,
                     runs_root=Path(args.runs))
             return ExitCode.FINISHED
+        if args.command == "ctl":
+            from nanxi_tune.tui.ctl_cmd import ctl
+
+            return ctl(args)
         if args.command == "diagnose":
             from nanxi_tune.tui.diagnose_cmd import diagnose
 

@@ -1,0 +1,81 @@
+"""`nanxi-tune ctl RUN_DIR …`: drive a live run from any shell through its control channel (engine.runctl)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from nanxi_tune.engine.exitcodes import ExitCode
+
+VERBS = ("status", "pause", "continue", "stop", "checkpoint", "eval", "set")
+
+
+def add_parser(sub) -> None:
+    c = sub.add_parser(
+        "ctl", help="status of a run, or a command to its live trainer (pause, continue, stop, checkpoint, eval, "
+                    "set KEY=VALUE…)",
+        description="Send a command to the live trainer of RUN_DIR, whichever process runs it, and wait for its "
+                    "answer. Exit status: 0 applied, 2 refused (the message names the key and what is allowed), "
+                    "1 no live trainer or no answer in time.")
+    c.add_argument("run_dir")
+    c.add_argument("verb", choices=VERBS, metavar="{" + ",".join(VERBS) + "}")
+    c.add_argument("sets", nargs="*", metavar="KEY=VALUE", help="for set: live keys, e.g. train.base_lr=0.001")
+    c.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer (default 60)")
+    c.add_argument("--json", action="store_true", help="print the answer (or the status) as one JSON object")
+
+
+def ctl(args) -> int:
+    from nanxi_tune.engine import config as C
+    from nanxi_tune.engine import runctl
+
+    run_dir = Path(args.run_dir)
+    if args.verb == "status":
+        return _status(run_dir, args.json)
+    if (args.verb == "set") != bool(args.sets):
+        print("nanxi-tune ctl: KEY=VALUE pairs go with set, and set needs at least one", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    updates = C.parse_sets(args.sets) if args.sets else None
+    try:
+        ack = runctl.request(run_dir, runctl.Op(args.verb), updates, runctl.sender_name("ctl"), args.timeout)
+    except runctl.NotAlive as err:
+        print(f"nanxi-tune ctl: refused: {err}", file=sys.stderr)
+        return ExitCode.FAILED
+    if ack is None:
+        print(f"nanxi-tune ctl: no answer from {run_dir.name} within {args.timeout:g} s (the run ended, or is busy "
+              f"in a long step); see: nanxi-tune ctl {run_dir} status", file=sys.stderr)
+        return ExitCode.FAILED
+    if args.json:
+        print(json.dumps(ack))
+    if not ack["applied"]:
+        print(f"nanxi-tune ctl: refused at step {ack['step']}: {ack['message']}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    if not args.json:
+        print(f"{run_dir.name}: {ack['message']}")
+    return ExitCode.FINISHED
+
+
+def _status(run_dir: Path, as_json: bool) -> int:
+    from nanxi_tune.engine import config as C
+    from nanxi_tune.engine import runctl
+
+    info = runctl.run_info(run_dir)
+    st = info.status
+    cfg = C.load(run_dir / "config.toml")
+    live = {k: v for k, v in C.flatten(cfg).items() if C.is_live(k)}
+    if as_json:
+        print(json.dumps({"run": str(run_dir), "state": st.state.value, "alive": st.alive, "step": info.step,
+                          "best_map": info.best_map, "owner": st.owner.__dict__ if st.owner else None,
+                          "live": live}))
+        return ExitCode.FINISHED
+    line = f"{run_dir.name}: {st.state.value} at step {info.step}"
+    if st.owner:
+        line += f" ({st.owner.describe()}; heartbeat {time.time() - st.owner.heartbeat:.1f} s ago)"
+    elif st.state == runctl.RunState.DEAD:
+        line += f": its process went away without a stop; resume it with: nanxi-tune resume {run_dir}"
+    if info.best_map is not None:
+        line += f"; best mAP {info.best_map:.4f}"
+    print(line)
+    print("live keys: " + ", ".join(f"{k}={v}" for k, v in live.items() if not k.startswith("diagnose.")))
+    return ExitCode.FINISHED
