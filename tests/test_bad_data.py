@@ -160,7 +160,7 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
         assert state == "failed"
         err = [e for e in events if e.kind == "error"][0]
         text = f"{err.error} {err.hint}"
-        assert "No space left on device" in text and "previous checkpoint is intact" in text
+        assert "No space left on device" in text and "the previous checkpoint (step 2) is intact" in text
         assert "Free disk space" in text and "resume" in text
         assert ck.load(rundir.last_checkpoint(run_dir))["step"] == 2
         assert not [p.name for p in (run_dir / "checkpoints").iterdir() if ".tmp-" in p.name]

@@ -27,7 +27,7 @@ class Evil:
 def test_crafted_checkpoint_with_pickled_object_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": ck.FORMAT, "payload": Evil()}, path)
-    with pytest.raises(ck.CheckpointError, match="cannot load it safely"):
+    with pytest.raises(ck.CheckpointError, match="contains code objects .*refused without running it"):
         ck.load(path)
     path.write_bytes(pickle.dumps({"format": ck.FORMAT}))
     with pytest.raises(ck.CheckpointError):
