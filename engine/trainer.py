@@ -217,6 +217,9 @@ class Trainer:
         return self.state
 
     def _fail(self, error: str, hint: str) -> None:
+        if error == "checkpoint" and hint:  # a CheckpointError's message names the file and why: it is the error
+            error, hint = hint, ("copy a good checkpoint of this run (checkpoints/step-*.pt or best.pt) over "
+                                 "checkpoints/last.pt and resume, or start a new run")
         self._emit(Error(error, hint, self.step))
         self._set_state("failed", error)
 
@@ -231,7 +234,7 @@ class Trainer:
         cfg = self.cfg
         self.device = pick_device(cfg.train.device)
         C.save(cfg, self.run_dir / rundir.CONFIG)
-        torch.manual_seed(cfg.train.seed)
+        ckpt_io.seed_all(cfg.train.seed)  # python, numpy and torch: every generator a checkpoint records
         self.train_set = train_dataset(cfg, cfg.train.seed)
         for w in getattr(self.train_set, "warnings", [])[:20]:
             self._emit(Log(w, "warning"))
@@ -506,9 +509,16 @@ class Trainer:
                 ckpt_io.link_atomic(last, path)
                 for old in rundir.ring_checkpoints(self.run_dir)[:-self.cfg.train.keep_checkpoints]:
                     old.unlink(missing_ok=True)
-        except OSError as err:
-            raise StopRun(f"could not write {path} ({err.strerror or err}); the previous checkpoint is intact. "
-                          "Free disk space, then resume") from None
+        except OSError as err:  # a full disk inside torch.save arrives here too (checkpoint.save_atomic)
+            prev = ckpt_io.peek(last, "step") if last.exists() else None
+            intact = f"the previous checkpoint (step {prev}) is intact" if prev is not None else "no checkpoint yet"
+            import errno
+
+            full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+            what = (f"no space left on {last.parent} ({err.strerror})" if full
+                    else f"could not write {path} ({err.strerror or err})")
+            then = "Free disk space, then resume" + ("" if prev is not None else " (it starts again from step 0)")
+            raise StopRun(f"{what}; {intact}. {then}") from None
         self._emit(CheckpointSaved(str(path), self.step, self.step // self.steps_per_epoch, False))
 
     def _save_best(self) -> None:
@@ -535,6 +545,9 @@ class Trainer:
         for event in rundir.read_events(self.run_dir):  # what was reported before stays reported once
             if event.get("kind") == "diagnosis" and int(event.get("step", 0)) <= self.step:
                 self.watcher.remember(event)
+        repaired = ckpt_io.repair_best(self.run_dir, state, path)  # a kill between the last.pt and best.pt writes
+        if repaired:
+            self._emit(Log(repaired, "warning"))
         note = f"resumed from {path} at step {self.step}"
         if dropped:
             note += f"; dropped {dropped} metric lines logged after that checkpoint (they are redone)"
