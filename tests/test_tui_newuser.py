@@ -188,3 +188,74 @@ def test_real_terminal_burst_of_keys_in_a_config_field(tmp_path):
         assert "1 changed" in tmux("capture-pane", "-p", "-t", session)
     finally:
         tmux("kill-session", "-t", session)
+
+
+# --- (c) the sweep screen -------------------------------------------------------------------------------------
+
+SWEEP_TINY = {"preprocess.input_size": 64, "data.synthetic_train": 16, "data.synthetic_val": 8, "data.batch_size": 8,
+              "backbone.width": 8, "head.channels": 16, "train.epochs": 2, "eval.online": False}
+
+
+def _sweep_host(screen, run_active: bool):
+    from textual.app import App
+
+    class Host(App):
+        def on_mount(self) -> None:
+            self.push_screen(screen)
+
+        @property
+        def run_active(self) -> bool:  # what the app reports while its own run trains
+            return run_active
+
+    return Host()
+
+
+def _tiny_cfg():
+    from nanxi_tune.engine import config as C
+
+    return C.with_updates(C.load_preset("demo"), SWEEP_TINY)
+
+
+def _status_cells(screen) -> list[str]:
+    table = screen.query_one("#sweep-table")
+    return [str(table.get_row_at(i)[4]) for i in range(table.row_count)]
+
+
+def test_sweep_shows_the_training_trial_as_running(tmp_path, one_thread):
+    from nanxi_tune.tui.sweep_view import SweepScreen
+
+    screen = SweepScreen(_tiny_cfg(), tmp_path / "runs", key="train.base_lr", start=0.001, budget="400")
+
+    async def go():
+        app = _sweep_host(screen, run_active=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause()
+            await pilot.press("f5")
+            # the first trial trains (its steps arrive): its row reads "running", the others "pending"
+            await wait_for(pilot, lambda: screen._last_step.get("step", 0) >= 2, timeout=120)
+            await wait_for(pilot, lambda: _status_cells(screen)[0] == "running", timeout=2)
+            assert _status_cells(screen)[1:] == ["pending"] * 6
+            await pilot.press("f6")
+            await wait_for(pilot, lambda: screen.phase != "running", timeout=120)
+            assert screen.phase == "stopped"
+            assert _status_cells(screen)[0] == "stopped", _status_cells(screen)
+
+    run(go())
+
+
+def test_sweep_refuses_to_start_beside_a_training_run(tmp_path):
+    from nanxi_tune.tui.sweep_view import SweepScreen
+
+    screen = SweepScreen(_tiny_cfg(), tmp_path / "runs", key="train.base_lr", start=0.001, budget="3")
+
+    async def go():
+        app = _sweep_host(screen, run_active=True)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause()
+            await pilot.press("f5")
+            await pilot.pause(0.3)
+            assert screen.phase == "idle" and screen.sweep is None
+            assert "a run is training" in str(screen.query_one("#sweep-status").render())
+            assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+    run(go())

@@ -6,6 +6,11 @@ if given. Torch loads only inside the worker thread (engine.trainer), never at i
 
 Keys: F5 start (or resume a stopped sweep), F6 stop, F7 / a apply the best, F8 / w slide the window
 when the best sits at an edge, Escape close (stops a running sweep with a checkpoint).
+
+The table follows the trials: the trial that trains shows ``running`` from the moment it starts (the
+sweep's ``trial_started`` event, then its own status), and a status change made by the sweep's thread is
+repainted on the next tick. F5 refuses while the app trains a run of its own (``app.run_active``): two
+trainings side by side would share the CPU/GPU and slow both, and the trials' timings would mean nothing.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Label, Static
+from textual.widgets import DataTable, Footer, Label, Static
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine import sweep as S
+from nanxi_tune.tui.config_form import OrderedInput as Input
 
 
 class ConfigApplied(Message):
@@ -86,6 +92,8 @@ class SweepScreen(Screen):
         self.applied: C.Config | None = None
         self._last_step: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._current: int | None = None  # index of the trial the sweep has started and not finished
+        self._shown: tuple[str, ...] = ()  # the statuses the table shows (repaint when they change)
 
     # --- layout ------------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -118,6 +126,12 @@ class SweepScreen(Screen):
         if self.phase == "running":
             self.notify("a sweep is already running", severity="warning")
             return
+        if getattr(self.app, "run_active", False):
+            msg = ("a run is training in this app: stop it first (F7, with a checkpoint) or let it finish — "
+                   "a sweep beside it would share the CPU/GPU and its trials' timings would mean nothing")
+            self._status(f"[red]not started:[/red] {msg}")
+            self.notify("a run is training: stop it (F7) before starting a sweep", severity="error")
+            return
         if self.sweep is None or self.sweep.status == "finished":
             try:
                 key = self.query_one("#sweep-key", Input).value.strip()
@@ -130,6 +144,7 @@ class SweepScreen(Screen):
                 self.notify(str(err).split("\n")[0], severity="error")
                 return
         self.sweep.callback = self._on_event
+        self._current = None
         self.phase = "running"
         self._refresh()
         self.run_worker(self._work, thread=True, exclusive=True, group="sweep", exit_on_error=False)
@@ -189,14 +204,23 @@ class SweepScreen(Screen):
             with self._lock:
                 self._last_step = {"step": event.step, "total": event.total_steps, "loss": event.loss}
         elif event.kind == "sweep":
+            with self._lock:
+                if event.what == "trial_started":
+                    self._current = event.index
+                elif event.what in ("trial_done", "sweep_finished", "sweep_stopped"):
+                    self._current = None
             self._call(self._refresh)
 
     def _tick(self) -> None:
-        if self.phase != "running" or self.sweep is None:
+        if self.sweep is None:
+            return
+        if self._statuses() != self._shown:  # the sweep's thread moved a trial on
+            self._refresh()
+        if self.phase != "running":
             return
         with self._lock:
             s = dict(self._last_step)
-        cur = next((r for r in self.sweep.results if r.status == "running"), None)
+        cur = next((r for r, st in zip(self.sweep.results, self._statuses()) if st == "running"), None)
         if cur is not None and s:
             done = sum(r.status in ("finished", "failed") for r in self.sweep.results)
             self._status(f"trial {done + 1}/{len(self.sweep.results)}: {self.sweep.key} = "
@@ -205,16 +229,27 @@ class SweepScreen(Screen):
     def _status(self, text: str) -> None:
         self.query_one("#sweep-status", Static).update(text)
 
+    def _statuses(self) -> tuple[str, ...]:
+        """Each trial's status as shown: the trial the sweep has started reads ``running`` while it builds its
+        trainer too (the engine marks it running only once the trainer exists)."""
+        if self.sweep is None:
+            return ()
+        with self._lock:
+            current = self._current if self.phase == "running" else None
+        return tuple("running" if (i == current and r.status == "pending") else r.status
+                     for i, r in enumerate(self.sweep.results))
+
     def _refresh(self) -> None:
         if self.sweep is None:
             return
         table = self.query_one("#sweep-table", DataTable)
         table.clear()
         f = lambda x: "—" if x is None else f"{x:.4f}"  # noqa: E731
-        for r in self.sweep.table():
+        self._shown = statuses = self._statuses()
+        for r, status in zip(self.sweep.table(), statuses):
             star = " ★" if r["best"] else ""
             table.add_row(S.value_name(r["value"]) + star, f(r["mAP"]), f(r["AP50"]), f(r["train_loss"]),
-                          r["status"], key=S.value_name(r["value"]))
+                          status, key=S.value_name(r["value"]))
         self.query_one("#sweep-chart", Static).update(S.text_chart(self.sweep.table()))
         b = self.sweep.best_value()
         if self.phase != "running":
