@@ -419,12 +419,24 @@ class ConfigError(ValueError):
         self.problems = problems
         self.source = source
         head = f"invalid config{f' in {source}' if source else ''}:"
-        lines = [f"  {key} = {value!r}: {msg}" if value is not _MISSING else f"  {key}: {msg}"
-                 for key, value, msg in problems]
+        lines = [f"  {_short(str(key))} = {_repr(value)}: {msg}" if value is not _MISSING else
+                 f"  {_short(str(key))}: {msg}" for key, value, msg in problems]
         super().__init__("\n".join([head, *lines]))
 
 
 _MISSING = object()
+
+
+def _short(text: str, limit: int = 120) -> str:
+    """A text cut for a message: a 10 MB string stays one line."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def _repr(value: Any) -> str:
+    try:
+        return _short(repr(value))
+    except RecursionError:  # a list nested thousands deep
+        return f"<a {type(value).__name__} nested too deeply to show>"
 
 
 def _allowed_keys(loc: tuple) -> list[str]:
@@ -528,6 +540,9 @@ def parse_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise ConfigError([("value", _short(text), "nested too deeply (arrays or tables hundreds of levels deep) "
+                            "to read; write a flat value")], "--set") from None
 
 
 def with_updates(cfg: Config, updates: dict[str, Any], source: str = "--set") -> Config:
@@ -580,7 +595,10 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
         key, eq, text = item.partition("=")
         if not eq or not key.strip():
             raise ConfigError([(item, _MISSING, "expected key=value, e.g. train.base_lr=0.003")], "--set")
-        out[key.strip()] = parse_value(text.strip())
+        try:
+            out[key.strip()] = parse_value(text.strip())
+        except ConfigError as err:  # a value nested too deeply to read: name the key
+            raise ConfigError([(key.strip(), _MISSING, err.problems[0][2])], "--set") from None
     return out
 
 
@@ -597,7 +615,14 @@ def loads(text: str, source: str = "") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError([("toml", _MISSING, f"not valid TOML: {err}")], source) from None
-    return validate(data, source)
+    except RecursionError:
+        raise ConfigError([("toml", _MISSING, "not a usable preset: arrays or tables nested too deeply (hundreds "
+                            "of levels) to read")], source) from None
+    try:
+        return validate(data, source)
+    except RecursionError:
+        raise ConfigError([("toml", _MISSING, "not a usable preset: values nested too deeply to check")],
+                          source) from None
 
 
 def load(path: str | Path) -> Config:
@@ -633,8 +658,11 @@ def preset_names() -> list[str]:
 
 def resolve_preset(name_or_path: str) -> Path:
     p = Path(name_or_path)
-    if p.suffix == ".toml" or p.exists():
-        return p
+    try:
+        if p.suffix == ".toml" or p.exists():
+            return p
+    except OSError:  # a name too long for a path ("File name too long"): not a file, so not a preset either
+        name_or_path = _short(name_or_path, 60)
     bundled = PRESETS_DIR / f"{name_or_path}.toml"
     if bundled.exists():
         return bundled

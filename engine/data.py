@@ -145,7 +145,12 @@ class CocoDetection(torch.utils.data.Dataset):
             empty = [k for k, v in (("images", images), ("annotations", anns), ("categories", cats)) if not v]
             raise DataError(f"{f}: the annotations file is empty (no {', '.join(empty)}); point data.train / "
                             "data.val at a COCO instances JSON with labelled images")
-        cat_set = {c["id"] for c in cats}
+        cat_set = set()
+        for c in cats:
+            if not isinstance(c, dict) or "id" not in c or "name" not in c:
+                raise DataError(f"{f}: a category entry lacks id or name ({c!r:.80}); every category needs both, "
+                                "e.g. {\"id\": 1, \"name\": \"cell\"}; fix the annotations file")
+            cat_set.add(c["id"])
         imgs = {}
         for im in images:
             if "id" not in im or "file_name" not in im:
@@ -166,12 +171,18 @@ class CocoDetection(torch.utils.data.Dataset):
             if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
                 self._bad(f"{where} has no [x, y, w, h] bbox")
                 continue
-            x, y, w, h = (float(v) for v in bbox)
+            try:
+                x, y, w, h = (float(v) for v in bbox)
+            except (TypeError, ValueError):
+                self._bad(f"{where} has a non-numeric bbox {bbox!r:.80} (expected 4 numbers [x, y, w, h])")
+                continue
             if not (w > 0 and h > 0):
                 self._bad(f"{where} has a zero or negative size box {list(bbox)}")
                 continue
             im = imgs[iid]
             iw, ih = im.get("width"), im.get("height")
+            if not (iw and ih):  # no size in the entry: read it from the image's header
+                iw, ih = self._image_size(im)
             if iw and ih:
                 t = BOX_TOLERANCE
                 if x < -t or y < -t or x + w > iw + t or y + h > ih + t:
@@ -183,6 +194,19 @@ class CocoDetection(torch.utils.data.Dataset):
         data = dict(data)
         data["annotations"] = kept
         return data
+
+    def _image_size(self, im: dict) -> tuple[int | None, int | None]:
+        """(width, height) from the image file's header; (None, None) when it cannot be read (reported when the
+        image is loaded)."""
+        cache = self.__dict__.setdefault("_sizes", {})
+        key = im.get("id")
+        if key not in cache:
+            try:
+                with Image.open(self.img_dir / str(im["file_name"])) as img:
+                    cache[key] = img.size
+            except Exception:  # noqa: BLE001 - missing or undecodable: _read names it with the fix
+                cache[key] = (None, None)
+        return cache[key]
 
     # -- samples --
     def __len__(self) -> int:
@@ -362,9 +386,13 @@ class EpochSampler(torch.utils.data.Sampler):
 
 def make_loader(dataset, sampler, batch_size: int, workers: int, device_type: str,
                 drop_last: bool) -> torch.utils.data.DataLoader:
+    # its own generator, seeded from the sampler's (seed, epoch): an iterator draws its workers' base seed from
+    # it, never from the global torch generator whose state a checkpoint records
+    g = torch.Generator()
+    g.manual_seed(sample_seed(sampler.seed, sampler.epoch, -3) if isinstance(sampler, EpochSampler) else 0)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                                        collate_fn=collate, pin_memory=device_type == "cuda",
-                                       drop_last=drop_last, persistent_workers=False)
+                                       drop_last=drop_last, persistent_workers=False, generator=g)
 
 
 # --- the sets a run uses -------------------------------------------------------------------------

@@ -53,6 +53,8 @@ def test_stop_and_resume_is_bit_identical(tmp_path, workers):
     a, b = ck.load(rundir.last_checkpoint(straight)), ck.load(rundir.last_checkpoint(parted))
     for key in ("model", "ema", "optimizer"):
         assert tensors_equal(a[key], b[key]), key
+    for gen in ("python", "numpy", "torch", "cuda"):  # every generator, not just the weights it shaped so far
+        assert tensors_equal(a["rng"][gen], b["rng"][gen]), gen
     assert a["step"] == b["step"] == 14
     assert train_lines(straight) == train_lines(parted)  # every step exactly once, same values
     assert [m["step"] for m in rundir.read_metrics(parted) if m["split"] == "val"] == [6, 12]
