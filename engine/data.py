@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,9 @@ class CocoDetection(torch.utils.data.Dataset):
                 raise DataError(f"{self.ann_file}: image ids {missing[:5]} are not in the annotations file")
             self.ids = list(ids)
         self._boxes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.cache_limit = cfg.data.cache_mb << 20  # bytes of decoded images kept (data.cache_mb)
+        self._cache: dict[int, torch.Tensor] = {}
+        self._cache_bytes = 0
 
     # -- validation at load --
     def _bad(self, msg: str) -> None:
@@ -225,6 +229,25 @@ class CocoDetection(torch.utils.data.Dataset):
         return self._boxes[image_id]
 
     def _read(self, image_id: int) -> torch.Tensor:
+        """The decoded uint8 (3, h, w) image; cached ones are shared, so callers never write into it."""
+        hit = self._cache.get(image_id)
+        if hit is not None:
+            return hit
+        image = self._decode(image_id)
+        if self._cache_bytes + image.numel() <= self.cache_limit:
+            self._cache[image_id] = image
+            self._cache_bytes += image.numel()
+        return image
+
+    def preload(self) -> None:
+        """Fill the cache in this process, so forked loader workers share it (theirs die with each epoch)."""
+        for image_id in self.ids:
+            if self._cache_bytes >= self.cache_limit:
+                return
+            with contextlib.suppress(DataError):  # a bad image is reported when a sample needs it
+                self._read(image_id)
+
+    def _decode(self, image_id: int) -> torch.Tensor:
         info = self.coco.imgs[image_id]
         path = self.img_dir / info["file_name"]
         fix = "remove it from the annotations or set data.skip_bad = true"
@@ -384,8 +407,29 @@ class EpochSampler(torch.utils.data.Sampler):
         return self.n - self.start
 
 
-def make_loader(dataset, sampler, batch_size: int, workers: int, device_type: str,
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def resolve_workers(workers: int | str, device_type: str, cores: int | None = None) -> int:
+    """data.workers = auto: on a GPU all cores but the training thread's (at most 8); on a CPU the model's
+    threads use every core, so workers only pay from 4 cores on, and then a quarter of them."""
+    if workers != "auto":
+        return int(workers)
+    cores = cores or cpu_cores()
+    if device_type == "cuda":
+        return max(0, min(8, cores - 1))
+    return cores // 4
+
+
+def make_loader(dataset, sampler, batch_size: int, workers: int | str, device_type: str,
                 drop_last: bool) -> torch.utils.data.DataLoader:
+    workers = resolve_workers(workers, device_type)
+    if workers and getattr(dataset, "cache_limit", 0):
+        dataset.preload()
     # its own generator, seeded from the sampler's (seed, epoch): an iterator draws its workers' base seed from
     # it, never from the global torch generator whose state a checkpoint records
     g = torch.Generator()

@@ -1,0 +1,148 @@
+"""Where a training step's time goes: decode, augmentation, resize + normalise, collate, targets, forward
+(+ loss), backward, optimiser (clip + AdamW), EMA (update + the EMA↔online L2), logging (the step's one
+host sync) — measured phase by phase in the training thread, the trainer's step rebuilt from its parts.
+
+On BCCD (``../shared/datasets/bccd``, preset ``bccd``; the ``demo`` preset when BCCD is absent) it prints
+ms per step and the share of each phase, the data side's share (what loader workers could hide), and
+what a cached decode costs (data.cache_mb). Default run: 2 warm-up + 10 measured steps, under 2 minutes on
+a 2-core CPU.
+
+    python bench/step_breakdown.py [--steps 10] [--data PATH] [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+from nanxi_tune.engine import config as C
+from nanxi_tune.engine.data import EpochSampler, collate, sample_seed, train_dataset
+from nanxi_tune.engine.model import build_model, count_parameters
+from nanxi_tune.engine.targets import build_targets
+from nanxi_tune.engine.trainer import ema_avg_fn, param_groups, pick_device
+
+DATA_PHASES = ("decode", "augment", "resize", "collate")
+PHASES = DATA_PHASES + ("targets", "forward", "backward", "optimiser", "ema", "logging")
+
+
+def config(args) -> tuple[C.Config, str]:
+    data = Path(args.data)
+    if (data / "annotations/instances_train.json").exists():
+        cfg = C.with_updates(C.load_preset("bccd"), {"data.train": str(data / "annotations/instances_train.json"),
+                                                      "data.val": str(data / "annotations/instances_val.json")})
+        name = "bccd"
+    else:
+        cfg, name = C.load_preset("demo"), f"demo (no BCCD at {data})"
+    return C.with_updates(cfg, {"data.cache_mb": 0} | C.parse_sets(args.sets)), name
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/datasets/bccd"))
+    ap.add_argument("--set", dest="sets", nargs="*", default=[])
+    args = ap.parse_args()
+    cfg, name = config(args)
+    device = pick_device(cfg.train.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    torch.manual_seed(cfg.train.seed)
+    ds = train_dataset(cfg, cfg.train.seed)
+    model = build_model(cfg, ds.num_classes).to(device)
+    ema = AveragedModel(model, multi_avg_fn=ema_avg_fn(cfg.train.ema_decay, cfg.train.ema_ramp), use_buffers=True)
+    opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.lr,
+                            betas=(cfg.train.beta1, cfg.train.beta2))
+    bs = cfg.data.batch_size
+    order = [k for e in range(1000) for k in EpochSampler(len(ds), cfg.train.seed, e)]
+    times: dict[str, float] = defaultdict(float)
+
+    def timed(phase: str, fn, *a):
+        sync()
+        t = time.perf_counter()
+        out = fn(*a)
+        sync()
+        times[phase] += time.perf_counter() - t
+        return out
+
+    def sample(epoch: int, index: int):  # CocoDetection._sample, phase by phase
+        image_id = ds.ids[index]
+        img = timed("decode", ds._read, image_id)
+        boxes_np, labels_np = ds._targets(image_id)
+        boxes, labels = torch.from_numpy(boxes_np.copy()), torch.from_numpy(labels_np.copy())
+        h, w = img.shape[-2:]
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(sample_seed(ds.seed, epoch, index))
+            img, boxes, labels = timed("augment", ds._augment, img, boxes, labels)
+        image, boxes, scale, pad = timed("resize", ds._resize, img, boxes)
+        return image, {"boxes": boxes, "labels": labels}
+
+    def step(i: int) -> None:
+        keys = order[i * bs:(i + 1) * bs]
+        images, targets = timed("collate", collate, [sample(e, j) for e, j in keys])
+        images = images.to(device)
+        tmaps = timed("targets", build_targets, targets, ds.num_classes, cfg, device)
+        losses = timed("forward", model, images, tmaps)
+
+        def backward():
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+
+        timed("backward", backward)
+
+        def optimise():
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or math.inf)
+            opt.step()
+            return grad_norm
+
+        grad_norm = timed("optimiser", optimise)
+
+        def ema_step():
+            e, o = list(ema.module.parameters()), list(model.parameters())
+            l2 = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(torch._foreach_sub(e, o))).float())
+            ema.update_parameters(model)
+            return l2
+
+        l2 = timed("ema", ema_step)
+        keys7 = ("loss", "loss_map", "loss_offset", "loss_shape", "s_map", "s_offset", "s_shape")
+        timed("logging", lambda: torch.stack([losses[k].detach().float() for k in keys7]
+                                             + [grad_norm.float(), l2]).tolist())
+
+    for i in range(args.warmup):
+        step(i)
+    times.clear()
+    t0 = time.perf_counter()
+    for i in range(args.warmup, args.warmup + args.steps):
+        step(i)
+    wall = (time.perf_counter() - t0) / args.steps
+    per = {p: times[p] / args.steps for p in PHASES}
+    total = sum(per.values())
+    print(f"step breakdown: {name}, {cfg.preprocess.input_size} px, batch {bs}, backbone {cfg.backbone.name} "
+          f"({count_parameters(model) / 1e6:.2f} M parameters), {device.type}, {torch.get_num_threads()} "
+          f"threads, {args.steps} steps after {args.warmup} warm-up")
+    for p in PHASES:
+        print(f"  {p:<10} {per[p] * 1000:8.1f} ms  {100 * per[p] / total:5.1f} %")
+    data = sum(per[p] for p in DATA_PHASES)
+    print(f"  {'step':<10} {wall * 1000:8.1f} ms  (phases sum {total * 1000:.1f} ms)")
+    print(f"data side (decode + augment + resize + collate): {100 * data / total:.1f} % of the step")
+    hits = ds.ids[:bs]
+    ds.cache_limit = 1 << 40  # what data.cache_mb buys: a decode becomes a dict lookup
+    for i in hits:
+        ds._read(i)
+    t = time.perf_counter()
+    for i in hits:
+        ds._read(i)
+    cached = (time.perf_counter() - t) * 1000
+    print(f"decode per step: {per['decode'] * 1000:.1f} ms, cached: {cached:.2f} ms "
+          f"(ratio {per['decode'] * 1000 / max(cached, 1e-6):.0f}x)")
+
+
+if __name__ == "__main__":
+    main()
