@@ -50,7 +50,8 @@ def resolve(spec: str, split: str, cfg) -> tuple[Path, Path]:
     fix = f"set {key} to a COCO folder (images/ + annotations/instances_{split}.json), an instances JSON, " \
           f"or 'synthetic'"
     if not path.exists():
-        raise DataError(f"{path}: no such file or folder; {fix}")
+        where = "" if path.is_absolute() else f" (relative to the current folder {Path.cwd()})"
+        raise DataError(f"{path}: no such file or folder{where}; {fix}")
     if path.is_dir():
         candidates = [path / "annotations" / f"instances_{split}.json", path / f"instances_{split}.json"]
         ann = next((c for c in candidates if c.is_file()), None)
