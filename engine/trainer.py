@@ -220,6 +220,9 @@ class Trainer:
         if error == "checkpoint" and hint:  # a CheckpointError's message names the file and why: it is the error
             error, hint = hint, ("copy a good checkpoint of this run (checkpoints/step-*.pt or best.pt) over "
                                  "checkpoints/last.pt and resume, or start a new run")
+        elif "no such file or folder" in error and "data.skip_bad" in hint:  # a missing path, not a bad item
+            hint = ("paths in presets and --set are relative to the folder nanxi-tune runs in: run it from the "
+                    "folder they are relative to, or give absolute paths (--set data.train=PATH data.val=PATH)")
         self._emit(Error(error, hint, self.step))
         self._set_state("failed", error)
 

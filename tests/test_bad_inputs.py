@@ -99,3 +99,14 @@ def test_annotation_faults_name_the_file_and_item(tmp_path, fault, expect):
         assert skipped.skipped == 1 and len(skipped.coco.anns) == 3
     if fault == "outside_no_size":
         assert "64x48" in msg
+
+
+def test_a_relative_data_path_from_another_folder_says_so(tmp_path, monkeypatch, capsys):
+    """`train --preset bccd` outside the project folder: the preset's relative data path is named as relative to
+    the current folder, with no hint about data.skip_bad (which has nothing to do with a missing file)."""
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "--preset", "bccd", "--quiet", "--run-dir", str(tmp_path / "r")])
+    text = " ".join(said(capsys).split())
+    assert code == ExitCode.FAILED
+    assert f"relative to the current folder {tmp_path}" in text, text
+    assert "skip_bad" not in text and "absolute" in text
