@@ -115,3 +115,13 @@ def test_resume_build_skips_the_weights_file(tmp_path):
 def test_unknown_backbone_name_is_refused():
     with pytest.raises(C.ConfigError, match="backbone.name"):
         C.with_updates(C.Config(), {"backbone.name": "resnet19"})
+
+
+def test_trainer_runs_and_resumes_a_torchvision_backbone(tmp_path, one_thread):
+    from conftest import tiny
+
+    from nanxi_tune.engine.trainer import Trainer
+
+    cfg = tiny(**{"backbone.name": "mobilenet_v3_large", "train.epochs": 1, "data.synthetic_train": 16})
+    assert Trainer(cfg, tmp_path / "run", max_steps=1).run() == "stopped"
+    assert Trainer.resume(tmp_path / "run").run() == "finished"
