@@ -13,16 +13,18 @@ One run of ``nanxi-tune train --preset demo`` (a tiny config, a checkpoint every
 After every kill the harness checks that each checkpoint file in ``checkpoints/`` loads with
 ``weights_only=True`` (writes are atomic, so no partial file may exist under a real name), notes the
 step of ``last.pt``, then runs ``nanxi-tune resume RUN`` and checks that the resume started from
-exactly that step. A run killed before its first checkpoint has nothing to resume: ``resume`` must
-refuse it with "saved no checkpoint yet", and the harness deletes the folder and starts the run again
-(that is what a user would do; nothing was lost but the steps before the first checkpoint).
+exactly that step. A run killed before its first checkpoint is resumed too: ``resume`` starts it again
+from step 0 with its config.toml. Only a run killed before it wrote config.toml has nothing to resume:
+``resume`` must refuse it with "saved no checkpoint yet", and the harness deletes the folder and starts
+the run again (that is what a user would do; nothing was lost).
 
 At the end (the last resume runs to completion) it checks:
 
 * ``metrics.jsonl`` holds every train step exactly once and every evaluation exactly once, with the
   same losses / lr / grad norm as an uninterrupted run of the same config (resume trims lines logged
   after its checkpoint);
-* ``checkpoints/last.pt`` model, EMA and optimizer state are bit-equal to the uninterrupted run's.
+* ``checkpoints/last.pt`` model, EMA and optimizer state and every RNG state (python, numpy, torch, cuda)
+  are bit-equal to the uninterrupted run's.
 
     .venv/bin/python bench/crash_harness.py --kills 50        # the figure (~15 min on 2 CPU cores)
     .venv/bin/python bench/crash_harness.py --kills 10        # quick
@@ -216,7 +218,13 @@ class Harness:
                 bad_kills.add(done)
                 problems.append(f"kill {done} ({mode}): a complete checkpoint at step {newest} is newer than last.pt "
                                 f"(step {last_step}); resume would not start from the newest one")
-            if last_step is None:  # killed before the first checkpoint: nothing to resume
+            if last_step is None and (run / "config.toml").exists():  # before the first checkpoint
+                restarts += 1
+                start_step, expect = 0, None
+                self.log(f"kill {done:3d} ({mode:10s}): no checkpoint yet -> resume starts it again from step 0")
+                p = self.launch(["resume", str(run), "--quiet"])
+                continue
+            if last_step is None:  # killed before config.toml: nothing to resume
                 r = subprocess.run(cli() + ["resume", str(run), "--quiet"], env=self.env, capture_output=True,
                                    text=True, cwd=self.root)
                 said = " ".join((r.stdout + r.stderr).split())  # Rich wraps long lines
@@ -274,7 +282,7 @@ class Harness:
             return a == b
 
         a, b = ck.load(rundir.last_checkpoint(ref)), ck.load(rundir.last_checkpoint(run))
-        weights_equal = {k: equal(a[k], b[k]) for k in ("model", "ema", "optimizer")}
+        weights_equal = {k: equal(a[k], b[k]) for k in ("model", "ema", "optimizer", "rng")}
         if not all(weights_equal.values()) or a["step"] != b["step"]:
             problems.append(f"final checkpoint differs from the uninterrupted run: {weights_equal}, "
                             f"steps {a['step']} vs {b['step']}")
@@ -301,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{r['resumes_checked']} resumes checked to load last.pt at its step; {r['seconds']:.0f} s; "
           f"checkpoint temp files left behind: {r['leftover_tmp']}")
     print(f"metrics.jsonl every step exactly once: {r['steps_once']}; values equal uninterrupted: {r['metrics_equal']}; "
-          f"final model/EMA/optimizer bit-equal: {r['weights_equal']}")
+          f"final model/EMA/optimizer/RNG states bit-equal: {r['weights_equal']}")
     for p in r["problems"]:
         print(f"PROBLEM: {p}")
     print(f"crash safety: {r['exact']}/{r['kills']} kills resumed exactly (target {a.kills}/{a.kills})")
