@@ -158,3 +158,10 @@ def test_resume_before_first_checkpoint_starts_again_from_step_0(tmp_path, capsy
     assert [m["loss"] for m in rundir.read_metrics(run)][0] != 9.0
     assert not list((run / rundir.CHECKPOINTS).glob(".*tmp*"))
     assert main(["resume", str(run), "--quiet"]) == ExitCode.FINISHED
+
+
+def test_readme_lists_the_exit_codes_and_relative_paths():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for code in ExitCode:
+        assert f"| {int(code)} |" in readme, code
+    assert "relative to the folder you run" in readme and "JSON Lines" in readme and "⟳" in readme
