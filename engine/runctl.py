@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -354,5 +354,11 @@ def list_runs(root: Path | str = Path("runs")) -> list[RunInfo]:
     root = Path(root)
     if not root.is_dir():
         return []
-    runs = [run_info(p) for p in root.iterdir() if (p / rundir.CONFIG).exists()]
+    runs = []
+    for p in root.iterdir():
+        if (p / rundir.CONFIG).exists():
+            runs.append(run_info(p))
+        elif p.is_dir():  # a folder of runs (a sweep's trials): listed as folder/run
+            runs += [replace(run_info(q), name=f"{p.name}/{q.name}") for q in p.iterdir()
+                     if (q / rundir.CONFIG).exists()]
     return sorted(runs, key=lambda r: r.started or 0, reverse=True)

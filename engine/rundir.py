@@ -117,6 +117,7 @@ class JsonlTail:
         self.path = Path(path)
         self._pos = pos
         self._buf = ""
+        self.restarted = False  # set when the file shrank (a resume trimmed it) and was read again from 0
 
     def poll(self) -> list[dict[str, Any]]:
         try:
@@ -124,7 +125,7 @@ class JsonlTail:
         except FileNotFoundError:
             return []
         if size < self._pos:  # trimmed by a resume: start over
-            self._pos, self._buf = 0, ""
+            self._pos, self._buf, self.restarted = 0, "", True
         if size == self._pos:
             return []
         with open(self.path, encoding="utf-8") as f:

@@ -1,4 +1,4 @@
-"""Modal dialogs: preset picker, save as, diff, resume with live edits, confirm."""
+"""Modal dialogs: preset picker, save as, diff, live edits (of a running run or before a resume), confirm."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from nanxi_tune.engine import config as C
+from nanxi_tune.tui.config_form import OrderedInput
 
 
 class Dialog(ModalScreen):
@@ -43,7 +44,7 @@ class PresetPicker(Dialog):
         with Vertical(classes="dialog"):
             yield Label("Load preset — Enter picks; or type a path below", classes="dialog-title")
             yield OptionList(*[Option(label, id=value) for label, value in preset_choices()], id="preset-list")
-            yield Input(placeholder="name or path/to/preset.toml, then Enter", id="preset-path")
+            yield OrderedInput(placeholder="name or path/to/preset.toml, then Enter", id="preset-path")
             yield Static("", id="preset-error", classes="dialog-error")
 
     @on(OptionList.OptionSelected)
@@ -75,7 +76,7 @@ class SaveAs(Dialog):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label("Save config as (TOML path), Enter to save, Esc to cancel", classes="dialog-title")
-            yield Input(self.default, id="save-path")
+            yield OrderedInput(self.default, id="save-path")
             yield Static("", id="save-error", classes="dialog-error")
 
     @on(Input.Submitted, "#save-path")
@@ -124,39 +125,48 @@ class DiffView(Dialog):
         self.dismiss(None)
 
 
-class ResumeDialog(Dialog):
-    """Resume a run from its last checkpoint, optionally changing live keys."""
+class LiveEditDialog(Dialog):
+    """Live keys of a run, each with its current value: changes typed as key=value. ``live``: the run trains now
+    (Enter applies the changes at its next step); else Enter resumes it with them."""
 
-    def __init__(self, run_dir: Path, prefill: str, live_keys: list[str]) -> None:
+    def __init__(self, run_dir: Path, current: C.Config, prefill: str, live: bool) -> None:
         super().__init__()
-        self.run_dir = run_dir
-        self.prefill = prefill
-        self.live_keys = live_keys
+        self.run_dir, self.current, self.prefill, self.live = run_dir, current, prefill, live
 
     def compose(self) -> ComposeResult:
-        # the input comes first: at 80×24 the ~40 live keys below it would push it off-screen
+        # the input comes first: at 80×24 the ~50 live keys below it would push it off-screen
+        verb = "change live keys of the running" if self.live else "resume from its last checkpoint:"
         with Vertical(classes="dialog"):
-            yield Label(f"Resume {self.run_dir.name} from its last checkpoint", classes="dialog-title")
-            yield Label("Changes, as key=value separated by spaces (empty = resume as it was):")
-            yield Input(self.prefill, id="resume-updates")
-            yield Static("", id="resume-error", classes="dialog-error")
-            yield Label("Enter resumes · Esc cancels", classes="dialog-help")
-            with VerticalScroll(id="resume-live"):
-                yield Static(Text("Live keys (may change mid-run): " + ", ".join(self.live_keys), style="dim"),
-                             classes="dialog-help")
+            yield Label(f"{self.run_dir.name} — {verb} run" if self.live else f"Resume {self.run_dir.name} from its "
+                        "last checkpoint", classes="dialog-title")
+            yield Label("Changes as key=value, space-separated" + ("" if self.live else " (empty = as it was)") + ":")
+            yield OrderedInput(self.prefill, id="live-updates")
+            yield Static("", id="live-error", classes="dialog-error")
+            yield Label(("Enter applies at the next step" if self.live else "Enter resumes") + " · Esc cancels",
+                        classes="dialog-help")
+            with VerticalScroll(id="live-keys"):
+                yield Static(self._current_values(), classes="dialog-help")
 
-    @on(Input.Submitted, "#resume-updates")
+    def _current_values(self) -> Text:
+        t = Text()
+        for key, value in C.flatten(self.current).items():
+            if C.is_live(key):
+                zh = ((C.field_info(key).json_schema_extra or {}).get("zh") or "").split(":")[-1].strip()
+                t.append(f"{key} = ", style="bold")
+                t.append(f"{value}" + (f"  {zh}" if zh else "") + "\n")
+        return t
+
+    @on(Input.Submitted, "#live-updates")
     def _submit(self, event: Input.Submitted) -> None:
         text = event.value.strip()
-        try:
+        try:  # the values themselves, against the run's own config, before anything is sent or started
             updates = C.parse_sets(text.split()) if text else {}
-            bad = [k for k in updates if not C.is_live(k)]
-            if bad:
-                raise C.ConfigError([(k, updates[k], "not a live key: it cannot change mid-run") for k in bad])
-            if updates:  # the values themselves, against the run's own config, before anything starts
-                C.with_updates(C.load(self.run_dir / "config.toml"), updates, "resume")
+            C.with_live_updates(self.current, updates, "live edit")
         except C.ConfigError as err:
-            self.query_one("#resume-error", Static).update(Text(str(err)))
+            self.query_one("#live-error", Static).update(Text(str(err)))
+            return
+        if self.live and not updates:
+            self.query_one("#live-error", Static).update("type at least one key=value, or Esc")
             return
         self.dismiss(updates)
 

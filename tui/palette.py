@@ -1,0 +1,94 @@
+"""The command palette's entries (every action with its key, every config group and key) and the footer."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable
+
+from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.widgets import Footer
+
+from nanxi_tune.engine import config as C
+
+ACTIONS = [  # action, palette name, help
+    ("start_run", "Start run", "Start a run with the config on the Config tab"),
+    ("pause_run", "Pause / continue run", "Pause the run at the next step boundary, or continue it"),
+    ("stop_run", "Stop run (checkpoint first)", "Write a checkpoint, then stop the run"),
+    ("start_detached", "Start run detached", "Start a run as its own process: it keeps training when the TUI quits "
+                                             "or SSH drops; come back with nanxi-tune open RUN"),
+    ("resume_run", "Live edit / resume run", "A live run: change live keys (current values shown), applied at the next "
+                                             "step. A stopped run: resume it, optionally with live edits"),
+    ("load_preset", "Load preset", "Load a bundled preset, a .toml in this folder, or a path"),
+    ("save_preset", "Save config as", "Save the current config as a TOML preset"),
+    ("show_diff", "Diff against preset", "Show what the config changes from its preset"),
+    ("open_sweep", "Seven-stars sweep", "Sweep a numeric key (train.base_lr by default) over seven half-decade "
+                                        "values, starting from the current config"),
+    ("tune_post", "NMS tuning (post-processing)", "Search nms_iou / score_threshold / top_k on the selected or "
+                                                  "last trained run, without retraining"),
+    ("open_schedule", "Tuning schedule (rounds)", "The notes' order: round 1 QMV, round 2 RSR, after training"),
+    ("compute_stats", "Mean/std after augmentation", "Compute normalize.mean/std over augmented training "
+                                                     "samples and write them into the config"),
+    ("autobatch", "Largest batch (autobatch)", "Find the largest data.batch_size that fits in memory and write "
+                                               "it into the config (lr follows by linear scaling)"),
+    ("apply_remedy", "Apply the selected finding's remedy", "Stop the run with a checkpoint, rewind to before "
+                                                            "the evidence, change the config, start the child run"),
+    ("compare_runs", "Compare two runs", "Config diff side by side and both curves on one plot (mark runs with "
+                                         "space on the Runs tab)"),
+    ("next_tab", "Next tab", "Config → Monitor → Runs"),
+    ("quit", "Quit", "Quit (asks first while a run is in progress)"),
+]
+TIP = {a: h for a, _n, h in ACTIONS}
+
+
+class RunCommands(Provider):
+    """The run and preset actions in the command palette (Ctrl+P)."""
+
+    def _entries(self) -> list[tuple[str, Callable, str]]:
+        keys = {b.action: (b.key_display or b.key).replace("ctrl+", "^").replace("alt+", "Alt+")
+                for b in type(self.app).BINDINGS if isinstance(b, Binding)}
+        out = [(f"{name}  [{keys[action]}]" if action in keys else name, partial(self.app.run_action, action), help_)
+               for action, name, help_ in ACTIONS]
+        from nanxi_tune.tui.config_form import all_keys, group_title
+
+        for group in C.GROUPS:
+            out.append((f"Config group: {group}", partial(self.app.show_config_group, group), group_title(group)))
+        for key in all_keys():  # every cheat-sheet key: "lr" finds train.base_lr
+            info = C.field_info(key)
+            zh = (info.json_schema_extra or {}).get("zh") or ""
+            out.append((f"Edit {key}" + (f"  {zh}" if zh else ""), partial(self.app.edit_key, key),
+                        info.description or ""))
+        return out
+
+    async def discover(self) -> Hits:
+        for name, fn, help_ in self._entries():
+            yield DiscoveryHit(name, fn, help=help_)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, fn, help_ in self._entries():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), fn, help=help_)
+
+
+class SteadyFooter(Footer):
+    """Textual's Footer, recomposed only when the keys it shows change.
+
+    The stock Footer rebuilds itself (and restyles every key) on each focus change; with the
+    Config tab's few hundred widgets that made every tab switch ~0.3 s slower under load. The
+    main screen's shown bindings are the same everywhere, so after the first compose it stays put.
+    """
+
+    _shown: tuple | None = None
+
+    def bindings_changed(self, screen: Any) -> None:
+        try:
+            shown = tuple((b.key, b.action, b.description, enabled)
+                          for (_n, b, enabled, _t) in screen.active_bindings.values() if b.show)
+        except Exception:  # noqa: BLE001 - fall back to the stock behaviour
+            shown = None
+        if shown is not None and shown == self._shown and self._bindings_ready:
+            return
+        self._shown = shown
+        super().bindings_changed(screen)

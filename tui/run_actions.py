@@ -1,0 +1,364 @@
+"""The app's run keys and what a run tells it: start (in-process or detached), attach, pause, stop, live edits and
+resume, remedies, and the run's events on the monitor. One RunSession (tui.session) holds the run shown."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from textual.widgets import TabbedContent
+
+from nanxi_tune.engine import config as C
+from nanxi_tune.engine import events as E
+from nanxi_tune.engine import rundir, runctl
+from nanxi_tune.engine.runctl import Op
+from nanxi_tune.tui.monitor import RunUpdate
+from nanxi_tune.tui.runs_view import RunsPane
+from nanxi_tune.tui.screens import Confirm, LiveEditDialog
+from nanxi_tune.tui.session import RunEnded, RunHistory, RunSession
+
+
+class RunActions:
+    """Mixed into the app (tui.app.NanxiTuneApp); handlers follow Textual's on_<message> naming."""
+
+    session: RunSession | None = None
+    last_result: str | None = None
+
+    # --- what the run is -----------------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path | None:
+        return self.session.run_dir if self.session else None
+
+    @property
+    def running(self) -> bool:
+        """A run is shown and not over (in this process, detached or attached)."""
+        return self.session is not None and not self.session.ended
+
+    @property
+    def run_active(self) -> bool:
+        """A run trains now that competes with this app for the machine (asked by the sweep screen)."""
+        return self.running and (self.session.kind != "attached" or self.session.alive)
+
+    @property
+    def trainer(self) -> Any:
+        return self.session.trainer if self.session else None
+
+    def _show(self, session: RunSession, max_days: float) -> None:
+        if self.session is not None and self.session is not session:
+            self.session.close()
+        self.session = session
+        self.monitor.reset(session.run_dir.name, max_days)
+        self.query_one("#tabs", TabbedContent).active = "monitor"
+        self.monitor.focus()  # PageUp/PageDown/arrows scroll the monitor
+        self.sub_title = f"run {session.run_dir.name} ({session.kind})"
+
+    def _may_replace(self) -> bool:
+        """A new run may take the monitor unless this app's own trainer still runs."""
+        if self.session is not None and self.session.owns_run:
+            self.notify(f"{self.session.run_dir.name} is already running in this app; stop it first (F7).",
+                        severity="warning")
+            return False
+        if self.running and self.session.alive:
+            self.notify(f"{self.session.run_dir.name} keeps training on its own; come back with nanxi-tune open "
+                        f"{self.session.run_dir}", timeout=8)
+        return True
+
+    # --- start: F5 in this process, Alt+D detached ----------------------------------------------------
+    def _valid_config(self) -> C.Config | None:
+        cfg = self.form.validate_now()
+        if cfg is None:
+            key, msg = self.first_error()
+            self.notify(f"{key}: {msg}", title="Cannot start: invalid config", severity="error", timeout=8)
+            try:
+                self.query_one("#tabs", TabbedContent).active = "config"
+                self.form.show_key(key).editor.focus()
+            except Exception:  # noqa: BLE001 - a general (non-field) error has no editor
+                pass
+        return cfg
+
+    def action_start_run(self) -> None:
+        if not self._may_replace() or (cfg := self._valid_config()) is None:
+            return
+        run_dir = rundir.new_run_dir(self.runs_root)
+        max_steps = self.max_steps
+
+        def make() -> Any:
+            from nanxi_tune.engine.trainer import Trainer  # heavy: torch; only inside the worker
+
+            return Trainer(cfg, run_dir, max_steps=max_steps)
+        self._show(RunSession.in_process(self, run_dir, make), cfg.budget.max_days)
+
+    def action_start_detached(self) -> None:
+        if not self._may_replace() or (cfg := self._valid_config()) is None:
+            return
+        run_dir = rundir.new_run_dir(self.runs_root)
+        argv = RunSession.detached_argv(cfg, run_dir)
+        if self.max_steps:
+            argv += ["--max-steps", str(self.max_steps)]
+        self._show(RunSession.detached(self, run_dir, argv), cfg.budget.max_days)
+        self.notify(f"{run_dir.name} trains as its own process: quitting or losing SSH leaves it training; come "
+                    f"back with  nanxi-tune open {run_dir}", title="started detached", timeout=10)
+
+    # --- attach: Runs tab Enter, `nanxi-tune open RUN` ------------------------------------------------
+    def on_runs_pane_open(self, message: RunsPane.Open) -> None:
+        self.open_run(message.run_dir)
+
+    def open_run(self, run_dir: Path) -> None:
+        """Show a run's curves; follow it, with F6/F7/F8 over its channel, while a trainer owns it."""
+        run_dir = Path(run_dir)
+        if not (run_dir / rundir.CONFIG).exists():
+            self.notify(f"{run_dir}: no such run folder", severity="error")
+            return
+        if self.session is not None and self.session.run_dir == run_dir and self.running:
+            self.query_one("#tabs", TabbedContent).active = "monitor"
+            return
+        if not self._may_replace():
+            return
+        try:
+            max_days = C.load(run_dir / rundir.CONFIG).budget.max_days
+        except C.ConfigError:
+            max_days = 4.0
+        self._show(RunSession.attach(self, run_dir), max_days)
+
+    # --- commands: F6 pause / continue, F7 stop --------------------------------------------------------
+    def _live_session(self) -> RunSession | None:
+        if not self.running or (self.session.kind == "attached" and not self.session.alive):
+            self.notify("No live run: start one (F5) or open a live one on the Runs tab.", severity="warning")
+            return None
+        return self.session
+
+    def action_pause_run(self) -> None:
+        if (s := self._live_session()) is not None:
+            op = Op.CONTINUE if (s.state == "paused" or self.monitor.state == "paused") else Op.PAUSE
+            self.notify(s.send(op), timeout=3)
+
+    def action_stop_run(self) -> None:
+        if (s := self._live_session()) is not None:
+            self.notify(f"{s.send(Op.STOP)}: a checkpoint is written first", timeout=4)
+            self.monitor.set_state("stopping")
+
+    # --- F8: live edits of a live run, or resume a stopped one ------------------------------------------
+    def resume_target(self) -> Path | None:
+        tabs = self.query_one("#tabs", TabbedContent)
+        if tabs.active == "runs" and (key := self.query_one("#runs-pane", RunsPane).cursor_key()):
+            return Path(key)
+        if self.run_dir is not None:
+            return self.run_dir
+        runs = runctl.list_runs(self.runs_root)
+        return Path(runs[0].path) if runs else None
+
+    def live_prefill(self, ran: C.Config) -> str:
+        """The Config tab's edits of live keys against the run's config, as key=value text."""
+        cur = self.form.config
+        if cur is None:
+            return ""
+        return " ".join(f"{k}={_toml(b)}" for k, (_a, b) in C.diff(ran, cur).items() if C.is_live(k))
+
+    def action_resume_run(self) -> None:
+        target = self.resume_target()
+        if target is None:
+            self.notify("No run to resume: start one (F5) or pick one on the Runs tab.", severity="warning")
+            return
+        try:
+            ran = C.load(target / rundir.CONFIG)
+        except C.ConfigError as err:
+            self.notify(str(err), title="Cannot read the run's config", severity="error", timeout=10)
+            return
+        live = runctl.status(target).alive or (self.running and self.run_dir == target and self.session.kind != "attached")
+        if live:
+            if self.run_dir != target:
+                self.open_run(target)
+
+            def apply(updates: dict | None) -> None:
+                if updates:
+                    self.notify(self.session.send(Op.SET, updates), timeout=3)
+            self.push_screen(LiveEditDialog(target, ran, self.live_prefill(ran), live=True), apply)
+            return
+        if self.session is not None and self.session.owns_run:
+            self.notify("A run is in progress in this app; stop it (F7) before resuming another.", severity="warning")
+            return
+        if not rundir.last_checkpoint(target).exists():
+            self.notify(f"{target.name} has no checkpoint to resume from.", severity="error")
+            return
+
+        def done(updates: dict | None) -> None:
+            if updates is not None:
+                self.resume(target, updates)
+        self.push_screen(LiveEditDialog(target, ran, self.live_prefill(ran), live=False), done)
+
+    def resume(self, run_dir: Path, updates: dict | None = None) -> None:
+        if not self._may_replace():
+            return
+        run_dir, max_steps = Path(run_dir), self.max_steps
+        cfg = C.load(run_dir / rundir.CONFIG)
+
+        def make() -> Any:
+            from nanxi_tune.engine.trainer import Trainer
+
+            return Trainer.resume(run_dir, updates=updates or None, max_steps=max_steps)
+        self._show(RunSession.in_process(self, run_dir, make), cfg.budget.max_days)
+
+    # --- what the run tells ----------------------------------------------------------------------------
+    def on_run_history(self, message: RunHistory) -> None:
+        if message.session is not self.session:
+            return
+        mon = self.monitor
+        if message.reset:
+            mon.reset(message.session.run_dir.name, mon.max_days)
+        mon.add_train([r for r in message.rows if r.get("split", "train") == "train"], live=False)
+        mon.add_val([r for r in message.rows if r.get("split") == "val"])
+        for ev in message.events:
+            if isinstance(ev, E.Diagnosis):
+                mon.add_diagnosis(ev.to_json())
+            elif isinstance(ev, E.StateChanged):
+                mon.set_state(ev.state)
+        mon.redraw_plots(force=True)
+        self._project_budget(message.session.run_dir)
+
+    def on_run_update(self, message: RunUpdate) -> None:
+        if self.session is not None and message.bridge is self.session.bridge:
+            self._drain()
+
+    def _drain_timer(self) -> None:
+        if self.session is not None:
+            self._drain()
+
+    def _drain(self) -> None:
+        train, val, other = self.session.bridge.drain()
+        mon = self.monitor
+        mon.add_train(train)
+        if val:
+            mon.add_val(val)
+            self._project_budget(self.session.run_dir)
+        for ev in other:
+            self._on_event(ev)
+
+    def _on_event(self, ev: E.Event) -> None:
+        mon = self.monitor
+        if isinstance(ev, E.StateChanged):
+            mon.set_state(ev.state)
+        elif isinstance(ev, E.Diagnosis):
+            mon.add_diagnosis(ev.to_json())
+            if ev.severity != "info":
+                self.notify(f"[{ev.section}] {ev.message}", title=f"diagnosis: {ev.rule}",
+                            severity="warning" if ev.severity == "warning" else "error", timeout=8)
+        elif isinstance(ev, E.Error):
+            mon.add_diagnosis(ev.step, "error", "error", "", f"{ev.error} — {ev.hint}")
+            self.notify(f"{ev.error}\n{ev.hint}", title="Run failed", severity="error", timeout=15)
+        elif isinstance(ev, E.CommandAck):
+            who = "" if ev.sender.startswith("tui") else f" (from {ev.sender.split(' pid')[0]})"
+            self.notify(ev.message + who, title=f"{ev.op}: {'applied' if ev.applied else 'refused'}",
+                        severity="information" if ev.applied else "error", timeout=6 if ev.applied else 12)
+        elif isinstance(ev, E.CheckpointSaved):
+            self.notify(f"checkpoint at step {ev.step}" + (" (best)" if ev.best else ""), timeout=3)
+        elif isinstance(ev, E.Log) and ev.level == "warning":
+            self.notify(ev.message, severity="warning", timeout=6)
+
+    def on_run_ended(self, message: RunEnded) -> None:
+        s = message.session
+        if s is not self.session:
+            return
+        self._drain()
+        self.last_result = message.state
+        mon = self.monitor
+        mon.set_state(message.state)
+        mon.redraw_plots(force=True)
+        if s.kind != "attached" or s.status.owner is not None or mon.step:
+            self.notify(f"Run {s.run_dir.name}: {message.state}",
+                        severity="error" if message.state in ("failed", "dead") else "information")
+        self.sub_title = f"run {s.run_dir.name} ({message.state})"
+        self._project_budget(s.run_dir)
+        if self.query_one("#tabs", TabbedContent).active == "runs":
+            self.query_one("#runs-pane", RunsPane).refresh_runs()
+        if self._quit_pending:
+            self.exit_text = self.exit_note(s, message.state)
+            self.exit()
+        elif self._remedy_pending is not None:
+            parent, finding = self._remedy_pending
+            self._remedy_pending = None
+            self._remedy_worker(parent, finding)
+
+    def exit_note(self, s: RunSession, result: str) -> str:
+        """What the shell shows after quitting: where the run stopped and how to go on, or that it goes on."""
+        if s.kind != "in-process" and not s.ended:
+            return (f"nanxi-tune: {s.run_dir.name} keeps training in its own process.\n"
+                    f"Come back to it with:\n  nanxi-tune open {s.run_dir}")
+        ckpt = rundir.last_checkpoint(s.run_dir)
+        if result != "stopped" or not ckpt.exists():
+            return f"nanxi-tune: run {s.run_dir.name} {result}; see {s.run_dir / rundir.EVENTS}"
+        return (f"nanxi-tune: run {s.run_dir.name} stopped at step {self.monitor.step} with a checkpoint ({ckpt}).\n"
+                f"Resume it with (or F8 on the TUI's Runs tab):\n  nanxi-tune resume {s.run_dir}")
+
+    # --- quit, hang-up ---------------------------------------------------------------------------------
+    async def action_quit(self) -> None:
+        s = self.session
+        if s is None or not s.owns_run:
+            if s is not None and s.alive:
+                self.exit_text = self.exit_note(s, s.state)
+            self.exit()
+            return
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self._quit_pending = True
+                s.request_stop_now()
+                self.monitor.set_state("stopping")
+                self.notify("Stopping: writing a checkpoint, then quitting…")
+        self.push_screen(Confirm("A run is in progress in this app. Write a checkpoint, stop it and quit? "
+                                 "(Alt+D starts runs that outlive the TUI.)"), done)
+
+    def on_hangup(self, name: str) -> None:
+        """SIGHUP / SIGTERM (the terminal went away): an in-process run stops with a checkpoint, recorded in its
+        events; a detached or attached one goes on. A watchdog thread ends the process even if Textual's output
+        thread froze with the terminal gone."""
+        if self.hangup:
+            return
+        self.hangup = name
+        import threading
+
+        s = self.session
+        if s is not None and s.owns_run:
+            self._quit_pending = True
+            self._remedy_pending = None
+            s.request_stop_now()
+        threading.Thread(target=self._hangup_watchdog, args=(s,), name="nanxi-hangup", daemon=True).start()
+        if s is None or not s.owns_run:
+            self.exit()
+
+    def _hangup_watchdog(self, s: RunSession | None, grace_s: float = 3.0, limit_s: float = 900.0) -> None:
+        import os
+
+        if s is not None and s.owns_run:
+            s.wait_trainer(limit_s)
+            s.request_stop_now()  # in case the loop froze before passing the request on
+            try:
+                w = rundir.JsonlWriter(s.run_dir / rundir.EVENTS)
+                w.write(E.Log(f"{self.hangup}: the terminal went away; the TUI stopped the run with a checkpoint. "
+                              f"Resume with: nanxi-tune resume {s.run_dir}", "warning").to_json()
+                        | {"signal": self.hangup})
+                w.close()
+            except OSError:
+                pass
+        time.sleep(grace_s)  # Textual's own exit, if its output thread still works
+        os._exit(0)
+
+    def on_unmount(self) -> None:
+        """Whatever ends the app, never leave this app's own trainer running unattended."""
+        if self.session is not None:
+            if self.session.owns_run:
+                self.session.request_stop_now()
+            self.session.close()
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_toml(x) for x in v) + "]"
+    return str(v)
+
+
+__all__ = ["RunActions"]

@@ -1,0 +1,133 @@
+"""The Runs tab: every run under the runs folder (sweep trials as sweep/trial), live or not; Enter opens
+(and attaches to a live one), space marks two, c compares them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.message import Message
+from textual.widgets import DataTable, Static
+
+from nanxi_tune.tui.palette import TIP
+
+# Fixed widths, so the first visit (before any row) never squeezes a column; 76 cells with padding fit 80.
+COLUMNS = (("✓", 1), ("name", 24), ("status", 8), ("best mAP", 8), ("started", 11), ("step", 7), ("preset", 7))
+REFRESH_S = 2.0  # while the tab is shown: live runs' steps and states move
+
+
+class RunsPane(Vertical):
+    BINDINGS = [
+        Binding("space", "mark", "Mark", id="mark_run", tooltip="Mark / unmark the run under the cursor for compare",
+                show=False),
+        Binding("c", "app.compare_runs", "Compare", id="compare_runs", tooltip=TIP["compare_runs"], show=False),
+    ]
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.marked: list[str] = []
+
+    def compose(self) -> ComposeResult:
+        yield Static("Runs — Enter opens (● live: attaches) · space marks · c compares two · F8 resumes",
+                     classes="section-title")
+        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+
+    class Open(Message):
+        """Enter on a run: show it (and follow it while it trains)."""
+
+        def __init__(self, run_dir: Path) -> None:
+            super().__init__()
+            self.run_dir = run_dir
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for col, width in COLUMNS:
+            table.add_column(col, key=col, width=width)
+        self.set_interval(REFRESH_S, self._tick)
+
+    def _tick(self) -> None:
+        if self.is_on_screen:
+            self.refresh_runs()
+
+    @property
+    def is_on_screen(self) -> bool:
+        return self.display and self.app.query_one("#tabs").active == "runs" and self.screen is self.app.screen
+
+    def refresh_runs(self) -> None:
+        """Re-list the runs folder in a thread (each run's record is read: many runs must not stall a key)."""
+        self._list_runs(self.app.runs_root)
+
+    @work(thread=True, exclusive=True, group="runs-list", exit_on_error=False)
+    def _list_runs(self, root: Path) -> None:
+        from nanxi_tune.engine import runctl
+
+        try:
+            runs = runctl.list_runs(root)
+        except Exception as err:  # noqa: BLE001
+            self.app.call_from_thread(self.app.notify, f"cannot list runs: {err}", severity="error")
+            return
+        rows = []
+        for r in runs:
+            started = datetime.fromtimestamp(r.started).strftime("%m-%d %H:%M") if r.started else "—"
+            best = f"{r.best_map:.4f}" if r.best_map is not None else "—"
+            state = r.status.state.value + (" ●" if r.status.alive else "")
+            rows.append((str(r.path), (r.name, state, best, started, str(r.step), r.preset or "")))
+        self.app.call_from_thread(self._fill, rows)
+
+    def _fill(self, rows: list[tuple[str, tuple]]) -> None:
+        table = self.query_one(DataTable)
+        if rows == getattr(self, "_rows", None) and table.row_count == len(rows):
+            return  # nothing changed: keep the table (and its cursor) as it is
+        self._rows = rows
+        cur = self.cursor_key()
+        table.clear()
+        for key, cells in rows:
+            table.add_row("", *cells, key=key)
+        keys = [k for k, _ in rows]
+        if cur in keys:
+            table.move_cursor(row=keys.index(cur), animate=False)
+        self.marked = [k for k in self.marked if k in keys]
+        self.show_marks()
+
+    @on(DataTable.RowSelected)
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        self.post_message(self.Open(Path(event.row_key.value)))
+
+    def cursor_key(self) -> str | None:
+        table = self.query_one(DataTable)
+        if not table.row_count:
+            return None
+        try:
+            return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        except Exception:  # noqa: BLE001
+            return None
+
+    def action_mark(self) -> None:
+        key = self.cursor_key()
+        if key is None:
+            return
+        if key in self.marked:
+            self.marked.remove(key)
+        else:
+            self.marked.append(key)
+            del self.marked[:-2]  # two at most: the newest two marks
+        self.show_marks()
+
+    def show_marks(self) -> None:
+        table = self.query_one(DataTable)
+        for row_key in list(table.rows):
+            mark = str(self.marked.index(row_key.value) + 1) if row_key.value in self.marked else ""
+            table.update_cell(row_key, "✓", mark)
+
+    def pair(self) -> tuple[Path, Path] | None:
+        """The two runs to compare: the two marked, or the one marked and the one under the cursor."""
+        keys = [k for k in self.marked]
+        cur = self.cursor_key()
+        if len(keys) < 2 and cur and cur not in keys:
+            keys.append(cur)
+        return (Path(keys[0]), Path(keys[1])) if len(keys) >= 2 else None

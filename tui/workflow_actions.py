@@ -1,0 +1,245 @@
+"""The app's workflow keys: the notes' methods (seven-stars sweep, NMS tuning, tuning schedule, mean/std, largest
+batch), one-key remedies of findings, the budget projection and run comparison."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from textual import work
+from textual.widgets import ProgressBar, Static, TabbedContent
+
+from nanxi_tune.engine import config as C
+from nanxi_tune.engine.runctl import Op
+from nanxi_tune.tui.runs_view import RunsPane
+from nanxi_tune.tui.session import RunSession
+from nanxi_tune.tui.sweep_view import ConfigApplied
+
+
+class WorkflowActions:
+    """Mixed into the app (tui.app.NanxiTuneApp); handlers follow Textual's on_<message> naming."""
+
+    # --- workflows (issue 5): sweep, NMS tuning, schedule, stats, autobatch ------------------
+    def _config_or_refuse(self, what: str) -> C.Config | None:
+        cfg = self.form.validate_now()
+        if cfg is None:
+            key, msg = self.first_error()
+            self.notify(f"{key}: {msg}", title=f"Cannot {what}: invalid config", severity="error", timeout=8)
+        return cfg
+
+    def action_open_sweep(self) -> None:
+        from nanxi_tune.tui.sweep_view import SweepScreen
+
+        cfg = self._config_or_refuse("sweep")
+        if cfg is not None:
+            self.push_screen(SweepScreen(cfg, self.runs_root))
+
+    def trained_run(self) -> Path | None:
+        """The selected run on the Runs tab, else the monitor's run, else the newest run with a checkpoint."""
+        from nanxi_tune.engine import rundir
+        from nanxi_tune.tui.schedule_view import newest_trained_run
+
+        def trained(p: Path | None) -> bool:
+            return p is not None and (rundir.best_checkpoint(p).exists() or rundir.last_checkpoint(p).exists())
+
+        tabs = self.query_one("#tabs", TabbedContent)
+        if tabs.active == "runs" and self.query("#runs-pane"):
+            key = self.query_one("#runs-pane", RunsPane).cursor_key()
+            if key and trained(Path(key)):
+                return Path(key)
+        if trained(self.run_dir):
+            return self.run_dir
+        return newest_trained_run(self.runs_root)
+
+    def action_tune_post(self) -> None:
+        from nanxi_tune.tui.post_view import TunePostScreen
+
+        run = self.trained_run()
+        if run is None:
+            self.notify(f"No trained run (with a checkpoint) under {self.runs_root} yet.", severity="warning")
+            return
+        if self.running and run == self.run_dir:
+            self.notify(f"{run.name} is still training; tune post-processing once it has stopped.",
+                        severity="warning")
+            return
+        self.push_screen(TunePostScreen(run))
+
+    def action_open_schedule(self) -> None:
+        from nanxi_tune.tui.schedule_view import ScheduleScreen
+
+        cfg = self._config_or_refuse("open the schedule")
+        if cfg is not None:
+            self.push_screen(ScheduleScreen(cfg, self.runs_root, stats_samples=self.stats_samples,
+                                            autobatch_cap_gb=self.autobatch_cap_gb))
+
+    def on_config_applied(self, message: ConfigApplied) -> None:
+        """A workflow screen changed the config: the changed keys go into the panels (marked as changed)."""
+        updates = dict(message.updates) or {k: v for k, (_a, v) in C.diff(self.form.config or message.cfg,
+                                                                           message.cfg).items()}
+        self.form.apply_updates(updates)
+        shown = ", ".join(f"{k} = {v}" for k, v in updates.items())
+        self.notify(f"{shown}", title=f"config updated ({message.source})", timeout=6)
+
+    def action_compute_stats(self) -> None:
+        self._start_task("stats")
+
+    def action_autobatch(self) -> None:
+        self._start_task("autobatch")
+
+    def _start_task(self, task: str) -> None:
+        if self.busy_task is not None:
+            self.notify(f"{self.busy_task} is still running.", severity="warning")
+            return
+        cfg = self._config_or_refuse(task)
+        if cfg is None:
+            return
+        self.busy_task = task
+        what = {"stats": f"mean/std over {self.stats_samples} augmented samples",
+                "autobatch": "the largest batch that fits"}[task]
+        self.notify(f"Computing {what}…", title=task, timeout=4)
+        self._task_show(f"{task}: starting…", 0, None)
+        self._task_worker(task, cfg)
+
+    def _task_show(self, label: str, done: float | None, total: float | None) -> None:
+        box = self.query_one("#task")
+        box.display = True
+        self.query_one("#task-label", Static).update(label)
+        bar = self.query_one("#task-progress", ProgressBar)
+        bar.update(total=total, progress=done or 0)
+
+    def _task_hide(self) -> None:
+        self.query_one("#task").display = False
+
+    @work(thread=True, exclusive=True, group="task", exit_on_error=False)
+    def _task_worker(self, task: str, cfg: C.Config) -> None:
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:  # throttled: the UI hears ~5 updates a second
+            now = time.monotonic()
+            if now - last[0] > 0.2 or done == total:
+                last[0] = now
+                self.call_from_thread(self._task_show, f"{task}: {done}/{total}", done, total)
+
+        def say(msg: str) -> None:
+            self.call_from_thread(self._task_show, f"{task}: {msg}", None, None)
+
+        try:
+            if task == "stats":
+                from nanxi_tune.engine import stats as ST
+
+                st = ST.compute(cfg, self.stats_samples, progress=progress)
+                new = ST.apply(cfg, st)
+                updates = {"normalize.mean": list(new.normalize.mean), "normalize.std": list(new.normalize.std),
+                           "normalize.source": "computed"}
+            else:
+                from nanxi_tune.engine import autobatch as AB
+
+                r = AB.find_batch(cfg, cap_gb=self.autobatch_cap_gb, progress=say)
+                new = AB.apply(cfg, r)
+                updates = {"data.batch_size": r.batch_size}
+            self.call_from_thread(self._task_done, task, new, updates, None)
+        except Exception as err:  # noqa: BLE001 - shown, never crash the UI
+            self.call_from_thread(self._task_done, task, None, {}, f"{type(err).__name__}: {err}")
+
+    def _task_done(self, task: str, new: C.Config | None, updates: dict, error: str | None) -> None:
+        self.busy_task = None
+        self._task_hide()
+        if error:
+            self.notify(error, title=f"{task} failed", severity="error", timeout=10)
+            return
+        self.post_message(ConfigApplied(new, task, updates))
+
+    # --- findings: one-key remedy (issue 4) ---------------------------------------------------
+    def action_apply_remedy(self) -> None:
+        finding = self.monitor.selected_finding() if self.query("#mon") else None
+        if finding is None:
+            self.notify("No finding selected: findings appear on the Monitor tab.", severity="warning")
+            return
+        rem = finding.get("remedy") or {}
+        if not rem.get("set"):
+            self.notify(rem.get("text") or "This finding has no config change to apply.",
+                        title=f"{finding.get('rule')}: nothing to apply", severity="warning", timeout=8)
+            return
+        if self.run_dir is None:
+            self.notify("No run to apply the remedy to.", severity="warning")
+            return
+        if self.session.owns_run is False and self.running and not self.session.alive and not self.session.ended:
+            self.notify("The run is still starting; apply the remedy once it trains.", severity="warning")
+            return
+        if self._remedy_pending is not None or self.busy_task == "remedy":
+            self.notify("A remedy is already being applied.", severity="warning")
+            return
+        parent = self.run_dir
+        if self.running and (self.session.alive or self.session.owns_run):
+            self._remedy_pending = (parent, finding)
+            self.session.send(Op.STOP)
+            self.monitor.set_state("stopping")
+            self.notify(f"{finding.get('rule')}: stopping {parent.name} with a checkpoint, then applying the remedy…")
+            return
+        self._remedy_worker(parent, finding)
+
+    @work(thread=True, exclusive=True, group="remedy", exit_on_error=False)
+    def _remedy_worker(self, parent: Path, finding: dict) -> None:
+        from nanxi_tune.engine import remedy
+
+        self.busy_task = "remedy"
+        try:
+            child = remedy.apply(parent, finding)
+        except Exception as err:  # noqa: BLE001
+            self.busy_task = None
+            self.call_from_thread(self.notify, f"{type(err).__name__}: {err}", title="Cannot apply the remedy",
+                                  severity="error", timeout=10)
+            return
+        self.busy_task = None
+        self.call_from_thread(self._start_child, child, finding)
+
+    def _start_child(self, child: Path, finding: dict) -> None:
+        """The child trains in this app, from the parent's checkpoint when the remedy rewinds, else from scratch."""
+        from nanxi_tune.engine import remedy
+
+        cfg = C.load(child / "config.toml")
+        max_steps, resume = self.max_steps, remedy.has_checkpoint(child)
+
+        def make() -> Any:
+            from nanxi_tune.engine.trainer import Trainer
+
+            return Trainer.resume(child, max_steps=max_steps) if resume else Trainer(cfg, child, max_steps=max_steps)
+        self.session.close()
+        self._show(RunSession.in_process(self, child, make), cfg.budget.max_days)
+        changes = ", ".join(f"{k} = {v}" for k, v in (finding.get("remedy") or {}).get("set", {}).items())
+        self.notify(f"{child.name}: {changes}" + (" (resumed from the parent's checkpoint)" if resume
+                                                  else " (from scratch)"),
+                    title=f"remedy {finding.get('rule')} → child run", timeout=10)
+
+    # --- budget (engine.budget: the over-time-budget rule's own projection) -------------------
+    @work(thread=True, exclusive=True, group="budget", exit_on_error=False)
+    def _project_budget(self, run_dir: Path) -> None:
+        from nanxi_tune.engine import budget
+
+        try:
+            proj = budget.latest(run_dir)
+        except Exception:  # noqa: BLE001 - a half-written run: keep the last projection
+            return
+        self.call_from_thread(self._show_projection, run_dir, proj)
+
+    def _show_projection(self, run_dir: Path, proj: Any) -> None:
+        if run_dir == self.run_dir and self.query("#mon"):
+            self.monitor.set_projection(proj)
+
+    def _budget_tick(self) -> None:
+        if self.running:
+            self._project_budget(self.run_dir)
+
+    # --- runs: compare two -------------------------------------------------------------------
+    def action_compare_runs(self) -> None:
+        from nanxi_tune.tui.compare_view import CompareScreen
+
+        pane = self.query_one("#runs-pane", RunsPane) if self.query("#runs-pane") else None
+        pair = pane.pair() if pane else None
+        if pair is None:
+            self.action_tab("runs")
+            self.notify("Mark two runs with space on the Runs tab (or mark one and put the cursor on the other), "
+                        "then press c.", severity="warning", timeout=8)
+            return
+        self.push_screen(CompareScreen(*pair))
