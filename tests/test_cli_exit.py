@@ -165,3 +165,16 @@ def test_readme_lists_the_exit_codes_and_relative_paths():
     for code in ExitCode:
         assert f"| {int(code)} |" in readme, code
     assert "relative to the folder you run" in readme and "JSON Lines" in readme and "⟳" in readme
+
+
+def test_a_run_owned_by_a_live_process_exits_4(tmp_path, capsys, one_thread):
+    from nanxi_tune.engine import runctl
+
+    run = tmp_path / "r"
+    assert main(["train", "--quiet", "--run-dir", str(run), "--max-steps", "1", "--set", *SETS]) == ExitCode.STOPPED
+    owner = runctl.RunOwner.acquire(run)  # another trainer, as far as the lock can tell
+    try:
+        assert main(["resume", str(run), "--quiet"]) == ExitCode.BUSY
+    finally:
+        owner.release()
+    assert "live process" in capsys.readouterr().err

@@ -24,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     o = sub.add_parser("open", help="open an existing run directory in the TUI")
     o.add_argument("run_dir")
 
-    t = sub.add_parser("train", help="train headless from a preset")
+    t = sub.add_parser("train", help="train headless from a preset", epilog=epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--preset", default="demo", help="preset name or .toml path")
     t.add_argument("--set", dest="sets", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override config keys, e.g. train.base_lr=0.003 data.batch_size=32")
@@ -36,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--print-every", type=int, metavar="N", help="when output is not a terminal: a progress line "
                    "every N steps (default 10; at least one every 10 s)")
 
-    r = sub.add_parser("resume", help="resume a run from its last checkpoint")
+    r = sub.add_parser("resume", help="resume a run from its last checkpoint (a run stopped before its first "
+                       "checkpoint starts again from step 0)", epilog=epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("run_dir")
     r.add_argument("--set", dest="sets", nargs="*", default=[], metavar="KEY=VALUE",
                    help="change live keys before resuming (e.g. train.base_lr=0.001)")
