@@ -4,7 +4,7 @@ Wire it in tui/cli.py as::
 
     d = sub.add_parser("diagnose", help="run the notes' diagnostic rules over a run directory")
     d.add_argument("run_dir")
-    d.add_argument("--json", action="store_true", help="one JSON object per finding (events.jsonl's form)")
+    d.add_argument("--json", action="store_true", help="JSON Lines: one JSON object per finding")
     ...
     from nanxi_tune.tui.diagnose_cmd import diagnose
     return diagnose(args)
@@ -29,7 +29,8 @@ def _remedy_text(remedy: dict) -> str:
 
 
 def diagnose(args) -> int:
-    """Print the findings of ``args.run_dir`` as a Rich table, or as JSON lines with ``args.json``. Exit 0."""
+    """Print the findings of ``args.run_dir`` as a Rich table, or with ``args.json`` as JSON Lines (one finding a
+    line, events.jsonl's form; nothing when there are none), not one JSON document. Exit 0."""
     from nanxi_tune.engine import rundir
     from nanxi_tune.engine.diagnostics import diagnose_run
 
