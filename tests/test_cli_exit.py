@@ -178,3 +178,20 @@ def test_a_run_owned_by_a_live_process_exits_4(tmp_path, capsys, one_thread):
     finally:
         owner.release()
     assert "live process" in capsys.readouterr().err
+
+
+def test_under_nohup_a_hangup_is_still_ignored(tmp_path):
+    """nohup starts the command with SIGHUP ignored: the run must keep ignoring it (only SIGINT/SIGTERM stop it)."""
+    run = tmp_path / "r"
+    p = subprocess.Popen(cli() + ["train", "--run-dir", str(run), "--set", *SETS, "train.max_steps=10",
+                                  "eval.interval=100"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+                         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    deadline = time.monotonic() + 120
+    while p.poll() is None and time.monotonic() < deadline and not [
+            m for m in rundir.read_metrics(run) if m.get("split") == "train"]:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGHUP)
+    out, err = p.communicate(timeout=180)
+    assert p.returncode == ExitCode.FINISHED, err[-2000:]
+    assert "SIGHUP" not in err

@@ -137,7 +137,8 @@ def run_until_signalled(thread: threading.Thread, stop, say) -> None:
         say(signal.Signals(signum).name)
         stop()
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+           if signal.getsignal(s) != signal.SIG_IGN}  # nohup ignores SIGHUP: keep ignoring it
     try:
         thread.start()
         while thread.is_alive():

@@ -30,6 +30,8 @@ class Guard:
 
     def install(self) -> "Guard":
         for s in SIGNALS:
+            if signal.getsignal(s) == signal.SIG_IGN:  # nohup ignores SIGHUP: keep ignoring it
+                continue
             self._old[s] = signal.signal(s, self._on_signal)
         return self
 
