@@ -4,10 +4,10 @@ host sync) — measured phase by phase in the training thread, the trainer's ste
 
 On BCCD (``../shared/datasets/bccd``, preset ``bccd``; the ``demo`` preset when BCCD is absent) it prints
 ms per step and the share of each phase, the data side's share (what loader workers could hide), and
-what a cached decode costs (data.cache_mb). Default run: 2 warm-up + 10 measured steps, under 2 minutes on
+what a cached decode costs (data.cache_mb). Default run: 2 warm-up + 8 measured steps, under 2 minutes on
 a 2-core CPU.
 
-    python bench/step_breakdown.py [--steps 10] [--data PATH] [--set key=value ...]
+    python bench/step_breakdown.py [--steps 8] [--channels-last] [--data PATH] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -44,17 +44,19 @@ def config(args) -> tuple[C.Config, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/datasets/bccd"))
     ap.add_argument("--set", dest="sets", nargs="*", default=[])
+    ap.add_argument("--channels-last", action="store_true", help="model and batches in channels_last memory")
     args = ap.parse_args()
     cfg, name = config(args)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     device = pick_device(cfg.train.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(cfg.train.seed)
     ds = train_dataset(cfg, cfg.train.seed)
-    model = build_model(cfg, ds.num_classes).to(device)
+    model = build_model(cfg, ds.num_classes).to(device, memory_format=fmt)
     ema = AveragedModel(model, multi_avg_fn=ema_avg_fn(cfg.train.ema_decay, cfg.train.ema_ramp), use_buffers=True)
     opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.lr,
                             betas=(cfg.train.beta1, cfg.train.beta2))
@@ -87,7 +89,7 @@ def main() -> None:
     def step(i: int) -> None:
         keys = order[i * bs:(i + 1) * bs]
         images, targets = timed("collate", collate, [sample(e, j) for e, j in keys])
-        images = images.to(device)
+        images = images.to(device, memory_format=fmt)
         tmaps = timed("targets", build_targets, targets, ds.num_classes, cfg, device)
         losses = timed("forward", model, images, tmaps)
 
@@ -126,7 +128,7 @@ def main() -> None:
     total = sum(per.values())
     print(f"step breakdown: {name}, {cfg.preprocess.input_size} px, batch {bs}, backbone {cfg.backbone.name} "
           f"({count_parameters(model) / 1e6:.2f} M parameters), {device.type}, {torch.get_num_threads()} "
-          f"threads, {args.steps} steps after {args.warmup} warm-up")
+          f"threads, {'channels_last, ' if args.channels_last else ''}{args.steps} steps after {args.warmup} warm-up")
     for p in PHASES:
         print(f"  {p:<10} {per[p] * 1000:8.1f} ms  {100 * per[p] / total:5.1f} %")
     data = sum(per[p] for p in DATA_PHASES)
