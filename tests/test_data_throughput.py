@@ -56,3 +56,20 @@ def test_loader_workers_share_a_preloaded_cache():
     ref_loader = make_loader(ref, EpochSampler(len(ref), 0, 0), 8, 0, "cpu", drop_last=True)
     for (a, _), (b, _) in zip(loader, ref_loader):
         assert torch.equal(a, b)
+
+
+def test_step_breakdown_bench_smoke(tmp_path):
+    """bench/step_breakdown.py at toy size (demo preset: no BCCD at the given path) prints every phase."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "step_breakdown.py"), "--steps", "1", "--warmup", "1",
+                        "--data", str(tmp_path / "none"), "--set", "preprocess.input_size=64", "data.batch_size=2",
+                        "data.synthetic_train=8", "data.synthetic_val=4", "backbone.width=8", "head.channels=8"],
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for key in ("demo (no BCCD", "decode", "augment", "targets", "forward", "backward", "optimiser", "ema",
+                "data side", "cached:"):
+        assert key in r.stdout, r.stdout
