@@ -250,45 +250,51 @@ def test_pause_stop_refused_without_run(tmp_path):
         async with app.run_test(size=(80, 24)) as pilot:
             await ready(pilot)
             await pilot.press("f6", "f7")
-            await pilot.pause(0.1)
-            assert sum("No run in progress" in n for n in app.notices) == 2
+            await wait_for(pilot, lambda: sum("No live run" in n for n in app.notices) == 2, timeout=10)
             await pilot.press("f8")
-            await pilot.pause(0.1)
-            assert any("No run to resume" in n for n in app.notices)
+            await wait_for(pilot, lambda: any("No run to resume" in n for n in app.notices), timeout=10)
     run(go())
 
 
 def test_resume_dialog_fits_80x24_and_refuses_a_bad_value_inline(tmp_path):
-    """The resume dialog's input is on screen at 80×24 (the live-key list scrolls below it), and a bad value
-    is refused in the dialog, naming the key, instead of starting a resume that fails."""
+    """The F8 dialog (resume of a stopped run) has its input on screen at 80×24 (the live keys with their
+    current values scroll below it), and a bad value is refused in the dialog, naming the key, instead of
+    starting a resume that fails; a misspelled key is "unknown" with the closest known keys."""
     from textual.widgets import Input, Static
 
-    from nanxi_tune.tui.screens import ResumeDialog
+    from nanxi_tune.tui.screens import LiveEditDialog
 
     run_dir = tmp_path / "r"
     run_dir.mkdir()
-    C.save(C.load_preset("demo"), run_dir / "config.toml")
-    live = [k for k in C.flatten(C.Config()) if C.is_live(k)]
+    ran = C.load_preset("demo")
+    C.save(ran, run_dir / "config.toml")
     results = []
 
     async def go():
         app = NanxiTuneApp(preset="demo", runs_root=tmp_path / "runs")
         async with app.run_test(size=(80, 24)) as pilot:
             await ready(pilot)
-            app.push_screen(ResumeDialog(run_dir, "", live), results.append)
-            await pilot.pause(0.2)
-            inp = app.screen.query_one("#resume-updates", Input)
+            app.push_screen(LiveEditDialog(run_dir, ran, "", live=False), results.append)
+            await wait_for(pilot, lambda: isinstance(app.screen, LiveEditDialog), timeout=10)
+            await pilot.pause()
+            inp = app.screen.query_one("#live-updates", Input)
             assert inp.has_focus and inp.region.bottom <= 24 and inp.region.height > 0
+            shown = str(app.screen.query_one("#live-keys Static", Static).render())
+            assert f"train.base_lr = {ran.train.base_lr}" in shown
+            err = app.screen.query_one("#live-error", Static)
             for text in ("train.base_lr=abc", "train.base_lr=-1", "train.no_such=1", "preprocess.input_size=64"):
+                err.update("")
                 inp.value = text
                 await pilot.press("enter")
-                await pilot.pause(0.1)
-                err = str(app.screen.query_one("#resume-error", Static).render())
-                assert text.split("=")[0] in err, (text, err)
-                assert isinstance(app.screen, ResumeDialog) and results == []
+                await wait_for(pilot, lambda: text.split("=")[0] in str(err.render()), timeout=10)
+                assert isinstance(app.screen, LiveEditDialog) and results == []
+            inp.value = "train.base_rl=0.001"
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: "unknown key" in str(err.render()), timeout=10)
+            assert "train.base_lr" in str(err.render()) and "not a live key" not in str(err.render())
             inp.value = "train.base_lr=0.001"
             await pilot.press("enter")
-            await pilot.pause(0.1)
+            await wait_for(pilot, lambda: results != [], timeout=10)
             assert results == [{"train.base_lr": 0.001}]
 
     run(go())
@@ -301,7 +307,10 @@ def test_palette_finds_a_config_key_and_shows_binding_keys(tmp_path):
 
     from types import SimpleNamespace
 
-    fake_app = SimpleNamespace(run_action=print, show_config_group=print, edit_key=print)
+    class FakeApp(SimpleNamespace):
+        BINDINGS = NanxiTuneApp.BINDINGS
+
+    fake_app = FakeApp(run_action=print, show_config_group=print, edit_key=print)
     names = [n for n, _fn, _h in RunCommands._entries(SimpleNamespace(app=fake_app))]
     assert "Start run  [F5]" in names and any(n.startswith("Edit train.base_lr") for n in names)
 
