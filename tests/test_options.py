@@ -66,6 +66,12 @@ def lrs(cfg, total=100):
     return [lr_at(cfg, s, total) for s in range(total)]
 
 
+def plan_text(cfg):
+    from nanxi_tune.engine.lr_plan import BudgetPlan
+
+    return BudgetPlan(cfg, 10).describe()
+
+
 def seeded_init(cfg):
     torch.manual_seed(cfg.train.seed)  # as the trainer seeds before building the model
     return build_model(cfg, 3).backbone.stem[0].weight.sum().item()
@@ -94,9 +100,11 @@ ROWS = [
     ("data.batch_size", 4, 8, lambda c: c.lr),
     ("data.workers", 0, 2, lambda c: make_loader(train_dataset(c, 0), range(4), 2, c.data.workers, "cpu",
                                                    False).num_workers),
+    ("data.cache_mb", 0, 64, lambda c: (lambda ds: (ds[0], len(ds._cache))[1])(train_dataset(c, 0))),
     ("principles.act", "relu", "mish", lambda c: model_out(c)["map"].sum().item()),
     ("principles.weights_init", "trunc_normal", "kaiming",
      lambda c: build_model(c, 3).backbone.stem[0].weight.std().item()),
+    ("backbone.name", "nanxi", "regnet_y_400mf", lambda c: count_parameters(build_model(c, 3))),
     ("backbone.width", 8, 16, lambda c: count_parameters(build_model(c, 3))),
     ("backbone.depth", 1, 2, lambda c: count_parameters(build_model(c, 3))),
     ("backbone.input_channels_bn", False, True, lambda c: type(build_model(c, 3).input_bn).__name__),
@@ -120,6 +128,7 @@ ROWS = [
     ("train.milestones", [0.5], [0.9], lambda c: lrs(c)[60]),
     ("train.gamma", 0.1, 0.5, lambda c: lrs(c)[-1]),
     ("train.warmup_steps", 0, 10, lambda c: lrs(c)[0]),
+    ("train.time_budget_min", 0.0, 1.0, plan_text),
     ("train.seed", 0, 1, lambda c: seeded_init(c)),
     ("postprocess.nms", True, False, n_dets),
     ("postprocess.nms_iou", 0.3, 0.9, n_dets),
