@@ -93,8 +93,12 @@ class BudgetPlan:
     def reconfigure(self, cfg: C.Config) -> bool:
         """Take a (live-edited) config; True when the end or a milestone moved."""
         old = (getattr(self, "total_steps", None), list(getattr(self, "milestones", [])))
-        self.cfg = cfg
+        key = (sorted(cfg.train.milestones), cfg.train.max_steps, cfg.train.epochs, budget_seconds(cfg))
+        same = key == getattr(self, "_key", None)
+        self.cfg, self._key = cfg, key
         self.budget_s = budget_seconds(cfg)
+        if self.on and self.planned and same:
+            return False  # lr, gamma, warmup: read live by lr_at; the end and the milestones stay
         if not self.on:
             self.total_steps = self._configured()
             self.milestones = milestone_steps(cfg, self.total_steps)

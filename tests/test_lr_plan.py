@@ -135,3 +135,15 @@ def test_live_edit_of_the_milestones_replans():
     simulate(plan, lambda s: 0.05, limit=100)
     assert plan.reconfigure(cfg_of(train__time_budget_min=1.0, train__milestones=[0.5]))
     assert plan.milestones == [pytest.approx(0.5 * plan.total_steps, abs=1)]
+
+
+def test_live_edit_of_other_keys_keeps_the_plan_and_resume_is_exact():
+    cfg = cfg_of(train__time_budget_min=1.0)
+    plan = BudgetPlan(cfg, 100)
+    simulate(plan, lambda s: 0.05, limit=300)
+    state = plan.state_dict()
+    assert not plan.reconfigure(cfg_of(train__time_budget_min=1.0, train__base_lr=0.01, train__gamma=0.5))
+    assert plan.state_dict() == state and plan.lr_at(0) == pytest.approx(0.01)
+    again = BudgetPlan(cfg, 100)
+    again.load_state_dict(state)
+    assert not again.reconfigure(cfg) and again.state_dict() == state  # what the trainer does at resume
