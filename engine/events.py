@@ -120,6 +120,18 @@ class Log(Event):
 
 
 @dataclass(frozen=True)
+class PlanChanged(Event):
+    """The run's length or lr decay moved (train.time_budget_min re-planned on the measured speed, or a live
+    edit): the monitor shows ``text``, the journal keeps it."""
+    kind = "plan"
+    step: int
+    total_steps: int
+    milestones: list
+    text: str
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
 class CommandAck(Event):
     """The trainer's answer to a command of the control channel (engine.runctl): applied at ``step`` or
     refused with the reason. ``changes`` lists a live edit's [key, old, new]."""
@@ -135,7 +147,7 @@ class CommandAck(Event):
 
 
 KINDS: dict[str, type[Event]] = {c.kind: c for c in (StepMetrics, EvalMetrics, StateChanged, CheckpointSaved,
-                                                     Diagnosis, Error, Log, CommandAck)}
+                                                     Diagnosis, Error, Log, PlanChanged, CommandAck)}
 
 
 def from_json(d: dict[str, Any]) -> Event | None:

@@ -45,6 +45,16 @@ def render(run_dir: Path) -> str:
     if posts:
         lines += ["", "## Post-processing (tuned after training)", ""]
         lines += [f"- {e['message']}" for e in posts]
+    edits = [e for e in events if e.get("kind") == "ack" and e.get("applied") and e.get("changes")]
+    if edits:
+        lines += ["", "## Live edits", ""]
+        lines += [f"- step {e['step']}: " + ", ".join(f"`{k}` {a!r} → {b!r}" for k, a, b in e["changes"])
+                  + f" ({e.get('sender', '?')})" for e in edits]
+    plans = [e for e in events if e.get("kind") == "plan"]
+    if plans:
+        lines += ["", "## Plan (train.time_budget_min)", ""]
+        lines += [f"- step {e['step']}: {e['text']}" for e in plans[:1] + plans[-1:]] if len(plans) > 1 else \
+            [f"- step {e['step']}: {e['text']}" for e in plans]
     findings = [e for e in events if e.get("kind") == "diagnosis"]
     if findings:
         lines += ["", "## Diagnoses", ""]

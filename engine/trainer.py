@@ -24,8 +24,9 @@ from . import journal, rundir, runctl
 from .diagnostics import Watcher, lower_lr
 from .data import DataError, EpochSampler, eval_dataset, make_loader, train_dataset
 from .evaluate import EvalInterrupted, evaluate
-from .events import (Callback, CheckpointSaved, CommandAck, Error, EvalMetrics, Event, Log, StateChanged,
-                     StepMetrics, null_callback)
+from .lr_plan import BudgetPlan
+from .events import (Callback, CheckpointSaved, CommandAck, Error, EvalMetrics, Event, Log, PlanChanged,
+                     StateChanged, StepMetrics, null_callback)
 from .runctl import Command, Op
 from .model import build_model
 from .targets import build_targets
@@ -41,16 +42,6 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise StopRun(f"train.device = {name!r} but CUDA is not available here; use train.device = auto or cpu")
     return torch.device(name)
-
-
-def lr_at(cfg: C.Config, step: int, total_steps: int) -> float:
-    """lr = base_lr × batch_size / base_batch_size (linear scaling), piecewise decay, optional warmup."""
-    lr = cfg.lr
-    if cfg.train.schedule == "piecewise":
-        lr *= cfg.train.gamma ** sum(step >= m * total_steps for m in cfg.train.milestones)
-    if cfg.train.warmup_steps and step < cfg.train.warmup_steps:
-        lr *= (step + 1) / cfg.train.warmup_steps
-    return lr
 
 
 def ema_avg_fn(decay: float, ramp: bool):
@@ -155,7 +146,21 @@ class Trainer:
             self._emit(Log(f"diagnostics skipped: {type(err).__name__}: {err}", "warning"))
             return
         for finding in findings:
+            self._pin(finding)
             self._emit(finding.to_event())
+
+    def _pin(self, finding) -> None:
+        """Keep the checkpoint a finding's remedy rewinds to outside the ring (engine.pins) until the finding is
+        applied or dismissed; the remedy records the pinned step (None: none was left, the child starts at 0)."""
+        from . import pins
+
+        rem = finding.remedy
+        if rem.get("resume_from_step") is None or not rem.get("set"):
+            return
+        try:
+            rem["checkpoint_step"] = pins.pin(self.run_dir, finding.rule, int(rem["resume_from_step"]))
+        except OSError as err:
+            self._emit(Log(f"could not pin the rewind checkpoint of {finding.rule}: {err}", "warning"))
 
     def _model_stats(self) -> dict[str, Any]:
         if self.device.type != "cuda":
@@ -250,7 +255,9 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise StopRun(f"data.batch_size = {bs} is larger than the training set ({len(self.train_set)} "
                           "images); lower data.batch_size")
-        self.total_steps = self._planned_steps()
+        self.plan = BudgetPlan(cfg, self.steps_per_epoch)  # the length and the lr decay (engine.lr_plan)
+        self.total_steps = self.plan.total_steps
+        self._train_s = 0.0  # training seconds of the whole run (evaluations in, pauses out), across resumes
         self.model = build_model(cfg, self.train_set.num_classes).to(self.device)
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_avg_fn(cfg.train.ema_decay, cfg.train.ema_ramp),
                                  use_buffers=True)
@@ -263,6 +270,9 @@ class Trainer:
     def _loop(self) -> None:
         bs = self.cfg.data.batch_size
         t_last, seen, ips = time.perf_counter(), 0, 0.0
+        self._t_mark = t_last
+        if self.plan.on:
+            self._emit(PlanChanged(self.step, self.total_steps, list(self.plan.milestones), self.plan.describe()))
         if self.step and self._eval_due() and not self._evaluated_at_step():
             self._evaluate()  # the evaluation a stop interrupted: redone before training on
             self._diagnose()
@@ -278,7 +288,7 @@ class Trainer:
                     break
                 cfg = self.cfg  # live edits land between steps
                 self._count_skipped(targets)
-                lr = lr_at(cfg, self.step, self.total_steps)
+                lr = self.plan.lr_at(self.step)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 values = self._train_step(images, targets)
@@ -299,6 +309,9 @@ class Trainer:
                         self._save()
                     if cfg.diagnose.check_every and self._lines_since_check >= cfg.diagnose.check_every:
                         self._diagnose()
+                self._tick()
+                if self.plan.observe(self.step, self._train_s):
+                    self._plan_changed()
                 if self.step >= self.total_steps or self._reached_stop_at():
                     break
             if self.state == "stopped":
@@ -374,6 +387,7 @@ class Trainer:
                 self._apply_commands()
             if not self._stop.is_set():
                 self._set_state("running", "continued")
+            self._t_mark = time.perf_counter()  # paused time is not training time
         if self._stop.is_set():
             self._set_state("stopping")
             self._save()
@@ -423,17 +437,24 @@ class Trainer:
         changes = [[k, a, b] for k, (a, b) in C.diff(self.cfg, new).items()]
         if not changes:
             return []
-        old, self.cfg = self.cfg, new
+        self.cfg = new
         C.save(new, self.run_dir / rundir.CONFIG)
         self.watcher.set_config(new)
-        if hasattr(self, "steps_per_epoch"):
-            self.total_steps = self._planned_steps()
+        if hasattr(self, "plan") and self.plan.reconfigure(new):
+            self._plan_changed()
         if any(k.startswith("eval.") and k not in ("eval.interval", "eval.online") for k, _, _ in changes):
             self.__dict__.pop("eval_set", None)  # val_data_mode / qmv / rsr: the eval images change
         return changes
 
-    def _planned_steps(self) -> int:
-        return self.cfg.train.max_steps or self.cfg.train.epochs * self.steps_per_epoch
+    def _plan_changed(self) -> None:
+        self.total_steps = self.plan.total_steps
+        self._emit(PlanChanged(self.step, self.total_steps, list(self.plan.milestones), self.plan.describe()))
+
+    def _tick(self) -> None:
+        """Training time so far, for the budget plan: since the last tick, unless a pause was in between."""
+        now = time.perf_counter()
+        self._train_s += now - self._t_mark
+        self._t_mark = now
 
     def _eval_interrupt(self) -> bool:
         """Between evaluation batches: True ends the evaluation (stop). A pause holds it here until continue or
@@ -491,7 +512,8 @@ class Trainer:
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "schedule": {"total_steps": self.total_steps, "lr": lr_at(self.cfg, self.step, self.total_steps)},
+            "schedule": {"total_steps": self.total_steps, "lr": self.plan.lr_at(self.step),
+                         "plan": self.plan.state_dict()},
             "step": self.step,
             "epoch": self.step // self.steps_per_epoch,
             "sampler": {"epoch": self.step // self.steps_per_epoch, "position": self.step % self.steps_per_epoch},
@@ -537,6 +559,10 @@ class Trainer:
         self.step = int(state["step"])
         self.best_map = float(state["best_map"])
         self._last_eval_step = int(state.get("last_eval_step", -1))
+        if "plan" in state.get("schedule", {}):
+            self.plan.load_state_dict(state["schedule"]["plan"])
+            self.plan.reconfigure(self.cfg)  # a resume --set of a live key (epochs, milestones) re-places the plan
+            self.total_steps, self._train_s = self.plan.total_steps, self.plan.elapsed_s
         ckpt_io.set_rng_state(state["rng"])
         dropped = rundir.trim_metrics(self.run_dir, self.step)
         # trim_metrics may have replaced metrics.jsonl (a new file, renamed over the old): append to the new one,

@@ -19,7 +19,8 @@ from nanxi_tune.engine.data import eval_dataset, make_loader, resolve, train_dat
 from nanxi_tune.engine.decode import decode
 from nanxi_tune.engine.model import build_model, count_parameters
 from nanxi_tune.engine.targets import build_targets
-from nanxi_tune.engine.trainer import Trainer, ema_avg_fn, lr_at, pick_device
+from nanxi_tune.engine.lr_plan import lr_at
+from nanxi_tune.engine.trainer import Trainer, ema_avg_fn, pick_device
 
 BASE = {"preprocess.input_size": 64, "data.synthetic_train": 24, "data.synthetic_val": 12, "data.batch_size": 4,
         "backbone.width": 8, "head.channels": 16}

@@ -131,3 +131,22 @@ def test_exact_resume_after_a_live_edit(tmp_path, one_thread):
         == [m for m in rundir.read_metrics(b) if m.get("split") == "train" and (m.pop("time"), m.pop("images_per_s"))]
     edits = [e for e in rundir.read_events(b) if e.get("kind") == "ack" and e.get("op") == "set"]
     assert edits[0]["step"] == 3 and ["train.base_lr", 0.003, 0.0007] in edits[0]["changes"]
+
+
+def test_a_time_budget_plans_the_run_and_the_journal_keeps_edits_and_plans(tmp_path, one_thread):
+    cfg = tiny(**{"train.epochs": 10000, "train.time_budget_min": 0.08, "eval.interval": 1000})
+    run = tmp_path / "r"
+
+    def cb(e):
+        if e.kind == "step" and e.step == 2:
+            runctl.send(run, Op.SET, {"train.gamma": 0.5})
+
+    t = Trainer(cfg, run, callback=cb)
+    assert t.run() == "finished"
+    plans = [e for e in rundir.read_events(run) if e.get("kind") == "plan"]
+    assert plans and plans[-1]["total_steps"] == t.step < 10000 * (48 // 8)  # ended on the budget, not the epochs
+    assert all(0 < m <= plans[-1]["total_steps"] for m in plans[-1]["milestones"])
+    lrs = [m["lr"] for m in rundir.read_metrics(run) if m.get("split") == "train"]
+    assert lrs[-1] < lrs[0]  # the decay was placed inside the run
+    text = (run / rundir.JOURNAL).read_text()
+    assert "## Live edits" in text and "`train.gamma` 0.1 → 0.5" in text and "## Plan" in text

@@ -255,6 +255,7 @@ class Monitor(VerticalScroll):
         self.diagnoses: list[tuple[str, str, str, str, str]] = []
         self.findings: list[dict[str, Any]] = []
         self.projection: Any = None  # engine.budget.Projection of the shown run
+        self.plan_text = ""  # engine.lr_plan's line when the run fits a time budget
 
     def compose(self) -> ComposeResult:
         PlotextPlot = cached_plot_class()  # noqa: N806 - plotext costs ~0.1 s to import: after the first frame
@@ -309,6 +310,7 @@ class Monitor(VerticalScroll):
         self.diagnoses.clear()
         self.findings.clear()
         self.projection = None
+        self.plan_text = ""
         self.query_one("#diagnoses", DataTable).clear()
         self.query_one("#diag-detail", Static).update("")
         table = self.query_one("#latest", LatestTable)
@@ -395,6 +397,10 @@ class Monitor(VerticalScroll):
             self.max_days = projection.max_days
         self.refresh_texts()
 
+    def set_plan(self, text: str) -> None:
+        self.plan_text = text
+        self.refresh_texts()
+
     def set_state(self, state: str) -> None:
         self.state = state
         if state in ("running",):
@@ -435,6 +441,8 @@ class Monitor(VerticalScroll):
 
     def _budget_text(self) -> Text:
         """The bar of engine.budget's projection (the over-time-budget rule's own estimate) vs budget.max_days."""
+        if self.plan_text:  # train.time_budget_min: the run is planned to fit its budget (engine.lr_plan)
+            return Text("plan ", style="bold").append(self.plan_text, style="")
         p = self.projection
         width = 20
         t = Text("budget ")

@@ -213,6 +213,8 @@ class RunActions:
                 mon.add_diagnosis(ev.to_json())
             elif isinstance(ev, E.StateChanged):
                 mon.set_state(ev.state)
+            elif isinstance(ev, E.PlanChanged):
+                mon.set_plan(ev.text)
         mon.redraw_plots(force=True)
         self._project_budget(message.session.run_dir)
 
@@ -250,6 +252,8 @@ class RunActions:
             who = "" if ev.sender.startswith("tui") else f" (from {ev.sender.split(' pid')[0]})"
             self.notify(ev.message + who, title=f"{ev.op}: {'applied' if ev.applied else 'refused'}",
                         severity="information" if ev.applied else "error", timeout=6 if ev.applied else 12)
+        elif isinstance(ev, E.PlanChanged):
+            mon.set_plan(ev.text)
         elif isinstance(ev, E.CheckpointSaved):
             self.notify(f"checkpoint at step {ev.step}" + (" (best)" if ev.best else ""), timeout=3)
         elif isinstance(ev, E.Log) and ev.level == "warning":
