@@ -28,6 +28,7 @@ from .lr_plan import BudgetPlan
 from .events import (Callback, CheckpointSaved, CommandAck, Error, EvalMetrics, Event, Log, PlanChanged,
                      StateChanged, StepMetrics, null_callback)
 from .runctl import Command, Op
+from .backbones import WeightsError
 from .model import build_model
 from .targets import build_targets
 
@@ -195,6 +196,8 @@ class Trainer:
             self._fail(str(err).split("\n")[0], str(err))
         except ckpt_io.CheckpointError as err:
             self._fail("checkpoint", str(err))
+        except WeightsError as err:  # backbone.weights: names the file, the layer and the fix
+            self._fail(str(err).split("\n")[0], str(err))
         except DataError as err:  # names the file and the fix; not a crash, so no traceback
             msg = str(err)
             if "Original Traceback" in msg:  # re-raised from a loader worker: keep the worker's own message
@@ -258,7 +261,9 @@ class Trainer:
         self.plan = BudgetPlan(cfg, self.steps_per_epoch)  # the length and the lr decay (engine.lr_plan)
         self.total_steps = self.plan.total_steps
         self._train_s = 0.0  # training seconds of the whole run (evaluations in, pauses out), across resumes
-        self.model = build_model(cfg, self.train_set.num_classes).to(self.device)
+        # a resumed run's weights come from its checkpoint: backbone.weights may be gone by now
+        self.model = build_model(cfg, self.train_set.num_classes, load_weights=self.resume_from is None)
+        self.model.to(self.device)
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_avg_fn(cfg.train.ema_decay, cfg.train.ema_ramp),
                                  use_buffers=True)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.train.weight_decay), lr=cfg.lr,
@@ -532,7 +537,8 @@ class Trainer:
             ckpt_io.save_atomic(self._state(), last)
             if ring:
                 ckpt_io.link_atomic(last, path)
-                for old in rundir.ring_checkpoints(self.run_dir)[:-self.cfg.train.keep_checkpoints]:
+                # the oldest ring file (the first evaluation's) stays: 13.1's rewind, to before the 2nd epoch
+                for old in rundir.ring_checkpoints(self.run_dir)[1:-self.cfg.train.keep_checkpoints]:
                     old.unlink(missing_ok=True)
         except OSError as err:  # a full disk inside torch.save arrives here too (checkpoint.save_atomic)
             prev = ckpt_io.peek(last, "step") if last.exists() else None

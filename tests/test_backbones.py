@@ -125,3 +125,22 @@ def test_trainer_runs_and_resumes_a_torchvision_backbone(tmp_path, one_thread):
     cfg = tiny(**{"backbone.name": "mobilenet_v3_large", "train.epochs": 1, "data.synthetic_train": 16})
     assert Trainer(cfg, tmp_path / "run", max_steps=1).run() == "stopped"
     assert Trainer.resume(tmp_path / "run").run() == "finished"
+
+
+def test_a_run_with_a_missing_weights_file_fails_naming_it_and_resumes_without_it(tmp_path, one_thread):
+    from nanxi_tune.engine import rundir
+    from nanxi_tune.engine.trainer import Trainer
+    from conftest import tiny
+
+    gone = tmp_path / "imagenet.pt"
+    run = tmp_path / "r"
+    assert Trainer(tiny(**{"backbone.weights": str(gone)}), run).run() == "failed"
+    err = next(e for e in rundir.read_events(run) if e.get("kind") == "error")
+    assert str(gone) in err["error"] and "Traceback" not in err["error"]
+    assert not any(e.get("kind") == "traceback" for e in rundir.read_events(run))
+    weights = tmp_path / "w.pt"
+    torch.save(build_model(tiny(), 3).backbone.state_dict(), weights)
+    run2 = tmp_path / "r2"
+    assert Trainer(tiny(**{"backbone.weights": str(weights)}), run2, max_steps=1).run() == "stopped"
+    weights.unlink()  # a resumed run reads its weights from the checkpoint
+    assert Trainer.resume(run2, max_steps=2).run() == "stopped"
