@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.tui.app import NanxiTuneApp
-from nanxi_tune.tui.screens import Confirm
+from nanxi_tune.tui.screens import Confirm, LiveEditDialog
 from conftest import wait_for
 
 pytestmark = pytest.mark.slow
@@ -57,9 +58,22 @@ def test_run_pause_continue_stop_resume_and_open(tmp_path):
             assert mon.series["train:loss"][0][0] == 1
             await pilot.pause(0.5)
             assert app.trainer.step == paused_at
+            # F8 on the paused run: its live keys with their current values; an lr change applies at the next step
+            await pilot.press("f8")
+            await wait_for(pilot, lambda: isinstance(app.screen, LiveEditDialog), timeout=10)
+            assert app.screen.live
+            assert "train.base_lr = 0.001" in str(app.screen.query_one("#live-keys Static").render())
+            app.screen.query_one("#live-updates").value = "train.base_lr=0.0015"
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: not isinstance(app.screen, LiveEditDialog), timeout=10)
+            await wait_for(pilot, lambda: any("set: applied" in n for n in app.notices), timeout=30)
+            assert app.trainer.step == paused_at  # still paused
             # continue
             await pilot.press("f6")
-            await wait_for(pilot, lambda: app.trainer.step > paused_at)  # continued (the state may flash by)
+            await wait_for(pilot, lambda: app.trainer.step > paused_at + 1)  # continued (the state may flash by)
+            rows = map(json.loads, (app.run_dir / "metrics.jsonl").read_text().splitlines())
+            lr = {r["step"]: r["lr"] for r in rows if r.get("split", "train") == "train" and "lr" in r}
+            assert lr[paused_at + 1] == pytest.approx(lr[paused_at] * 1.5, rel=1e-6), (paused_at, lr)
             # stop: checkpoint first
             await pilot.press("f7")
             await wait_for(pilot, lambda: not app.running)
@@ -70,8 +84,9 @@ def test_run_pause_continue_stop_resume_and_open(tmp_path):
             assert 1 <= stopped_at < total
             # resume with a live edit (lr) through the dialog
             await pilot.press("f8")
-            await pilot.pause(0.3)
-            inp = app.screen.query_one("#resume-updates")
+            await wait_for(pilot, lambda: isinstance(app.screen, LiveEditDialog), timeout=10)
+            assert not app.screen.live
+            inp = app.screen.query_one("#live-updates")
             inp.value = "train.base_lr=0.002"
             await pilot.press("enter")
             await wait_for(pilot, lambda: app.running or app.run_dir != run_dir or app.last_result != "stopped"
