@@ -299,9 +299,10 @@ class Watcher:
     """Runs every rule over a growing history; reports each finding once.
 
     Dedupe: a rule already reported stays quiet until (a) its key evidence number (the rule table's
-    ``key``) changed by more than ``diagnose.refire_change`` relative to what was last reported,
-    (b) its remedy changed (e.g. the lr was lowered and the loss is still flat: the new finding
-    proposes the next grid value), or (c) its severity rose. Lines are O(1) to observe; a check
+    ``key``) changed by more than ``diagnose.refire_change`` relative to what was last reported (it
+    then repeats the proposal it made unless the new one differs materially: never a drifting series),
+    (b) its remedy changed materially (``material_change``: e.g. the lr was lowered and the loss is still
+    flat: the new finding proposes the next grid value), or (c) its severity rose. Lines are O(1) to observe; a check
     reads only bounded windows, per-epoch summaries and the evals.
     """
 
@@ -340,7 +341,10 @@ class Watcher:
         old = self.reported.get(f.rule)
         if old is None:
             return True
-        if SEVERITY_RANK[f.severity] > SEVERITY_RANK[old.severity] or f.remedy.get("set") != old.remedy.get("set"):
+        tol = self.cfg.diagnose.refire_change
+        if SEVERITY_RANK[f.severity] > SEVERITY_RANK[old.severity]:
+            return True
+        if material_change(old.remedy.get("set") or {}, f.remedy.get("set") or {}, tol):
             return True
         from .rules import RULES
 
@@ -348,9 +352,28 @@ class Watcher:
         if key is None:
             return False
         a, b = old.evidence.get(key), f.evidence.get(key)
-        if not (finite(a) and finite(b)):
-            return a != b
-        return abs(b - a) > self.cfg.diagnose.refire_change * max(abs(a), 1e-12)
+        changed = a != b if not (finite(a) and finite(b)) else abs(b - a) > tol * max(abs(a), 1e-12)
+        if changed and f.remedy.get("set") != old.remedy.get("set"):  # the same proposal again, not a drifted one
+            f.remedy.update({k: v for k, v in old.remedy.items() if k in ("set", "text")})
+        return changed
+
+
+def material_change(a: dict[str, Any], b: dict[str, Any], tol: float) -> bool:
+    """Two remedies' ``set`` differ materially: other keys, another value of a non-numeric key, or a number
+    (a list's first number) more than ``tol`` apart relative to the first. 0.01 → 0.003 is material; a clip of
+    170 → 160 → 150, or a decay point sliding 0.6 → 0.7 as the run advances, is the same proposal drifting."""
+    if set(a) != set(b):
+        return True
+    for k, x in a.items():
+        y = b[k]
+        if isinstance(x, list) and isinstance(y, list) and x and y:
+            x, y = x[0], y[0]
+        if finite(x) and finite(y):
+            if abs(y - x) > tol * max(abs(x), 1e-12):
+                return True
+        elif x != y:
+            return True
+    return False
 
 
 def run_rules(cfg: C.Config, history: "History | list[dict[str, Any]]", stats: dict[str, Any] | None = None
@@ -391,4 +414,5 @@ def diagnose_run(run_dir: str | Path, cfg: C.Config | None = None) -> list[Findi
     return found
 
 
-__all__ = ["Finding", "History", "Watcher", "diagnose_run", "run_rules", "lower_lr", "LR_GRID", "remedy"]
+__all__ = ["Finding", "History", "Watcher", "diagnose_run", "run_rules", "lower_lr", "LR_GRID", "remedy",
+           "material_change"]

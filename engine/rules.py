@@ -60,16 +60,46 @@ def _quantile(xs: list[float], q: float) -> float | None:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def _stabilise(cfg: C.Config, grad_norms: list[float]) -> tuple[dict[str, Any], str]:
-    """The Playbook's order of fixes for instability, warmup excluded (the notes disable it, 10.2.1.1):
-    clip the gradient near its healthy 90th percentile first; once clipping is on, lower the lr."""
-    p90 = _quantile(grad_norms, 0.9)
-    if cfg.train.grad_clip == 0 and p90:
+def healthy_window(cfg: C.Config, h: History, before_step: int):
+    """The latest complete epoch that ended before ``before_step`` and was healthy: its raw train loss (median) at
+    least ``flat_min_progress`` below the first logged loss, no line in it above ``spike_factor`` × that median,
+    finite gradient norms logged, and no blow-up (an epoch median above ``flat_blowup`` × the first loss) at or
+    before it. None when the run never was healthy (a too-large lr blows the loss up in its first steps)."""
+    d = cfg.diagnose
+    start = raw_loss(h.first_train) if h.first_train else None
+    if not finite(start) or start <= 0:
+        return None
+    found = None
+    for e in h.complete_epochs(0):
+        if e.last_step >= before_step:
+            break
+        m = e.median("raw")
+        if m is None:
+            continue
+        if m > d.flat_blowup * start:
+            return None  # blown up: what came before is too early to size a clip from, what comes after is damaged
+        raw, grads = e.samples("raw"), [g for g in e.samples("grad_norm") if finite(g)]
+        if grads and (rel_drop(start, m) or 0.0) >= d.flat_min_progress and max(raw) <= d.spike_factor * m:
+            found = e
+    return found
+
+
+def _stabilise(cfg: C.Config, h: History, before_step: int) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """The Playbook's order of fixes for instability, warmup excluded (the notes disable it, 10.2.1.1): clip the
+    gradient near the 90th percentile of a window that was actually healthy first; once clipping is on, or when
+    the run never was healthy (nothing to size a clip from), lower the lr. Returns (set, how, evidence)."""
+    win = healthy_window(cfg, h, before_step) if cfg.train.grad_clip == 0 else None
+    p90 = _quantile(win.samples("grad_norm"), 0.9) if win is not None else None
+    if p90:
         clip = float(f"{p90:.2g}")
-        return ({"train.grad_clip": clip}, f"clip gradients at {clip:g} (≈ the 90th percentile of healthy "
-                f"gradient norms), then resume; if it recurs, lower the lr")
+        return ({"train.grad_clip": clip}, f"clip gradients at {clip:g} (≈ the 90th percentile of the gradient "
+                f"norms of epoch {win.epoch + 1}, the last healthy one), then resume; if it recurs, lower the lr",
+                {"healthy_epoch": win.epoch, "healthy_steps": [win.first_step, win.last_step], "clip_p90": r(p90)})
     new = lower_lr(cfg.train.base_lr)
-    return ({"train.base_lr": new}, f"lower the lr one grid step: train.base_lr {cfg.train.base_lr:g} → {new:g}")
+    why = ("clipping is already on" if cfg.train.grad_clip else
+           "no healthy window before it to size a gradient clip from")
+    return ({"train.base_lr": new}, f"lower the lr ({why}): train.base_lr {cfg.train.base_lr:g} → {new:g}",
+            {"healthy_epoch": None})
 
 
 # --- the notes' rules: training curves ------------------------------------------------------------
@@ -111,10 +141,15 @@ def flat_loss_after_epoch_2(cfg, h, stats):
                + f" the {start:.4g} it started from")
     else:
         how = f"its median went {a:.4g} → {b:.4g} ({-drop:+.1%}) from epoch 2 to epoch {last.epoch + 1}"
-    # The evidence window starts at the 2nd epoch: rewind to the end of the 1st. (After a blow-up in the first
-    # steps a new run at the lower lr learns faster still; the watcher proposes the next grid value if the
-    # child stays flat.)
+    # The evidence window starts at the 2nd epoch: rewind to the end of the 1st. After a blow-up the evidence
+    # starts at the blow-up: every checkpoint since carries its damage (real runs: a child resumed at lr 0.1 from
+    # the end of a blown-up 1st epoch scored mAP 0.000), so rewind to before the epoch where it began.
     resume, where = max(first.first_step - 1, 0), "resume from the end of the 1st epoch, before the loss went flat"
+    if stuck:
+        blew = next(e for e in h.complete_epochs(0) if (e.median("raw") or 0.0) > d.flat_blowup * start)
+        resume = max(blew.first_step - 1, 0) if blew.epoch > 0 else 0
+        where = ("start again from step 0: the loss blew up in the 1st epoch" if resume == 0 else
+                 f"resume from the end of epoch {blew.epoch}, before the loss blew up")
     return Finding(
         "flat-loss-after-epoch-2", "warning", "13.1",
         f"From the 2nd epoch on the train loss stays flat (从第二个epoch开始loss就一直保持不变,不在下降): {how}. "
@@ -449,8 +484,7 @@ def non_finite_loss(cfg, h, stats):
     bad = h.nonfinite
     if bad is None:
         return None
-    grads = [m.get("grad_norm") for m in h.recent(200) if m["step"] < bad["step"]]
-    set_, how = _stabilise(cfg, [g for g in grads if finite(g)])
+    set_, how, window = _stabilise(cfg, h, bad["step"])
     if "train.base_lr" not in set_:
         set_["train.base_lr"] = lower_lr(cfg.train.base_lr)
         how += f" and lower the lr ({cfg.train.base_lr:g} → {set_['train.base_lr']:g})"
@@ -460,7 +494,7 @@ def non_finite_loss(cfg, h, stats):
         f"Non-finite values ({what}) at step {bad['step']}: training diverged. The lr is likely too large "
         f"(学习率较大); {how}.",
         {"step": bad["step"], "split": bad["split"], "keys": bad["keys"], "source": bad["source"],
-         "base_lr": cfg.train.base_lr, "grad_clip": cfg.train.grad_clip},
+         "base_lr": cfg.train.base_lr, "grad_clip": cfg.train.grad_clip, **window},
         remedy(set_, max(bad["step"] - 1, 0), f"{how}; resume from the last checkpoint before step {bad['step']}"),
         _step(h))
 
@@ -481,18 +515,18 @@ def exploding_gradient(cfg, h, stats):
     ratio = cur / ref
     if ratio <= d.explode_ratio:
         return None
-    set_, how = _stabilise(cfg, ref_epoch.samples("grad_norm"))
+    set_, how, window = _stabilise(cfg, h, int(win[0]["step"]))
     return Finding(
         "exploding-gradient", "warning", f"{PLAYBOOK} (training instability)",
         f"Gradient norms exploded: median {cur:.3g} over the last {len(win)} lines, {ratio:.0f}× the calm median "
         f"{ref:.3g} of epoch {ref_epoch.epoch + 1}. The step is too large for the valley (学习率较大): {how}.",
         {"median_grad_norm": r(cur), "reference": r(ref), "reference_epoch": ref_epoch.epoch, "ratio": r(ratio),
-         "window_from": int(win[0]["step"])},
+         "window_from": int(win[0]["step"]), **window},
         remedy(set_, max(int(win[0]["step"]) - 1, 0), f"{how}; resume from before the window"),
         _step(h))
 
 
-@rule("loss-spikes", f"{PLAYBOOK} (training instability)", key="first_spike_step")
+@rule("loss-spikes", f"{PLAYBOOK} (training instability)", key="max_ratio")
 def loss_spikes(cfg, h, stats):
     """≥ ``spike_min_count`` raw train losses in the last ``spike_window`` lines above ``spike_factor`` × the
     median of their previous ``spike_ref`` lines."""
@@ -507,15 +541,14 @@ def loss_spikes(cfg, h, stats):
             spikes.append((int(lines[i]["step"]), vals[i] / ref))
     if len(spikes) < d.spike_min_count:
         return None
-    grads = [m.get("grad_norm") for m in lines if finite(m.get("grad_norm"))]
-    set_, how = _stabilise(cfg, grads)
+    set_, how, window = _stabilise(cfg, h, spikes[0][0])
     return Finding(
         "loss-spikes", "warning", f"{PLAYBOOK} (training instability)",
         f"{len(spikes)} loss spikes (up to {max(x for _, x in spikes):.1f}× the running median) in the last "
         f"{len(lines) - start} lines: training is unstable (学习率较大,导致梯度向量在斜坡两侧不断来回碰撞). "
         f"The Tuning Playbook's fixes, warmup excluded by the notes: {how}.",
         {"spikes": len(spikes), "steps": [s for s, _ in spikes][:10], "max_ratio": r(max(x for _, x in spikes)),
-         "first_spike_step": spikes[0][0], "last_spike_step": spikes[-1][0], "factor": d.spike_factor},
+         "first_spike_step": spikes[0][0], "last_spike_step": spikes[-1][0], "factor": d.spike_factor, **window},
         remedy(set_, max(spikes[0][0] - 1, 0), f"{how}; resume from before the first spike"),
         _step(h))
 

@@ -93,22 +93,23 @@ def test_flat_loss_remedy_child_learns_again(tmp_path):
     found = train(small(0, **{"train.base_lr": 0.3}), parent, max_steps=4 * SPE)
     flat = next(f for f in found if f.rule == "flat-loss-after-epoch-2")
     flat_level = statistics.median(list(epoch_medians(parent).values())[1:])  # from the 2nd epoch on
+    assert flat.evidence["kind"] == "no-progress" and flat.remedy["resume_from_step"] == 0  # blew up in epoch 1
 
-    child = remedy.apply(parent, flat.to_json())
-    assert remedy.has_checkpoint(child)
+    child = remedy.apply(parent, flat.to_json(), trial_steps=SPE)  # the lr proven by the seven stars downward
     first = json.loads((child / rundir.EVENTS).read_text().splitlines()[0])
     assert first["parent"] == str(parent) and first["reason"] == "flat-loss-after-epoch-2"
     assert first["finding"]["rule"] == "flat-loss-after-epoch-2" and first["finding"]["remedy"] == flat.remedy
-    assert C.load(child / rundir.CONFIG).train.base_lr == pytest.approx(0.1)
+    trial = first["trial"]
+    assert [t["value"] for t in trial["trials"]][:2] == [0.1, 0.03] and trial["from_step"] == 0
+    assert C.load(child / rundir.CONFIG).train.base_lr == pytest.approx(trial["best"]) and trial["best"] < 0.3
+    assert first["from_step"] == 0 and first["start_step"] == SPE  # from step 0, then its best trial's steps
 
-    assert first["from_step"] == SPE  # the end of the 1st epoch, before the evidence window
-    t = Trainer.resume(child, max_steps=first["from_step"] + 5 * SPE)
+    t = Trainer.resume(child, max_steps=5 * SPE)
     assert t.run() == "stopped"
     meds = epoch_medians(child)
-    resumed = [m for e, m in meds.items() if e * SPE >= first["from_step"]]
-    assert len(resumed) == 5
-    # falls again: its last epochs are clearly below the parent's flat level (real run: 4.96 → 4.07)
-    assert min(resumed[-2:]) < 0.88 * flat_level, (flat_level, meds)
-    assert min(resumed[-2:]) < 0.9 * resumed[0], meds
-    lrs = [m["lr"] for m in rundir.read_metrics(child) if m["split"] == "train" and m["step"] > first["from_step"]]
+    assert len(meds) == 5
+    # it learns: its last epochs are clearly below the parent's flat level and its own first epoch
+    assert min(list(meds.values())[-2:]) < 0.88 * flat_level, (flat_level, meds)
+    assert min(list(meds.values())[-2:]) < 0.9 * meds[0], meds
+    lrs = [m["lr"] for m in rundir.read_metrics(child) if m["split"] == "train"]
     assert lrs and all(x == pytest.approx(C.load(child / rundir.CONFIG).lr) for x in lrs)

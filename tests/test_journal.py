@@ -23,7 +23,7 @@ def test_records_lines_and_compare(tmp_path):
     assert Trainer.resume(a).run() == "finished"
     assert Trainer(tiny(**{"preprocess.resize": "letterbox"}), b).run() == "finished"
     finding = {"rule": "flat-loss-after-epoch-2", "remedy": {"set": {"train.base_lr": 0.001}, "resume_from_step": 2}}
-    child = remedy.apply(a, finding, tmp_path)
+    child = remedy.apply(a, finding, tmp_path, trial=False)
     assert Trainer.resume(child).run() == "finished"
 
     ra = journal.record(a)

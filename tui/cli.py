@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_ctl_parser(sub)
 
+    from nanxi_tune.tui.remedy_cmd import add_parser as add_remedy_parser
+
+    add_remedy_parser(sub)
+
     from nanxi_tune.tui.workflows_cmd import add_parsers as add_workflow_parsers
 
     add_workflow_parsers(sub)  # sweep, stats, autobatch, tune-post, journal, budget
@@ -128,6 +132,10 @@ def _main(argv: list[str] | None) -> int:
             from nanxi_tune.tui.ctl_cmd import ctl
 
             return ctl(args)
+        if args.command == "remedy":
+            from nanxi_tune.tui.remedy_cmd import remedy
+
+            return remedy(args)
         if args.command == "diagnose":
             from nanxi_tune.tui.diagnose_cmd import diagnose
 
