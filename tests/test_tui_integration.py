@@ -10,7 +10,8 @@ import pytest
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine import rundir
-from nanxi_tune.tui.app import ACTIONS, NanxiTuneApp
+from nanxi_tune.tui.app import NanxiTuneApp
+from nanxi_tune.tui.palette import ACTIONS
 from nanxi_tune.tui.sweep_view import ConfigApplied
 from conftest import palette, wait_for
 
@@ -36,7 +37,7 @@ def test_actions_have_bindings_with_ids_tooltips_and_palette_entries():
     for action in ("open_sweep", "tune_post", "open_schedule", "compute_stats", "autobatch"):
         assert action in names
         assert by_action[action].id == action and by_action[action].tooltip
-    from nanxi_tune.tui.app import RunsPane
+    from nanxi_tune.tui.runs_view import RunsPane
     from nanxi_tune.tui.monitor import Monitor
 
     (r,) = [b for b in Monitor.BINDINGS if b.id == "apply_remedy"]
@@ -130,7 +131,7 @@ def test_finding_remedy_with_one_key(tmp_path, one_thread):
             await pilot.press("f6")
             await wait_for(pilot, lambda: mon.state == "paused")
             step = int(rundir.ring_checkpoints(parent)[0].stem.split("-")[1])
-            app.bridge(Diagnosis(rule="flat-loss-after-epoch-2", severity="warning", section="13.1",
+            app.session.bridge(Diagnosis(rule="flat-loss-after-epoch-2", severity="warning", section="13.1",
                                  message="train loss flat from epoch 2 on (lr too large)",
                                  evidence={"median_before": 1.23, "median_after": 1.22},
                                  remedy={"set": {"train.base_lr": 0.001}, "resume_from_step": step,
