@@ -27,7 +27,10 @@ class ConfigActions:
         else:
             bad = list(form.errors) + ([form.general_error] if form.general_error else [])
             t.append(f" · ✗ {len(bad)} invalid: {', '.join(bad)[:60]}", style="bold red")
-        t.append(" · Tab moves · ^t next tab · F5 start · ⟳ live key", style="dim")
+        if form.locked_by:
+            t.append(f" · {form.locked_by} trains: only ⟳ live keys change, Enter applies one", style="bold yellow")
+        else:
+            t.append(" · Tab moves · ^t next tab · F5 start · ⟳ live key", style="dim")
         self.query_one("#config-status", Static).update(t, layout=False)  # fixed height: no re-layout
 
     def action_config_group(self, delta: int) -> None:

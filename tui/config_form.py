@@ -128,6 +128,7 @@ class FieldRow(Vertical):
         self._editor: Any = None
         self._shown: tuple | None = None
         self._pending_show: tuple | None = None
+        self.locked = False  # a run trains: only live keys may change (ConfigForm.lock)
 
     def compose(self) -> ComposeResult:
         fid = field_id(self.key)
@@ -141,6 +142,7 @@ class FieldRow(Vertical):
         else:
             ed = OrderedInput(format_value(self.initial), id=fid, compact=True, select_on_focus=False)
         ed.tooltip = tip
+        ed.disabled = self.locked
         yield ed
         self._note = (self.info.json_schema_extra or {}).get("note") or ""
         info = Static(self._info_text(None, False, None), classes="field-info")
@@ -295,6 +297,35 @@ class ConfigForm(VerticalScroll):
 
     def row(self, key: str) -> FieldRow:
         return self._by_key[key]
+
+    class ApplyLive(Message):
+        """Enter on a live key while a run trains: apply this field's value to the run."""
+
+        def __init__(self, key: str, value: Any) -> None:
+            super().__init__()
+            self.key, self.value = key, value
+
+    locked_by = ""  # the run that trains while the form is locked
+
+    def lock_to_live(self, run_name: str) -> None:
+        """While ``run_name`` trains (empty: none), only live keys are editable; Enter on one applies it to the
+        run. The others are read-only and the status line says why."""
+        self.locked_by = run_name
+        for row in self.rows():
+            if not C.is_live(row.key):
+                row.locked = bool(run_name)
+                if row.ready:
+                    row.editor.disabled = bool(run_name)
+
+    @on(Input.Submitted)
+    def _submitted(self, event: Input.Submitted) -> None:
+        key = key_of(event.input.id)
+        if self.locked_by and C.is_live(key):
+            event.stop()
+            if key in self.errors:
+                self.app.notify(f"{key}: {self.errors[key]}", title="Not applied", severity="error")
+                return
+            self.post_message(self.ApplyLive(key, self.row(key).get_value()))
 
     def load(self, cfg: C.Config, base: C.Config | None) -> None:
         """Show another config (a loaded preset)."""

@@ -52,6 +52,18 @@ class RunActions:
         self.query_one("#tabs", TabbedContent).active = "monitor"
         self.monitor.focus()  # PageUp/PageDown/arrows scroll the monitor
         self.sub_title = f"run {session.run_dir.name} ({session.kind})"
+        self._sync_lock()
+
+    def _sync_lock(self) -> None:
+        """The Config tab takes only live keys while the shown run trains (Enter on one applies it)."""
+        name = self.session.run_dir.name if self.run_active else ""
+        if name != self.form.locked_by:
+            self.form.lock_to_live(name)
+            self.form.validate_now()
+
+    def on_config_form_apply_live(self, message: Any) -> None:
+        if (s := self._live_session()) is not None:
+            self.notify(s.send(Op.SET, {message.key: message.value}), timeout=3)
 
     def _may_replace(self) -> bool:
         """A new run may take the monitor unless this app's own trainer still runs."""
@@ -240,6 +252,7 @@ class RunActions:
         mon = self.monitor
         if isinstance(ev, E.StateChanged):
             mon.set_state(ev.state)
+            self._sync_lock()
         elif isinstance(ev, E.Diagnosis):
             mon.add_diagnosis(ev.to_json())
             if ev.severity != "info":
@@ -265,6 +278,7 @@ class RunActions:
             return
         self._drain()
         self.last_result = message.state
+        self._sync_lock()
         mon = self.monitor
         mon.set_state(message.state)
         mon.redraw_plots(force=True)

@@ -1,0 +1,47 @@
+"""The Config tab while a run trains: non-live fields are read-only, Enter on a live field applies it to the run."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from nanxi_tune.engine import config as C
+from nanxi_tune.engine import rundir
+from nanxi_tune.tui.app import NanxiTuneApp
+from conftest import TINY, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_live_fields_apply_to_the_running_run_and_the_rest_are_read_only(tmp_path: Path):
+    cfg = C.with_updates(C.load_preset("demo"), TINY | {"train.epochs": 1000, "eval.interval": 1000})
+    preset = str(C.save(cfg, tmp_path / "tiny.toml"))
+
+    async def go():
+        app = NanxiTuneApp(preset=preset, runs_root=tmp_path / "runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.form.all_mounted and app.query("#mon"))
+            assert not app.form.row("data.batch_size").editor.disabled
+            await pilot.press("f5")
+            await wait_for(pilot, lambda: app.session is not None and app.session.alive and app.monitor.step >= 1)
+            await pilot.press("alt+1")
+            form = app.form
+            assert form.row("data.batch_size").editor.disabled  # not live: read-only while it trains
+            assert not form.row("train.base_lr").editor.disabled
+            assert "trains: only ⟳ live keys change" in str(app.query_one("#config-status").render())
+            row = form.show_key("train.base_lr")
+            row.editor.focus()
+            await pilot.press("ctrl+u", *"0.0005", "enter")
+            run = app.run_dir
+            await wait_for(pilot, lambda: any(e.get("kind") == "ack" and e.get("applied")
+                                              for e in rundir.read_events(run)), timeout=60)
+            ack = next(e for e in rundir.read_events(run) if e.get("kind") == "ack")
+            assert ack["changes"] == [["train.base_lr", 0.003, 0.0005]]
+            assert C.load(run / rundir.CONFIG).train.base_lr == 0.0005
+            await pilot.press("f7")
+            await wait_for(pilot, lambda: not app.running, timeout=60)
+            assert not form.row("data.batch_size").editor.disabled  # editable again once the run is over
+
+    asyncio.run(go())
