@@ -229,6 +229,13 @@ class Train(Strict):
     seed: int = F(0, "Run seed: model init, data order and augmentation derive from it.", ge=0)
     device: str = F("auto", "Device: auto (CUDA when present), cpu, cuda or cuda:N.")
     log_every: int = F(1, "Write a train metrics line every N steps.", ge=1, live=True)
+    sync_bn: Literal["auto", "on", "off"] = F(
+        "auto", "Data-parallel runs (torchrun): BatchNorm statistics over the global batch (SyncBatchNorm). "
+        "auto = on when several devices train with data.batch_size below 16 each; one process ignores it.",
+        note="data.batch_size is per device; the global batch is batch_size × devices")
+    dist_timeout_s: float = F(600.0, "Data-parallel runs: seconds a collective waits for the other ranks before "
+                              "the group ends (a killed or hung rank never leaves the rest waiting longer).",
+                              ge=10, le=86400)
 
     @field_validator("device")
     @classmethod

@@ -383,12 +383,20 @@ def _mix(seed: int, epoch: int) -> int:
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """(epoch, index) keys in the epoch's order (from (seed, epoch) only), skipping the first ``start``."""
+    """(epoch, index) keys in the epoch's order (from (seed, epoch) only), skipping the first ``start``.
 
-    def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0, shuffle: bool = True):
+    Data-parallel (``world`` > 1): the order is cut into global batches of ``batch`` × ``world`` (only whole ones)
+    and rank ``rank`` takes the ``rank``-th ``batch`` of each, so one step of N ranks sees the samples one process
+    sees with N× the batch. ``start`` counts global samples."""
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0, shuffle: bool = True,
+                 rank: int = 0, world: int = 1, batch: int = 1):
         if not 0 <= start <= n:
             raise ValueError(f"start must be between 0 and n = {n}, got {start}")
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be between 0 and world - 1 = {world - 1}, got {rank}")
         self.n, self.seed, self.epoch, self.start, self.shuffle = n, seed, epoch, start, shuffle
+        self.rank, self.world, self.batch = rank, world, batch
 
     def order(self) -> list[int]:
         if not self.shuffle:
@@ -400,12 +408,27 @@ class EpochSampler(torch.utils.data.Sampler):
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
+    def _indices(self) -> list[int]:
+        rest = self.order()[self.start:]
+        if self.world == 1:
+            return rest
+        g = self.batch * self.world
+        return [i for k in range(len(rest) // g) for i in rest[k * g + self.rank * self.batch:][:self.batch]]
+
     def __iter__(self):
         epoch = self.epoch
-        return iter([(epoch, i) for i in self.order()[self.start:]])
+        return iter([(epoch, i) for i in self._indices()])
 
     def __len__(self) -> int:
-        return self.n - self.start
+        if self.world == 1:
+            return self.n - self.start
+        return (self.n - self.start) // (self.batch * self.world) * self.batch
+
+
+def eval_indices(n: int, batch: int, rank: int = 0, world: int = 1) -> list[int]:
+    """Evaluation split across ranks: rank r takes the global batches k with k % world == r (the last, partial
+    batch included), so its loader batches exactly as one process would."""
+    return [i for k in range(rank, -(-n // batch), world) for i in range(k * batch, min(n, (k + 1) * batch))]
 
 
 def cpu_cores() -> int:

@@ -73,16 +73,21 @@ def coco_map(coco_gt, results: list[dict], img_ids: list[int]) -> dict[str, floa
 
 
 def evaluate(model, loader, cfg: Config, device, coco_gt, cat_ids: list[int],
-             interrupt: Callable[[], bool] | None = None) -> dict[str, float]:
+             interrupt: Callable[[], bool] | None = None, dist=None, batches: int = 0) -> dict[str, float]:
     """Val losses (averaged over images) and COCO metrics of ``model`` on ``loader``. ``interrupt`` is asked
-    between batches; True raises EvalInterrupted."""
+    between batches; True raises EvalInterrupted.
+
+    Data-parallel (``dist``, engine.distributed): each rank's ``loader`` holds the global batches k with
+    k % world == rank (data.eval_indices); ``interrupt`` is asked ``batches`` times on every rank (the longest
+    rank's count), the parts are gathered in the global batch order and rank 0's COCO metrics go to all, so
+    they equal a one-process evaluation of the same weights."""
     from nanxi_tune.engine.targets import build_targets
 
     was_training = model.training
     model.eval()
     sums = {k: 0.0 for k in LOSSES}
     n_images = 0
-    results: list[dict] = []
+    per_batch: list[list[dict]] = []
     img_ids: list[int] = []
     try:
         with torch.inference_mode():
@@ -97,11 +102,24 @@ def evaluate(model, loader, cfg: Config, device, coco_gt, cat_ids: list[int],
                 for k in LOSSES:
                     sums[k] += _float(losses[k]) * bs
                 n_images += bs
-                results.extend(to_coco_results(decode(outputs, cfg), targets, cat_ids))
+                per_batch.append(to_coco_results(decode(outputs, cfg), targets, cat_ids))
                 img_ids.extend(int(_float(tg["image_id"])) for tg in targets)
+            for _ in range(batches - len(per_batch)):  # a rank with a batch fewer still answers every ask
+                if interrupt is not None and interrupt():
+                    raise EvalInterrupted
     finally:
         model.train(was_training)
-    metrics = coco_map(coco_gt, results, img_ids)
+    if dist is not None and dist.active:
+        parts = dist.gather((per_batch, sums, n_images, img_ids))
+        per_batch = [b for i in range(max(len(p[0]) for p in parts)) for p in parts if i < len(p[0])
+                     for b in [p[0][i]]]  # global batch k = rank + i × world
+        sums = {k: sum(p[1][k] for p in parts) for k in LOSSES}
+        n_images = sum(p[2] for p in parts)
+        img_ids = [i for p in parts for i in p[3]]
+    results = [r for batch in per_batch for r in batch]
+    metrics = coco_map(coco_gt, results, img_ids) if dist is None or dist.is_main else {}
+    if dist is not None:
+        metrics = dist.from_main(metrics)
     metrics.update({k: v / max(n_images, 1) for k, v in sums.items()})
     metrics["images"] = n_images
     return metrics

@@ -189,6 +189,16 @@ class RunOwner:
             os.close(self._fd)
 
 
+class Follower:
+    """What a data-parallel rank other than 0 holds instead of RunOwner: rank 0 owns and writes the folder."""
+
+    def update(self, state: str | None = None, step: int | None = None) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
 class Inbox:
     """The trainer's end of control/: one file per command, taken in the order sent."""
 

@@ -22,7 +22,8 @@ from . import checkpoint as ckpt_io
 from . import config as C
 from . import journal, rundir, runctl
 from .diagnostics import Watcher, lower_lr
-from .data import DataError, EpochSampler, eval_dataset, make_loader, train_dataset
+from .data import DataError, EpochSampler, eval_dataset, eval_indices, make_loader, train_dataset
+from .distributed import Dist, convert_sync_batchnorm, use_sync_bn
 from .evaluate import EvalInterrupted, evaluate
 from .lr_plan import BudgetPlan
 from .events import (Callback, CheckpointSaved, CommandAck, Error, EvalMetrics, Event, Log, PlanChanged,
@@ -76,8 +77,11 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 class Trainer:
     def __init__(self, cfg: C.Config, run_dir: Path | str, callback: Callback = null_callback,
-                 max_steps: int | None = None, resume: bool = False, owner: runctl.RunOwner | None = None):
+                 max_steps: int | None = None, resume: bool = False, owner: runctl.RunOwner | None = None,
+                 dist: Dist | None = None):
         self.cfg = cfg
+        # data-parallel under torchrun (engine.distributed): rank 0 alone writes the run folder and reads commands
+        self.dist = dist or Dist.from_env(cfg.train.device, cfg.train.dist_timeout_s)
         self.run_dir = Path(run_dir)
         self.callback = callback
         self.stop_at = max_steps  # stop (resumable) after this step; the schedule still plans the full run
@@ -120,13 +124,16 @@ class Trainer:
         if not rundir.last_checkpoint(run_dir).exists():
             raise ckpt_io.CheckpointError(f"{rundir.last_checkpoint(run_dir)}: this run saved no checkpoint "
                                           "yet; start it again instead")
-        owner = runctl.RunOwner.acquire(run_dir)
-        if updates:
+        main = Dist.from_env(cfg.train.device, cfg.train.dist_timeout_s).is_main
+        owner = runctl.RunOwner.acquire(run_dir) if main else None
+        if updates and main:
             C.save(cfg, run_dir / rundir.CONFIG)
         return cls(cfg, run_dir, callback, max_steps=max_steps, resume=True, owner=owner)
 
     # --- events out ------------------------------------------------------------------------
     def _emit(self, event: Event) -> None:
+        if not self.dist.is_main:  # one run, one record: rank 0's
+            return
         line = event.to_json()
         if isinstance(event, (StepMetrics, EvalMetrics)):
             self._metrics.write(line)
@@ -138,7 +145,7 @@ class Trainer:
 
     def _diagnose(self) -> None:
         """The notes' rules over the history so far; new findings go out as Diagnosis events."""
-        if not self.cfg.diagnose.enabled:
+        if not self.cfg.diagnose.enabled or not self.dist.is_main:
             return
         self._lines_since_check = 0
         try:
@@ -179,15 +186,16 @@ class Trainer:
         """Train to the end, a stop or a failure; returns the final state. Raises runctl.RunBusy (having written
         nothing) when another live process owns the folder."""
         if self.owner is None:
-            self.owner = runctl.RunOwner.acquire(self.run_dir)
+            self.owner = runctl.RunOwner.acquire(self.run_dir) if self.dist.is_main else runctl.Follower()
         try:
             return self._run()
         finally:
             self.owner.release()
 
     def _run(self) -> str:
-        self._metrics = rundir.JsonlWriter(self.run_dir / rundir.METRICS)
-        self._events = rundir.JsonlWriter(self.run_dir / rundir.EVENTS)
+        if self.dist.is_main:
+            self._metrics = rundir.JsonlWriter(self.run_dir / rundir.METRICS)
+            self._events = rundir.JsonlWriter(self.run_dir / rundir.EVENTS)
         try:
             self._setup()
             self._set_state("running", "resumed" if self.resume_from else "started")
@@ -214,14 +222,16 @@ class Trainer:
                            "fix the cause and resume from the last checkpoint")
                 import traceback
 
-                self._events.write({"kind": "traceback", "text": traceback.format_exc()})
+                if self._events is not None:
+                    self._events.write({"kind": "traceback", "text": traceback.format_exc()})
         finally:
-            try:
-                journal.write(self.run_dir)
-            except Exception:  # noqa: BLE001 - the journal is a courtesy; never mask the run's own outcome
-                pass
-            self._metrics.close()
-            self._events.close()
+            if self.dist.is_main:
+                try:
+                    journal.write(self.run_dir)
+                except Exception:  # noqa: BLE001 - the journal is a courtesy; never mask the run's own outcome
+                    pass
+                self._metrics.close()
+                self._events.close()
         return self.state
 
     def _fail(self, error: str, hint: str) -> None:
@@ -243,8 +253,9 @@ class Trainer:
 
     def _setup(self) -> None:
         cfg = self.cfg
-        self.device = pick_device(cfg.train.device)
-        C.save(cfg, self.run_dir / rundir.CONFIG)
+        self.device = self.dist.device(cfg.train.device) if self.dist.active else pick_device(cfg.train.device)
+        if self.dist.is_main:
+            C.save(cfg, self.run_dir / rundir.CONFIG)
         ckpt_io.seed_all(cfg.train.seed)  # python, numpy and torch: every generator a checkpoint records
         self.train_set = train_dataset(cfg, cfg.train.seed)
         for w in getattr(self.train_set, "warnings", [])[:20]:
@@ -253,17 +264,24 @@ class Trainer:
             self._emit(Log(f"data.skip_bad: skipped {self.train_set.skipped} bad annotation(s) in "
                            f"{self.train_set.ann_file}; the run continues without them", "warning"))
         self._skipped_images: set[str] = set()
-        bs = cfg.data.batch_size
-        self.steps_per_epoch = len(self.train_set) // bs
+        bs, world = cfg.data.batch_size, self.dist.world
+        self.steps_per_epoch = len(self.train_set) // (bs * world)  # a step takes the global batch bs × world
         if self.steps_per_epoch == 0:
-            raise StopRun(f"data.batch_size = {bs} is larger than the training set ({len(self.train_set)} "
-                          "images); lower data.batch_size")
+            raise StopRun(f"data.batch_size = {bs}" + (f" × {world} ranks" if world > 1 else "") + " is larger "
+                          f"than the training set ({len(self.train_set)} images); lower data.batch_size")
         self.plan = BudgetPlan(cfg, self.steps_per_epoch)  # the length and the lr decay (engine.lr_plan)
         self.total_steps = self.plan.total_steps
         self._train_s = 0.0  # training seconds of the whole run (evaluations in, pauses out), across resumes
         # a resumed run's weights come from its checkpoint: backbone.weights may be gone by now
         self.model = build_model(cfg, self.train_set.num_classes, load_weights=self.resume_from is None)
+        if self.dist.active and use_sync_bn(cfg.train.sync_bn, world, bs):
+            self.model, n_bn = convert_sync_batchnorm(self.model, self.device.type)
+            self._emit(Log(f"train.sync_bn: {n_bn} BatchNorm layers synchronised over {world} ranks"))
         self.model.to(self.device)
+        self.net = self.dist.wrap(self.model)  # DistributedDataParallel under torchrun; the model itself otherwise
+        if self.dist.active:
+            self._emit(Log(f"data-parallel: {world} ranks ({self.dist.backend}), {bs} images per device, global "
+                           f"batch {bs * world}, lr {self._lr(0):g} (linear scaling on the global batch)"))
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_avg_fn(cfg.train.ema_decay, cfg.train.ema_ramp),
                                  use_buffers=True)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.train.weight_decay), lr=cfg.lr,
@@ -283,7 +301,9 @@ class Trainer:
             self._diagnose()
         while self.step < self.total_steps:
             self.epoch, position = divmod(self.step, self.steps_per_epoch)
-            sampler = EpochSampler(len(self.train_set), self.cfg.train.seed, self.epoch, start=position * bs)
+            sampler = EpochSampler(len(self.train_set), self.cfg.train.seed, self.epoch,
+                                   start=position * bs * self.dist.world, rank=self.dist.rank,
+                                   world=self.dist.world, batch=bs)
             loader = make_loader(self.train_set, sampler, bs, self.cfg.data.workers, self.device.type,
                                  drop_last=True)
             for images, targets in loader:
@@ -293,12 +313,12 @@ class Trainer:
                     break
                 cfg = self.cfg  # live edits land between steps
                 self._count_skipped(targets)
-                lr = self.plan.lr_at(self.step)
+                lr = self._lr(self.step)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 values = self._train_step(images, targets)
                 self.step += 1
-                seen += images.shape[0]
+                seen += images.shape[0] * self.dist.world  # images/s of the whole group
                 now = time.perf_counter()
                 if now - t_last > 0.5 or self.step == 1:
                     ips, t_last, seen = seen / (now - t_last), now, 0
@@ -315,6 +335,8 @@ class Trainer:
                     if cfg.diagnose.check_every and self._lines_since_check >= cfg.diagnose.check_every:
                         self._diagnose()
                 self._tick()
+                if self.plan.on and self.dist.active:  # every rank re-plans on rank 0's clock
+                    self._train_s = self.dist.from_main(self._train_s)
                 if self.plan.observe(self.step, self._train_s):
                     self._plan_changed()
                 if self.step >= self.total_steps or self._reached_stop_at():
@@ -346,7 +368,10 @@ class Trainer:
     def _train_step(self, images: torch.Tensor, targets: list[dict]) -> dict[str, float]:
         images = images.to(self.device, non_blocking=True)
         target_maps = build_targets(targets, self.model.num_classes, self.cfg, self.device)
-        losses = self.model(images, target_maps)
+        if self.dist.active:  # losses are divided by the objects of the global batch, as in one process
+            num_pos = torch.as_tensor(target_maps["num_pos"], dtype=torch.float32, device=self.device)
+            target_maps["num_pos"] = self.dist.mean_(num_pos.clone())
+        losses = self.net(images, target_maps)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         clip = self.cfg.train.grad_clip or math.inf
@@ -354,11 +379,12 @@ class Trainer:
         keys = ("loss", "loss_map", "loss_offset", "loss_shape", "s_map", "s_offset", "s_shape")
         # One host sync per step: the values to log and the finiteness check, before the update.
         stacked = [losses[k].detach().float() for k in keys] + [grad_norm.float(), self._ema_l2()]
-        values = dict(zip(keys + ("grad_norm", "ema_l2"), torch.stack(stacked).tolist()))
+        # averaged over ranks: a non-finite loss on any rank stops them all at this step
+        values = dict(zip(keys + ("grad_norm", "ema_l2"), self.dist.mean_(torch.stack(stacked)).tolist()))
         if not all(math.isfinite(v) for k, v in values.items() if k != "ema_l2"):
             bad = ", ".join(k for k, v in values.items() if not math.isfinite(v))
             self._save()  # the weights are still those of the last good step
-            raise StopRun(f"non-finite {bad} at step {self.step + 1}: lr {self.cfg.lr:g} is likely too large. "
+            raise StopRun(f"non-finite {bad} at step {self.step + 1}: lr {self._lr(self.step):g} is likely too large. "
                           f"Try train.base_lr = {lower_lr(self.cfg.train.base_lr):g} (one step down the 0.001/0.003/0.01 "
                           "grid) or train.grad_clip = 10, then resume from the last checkpoint")
         self.optimizer.step()
@@ -400,8 +426,23 @@ class Trainer:
             return True
         return False
 
+    def _take_commands(self) -> list:
+        """The channel's new commands, on every rank: rank 0 reads them and every rank gets them (with rank 0's
+        pause flag and any rank's stop request) at the same step boundary or evaluation batch."""
+        taken = self.inbox.take() if self.dist.is_main else []
+        taken, stop, paused, _ = self.dist.control(taken, self._stop.is_set(), self._paused.is_set())
+        if stop:
+            self._stop.set()
+        if self.dist.active:
+            (self._paused.set if paused else self._paused.clear)()
+        return taken
+
+    def _lr(self, step: int) -> float:
+        """The plan's lr (linear scaling on data.batch_size) × the ranks: linear scaling on the global batch."""
+        return self.plan.lr_at(step) * self.dist.world
+
     def _apply_commands(self) -> None:
-        pending, self._deferred = self._deferred + self.inbox.take(), []
+        pending, self._deferred = self._deferred + self._take_commands(), []
         for cmd in pending:
             if isinstance(cmd, tuple):  # an unreadable file: answered, never guessed at
                 self._emit(CommandAck(cmd[0], "?", False, self.step, cmd[1]))
@@ -443,7 +484,8 @@ class Trainer:
         if not changes:
             return []
         self.cfg = new
-        C.save(new, self.run_dir / rundir.CONFIG)
+        if self.dist.is_main:
+            C.save(new, self.run_dir / rundir.CONFIG)
         self.watcher.set_config(new)
         if hasattr(self, "plan") and self.plan.reconfigure(new):
             self._plan_changed()
@@ -464,7 +506,7 @@ class Trainer:
     def _eval_interrupt(self) -> bool:
         """Between evaluation batches: True ends the evaluation (stop). A pause holds it here until continue or
         stop; other commands wait for the next step boundary."""
-        for cmd in self.inbox.take():
+        for cmd in self._take_commands():
             if isinstance(cmd, Command) and cmd.op in (Op.PAUSE, Op.STOP, Op.CONTINUE):
                 self._emit(CommandAck(cmd.id, cmd.op.value, True, self.step, self._apply(cmd)[0]
                                       + " (during an evaluation)", cmd.sender))
@@ -488,12 +530,17 @@ class Trainer:
         cfg = self.cfg
         if not hasattr(self, "eval_set"):
             self.eval_set = eval_dataset(cfg, cfg.train.seed)
-            self.eval_loader = make_loader(self.eval_set, range(len(self.eval_set)), cfg.data.batch_size,
+            n, bs, d = len(self.eval_set), cfg.data.batch_size, self.dist
+            # data-parallel: each rank evaluates every world-th batch, gathered to rank 0 (engine.evaluate)
+            self.eval_loader = make_loader(self.eval_set, eval_indices(n, bs, d.rank, d.world), bs,
                                            cfg.data.workers, self.device.type, drop_last=False)
+            self._eval_batches = -(-(-(-n // bs)) // d.world)  # the longest rank's batches
         args = (self.eval_loader, cfg, self.device, self.eval_set.coco, self.eval_set.cat_ids)
+        shard = {"dist": self.dist, "batches": self._eval_batches} if self.dist.active else {}
         try:
-            m = evaluate(self.ema.module, *args, interrupt=self._eval_interrupt)
-            online = evaluate(self.model, *args, interrupt=self._eval_interrupt) if cfg.eval.online else {}
+            m = evaluate(self.ema.module, *args, interrupt=self._eval_interrupt, **shard)
+            online = (evaluate(self.model, *args, interrupt=self._eval_interrupt, **shard) if cfg.eval.online
+                      else {})
         except EvalInterrupted:  # stopped mid-way: the checkpoint of this step redoes it on resume
             return
         self._last_eval_step = self.step
@@ -517,7 +564,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "schedule": {"total_steps": self.total_steps, "lr": self.plan.lr_at(self.step),
+            "schedule": {"total_steps": self.total_steps, "lr": self._lr(self.step),
                          "plan": self.plan.state_dict()},
             "step": self.step,
             "epoch": self.step // self.steps_per_epoch,
@@ -525,10 +572,37 @@ class Trainer:
             "best_map": self.best_map,
             "last_eval_step": getattr(self, "_last_eval_step", -1),
             "rng": ckpt_io.rng_state(),
+            "world_size": self.dist.world,
         }
 
     def _save(self, ring: bool = False) -> None:
-        """last.pt always; at evaluations also a ring file (checkpoints/step-N.pt) that remedies rewind to."""
+        """last.pt always; at evaluations also a ring file (checkpoints/step-N.pt) that remedies rewind to.
+        Data-parallel: every rank comes here at the same step; the ranks check they agree, rank 0 writes, and
+        a failed write stops them all."""
+        self._check_ranks_agree()
+        error = None
+        if self.dist.is_main:
+            try:
+                self._write_checkpoint(ring)
+            except StopRun as err:
+                error = str(err)
+        error = self.dist.from_main(error)
+        if error:
+            raise StopRun(error) from None
+
+    def _check_ranks_agree(self) -> None:
+        """Every rank at the same step with the same lr and weights: what a command applied at different steps,
+        or any drift, would break. Checked at each checkpoint of a data-parallel run."""
+        if not self.dist.active:
+            return
+        with torch.no_grad():
+            weights = float(sum(p.double().sum() for p in self.model.parameters()))
+        seen = self.dist.gather((self.step, self._lr(self.step), weights))
+        if any(s != seen[0] for s in seen):
+            raise StopRun(f"ranks disagree at a checkpoint (step, lr, weight sum per rank: {seen}); "
+                          "resume from the last checkpoint")
+
+    def _write_checkpoint(self, ring: bool) -> None:
         last = rundir.last_checkpoint(self.run_dir)
         path = rundir.ring_checkpoint(self.run_dir, self.step) if ring else last
         try:
@@ -558,7 +632,13 @@ class Trainer:
         self._emit(CheckpointSaved(str(best), self.step, self.step // self.steps_per_epoch, True))
 
     def _load(self, path: Path) -> None:
-        state = ckpt_io.load(path, map_location=self.device)
+        if self.dist.active:  # rank 0 reads, every rank gets it (other machines need not see the run folder)
+            state = self.dist.from_main(ckpt_io.load(path, map_location="cpu") if self.dist.is_main else None)
+            if int(state.get("world_size", 1)) != self.dist.world:
+                raise StopRun(f"{path} was written by {state.get('world_size', 1)} rank(s); resume it with "
+                              f"--nproc-per-node × --nnodes = {state.get('world_size', 1)} processes")
+        else:
+            state = ckpt_io.load(path, map_location=self.device)
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -570,6 +650,8 @@ class Trainer:
             self.plan.reconfigure(self.cfg)  # a resume --set of a live key (epochs, milestones) re-places the plan
             self.total_steps, self._train_s = self.plan.total_steps, self.plan.elapsed_s
         ckpt_io.set_rng_state(state["rng"])
+        if not self.dist.is_main:
+            return
         dropped = rundir.trim_metrics(self.run_dir, self.step)
         # trim_metrics may have replaced metrics.jsonl (a new file, renamed over the old): append to the new one,
         # or every line of the resumed run would go to the unlinked old file and be lost.

@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress display (warnings, errors, the outcome only)")
     r.add_argument("--json", action="store_true", help="JSON Lines on stdout, as for train")
     r.add_argument("--print-every", type=int, metavar="N", help="as for train")
+    from nanxi_tune.tui.launch import add_arguments as add_launch_arguments
+
+    for command in (t, r):  # --nproc-per-node, --nnodes, --node-rank, --rdzv-endpoint: through torchrun
+        add_launch_arguments(command)
 
     e = sub.add_parser("eval", help="evaluate a run's checkpoint with COCO mAP")
     e.add_argument("run_dir")

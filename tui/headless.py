@@ -34,16 +34,25 @@ def presets(args) -> int:
 
 
 def train(args) -> int:
+    from nanxi_tune.tui import launch
+
+    if launch.wanted(args):  # --nproc-per-node / --nnodes: the run goes through torchrun
+        return launch.launch(args, "train")
     cfg = C.load_preset(args.preset)
     if args.sets:
         cfg = C.with_updates(cfg, C.parse_sets(args.sets))
     given = Path(args.run_dir) if args.run_dir else None
-    if given is not None and ((given / rundir.METRICS).exists() or (given / rundir.CONFIG).exists()):
-        console.print(f"[red]nanxi-tune: {given} already holds a run; continue it with  nanxi-tune resume "
-                      f"{given}  or pick another --run-dir", soft_wrap=True)
+    run_dir, made = None, False
+    if launch.rank() == 0:  # a torchrun worker of another rank gets rank 0's folder (launch.shared)
+        if given is not None and ((given / rundir.METRICS).exists() or (given / rundir.CONFIG).exists()):
+            console.print(f"[red]nanxi-tune: {given} already holds a run; continue it with  nanxi-tune resume "
+                          f"{given}  or pick another --run-dir", soft_wrap=True)  # the others: run_dir None
+        else:
+            made = given is None or not given.exists()
+            run_dir = given or rundir.new_run_dir(Path(args.runs), _run_name(cfg))
+    cfg, run_dir = launch.shared(cfg, run_dir)
+    if run_dir is None:
         return ExitCode.BAD_INPUT
-    made = given is None or not given.exists()
-    run_dir = given or rundir.new_run_dir(Path(args.runs), _run_name(cfg))
     try:
         from nanxi_tune.engine.trainer import Trainer
 
@@ -53,6 +62,10 @@ def train(args) -> int:
 
 
 def resume(args) -> int:
+    from nanxi_tune.tui import launch
+
+    if launch.wanted(args):
+        return launch.launch(args, "resume")
     run_dir = Path(args.run_dir)
     updates = C.parse_sets(args.sets) if args.sets else None
     try:
@@ -72,9 +85,13 @@ def _restart(run_dir: Path, callback, updates: dict | None, max_steps: int | Non
     from nanxi_tune.engine import runctl
     from nanxi_tune.engine.trainer import Trainer
 
+    from nanxi_tune.tui import launch
+
     cfg = C.load(run_dir / rundir.CONFIG)
     if updates:
         cfg = C.with_updates(cfg, updates, "resume")
+    if launch.rank() != 0:  # a torchrun worker of another rank: rank 0 owns and cleans the folder
+        return Trainer(cfg, run_dir, callback, max_steps=max_steps)
     owner = runctl.RunOwner.acquire(run_dir)  # before anything is removed: never under a live trainer's feet
     try:
         for name in (rundir.METRICS, rundir.EVENTS, rundir.JOURNAL):
@@ -284,7 +301,10 @@ def _drive(make_trainer, run_dir: Path, args) -> int:
     import json
     import sys
 
-    mode = output_mode(args)
+    from nanxi_tune.tui import launch
+
+    quiet_rank = launch.rank() != 0  # torchrun: rank 0 speaks for the group
+    mode = "quiet" if quiet_rank else output_mode(args)
     view = _Rich(args) if mode == "rich" else _Json(args) if mode == "json" else _Plain(args, quiet=mode == "quiet")
     outcome: dict[str, str] = {}
 
@@ -314,6 +334,9 @@ def _drive(make_trainer, run_dir: Path, args) -> int:
             run_until_signalled(thread, trainer.request_stop, say)
     state = result.get("state", "failed")
     code = {"finished": ExitCode.FINISHED, "stopped": ExitCode.STOPPED}.get(state, ExitCode.FAILED)
+    launch.finish()
+    if quiet_rank:
+        return launch.worker_exit(code)
     if mode == "json":
         print(json.dumps({"kind": "exit", "state": state, "code": int(code), "step": trainer.step,
                           "run_dir": str(run_dir), "best_mAP": max(trainer.best_map, 0)}), file=sys.stdout,
@@ -325,4 +348,4 @@ def _drive(make_trainer, run_dir: Path, args) -> int:
         console.print(f"stopped at step {trainer.step}. Resume with:  nanxi-tune resume {run_dir}", soft_wrap=True)
     else:
         console.print(f"finished: {run_dir} (best mAP {max(trainer.best_map, 0):.4f})", soft_wrap=True)
-    return code
+    return launch.worker_exit(code)
