@@ -323,3 +323,19 @@ def test_palette_finds_a_config_key_and_shows_binding_keys(tmp_path):
             await wait_for(pilot, lambda: app.query_one("#tabs").active == "config" and app.focused is not None
                            and app.focused is app.form.row("train.base_lr").editor)
     run(go())
+
+
+def test_runs_tab_title_fits_80_columns(tmp_path):
+    """The Runs tab's one-line help is read whole at 80×24 (its last words, F8, were cut off)."""
+    from textual.widgets import Static
+
+    async def go():
+        app = NanxiTuneApp(runs_root=tmp_path / "runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await ready(pilot)
+            await pilot.press("alt+3")
+            title = app.query_one("#runs-pane .section-title", Static)
+            await wait_for(pilot, lambda: title.content_region.width > 0, timeout=10)
+            text = str(title.render())
+            assert "F8" in text and len(text) <= title.content_region.width, (len(text), title.content_region)
+    run(go())

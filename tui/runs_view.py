@@ -33,7 +33,7 @@ class RunsPane(Vertical):
         self.marked: list[str] = []
 
     def compose(self) -> ComposeResult:
-        yield Static("Runs — Enter opens (● live: attaches) · space marks · c compares two · F8 resumes",
+        yield Static("Runs — Enter opens (● live: attaches) · space marks · c compares · F8 resumes",
                      classes="section-title")
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
 
