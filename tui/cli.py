@@ -119,7 +119,9 @@ def _main(argv: list[str] | None) -> int:
     from nanxi_tune.engine.config import ConfigError
 
     run_dir = getattr(args, "run_dir", None)
-    if args.command != "train" and run_dir and not (Path(run_dir) / "config.toml").exists():
+    from nanxi_tune.engine.rundir import CONFIG
+
+    if args.command != "train" and run_dir and not (Path(run_dir) / CONFIG).exists():
         what = "not a run directory (no config.toml)" if Path(run_dir).exists() else "no such file or folder"
         print(f"nanxi-tune: {run_dir}: {what}; runs are the folders under {args.runs}/ — the TUI's Runs tab lists them"
               + ("; a run stopped as it started saved no checkpoint yet: start it again with `nanxi-tune train`"

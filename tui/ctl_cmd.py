@@ -58,11 +58,11 @@ def ctl(args) -> int:
 
 def _status(run_dir: Path, as_json: bool) -> int:
     from nanxi_tune.engine import config as C
-    from nanxi_tune.engine import runctl
+    from nanxi_tune.engine import rundir, runctl
 
     info = runctl.run_info(run_dir)
     st = info.status
-    cfg = C.load(run_dir / "config.toml")
+    cfg = C.load(run_dir / rundir.CONFIG)
     live = {k: v for k, v in C.flatten(cfg).items() if C.is_live(k)}
     if as_json:
         print(json.dumps({"run": str(run_dir), "state": st.state.value, "alive": st.alive, "step": info.step,

@@ -22,6 +22,8 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
+
+from nanxi_tune.engine.events import EvalMetrics, StepMetrics
 if TYPE_CHECKING:
     from textual_plotext import PlotextPlot
 
@@ -62,21 +64,21 @@ class RunBridge:
         self.events = 0
 
     def __call__(self, event: Any) -> None:
-        kind = getattr(event, "kind", "")
+        step = isinstance(event, StepMetrics)
         with self._lock:
             self.events += 1
-            if kind == "step":
+            if step:
                 self._train.append(event)
                 if len(self._train) > self.max_buffer:  # keep the newest and every other one before it
                     self._train = self._train[::-2][::-1]
-            elif kind == "eval":
+            elif isinstance(event, EvalMetrics):
                 self._val.append(event)
             else:
                 self._other.append(event)
             if self._posted:
                 return
             now = time.monotonic()
-            if kind == "step" and now - self._last_post < self.min_interval:
+            if step and now - self._last_post < self.min_interval:
                 return
             self._posted = True
             self._last_post = now

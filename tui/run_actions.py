@@ -16,7 +16,7 @@ from nanxi_tune.engine.runctl import Op
 from nanxi_tune.tui.monitor import RunUpdate
 from nanxi_tune.tui.runs_view import RunsPane
 from nanxi_tune.tui.screens import Confirm, LiveEditDialog
-from nanxi_tune.tui.session import RunEnded, RunHistory, RunSession
+from nanxi_tune.tui.session import Kind, RunEnded, RunHistory, RunSession
 
 
 class RunActions:
@@ -38,7 +38,7 @@ class RunActions:
     @property
     def run_active(self) -> bool:
         """A run trains now that competes with this app for the machine (asked by the sweep screen)."""
-        return self.running and (self.session.kind != "attached" or self.session.alive)
+        return self.running and (self.session.kind != Kind.ATTACHED or self.session.alive)
 
     @property
     def trainer(self) -> Any:
@@ -51,7 +51,7 @@ class RunActions:
         self.monitor.reset(session.run_dir.name, max_days)
         self.query_one("#tabs", TabbedContent).active = "monitor"
         self.monitor.focus()  # PageUp/PageDown/arrows scroll the monitor
-        self.sub_title = f"run {session.run_dir.name} ({session.kind})"
+        self.sub_title = f"run {session.run_dir.name} ({session.kind.value})"
         self._sync_lock()
 
     def _sync_lock(self) -> None:
@@ -135,7 +135,7 @@ class RunActions:
 
     # --- commands: F6 pause / continue, F7 stop --------------------------------------------------------
     def _live_session(self) -> RunSession | None:
-        if not self.running or (self.session.kind == "attached" and not self.session.alive):
+        if not self.running or (self.session.kind == Kind.ATTACHED and not self.session.alive):
             self.notify("No live run: start one (F5) or open a live one on the Runs tab.", severity="warning")
             return None
         return self.session
@@ -177,7 +177,7 @@ class RunActions:
         except C.ConfigError as err:
             self.notify(str(err), title="Cannot read the run's config", severity="error", timeout=10)
             return
-        live = runctl.status(target).alive or (self.running and self.run_dir == target and self.session.kind != "attached")
+        live = runctl.status(target).alive or (self.running and self.run_dir == target and self.session.kind != Kind.ATTACHED)
         if live:
             if self.run_dir != target:
                 self.open_run(target)
@@ -282,7 +282,7 @@ class RunActions:
         mon = self.monitor
         mon.set_state(message.state)
         mon.redraw_plots(force=True)
-        if s.kind != "attached" or s.status.owner is not None or mon.step:
+        if s.kind != Kind.ATTACHED or s.status.owner is not None or mon.step:
             self.notify(f"Run {s.run_dir.name}: {message.state}",
                         severity="error" if message.state in ("failed", "dead") else "information")
         self.sub_title = f"run {s.run_dir.name} ({message.state})"
@@ -299,7 +299,7 @@ class RunActions:
 
     def exit_note(self, s: RunSession, result: str) -> str:
         """What the shell shows after quitting: where the run stopped and how to go on, or that it goes on."""
-        if s.kind != "in-process" and not s.ended:
+        if s.kind != Kind.IN_PROCESS and not s.ended:
             return (f"nanxi-tune: {s.run_dir.name} keeps training in its own process.\n"
                     f"Come back to it with:\n  nanxi-tune open {s.run_dir}")
         ckpt = rundir.last_checkpoint(s.run_dir)

@@ -9,6 +9,7 @@ RunUpdate messages; the history already written arrives once as RunHistory; the 
 
 from __future__ import annotations
 
+import enum
 import os
 import subprocess
 import sys
@@ -45,17 +46,21 @@ class RunEnded(Message):
         self.session, self.state = session, state
 
 
-class RunSession:
-    """How the TUI holds one run. ``kind``: "in-process" (a trainer thread of this app: quitting stops it with
-    a checkpoint), "detached" (its own process in a new session: it outlives the TUI) or "attached" (any run
-    another process trains, or a finished one shown)."""
+class Kind(str, enum.Enum):
+    IN_PROCESS = "in-process"  # a trainer thread of this app: quitting stops it with a checkpoint
+    DETACHED = "detached"  # started by this app as its own process in a new session: it outlives the TUI
+    ATTACHED = "attached"  # any run another process trains, or a finished one shown
 
-    def __init__(self, app: Any, run_dir: Path, kind: str) -> None:
+
+class RunSession:
+    """How the TUI holds one run; ``kind`` says who trains it."""
+
+    def __init__(self, app: Any, run_dir: Path, kind: Kind) -> None:
         self.app, self.run_dir, self.kind = app, Path(run_dir), kind
         self.bridge = RunBridge(app)
         self.trainer: Any = None  # in-process only
         self.process: subprocess.Popen | None = None  # detached only
-        self.status = runctl.RunStatus(RunState.STARTING if kind != "attached" else RunState.NEW, False, None, 0)
+        self.status = runctl.RunStatus(RunState.STARTING if kind != Kind.ATTACHED else RunState.NEW, False, None, 0)
         self.ended = False
         self.result = ""
         self._pending: list[tuple[Op, dict]] = []
@@ -67,7 +72,7 @@ class RunSession:
     @classmethod
     def in_process(cls, app: Any, run_dir: Path, make_trainer: Callable[[], Any]) -> "RunSession":
         """A trainer in a thread of this process; ``make_trainer()`` builds it (Trainer or Trainer.resume)."""
-        s = cls(app, run_dir, "in-process")
+        s = cls(app, run_dir, Kind.IN_PROCESS)
         app.run_worker(lambda: s._train(make_trainer), thread=True, group="train", exit_on_error=False)
         s._follow_in_worker()
         return s
@@ -76,7 +81,7 @@ class RunSession:
     def detached(cls, app: Any, run_dir: Path, argv: list[str]) -> "RunSession":
         """``nanxi-tune ARGV`` as its own process in a new session (no terminal: SIGHUP never reaches it), its
         output in the run folder's stdout.log."""
-        s = cls(app, run_dir, "detached")
+        s = cls(app, run_dir, Kind.DETACHED)
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / rundir.STDOUT, "ab") as out:
             s.process = subprocess.Popen([sys.executable, "-m", "nanxi_tune.tui.cli", *argv], stdin=subprocess.DEVNULL,
@@ -87,7 +92,7 @@ class RunSession:
 
     @classmethod
     def attach(cls, app: Any, run_dir: Path) -> "RunSession":
-        s = cls(app, run_dir, "attached")
+        s = cls(app, run_dir, Kind.ATTACHED)
         s._follow_in_worker()
         return s
 
@@ -110,7 +115,7 @@ class RunSession:
     @property
     def owns_run(self) -> bool:
         """Quitting the app ends this run (in-process only): it must be stopped with a checkpoint first."""
-        return self.kind == "in-process" and not self.ended
+        return self.kind == Kind.IN_PROCESS and not self.ended
 
     def send(self, op: Op, updates: dict | None = None) -> str:
         """Queue a command for the live trainer (sent once it is up, when the run is still starting). Returns
@@ -204,16 +209,16 @@ class RunSession:
                 except runctl.NotAlive:
                     pass
             return False
-        if self.kind == "in-process":
+        if self.kind == Kind.IN_PROCESS:
             return self._trainer_done.is_set()
-        if self.kind == "detached" and self.process is not None and self.process.poll() is None:
+        if self.kind == Kind.DETACHED and self.process is not None and self.process.poll() is None:
             return False  # still starting (loading torch, building the data) or writing its last lines
         return True
 
     def _end(self) -> None:
         st = self.status.state
-        self.result = self.result if self.kind == "in-process" and self.result else st.value
-        if self.kind == "detached" and st == RunState.NEW:  # the process ended before it trained
+        self.result = self.result if self.kind == Kind.IN_PROCESS and self.result else st.value
+        if self.kind == Kind.DETACHED and st == RunState.NEW:  # the process ended before it trained
             self.result = "failed"
             self.bridge(E.Error(error=self._last_words(), step=0, hint=f"see {self.run_dir / rundir.STDOUT}"))
         self.ended = True

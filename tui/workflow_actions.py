@@ -11,6 +11,7 @@ from textual import work
 from textual.widgets import ProgressBar, Static, TabbedContent
 
 from nanxi_tune.engine import config as C
+from nanxi_tune.engine import rundir
 from nanxi_tune.engine.runctl import Op
 from nanxi_tune.tui.runs_view import RunsPane
 from nanxi_tune.tui.session import RunSession
@@ -37,7 +38,6 @@ class WorkflowActions:
 
     def trained_run(self) -> Path | None:
         """The selected run on the Runs tab, else the monitor's run, else the newest run with a checkpoint."""
-        from nanxi_tune.engine import rundir
         from nanxi_tune.tui.schedule_view import newest_trained_run
 
         def trained(p: Path | None) -> bool:
@@ -198,7 +198,7 @@ class WorkflowActions:
         """The child trains in this app, from the parent's checkpoint when the remedy rewinds, else from scratch."""
         from nanxi_tune.engine import remedy
 
-        cfg = C.load(child / "config.toml")
+        cfg = C.load(child / rundir.CONFIG)
         max_steps, resume = self.max_steps, remedy.has_checkpoint(child)
 
         def make() -> Any:
