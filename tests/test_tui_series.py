@@ -28,15 +28,21 @@ def test_short_series_is_kept_whole():
 
 
 def test_bridge_thins_steps_when_the_ui_falls_behind():
+    from dataclasses import MISSING, fields
     from types import SimpleNamespace
 
+    from nanxi_tune.engine import events as E
     from nanxi_tune.tui.monitor import RunBridge
+
+    def event(cls, step):  # the bridge sorts by class: real events, zeros where a field has no default
+        return cls(**{f.name: 0 for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+                   | {"step": step})
 
     posted = []
     bridge = RunBridge(SimpleNamespace(post_message=posted.append), max_buffer=1024)
     for i in range(1, 5001):
-        bridge(SimpleNamespace(kind="step", step=i))
-    bridge(SimpleNamespace(kind="eval", step=5000))
+        bridge(event(E.StepMetrics, i))
+    bridge(event(E.EvalMetrics, 5000))
     train, val, other = bridge.drain()
     assert len(posted) == 1  # one message in flight at a time
     assert 512 <= len(train) <= 1024 and train[-1].step == 5000 and train[0].step < 100
