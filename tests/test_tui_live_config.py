@@ -45,3 +45,34 @@ def test_live_fields_apply_to_the_running_run_and_the_rest_are_read_only(tmp_pat
             assert not form.row("data.batch_size").editor.disabled  # editable again once the run is over
 
     asyncio.run(go())
+
+
+def test_d_dismisses_the_selected_finding(tmp_path: Path):
+    from nanxi_tune.engine.events import Diagnosis
+    from nanxi_tune.engine.remedy import open_findings
+    from nanxi_tune.engine.trainer import Trainer
+
+    run = tmp_path / "runs" / "r"
+    assert Trainer(C.with_updates(C.load_preset("demo"), TINY | {"train.epochs": 1}), run).run() == "finished"
+    finding = Diagnosis(rule="train-val-gap", severity="warning", section="13.2", message="val loss far from train",
+                        evidence={}, remedy={"set": {"train.base_lr": 0.001}, "text": "lower the lr"}, step=6)
+    w = rundir.JsonlWriter(run / rundir.EVENTS)
+    w.write(finding.to_json())
+    w.close()
+    assert "train-val-gap" in [f["rule"] for f in open_findings(run)]
+
+    async def go():
+        app = NanxiTuneApp(open_run=run, runs_root=tmp_path / "runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.query("#mon") and any(f["rule"] == "train-val-gap"
+                                                                     for f in app.monitor.findings), timeout=30)
+            mon = app.monitor
+            row = next(i for i, f in enumerate(mon.findings) if f["rule"] == "train-val-gap")
+            table = mon.query_one("#diagnoses")
+            table.move_cursor(row=row)
+            mon.focus()
+            await pilot.press("d")
+            await wait_for(pilot, lambda: "train-val-gap" not in [f["rule"] for f in open_findings(run)], timeout=10)
+            assert "dismissed" in str(table.get_cell(str(row), "severity"))
+
+    asyncio.run(go())

@@ -230,7 +230,9 @@ class Monitor(VerticalScroll):
     BINDINGS = [
         Binding("r", "app.apply_remedy", "Remedy", id="apply_remedy",
                 tooltip="Apply the selected finding's remedy: stop with a checkpoint, rewind, start the child run",
-                show=False),  # the footer stays the same on every tab (cheap tab switches); the title says "r"
+                show=False),
+        Binding("d", "app.dismiss_finding", "Dismiss", id="dismiss_finding",
+                tooltip="Dismiss the selected finding (its pinned rewind checkpoint is released)", show=False),  # the footer stays the same on every tab (cheap tab switches); the title says "r"
     ]
 
     PLOT_INTERVAL = 0.4  # s between single-plot redraws (round-robin) while a run streams in, at least
@@ -271,7 +273,7 @@ class Monitor(VerticalScroll):
                     yield PlotextPlot(id=f"plot-{pid}", classes="plot")
             yield LatestTable(TABLE_ROWS, id="latest")
         with Vertical(id="diag-box"):
-            yield Static("Diagnoses — ↑↓ select · r applies the remedy", classes="section-title")
+            yield Static("Diagnoses — ↑↓ select · r applies the remedy · d dismisses", classes="section-title")
             yield DataTable(id="diagnoses", cursor_type="row")
             yield Static("", id="diag-detail")
 
@@ -383,6 +385,13 @@ class Monitor(VerticalScroll):
         table = self.query_one("#diagnoses", DataTable)
         i = table.cursor_row if 0 <= table.cursor_row < len(self.findings) else len(self.findings) - 1
         return self.findings[i]
+
+    def mark_selected(self, label: str) -> None:
+        """Show the selected finding as handled (e.g. "dismissed") in the severity column."""
+        table = self.query_one("#diagnoses", DataTable)
+        i = table.cursor_row
+        if 0 <= i < len(self.findings):
+            table.update_cell(str(i), "severity", Text(label, style="dim"))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id == "diagnoses":

@@ -33,6 +33,8 @@ ACTIONS = [  # action, palette name, help
                                                "it into the config (lr follows by linear scaling)"),
     ("apply_remedy", "Apply the selected finding's remedy", "Stop the run with a checkpoint, rewind to before "
                                                             "the evidence, change the config, start the child run"),
+    ("dismiss_finding", "Dismiss the selected finding", "Close the selected finding without applying it; its "
+                                                       "pinned rewind checkpoint is released"),
     ("compare_runs", "Compare two runs", "Config diff side by side and both curves on one plot (mark runs with "
                                          "space on the Runs tab)"),
     ("next_tab", "Next tab", "Config → Monitor → Runs"),

@@ -184,15 +184,39 @@ class WorkflowActions:
         from nanxi_tune.engine import remedy
 
         self.busy_task = "remedy"
+        self.call_from_thread(self._task_show, f"remedy {finding.get('rule')}: preparing the child…", None, None)
+
+        def trial(t: Any) -> None:  # the seven-stars trial, one lr at a time
+            score = f", loss {t.score:.3f}" if t.score is not None else ""
+            self.call_from_thread(self._task_show, f"remedy trial lr {t.value:g}: {t.status} ({t.steps} steps{score})",
+                                  None, None)
         try:
-            child = remedy.apply(parent, finding)
+            child = remedy.apply(parent, finding, callback=trial)
         except Exception as err:  # noqa: BLE001
             self.busy_task = None
+            self.call_from_thread(self._task_hide)
             self.call_from_thread(self.notify, f"{type(err).__name__}: {err}", title="Cannot apply the remedy",
                                   severity="error", timeout=10)
             return
         self.busy_task = None
+        self.call_from_thread(self._task_hide)
         self.call_from_thread(self._start_child, child, finding)
+
+    def action_dismiss_finding(self) -> None:
+        """Close the selected finding without applying it (its pinned rewind checkpoint is released)."""
+        from nanxi_tune.engine import remedy
+
+        finding = self.monitor.selected_finding() if self.query("#mon") else None
+        if finding is None or self.run_dir is None or finding.get("rule") == "error":
+            self.notify("No finding selected: findings appear on the Monitor tab.", severity="warning")
+            return
+        try:
+            remedy.dismiss(self.run_dir, finding)
+        except Exception as err:  # noqa: BLE001 - shown, never crash the UI
+            self.notify(f"{type(err).__name__}: {err}", title="Cannot dismiss", severity="error", timeout=10)
+            return
+        self.monitor.mark_selected("dismissed")
+        self.notify(f"{finding.get('rule')} dismissed; its pinned checkpoint is released", timeout=5)
 
     def _start_child(self, child: Path, finding: dict) -> None:
         """The child trains in this app, from the parent's checkpoint when the remedy rewinds, else from scratch."""
