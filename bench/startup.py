@@ -7,8 +7,8 @@
    ``--repeats``; target <= 1.5 s. Without tmux: Textual's headless driver in a fresh process, timed until the
    app's first screen is mounted.
 3. RSS growth while the TUI's monitor receives ``--steps`` logged steps (default 1 000 000) through its real
-   message path (RunBridge → RunUpdate → Monitor.add_train, plots redrawn), fed synthetic StepMetrics from a
-   thread without training; target <= 50 MB. Runs in a child process.
+   message path (an opened run's RunSession bridge → RunUpdate → Monitor.add_train, plots redrawn), fed
+   synthetic StepMetrics from a thread without training; target <= 50 MB. Runs in a child process.
 
     .venv/bin/python bench/startup.py                  # all three
     .venv/bin/python bench/startup.py --steps 200000   # quicker memory figure
@@ -97,6 +97,7 @@ RSS_CHILD = r"""
 import asyncio, gc, sys, threading, time
 from pathlib import Path
 import psutil
+from nanxi_tune.engine import config as C
 from nanxi_tune.engine.events import StepMetrics
 from nanxi_tune.tui.app import NanxiTuneApp
 
@@ -108,11 +109,15 @@ async def main():
     async with app.run_test(size=(160, 48)) as pilot:
         run_dir = Path(sys.argv[1]) / "fed"
         run_dir.mkdir(parents=True)
+        C.save(C.load_preset("demo"), run_dir / "config.toml")
         while not (app.query("#mon") and app.query("#runs-table")):  # panes mount lazily after the first frame
             await pilot.pause(0.05)
-        app._begin(run_dir, 4.0)
+        # open the (empty, trainer-less) run: its session's bridge is the real path to the monitor
+        app.open_run(run_dir)
+        while not (app.session and app.session.ended):
+            await pilot.pause(0.05)
         await pilot.pause(0.6)
-        bridge = app.bridge
+        bridge = app.session.bridge
         gc.collect()
         rss0 = proc.memory_info().rss
         peak = [rss0]
@@ -130,7 +135,7 @@ async def main():
         await asyncio.to_thread(produce)
         for _ in range(50):  # let the UI drain what is still buffered and repaint
             await pilot.pause(0.05)
-            app._drain(bridge)
+            app._drain()
             if not bridge._train:
                 break
         app.monitor.redraw_plots(force=True)
