@@ -60,7 +60,8 @@ import torch
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine import rundir
-from nanxi_tune.engine.diagnostics import diagnose_run, raw_loss
+from nanxi_tune.engine.diagnostics import raw_loss
+from nanxi_tune.engine.watcher import diagnose_run
 from nanxi_tune.engine.trainer import Trainer
 
 STEPS_PER_EPOCH = 12

@@ -20,7 +20,8 @@ from nanxi_tune.engine import config as C
 from nanxi_tune.engine.data import EpochSampler, make_loader, train_dataset
 from nanxi_tune.engine.model import build_model
 from nanxi_tune.engine.targets import build_targets
-from nanxi_tune.engine.trainer import Trainer, param_groups, pick_device
+from nanxi_tune.engine.device import pick_device
+from nanxi_tune.engine.trainer import Trainer, param_groups
 
 
 def bare_loop(cfg: C.Config, steps: int, warmup: int) -> float:

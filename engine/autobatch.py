@@ -149,7 +149,7 @@ def find_batch(cfg: C.Config, cap_gb: float | None = None, cap_fraction: float =
     """The largest data.batch_size that fits (see the module doc); ``cap_gb`` overrides the memory cap."""
     import torch
 
-    from .trainer import pick_device
+    from .device import pick_device
 
     say = progress or (lambda _m: None)
     dev = pick_device(device or cfg.train.device)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as TF
 from PIL import Image, UnidentifiedImageError
 
-from nanxi_tune.engine.synthetic import ensure_synthetic
+from .synthetic import ensure_synthetic
 
 BOX_TOLERANCE = 1.0  # px a box may overshoot the image edge (then clipped) before it counts as outside
 
@@ -310,7 +310,7 @@ class CocoDetection(torch.utils.data.Dataset):
         from torchvision import tv_tensors
         from torchvision.transforms import v2
 
-        from nanxi_tune.engine.iou_crop import MinIoURandomCrop
+        from .iou_crop import MinIoURandomCrop
 
         a = self.cfg.augment
         h, w = img.shape[-2:]

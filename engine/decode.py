@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms
 
-from nanxi_tune.engine import encoding
-from nanxi_tune.engine.config import Config
+from . import encoding
+from .config import Config
 
 
 def peaks(heat: torch.Tensor, pool_kernel: int) -> torch.Tensor:

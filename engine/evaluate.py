@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import torch
 
-from nanxi_tune.engine.config import Config
-from nanxi_tune.engine.decode import decode
+from .config import Config
+from .decode import decode
 
 METRICS = ("mAP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -81,7 +81,7 @@ def evaluate(model, loader, cfg: Config, device, coco_gt, cat_ids: list[int],
     k % world == rank (data.eval_indices); ``interrupt`` is asked ``batches`` times on every rank (the longest
     rank's count), the parts are gathered in the global batch order and rank 0's COCO metrics go to all, so
     they equal a one-process evaluation of the same weights."""
-    from nanxi_tune.engine.targets import build_targets
+    from .targets import build_targets
 
     was_training = model.training
     model.eval()

@@ -13,7 +13,7 @@ from . import rundir
 from .data import eval_dataset, make_loader
 from .evaluate import evaluate
 from .model import build_model
-from .trainer import pick_device
+from .device import pick_device
 
 
 def load_ema_model(run_dir: Path, which: str = "best", cfg: C.Config | None = None):

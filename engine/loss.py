@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import generalized_box_iou_loss
 
-from nanxi_tune.engine import encoding
-from nanxi_tune.engine.config import Config
-from nanxi_tune.engine.targets import sparsify
+from . import encoding
+from .config import Config
+from .targets import sparsify
 
 EPS = 1e-4
 POS_THRESHOLD = 1.0 - 1e-4  # heatmap cells at (or numerically at) 1.0 are the object centres

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nanxi_tune.engine import encoding
-from nanxi_tune.engine.config import Config
-from nanxi_tune.engine.loss import DetectionLoss
+from . import encoding
+from .config import Config
+from .loss import DetectionLoss
 
 MAX_CHANNELS = 1024
 PRIOR = 0.1
@@ -200,7 +200,7 @@ def init_weights(module: nn.Module, kind: str) -> None:
 def build_backbone(cfg: Config) -> nn.Module:
     if cfg.backbone.name == "nanxi":
         return Backbone(cfg)
-    from nanxi_tune.engine.backbones import TorchvisionBackbone
+    from .backbones import TorchvisionBackbone
 
     return TorchvisionBackbone(cfg.backbone.name)
 
@@ -227,7 +227,7 @@ class Detector(nn.Module):
         nn.init.constant_(self.head_map.out_conv.bias, prior_bias(cfg.head.range_norm_act))
         self.weights_source = ""
         if load_weights and cfg.backbone.weights:  # a resume skips it: the checkpoint overwrites them anyway
-            from nanxi_tune.engine.backbones import load_weights as load
+            from .backbones import load_weights as load
 
             tv = cfg.backbone.name != "nanxi"
             self.weights_source = load(self.backbone.net if tv else self.backbone, cfg.backbone.weights,

@@ -2,7 +2,7 @@
 
 Ids are public and stable (like a linter's). ``RULES`` maps each id to its function, the notes'
 section (or a generic rule's source) and the evidence key whose material change lets the watcher
-report it again (see engine.diagnostics.Watcher). Thresholds live in ``cfg.diagnose``.
+report it again (see engine.watcher.Watcher). Thresholds live in ``cfg.diagnose``.
 
 Epoch numbers in evidence are metrics.jsonl's (0-based: epoch 1 is the notes' "2nd epoch");
 messages count from 1.

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nanxi_tune.engine import rundir
+from . import rundir
 
 HEARTBEAT_S = 2.0  # owner.json is rewritten at least this often
 STALE_S = 15.0  # a heartbeat older than this from another host means a dead owner

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from nanxi_tune.engine import encoding
+from . import encoding
 
 MIN_SIGMA = 0.5  # cells; keeps tiny objects' peaks learnable
 

@@ -21,29 +21,19 @@ from torch.optim.swa_utils import AveragedModel
 from . import checkpoint as ckpt_io
 from . import config as C
 from . import journal, rundir, runctl
-from .diagnostics import Watcher, lower_lr
+from .device import StopRun, pick_device
+from .diagnostics import lower_lr
 from .data import DataError, EpochSampler, eval_dataset, eval_indices, make_loader, train_dataset
 from .distributed import Dist, convert_sync_batchnorm, use_sync_bn
 from .evaluate import EvalInterrupted, evaluate
 from .lr_plan import BudgetPlan
+from .watcher import Watcher
 from .events import (Callback, CheckpointSaved, CommandAck, Error, EvalMetrics, Event, Log, PlanChanged,
                      StateChanged, StepMetrics, null_callback)
 from .runctl import Command, Op
 from .backbones import WeightsError
 from .model import build_model
 from .targets import build_targets
-
-
-class StopRun(Exception):
-    """Raised inside the loop to end it early with a reason (non-finite loss, OOM)."""
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise StopRun(f"train.device = {name!r} but CUDA is not available here; use train.device = auto or cpu")
-    return torch.device(name)
 
 
 def ema_avg_fn(decay: float, ramp: bool):

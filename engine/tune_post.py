@@ -69,7 +69,7 @@ def cache_outputs(run_dir: Path | str, which: str = "best", device: str | None =
 
     from .data import make_loader
     from .evaluate_run import load_ema_model
-    from .trainer import pick_device
+    from .device import pick_device
 
     run_dir = Path(run_dir)
     cfg = C.load(run_dir / rundir.CONFIG)

@@ -22,7 +22,8 @@ import pytest
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine import remedy, rundir
-from nanxi_tune.engine.diagnostics import diagnose_run, lower_lr, raw_loss
+from nanxi_tune.engine.diagnostics import lower_lr, raw_loss
+from nanxi_tune.engine.watcher import diagnose_run
 from nanxi_tune.engine.trainer import Trainer
 
 SPE = 12  # steps per epoch

@@ -16,8 +16,8 @@ import sys
 import pytest
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine.diagnostics import (LR_GRID, Finding, History, Watcher, diagnose_run, lower_lr,
-                                           run_rules)
+from nanxi_tune.engine.diagnostics import LR_GRID, Finding, History, lower_lr
+from nanxi_tune.engine.watcher import Watcher, diagnose_run, run_rules
 from nanxi_tune.engine.events import Diagnosis
 from nanxi_tune.engine.rules import RULES
 
@@ -540,6 +540,6 @@ def test_diagnose_command(tmp_path, capsys):
 
 def test_engine_never_imports_textual():
     code = ("import sys; import nanxi_tune.engine.diagnostics, nanxi_tune.engine.rules; "
-            "from nanxi_tune.engine.diagnostics import diagnose_run; "
+            "from nanxi_tune.engine.watcher import diagnose_run; "
             "assert not [m for m in sys.modules if m.split('.')[0] in ('textual', 'torch')], 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import journal, remedy, rundir
+from nanxi_tune.engine import remedy, rundir
+from nanxi_tune.engine import runs_index as journal
 from nanxi_tune.engine.trainer import Trainer
 from conftest import tiny as base_tiny
 

@@ -14,13 +14,14 @@ import pytest
 import torch
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import diagnostics as rules
+from nanxi_tune.engine.watcher import run_rules
 from nanxi_tune.engine.data import eval_dataset, make_loader, resolve, train_dataset
 from nanxi_tune.engine.decode import decode
 from nanxi_tune.engine.model import build_model, count_parameters
 from nanxi_tune.engine.targets import build_targets
 from nanxi_tune.engine.lr_plan import lr_at
-from nanxi_tune.engine.trainer import Trainer, ema_avg_fn, pick_device
+from nanxi_tune.engine.device import pick_device
+from nanxi_tune.engine.trainer import Trainer, ema_avg_fn
 
 BASE = {"preprocess.input_size": 64, "data.synthetic_train": 24, "data.synthetic_val": 12, "data.batch_size": 4,
         "backbone.width": 8, "head.channels": 16}
@@ -210,7 +211,7 @@ def test_optimiser_and_ema_options(tmp_path):
 def test_device_option():
     assert pick_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
-        from nanxi_tune.engine.trainer import StopRun
+        from nanxi_tune.engine.device import StopRun
 
         assert pick_device("auto").type == "cpu"
         with pytest.raises(StopRun, match="CUDA is not available"):
@@ -222,8 +223,8 @@ def test_budget_option_moves_the_over_time_rule():
     hist = [{"split": "train", "step": s, "epoch": 0, "time": 1000.0 + 2.0 * s, "loss": 1.0, "loss_map": 0.5,
              "loss_offset": 0.2, "loss_shape": 0.3, "images_per_s": 2.0, "total_steps": 600000, "grad_norm": 1.0,
              "lr": 0.001} for s in range(1, 60)]
-    fired = rules.run_rules(C.with_updates(cfg, {"budget.max_days": 4}), hist)
-    calm = rules.run_rules(C.with_updates(cfg, {"budget.max_days": 365}), hist)
+    fired = run_rules(C.with_updates(cfg, {"budget.max_days": 4}), hist)
+    calm = run_rules(C.with_updates(cfg, {"budget.max_days": 365}), hist)
     assert "over-time-budget" in {f.rule for f in fired}
     assert "over-time-budget" not in {f.rule for f in calm}
 

@@ -10,7 +10,8 @@ import pytest
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine import checkpoint as ckpt_io
 from nanxi_tune.engine import pins, remedy, rundir
-from nanxi_tune.engine.diagnostics import Finding, Watcher, material_change
+from nanxi_tune.engine.diagnostics import Finding
+from nanxi_tune.engine.watcher import Watcher, material_change
 from nanxi_tune.engine.rules import RULES, Rule
 from nanxi_tune.engine.trainer import Trainer
 from nanxi_tune.tui.cli import main

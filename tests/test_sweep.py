@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import journal, rundir
+from nanxi_tune.engine import rundir
+from nanxi_tune.engine import runs_index as journal
 from nanxi_tune.engine import sweep as S
 from conftest import tiny as base_tiny
 

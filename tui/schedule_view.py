@@ -1,6 +1,6 @@
 """The notes' tuning schedule as a Screen: round 1 (QMV), round 2 (RSR), after training.
 
-``app.push_screen(ScheduleScreen(cfg, runs_root))``. Each row is a step of engine.schedule.SCHEDULE
+``app.push_screen(ScheduleScreen(cfg, runs_root))``. Each row is a step of engine.tuning_plan.SCHEDULE
 with what the journal recorded for it; Enter (or F5) does the step's action — a seven-stars sweep
 (pushes SweepScreen), mean/std after augmentation, the largest batch, NMS tuning on the newest trained
 run (pushes TunePostScreen), or a config step (sets the round's eval mode). Config changes go out as
@@ -19,7 +19,7 @@ from textual.widgets import DataTable, Footer, Label, Static
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine import rundir, runctl
-from nanxi_tune.engine import schedule as SCH
+from nanxi_tune.engine import tuning_plan as SCH
 from nanxi_tune.tui.post_view import TunePostScreen
 from nanxi_tune.tui.sweep_view import ConfigApplied, SweepScreen
 

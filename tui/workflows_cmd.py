@@ -234,7 +234,7 @@ def print_post(res, top: int = 10, console: Console | None = None) -> None:
 # --- journal / budget --------------------------------------------------------------------------------------
 
 def journal(args) -> int:
-    from nanxi_tune.engine import journal as J
+    from nanxi_tune.engine import runs_index as J
 
     if args.compare:
         cmp = J.compare(Path(args.compare[0]), Path(args.compare[1]))

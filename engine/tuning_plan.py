@@ -62,7 +62,7 @@ SCHEDULE: tuple[Step, ...] = (
 
 def recorded(step: Step, recs: list[dict[str, Any]]) -> list[str]:
     """The journal lines that belong to ``step``: sweeps of its keys, runs that changed them, its action's records."""
-    from .journal import line
+    from .runs_index import line
 
     out = []
     for rec in recs:
@@ -85,7 +85,7 @@ def recorded(step: Step, recs: list[dict[str, Any]]) -> list[str]:
 
 def status(root: Path | str = "runs") -> list[tuple[Step, list[str]]]:
     """Every step with what the journal recorded for it (oldest first)."""
-    from .journal import records
+    from .runs_index import records
 
     recs = records(Path(root))
     return [(s, recorded(s, recs)) for s in SCHEDULE]
