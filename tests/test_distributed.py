@@ -154,19 +154,19 @@ def test_pause_live_edit_and_stop_reach_every_rank(tmp_path):
     try:
         _wait(lambda: len(train_lines(run)) >= 2, proc)
         paused = runctl.request(run, runctl.Op.PAUSE, timeout=60)
-        assert paused and paused["ok"], paused
+        assert paused and paused["applied"], paused
         time.sleep(1.0)
         at = runctl.status(run)
         assert at.state == runctl.RunState.PAUSED
         steps = len(train_lines(run))
         edit = runctl.request(run, runctl.Op.SET, {"train.base_lr": 0.0005}, timeout=60)
-        assert edit and edit["ok"] and edit["changes"][0][0] == "train.base_lr", edit
+        assert edit and edit["applied"] and edit["changes"][0][0] == "train.base_lr", edit
         time.sleep(1.0)
         assert len(train_lines(run)) == steps  # still paused, on every rank (rank 0 alone would block in DDP)
-        assert runctl.request(run, runctl.Op.CONTINUE, timeout=60)["ok"]
+        assert runctl.request(run, runctl.Op.CONTINUE, timeout=60)["applied"]
         _wait(lambda: len(train_lines(run)) >= steps + 2, proc)
         stop = runctl.request(run, runctl.Op.STOP, timeout=60)
-        assert stop and stop["ok"], stop
+        assert stop and stop["applied"], stop
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
