@@ -159,7 +159,7 @@ def find_batch(cfg: C.Config, cap_gb: float | None = None, cap_fraction: float =
     probes: list[dict[str, Any]] = []
 
     def scaled(bs: int) -> float:
-        return cfg.train.base_lr * bs / cfg.train.base_batch_size
+        return C.linear_lr(cfg.train.base_lr, bs, cfg.train.base_batch_size)
 
     if dev.type == "cuda":
         free, total = torch.cuda.mem_get_info(dev)

@@ -426,8 +426,7 @@ class Config(Strict):
 
     @property
     def lr(self) -> float:
-        """Linear scaling rule: lr = base_lr × batch_size / base_batch_size."""
-        return self.train.base_lr * self.data.batch_size / self.train.base_batch_size
+        return linear_lr(self.train.base_lr, self.data.batch_size, self.train.base_batch_size)
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -519,6 +518,20 @@ def field_info(key: str):
 def is_live(key: str) -> bool:
     info = field_info(key)
     return bool(info and (info.json_schema_extra or {}).get("live"))
+
+
+def linear_lr(base_lr: float, batch_size: int, base_batch_size: int) -> float:
+    """The notes' linear scaling rule: lr = base_lr × batch_size / base_batch_size."""
+    return base_lr * batch_size / base_batch_size
+
+
+def toml_value(value: Any) -> str:
+    """A value as one line of TOML, as `--set key=value` and the live-edit dialogs read it back."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    import tomli_w
+
+    return tomli_w.dumps({"v": value}).strip().removeprefix("v = ")
 
 
 def live_keys() -> list[str]:

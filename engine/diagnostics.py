@@ -38,10 +38,11 @@ from typing import Any, Iterable, Literal
 
 from . import config as C
 from .events import Diagnosis
+from .vocab import BRANCH_LOSSES
 
 Severity = Literal["info", "warning", "error"]
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
-BRANCHES = ("loss_map", "loss_offset", "loss_shape")
+BRANCHES = BRANCH_LOSSES  # the rules judge the raw per-branch losses
 
 # The notes' lr grid (10.1): 0.001 0.003 0.01 0.03 0.1 0.3 1 3 10, extended downward by the same
 # half-decades so a remedy below 0.001 still exists.

@@ -15,13 +15,13 @@ import torch
 
 from .config import Config
 from .decode import decode
+from .vocab import COCO_METRICS, LOSSES
 
-METRICS = ("mAP", "AP50", "AP75", "APs", "APm", "APl")
+METRICS = COCO_METRICS
 
 
 class EvalInterrupted(Exception):
     """``interrupt`` asked to end the evaluation between batches (a stop)."""
-LOSSES = ("loss", "loss_map", "loss_offset", "loss_shape")
 
 
 def _float(v: Any) -> float:

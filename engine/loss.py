@@ -26,6 +26,7 @@ from torchvision.ops import generalized_box_iou_loss
 from . import encoding
 from .config import Config
 from .targets import sparsify
+from .vocab import BRANCHES
 
 EPS = 1e-4
 POS_THRESHOLD = 1.0 - 1e-4  # heatmap cells at (or numerically at) 1.0 are the object centres
@@ -140,7 +141,7 @@ class DetectionLoss(nn.Module):
 
     def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         total = 0.0
-        for branch in ("map", "offset", "shape"):
+        for branch in BRANCHES:
             s = getattr(self, f"s_{branch}")
             total = total + torch.exp(-s) * losses[f"loss_{branch}"] + s
         return self.cfg.loss.loss_scale * total

@@ -30,6 +30,7 @@ from typing import Any
 from . import config as C
 from . import rundir
 from .events import Callback, Event, null_callback
+from .vocab import BRANCH_LOSSES
 
 SWEEP_JSON = "sweep.json"
 BASE = "base.toml"
@@ -115,7 +116,7 @@ def summarize_trial(run_dir: Path) -> dict[str, Any]:
     if trains:
         t = trains[-1]
         out["train_loss"] = float(t["loss"])
-        if all(isinstance(t.get(k), (int, float)) for k in ("loss_map", "loss_offset", "loss_shape")):
+        if all(isinstance(t.get(k), (int, float)) for k in BRANCH_LOSSES):
             out["raw_loss"] = float(t["loss_map"] + t["loss_offset"] + t["loss_shape"])
     return out
 

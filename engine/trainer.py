@@ -27,6 +27,7 @@ from .data import DataError, EpochSampler, eval_dataset, eval_indices, make_load
 from .distributed import Dist, convert_sync_batchnorm, use_sync_bn
 from .evaluate import EvalInterrupted, evaluate
 from .lr_plan import BudgetPlan
+from .vocab import COCO_METRICS, LOG_WEIGHTS, LOSSES
 from .watcher import Watcher
 from .events import (Callback, CheckpointSaved, CommandAck, Error, EvalMetrics, Event, Log, PlanChanged,
                      StateChanged, StepMetrics, null_callback)
@@ -366,7 +367,7 @@ class Trainer:
         losses["loss"].backward()
         clip = self.cfg.train.grad_clip or math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        keys = ("loss", "loss_map", "loss_offset", "loss_shape", "s_map", "s_offset", "s_shape")
+        keys = LOSSES + LOG_WEIGHTS
         # One host sync per step: the values to log and the finiteness check, before the update.
         stacked = [losses[k].detach().float() for k in keys] + [grad_norm.float(), self._ema_l2()]
         # averaged over ranks: a non-finite loss on any rank stops them all at this step
@@ -537,8 +538,7 @@ class Trainer:
         self._emit(EvalMetrics(step=self.step, epoch=self.epoch, time=time.time(), mode=cfg.eval.val_data_mode,
                                images=int(m["images"]), online_mAP=online.get("mAP"),
                                online_AP50=online.get("AP50"),
-                               **{k: float(m[k]) for k in ("mAP", "AP50", "AP75", "APs", "APm", "APl", "loss",
-                                                           "loss_map", "loss_offset", "loss_shape")}))
+                               **{k: float(m[k]) for k in COCO_METRICS + LOSSES}))
         improved = m["mAP"] > self.best_map
         if improved:
             self.best_map = float(m["mAP"])
@@ -621,12 +621,16 @@ class Trainer:
         ckpt_io.link_atomic(rundir.last_checkpoint(self.run_dir), best)
         self._emit(CheckpointSaved(str(best), self.step, self.step // self.steps_per_epoch, True))
 
+    def _rescaled_step(self, step: int, world: int) -> int:
+        """The step of this run at which ``step`` of a run with ``world`` processes stood: the same epoch and the
+        same global sample position in it, rounded down to a whole global batch of this run."""
+        bs = self.cfg.data.batch_size
+        epoch, position = divmod(step, max(1, len(self.train_set) // (bs * world)))
+        return epoch * self.steps_per_epoch + position * bs * world // (bs * self.dist.world)
+
     def _load(self, path: Path) -> None:
         if self.dist.active:  # rank 0 reads, every rank gets it (other machines need not see the run folder)
             state = self.dist.from_main(ckpt_io.load(path, map_location="cpu") if self.dist.is_main else None)
-            if int(state.get("world_size", 1)) != self.dist.world:
-                raise StopRun(f"{path} was written by {state.get('world_size', 1)} rank(s); resume it with "
-                              f"--nproc-per-node × --nnodes = {state.get('world_size', 1)} processes")
         else:
             state = ckpt_io.load(path, map_location=self.device)
         self.model.load_state_dict(state["model"])
@@ -635,14 +639,20 @@ class Trainer:
         self.step = int(state["step"])
         self.best_map = float(state["best_map"])
         self._last_eval_step = int(state.get("last_eval_step", -1))
-        if "plan" in state.get("schedule", {}):
+        saved_step, saved_world = self.step, int(state.get("world_size", 1))
+        if saved_world != self.dist.world:  # another process count: the same global sample position
+            self.step = self._rescaled_step(saved_step, saved_world)
+            self._last_eval_step = self.step if self._last_eval_step == saved_step else -1
+            plan = state.get("schedule", {}).get("plan") or {}
+            self.total_steps, self._train_s = self.plan.total_steps, float(plan.get("elapsed_s", 0.0))
+        elif "plan" in state.get("schedule", {}):
             self.plan.load_state_dict(state["schedule"]["plan"])
             self.plan.reconfigure(self.cfg)  # a resume --set of a live key (epochs, milestones) re-places the plan
             self.total_steps, self._train_s = self.plan.total_steps, self.plan.elapsed_s
         ckpt_io.set_rng_state(state["rng"])
         if not self.dist.is_main:
             return
-        dropped = rundir.trim_metrics(self.run_dir, self.step)
+        dropped = rundir.trim_metrics(self.run_dir, saved_step)
         # trim_metrics may have replaced metrics.jsonl (a new file, renamed over the old): append to the new one,
         # or every line of the resumed run would go to the unlinked old file and be lost.
         self._metrics.close()
@@ -656,6 +666,11 @@ class Trainer:
         if repaired:
             self._emit(Log(repaired, "warning"))
         note = f"resumed from {path} at step {self.step}"
+        if saved_world != self.dist.world:
+            note = (f"resumed from {path} with {self.dist.world} process(es) where it was written by {saved_world}: "
+                    f"step {saved_step} of global batch {self.cfg.data.batch_size * saved_world} continues as step "
+                    f"{self.step} of global batch {self.cfg.data.batch_size * self.dist.world}, at the same global "
+                    "sample position (rounded down to a whole batch); not bit-exact")
         if dropped:
             note += f"; dropped {dropped} metric lines logged after that checkpoint (they are redone)"
         self._emit(Log(note))

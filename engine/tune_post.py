@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from . import config as C
 from . import rundir
+from .vocab import BRANCHES
 
 KEYS = ("postprocess.nms_iou", "postprocess.score_threshold", "postprocess.top_k")
 GRID: dict[str, tuple[float, ...]] = {
@@ -82,7 +83,7 @@ def cache_outputs(run_dir: Path | str, which: str = "best", device: str | None =
     with torch.inference_mode():
         for images, tg in loader:
             out = model(images.to(dev))
-            outputs.append({k: out[k].float().cpu() for k in ("map", "offset", "shape")})
+            outputs.append({k: out[k].float().cpu() for k in BRANCHES})
             targets.append(tg)
             img_ids += [int(t["image_id"]) for t in tg]
     ckpt = rundir.best_checkpoint(run_dir) if which == "best" else rundir.last_checkpoint(run_dir)

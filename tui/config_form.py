@@ -56,11 +56,8 @@ def kind_of(annotation: Any) -> str:
 
 
 def format_value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(format_value(v) for v in value) + "]"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    """A field's text: its TOML, strings bare (a field knows its own kind)."""
+    return value if isinstance(value, str) else C.toml_value(value)
 
 
 def parse_text(kind: str, text: str) -> Any:

@@ -18,6 +18,7 @@ from rich.table import Table
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine import rundir
 from nanxi_tune.engine.exitcodes import ExitCode
+from nanxi_tune.engine.vocab import COCO_METRICS, LOSSES
 from nanxi_tune.tui.stopsignals import GUARD, StoppedBeforeStart
 
 console = Console(stderr=True)
@@ -131,7 +132,7 @@ def eval(args) -> int:  # noqa: A001 - the subcommand's name
     updates = C.parse_sets(args.sets) if args.sets else {}
     m = evaluate_run(Path(args.run_dir), args.checkpoint, updates)
     table = Table("metric", "value", title=f"{args.run_dir} ({args.checkpoint}.pt, {m['mode']}, {m['images']} images)")
-    for k in ("mAP", "AP50", "AP75", "APs", "APm", "APl", "loss", "loss_map", "loss_offset", "loss_shape"):
+    for k in COCO_METRICS + LOSSES:
         table.add_row(k, f"{m[k]:.4f}")
     Console().print(table)
     return 0

@@ -24,6 +24,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
 from nanxi_tune.engine.events import EvalMetrics, StepMetrics
+from nanxi_tune.engine.vocab import LOG_WEIGHTS, LOSSES
 if TYPE_CHECKING:
     from textual_plotext import PlotextPlot
 
@@ -35,8 +36,7 @@ PLOTS = [  # id, title, train key, val key
     ("lr", "lr", "lr", None),
     ("mAP", "mAP (val)", None, "mAP"),
 ]
-TABLE_ROWS = ["loss", "loss_map", "loss_offset", "loss_shape", "lr", "grad_norm", "s_map", "s_offset",
-              "s_shape", "images_per_s", "mAP", "AP50"]
+TABLE_ROWS = [*LOSSES, "lr", "grad_norm", *LOG_WEIGHTS, "images_per_s", "mAP", "AP50"]
 MAX_PLOT_POINTS = 240  # points per series on screen; a plot is at most ~80 braille columns wide
 
 

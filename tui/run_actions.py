@@ -165,7 +165,7 @@ class RunActions:
         cur = self.form.config
         if cur is None:
             return ""
-        return " ".join(f"{k}={_toml(b)}" for k, (_a, b) in C.diff(ran, cur).items() if C.is_live(k))
+        return " ".join(f"{k}={C.toml_value(b)}" for k, (_a, b) in C.diff(ran, cur).items() if C.is_live(k))
 
     def action_resume_run(self) -> None:
         target = self.resume_target()
@@ -367,16 +367,6 @@ class RunActions:
             if self.session.owns_run:
                 self.session.request_stop_now()
             self.session.close()
-
-
-def _toml(v: Any) -> str:
-    if isinstance(v, str):
-        return f'"{v}"'
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_toml(x) for x in v) + "]"
-    return str(v)
 
 
 __all__ = ["RunActions"]
