@@ -79,7 +79,7 @@ class NanxiTuneApp(RunActions, WorkflowActions, ConfigActions, App):
 
     def __init__(self, preset: str = "demo", open_run: Path | None = None, runs_root: Path = Path("runs"),
                  *, max_steps: int | None = None, stats_samples: int = 200,
-                 autobatch_cap_gb: float | None = None) -> None:
+                 autobatch_cap_gb: float | None = None, trainer_cls: Any = None) -> None:
         super().__init__()
         # No animations: the tab underline's slide alone repainted the screen ~20 times per tab switch,
         # competing with the trainer for the CPU; over SSH it is also bytes for nothing.
@@ -92,6 +92,7 @@ class NanxiTuneApp(RunActions, WorkflowActions, ConfigActions, App):
         self.open_run_arg = Path(open_run) if open_run else None
         self.runs_root = Path(runs_root)
         self.max_steps = max_steps
+        self._trainer_cls = trainer_cls  # None: engine.trainer.Trainer, imported in the training worker
         cfg = C.load_preset(preset)
         self.initial_cfg = cfg
         self.initial_base = C.base_of(cfg)

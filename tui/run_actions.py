@@ -40,6 +40,15 @@ class RunActions:
         """A run trains now that competes with this app for the machine (asked by the sweep screen)."""
         return self.running and (self.session.kind != Kind.ATTACHED or self.session.alive)
 
+    def trainer_class(self) -> Any:
+        """The class that trains in this process: engine.trainer.Trainer (imported here, in the worker: torch is
+        heavy), or what the app was given (tests give a fast fake that speaks the same run-folder protocol)."""
+        if self._trainer_cls is None:
+            from nanxi_tune.engine.trainer import Trainer
+
+            self._trainer_cls = Trainer
+        return self._trainer_cls
+
     @property
     def trainer(self) -> Any:
         return self.session.trainer if self.session else None
@@ -96,9 +105,7 @@ class RunActions:
         max_steps = self.max_steps
 
         def make() -> Any:
-            from nanxi_tune.engine.trainer import Trainer  # heavy: torch; only inside the worker
-
-            return Trainer(cfg, run_dir, max_steps=max_steps)
+            return self.trainer_class()(cfg, run_dir, max_steps=max_steps)
         self._show(RunSession.in_process(self, run_dir, make), cfg.budget.max_days)
 
     def action_start_detached(self) -> None:
@@ -206,9 +213,7 @@ class RunActions:
         cfg = C.load(run_dir / rundir.CONFIG)
 
         def make() -> Any:
-            from nanxi_tune.engine.trainer import Trainer
-
-            return Trainer.resume(run_dir, updates=updates or None, max_steps=max_steps)
+            return self.trainer_class().resume(run_dir, updates=updates or None, max_steps=max_steps)
         self._show(RunSession.in_process(self, run_dir, make), cfg.budget.max_days)
 
     # --- what the run tells ----------------------------------------------------------------------------

@@ -226,9 +226,8 @@ class WorkflowActions:
         max_steps, resume = self.max_steps, remedy.has_checkpoint(child)
 
         def make() -> Any:
-            from nanxi_tune.engine.trainer import Trainer
-
-            return Trainer.resume(child, max_steps=max_steps) if resume else Trainer(cfg, child, max_steps=max_steps)
+            cls = self.trainer_class()
+            return cls.resume(child, max_steps=max_steps) if resume else cls(cfg, child, max_steps=max_steps)
         self.session.close()
         self._show(RunSession.in_process(self, child, make), cfg.budget.max_days)
         changes = ", ".join(f"{k} = {v}" for k, v in (finding.get("remedy") or {}).get("set", {}).items())
