@@ -197,7 +197,10 @@ def test_budget_projection_and_compare_two_runs(tmp_path, one_thread):
             await pilot.pause(0.2)
             screen = app.screen
             assert isinstance(screen, CompareScreen)
-            await wait_for(pilot, lambda: screen.data is not None, timeout=30)
+            try:
+                await wait_for(pilot, lambda: screen.data is not None, timeout=30)
+            except AssertionError:
+                raise AssertionError(str(screen.query_one("#cmp-summary").render())) from None
             assert {screen.a, screen.b} == {a, b}
             diff = screen.query_one("#cmp-diff")
             assert "train.base_lr" in [str(diff.get_row_at(i)[0]) for i in range(diff.row_count)]
