@@ -240,3 +240,17 @@ def test_two_nodes_on_loopback(tmp_path):
     assert [n.returncode for n in nodes] == [3, 3], [o[-2000:] for o in outs]
     assert [m["step"] for m in train_lines(tmp_path / "run")] == [1, 2]
     assert ck.load(rundir.last_checkpoint(tmp_path / "run"))["world_size"] == 2
+
+
+# --- another process count: the same global sample position, journaled ------------------------------------------
+
+def test_resume_with_another_process_count_continues_at_the_same_sample(tmp_path):
+    nanxi("train", "--run-dir", "run", "--nproc-per-node", "2", "--max-steps", "4", "--quiet", "--set", *SETS,
+          cwd=tmp_path)  # 48 images, global batch 16: 3 steps an epoch; step 4 = epoch 1 after 16 samples
+    nanxi("resume", "run", "--max-steps", "9", "--quiet", cwd=tmp_path)  # one process, batch 8: 6 steps an epoch
+    steps = [m["step"] for m in train_lines(tmp_path / "run")]
+    assert steps == [1, 2, 3, 4, 9]  # step 4 of 2 ranks = step 6 + 16 / 8 = 8 of one process
+    state = ck.load(rundir.last_checkpoint(tmp_path / "run"))
+    assert state["world_size"] == 1 and state["step"] == 9
+    notes = [e["message"] for e in rundir.read_events(tmp_path / "run") if e.get("kind") == "log"]
+    assert any("written by 2" in n and "continues as step 8" in n and "not bit-exact" in n for n in notes), notes
