@@ -190,6 +190,23 @@ def _wait(cond, proc, timeout=90.0):
         time.sleep(0.2)
 
 
+def test_sigterm_to_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([*CLI, "train", "--run-dir", "run", "--nproc-per-node", "2", "--quiet", "--set",
+                             *SETS, "train.epochs=200", "eval.interval=100", "train.time_budget_min=30"],
+                            cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait(lambda: len(train_lines(run)) >= 3, proc)  # budget on: every step shares rank 0's clock
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, out[-3000:]
+    assert rundir.recorded_state(run) == "stopped"
+    assert ck.load(rundir.last_checkpoint(run))["step"] == train_lines(run)[-1]["step"]
+
+
 # --- (d) a killed rank ends the group; the run resumes -----------------------------------------------------------
 
 def test_a_killed_rank_ends_the_group_and_the_run_resumes(tmp_path):
