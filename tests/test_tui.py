@@ -339,3 +339,41 @@ def test_runs_tab_title_fits_80_columns(tmp_path):
             text = str(title.render())
             assert "F8" in text and len(text) <= title.content_region.width, (len(text), title.content_region)
     run(go())
+
+
+def test_live_edit_prefills_only_the_config_tabs_own_edits(tmp_path):
+    """F8 on an attached run started elsewhere (another preset): the input holds no changes the user never made
+    (it held the app's preset values of every live key the run differs in: Enter would have cut train.epochs);
+    a live key edited on the Config tab is offered."""
+    from textual.widgets import Input
+
+    from nanxi_tune.engine import runctl
+    from nanxi_tune.tui.screens import LiveEditDialog
+
+    run_dir = tmp_path / "runs" / "other"
+    run_dir.mkdir(parents=True)
+    C.save(C.with_updates(C.load_preset("demo"), {"train.epochs": 2000, "eval.interval": 1000}),
+           run_dir / "config.toml")
+    owner = runctl.RunOwner.acquire(run_dir)  # a live trainer's lock and heartbeat, as another process holds them
+    owner.update(state="running")
+
+    async def go():
+        app = NanxiTuneApp(preset="demo", runs_root=tmp_path / "runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await ready(pilot)
+            app.open_run(run_dir)
+            await wait_for(pilot, lambda: app.session is not None and app.session.alive, timeout=10)
+            await pilot.press("f8")
+            await wait_for(pilot, lambda: isinstance(app.screen, LiveEditDialog), timeout=10)
+            assert app.screen.live
+            assert app.screen.query_one("#live-updates", Input).value == ""
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not isinstance(app.screen, LiveEditDialog), timeout=10)
+            app.form.set_key("train.base_lr", 0.002)
+            await pilot.press("f8")
+            await wait_for(pilot, lambda: isinstance(app.screen, LiveEditDialog), timeout=10)
+            assert app.screen.query_one("#live-updates", Input).value == "train.base_lr=0.002"
+    try:
+        run(go())
+    finally:
+        owner.release()

@@ -168,11 +168,15 @@ class RunActions:
         return Path(runs[0].path) if runs else None
 
     def live_prefill(self, ran: C.Config) -> str:
-        """The Config tab's edits of live keys against the run's config, as key=value text."""
+        """The Config tab's edits of live keys against the run's config, as key=value text. Only keys edited on
+        the tab (vs its preset) count: a run started elsewhere differs from the tab's preset in keys the user
+        never touched, and offering those would silently change them (train.epochs) with the next Enter."""
         cur = self.form.config
         if cur is None:
             return ""
-        return " ".join(f"{k}={C.toml_value(b)}" for k, (_a, b) in C.diff(ran, cur).items() if C.is_live(k))
+        edited = set(self.form.changed_keys())
+        return " ".join(f"{k}={C.toml_value(b)}" for k, (_a, b) in C.diff(ran, cur).items()
+                        if C.is_live(k) and k in edited)
 
     def action_resume_run(self) -> None:
         target = self.resume_target()
