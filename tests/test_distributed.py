@@ -207,6 +207,34 @@ def test_sigterm_to_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path):
     assert ck.load(rundir.last_checkpoint(run))["step"] == train_lines(run)[-1]["step"]
 
 
+POISON = """
+import os, sys
+from nanxi_tune.engine import trainer as T
+real, calls = T.build_targets, [0]
+def poisoned(*a, **k):
+    calls[0] += 1
+    out = real(*a, **k)
+    if os.environ["RANK"] == "1" and calls[0] == 3:  # rank 1's third step only
+        out["heat_value"] = out["heat_value"] * float("nan")
+    return out
+T.build_targets = poisoned
+from nanxi_tune.tui.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_non_finite_loss_on_one_rank_stops_all(tmp_path):
+    (tmp_path / "poison.py").write_text(POISON)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        "poison.py", "train", "--run-dir", "run", "--quiet", "--set", *SETS], cwd=tmp_path,
+                       env=env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0  # a failed run: torchrun reports it, and no rank is left waiting
+    errors = [e for e in rundir.read_events(tmp_path / "run") if e.get("kind") == "error"]
+    assert len(errors) == 1 and "non-finite" in errors[0]["error"] and "step 3" in errors[0]["error"]
+    assert ck.load(rundir.last_checkpoint(tmp_path / "run"))["step"] == 2  # the last good weights
+    assert [m["step"] for m in train_lines(tmp_path / "run")] == [1, 2]
+
+
 # --- (d) a killed rank ends the group; the run resumes -----------------------------------------------------------
 
 def test_a_killed_rank_ends_the_group_and_the_run_resumes(tmp_path):
