@@ -377,3 +377,35 @@ def test_live_edit_prefills_only_the_config_tabs_own_edits(tmp_path):
         run(go())
     finally:
         owner.release()
+
+
+def test_runs_tab_shows_a_live_runs_mark_whole(tmp_path):
+    """A live run's status reads "running ●" on the Runs tab: no cell is wider than its column (the 8-cell status
+    column cut the ● off every running run)."""
+    from rich.cells import cell_len
+
+    from nanxi_tune.engine import runctl
+
+    run_dir = tmp_path / "runs" / "live-one"
+    run_dir.mkdir(parents=True)
+    C.save(C.load_preset("demo"), run_dir / "config.toml")
+    owner = runctl.RunOwner.acquire(run_dir)
+    owner.update(state="stopping")
+
+    async def go():
+        app = NanxiTuneApp(runs_root=tmp_path / "runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await ready(pilot)
+            await pilot.press("alt+3")
+            table = app.query_one("#runs-table")
+            await wait_for(pilot, lambda: table.row_count == 1, timeout=10)
+            assert table.get_cell_at((0, 2)) == "stopping ●"
+            for key, col in table.columns.items():
+                cells = [str(table.get_cell(row, key)) for row in table.rows]
+                assert all(cell_len(c) <= col.width for c in cells), (key, col.width, cells)
+            assert sum(c.width + 2 * table.cell_padding for c in table.columns.values()) <= table.content_region.width, \
+                table.content_region
+    try:
+        run(go())
+    finally:
+        owner.release()

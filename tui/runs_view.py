@@ -16,8 +16,9 @@ from textual.widgets import DataTable, Static
 
 from nanxi_tune.tui.palette import TIP
 
-# Fixed widths, so the first visit (before any row) never squeezes a column; 76 cells with padding fit 80.
-COLUMNS = (("✓", 1), ("name", 24), ("status", 8), ("best mAP", 8), ("started", 11), ("step", 7), ("preset", 7))
+# Fixed widths, so the first visit (before any row) never squeezes a column; 66 cells and their padding fit 80.
+# status fits "stopping ●" (a live run is marked ●).
+COLUMNS = (("✓", 1), ("name", 22), ("status", 10), ("best mAP", 8), ("started", 11), ("step", 7), ("preset", 7))
 REFRESH_S = 2.0  # while the tab is shown: live runs' steps and states move
 
 
