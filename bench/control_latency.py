@@ -75,7 +75,7 @@ def in_process(cfg: C.Config, run: Path, n: int) -> tuple[list[float], list[int]
 def detached(cfg: C.Config, run: Path, n: int) -> tuple[list[float], list[int]]:
     run.mkdir(parents=True)
     start = C.save(cfg, run / "start.toml")
-    proc = subprocess.Popen([sys.executable, "-m", "nanxi_tune.tui.cli", "train", "--preset", str(start),
+    proc = subprocess.Popen([sys.executable, "-m", "nanxi_tune.cli", "train", "--preset", str(start),
                              "--run-dir", str(run), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:

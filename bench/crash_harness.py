@@ -55,7 +55,7 @@ RESUMED = re.compile(r"resumed from (\S+) at step (\d+)")
 
 def cli() -> list[str]:
     script = Path(sys.executable).with_name("nanxi-tune")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "nanxi_tune.tui.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "nanxi_tune.cli"]
 
 
 def env(cache: Path) -> dict[str, str]:

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-CLI = [sys.executable, "-m", "nanxi_tune.tui.cli"]
+CLI = [sys.executable, "-m", "nanxi_tune.cli"]
 
 
 def images_per_s(run_dir: Path, batch: int, world: int, warmup: int) -> float:

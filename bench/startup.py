@@ -29,7 +29,7 @@ from pathlib import Path
 
 def cli() -> list[str]:
     script = Path(sys.executable).with_name("nanxi-tune")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "nanxi_tune.tui.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "nanxi_tune.cli"]
 
 
 def help_time(repeats: int) -> tuple[float, bool]:
@@ -38,7 +38,7 @@ def help_time(repeats: int) -> tuple[float, bool]:
         t = time.perf_counter()
         subprocess.run(cli() + ["--help"], capture_output=True, check=True)
         times.append(time.perf_counter() - t)
-    probe = subprocess.run([sys.executable, "-c", "import sys\nfrom nanxi_tune.tui.cli import main\ntry:\n main(['--help'])\n"
+    probe = subprocess.run([sys.executable, "-c", "import sys\nfrom nanxi_tune.cli.main import main\ntry:\n main(['--help'])\n"
                             "except SystemExit: pass\nprint('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"],
                            capture_output=True, text=True)
     return statistics.median(times), "NO-TORCH" in probe.stdout

@@ -16,7 +16,7 @@ import torch
 from nanxi_tune.engine import checkpoint as ck
 from nanxi_tune.engine import rundir
 from nanxi_tune.engine.trainer import Trainer
-from nanxi_tune.tui.cli import main
+from nanxi_tune.cli.main import main
 
 from conftest import tiny
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from nanxi_tune.engine import rundir
-from nanxi_tune.tui.cli import main
+from nanxi_tune.cli.main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

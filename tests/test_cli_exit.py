@@ -18,7 +18,7 @@ import pytest
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine import rundir
 from nanxi_tune.engine.exitcodes import ExitCode
-from nanxi_tune.tui.cli import _parser, main
+from nanxi_tune.cli.main import _parser, main
 
 SETS = ["preprocess.input_size=64", "data.synthetic_train=32", "data.synthetic_val=8", "data.batch_size=8",
         "backbone.width=8", "head.channels=16", "train.epochs=1", "eval.online=false", "diagnose.enabled=false"]
@@ -26,7 +26,7 @@ SETS = ["preprocess.input_size=64", "data.synthetic_train=32", "data.synthetic_v
 
 def cli() -> list[str]:
     script = Path(sys.executable).with_name("nanxi-tune")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "nanxi_tune.tui.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "nanxi_tune.cli"]
 
 
 def env() -> dict[str, str]:

@@ -20,7 +20,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def cli(*args, **kw):
-    return [sys.executable, "-m", "nanxi_tune.tui.cli", *args]
+    return [sys.executable, "-m", "nanxi_tune.cli", *args]
 
 
 def ctl(run, *args):

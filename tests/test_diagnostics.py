@@ -524,7 +524,7 @@ def test_diagnose_run_reads_a_torn_last_line_and_error_events(tmp_path):
 
 
 def test_diagnose_command(tmp_path, capsys):
-    from nanxi_tune.tui.diagnose_cmd import diagnose
+    from nanxi_tune.cli.diagnose_cmd import diagnose
 
     run = write_run(tmp_path / "hot", C.with_updates(C.Config(), {"train.base_lr": 0.01}),
                     trace(epochs=5, level=flat_level, lr=0.01))

@@ -21,7 +21,7 @@ from nanxi_tune.engine.data import EpochSampler, eval_indices
 from conftest import TINY
 
 SETS = [f"{k}={v}" for k, v in TINY.items()] + ["data.workers=0", "train.epochs=2", "diagnose.enabled=false"]
-CLI = [sys.executable, "-m", "nanxi_tune.tui.cli"]
+CLI = [sys.executable, "-m", "nanxi_tune.cli"]
 
 
 def env():
@@ -66,14 +66,14 @@ def test_evaluation_is_split_by_batches():
 def test_torchrun_argv_passes_the_machines_through():
     from types import SimpleNamespace
 
-    from nanxi_tune.tui.launch import torchrun_argv
+    from nanxi_tune.cli.launch import torchrun_argv
 
     a = SimpleNamespace(nproc_per_node=8, nnodes=2, node_rank=1, rdzv_endpoint="box0:29500")
     argv = torchrun_argv(a, ["train"])
     assert argv[1:3] == ["-m", "torch.distributed.run"]
     s = " ".join(argv)
     assert "--nproc-per-node 8 --nnodes 2 --rdzv-endpoint box0:29500 --node-rank 1" in s
-    assert s.endswith("-m nanxi_tune.tui.cli train")
+    assert s.endswith("-m nanxi_tune.cli train")
     one = " ".join(torchrun_argv(SimpleNamespace(nproc_per_node=2, nnodes=1, node_rank=None, rdzv_endpoint=None),
                                  []))
     assert "--standalone" in one
@@ -218,7 +218,7 @@ def poisoned(*a, **k):
         out["heat_value"] = out["heat_value"] * float("nan")
     return out
 T.build_targets = poisoned
-from nanxi_tune.tui.cli import main
+from nanxi_tune.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -245,7 +245,7 @@ def test_a_killed_rank_ends_the_group_and_the_run_resumes(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait(lambda: rundir.last_checkpoint(run).exists(), proc)
-        from nanxi_tune.tui.launch import _children
+        from nanxi_tune.cli.launch import _children
 
         torchrun = _children(proc.pid)
         workers = [w for t in torchrun for w in _children(t)]

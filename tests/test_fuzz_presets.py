@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.tui.cli import main
+from nanxi_tune.cli.main import main
 
 DEMO = (C.PRESETS_DIR / "demo.toml").read_text()
 FIELDS = [(g, n, info) for g in C.GROUPS for n, info in C.Config.model_fields[g].annotation.model_fields.items()]

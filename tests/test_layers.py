@@ -82,3 +82,21 @@ def test_engine_never_imports_the_ui_or_the_command_line():
             "'nanxi_tune.cli'))]\n"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_command_line_lives_in_cli_and_keeps_its_shape():
+    """tui/ parses no arguments; every subcommand keeps the options, defaults and choices it had when the command
+    line moved into cli/ (tests/cli_shape.json; a deliberate change to the CLI updates that file too)."""
+    import json
+
+    from nanxi_tune.cli.main import _parser
+
+    parsing = [p.name for p in (REPO / "tui").glob("*.py") if "argparse" in p.read_text()]
+    assert not parsing, parsing
+    p = _parser()
+    sub = next(a for a in p._actions if a.__class__.__name__ == "_SubParsersAction")
+    shape = {name: sorted(f"{'/'.join(a.option_strings) or a.dest}:{a.nargs}:{a.default!r}:"
+                          f"{sorted(a.choices) if a.choices else ''}" for a in sp._actions)
+             for name, sp in sub.choices.items()}
+    shape["(main)"] = sorted(f"{'/'.join(a.option_strings) or a.dest}:{a.default!r}" for a in p._actions if a is not sub)
+    assert shape == json.loads((REPO / "tests" / "cli_shape.json").read_text())

@@ -21,7 +21,7 @@ def test_engine_never_imports_textual():
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys\nfrom nanxi_tune.tui.cli import main\n"
+    code = ("import sys\nfrom nanxi_tune.cli.main import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "sys.exit(2 if 'torch' in sys.modules or 'textual' in sys.modules else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -36,9 +36,9 @@ def test_wheel_carries_packages_and_presets(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     wheel = next(tmp_path.glob("nanxi_tune-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for pkg in ("engine", "tui", "presets"):
+    for pkg in ("engine", "cli", "tui", "presets"):
         assert f"nanxi_tune/{pkg}/__init__.py" in names
     for preset in ("demo", "coco-640", "bccd"):
         assert f"nanxi_tune/presets/{preset}.toml" in names
-    assert "nanxi_tune/engine/trainer.py" in names and "nanxi_tune/tui/cli.py" in names
+    assert "nanxi_tune/engine/trainer.py" in names and "nanxi_tune/cli/main.py" in names
     assert any(n.endswith("entry_points.txt") for n in names)

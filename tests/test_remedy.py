@@ -14,7 +14,7 @@ from nanxi_tune.engine.diagnostics import Finding
 from nanxi_tune.engine.watcher import Watcher, material_change
 from nanxi_tune.engine.rules import RULES, Rule
 from nanxi_tune.engine.trainer import Trainer
-from nanxi_tune.tui.cli import main
+from nanxi_tune.cli.main import main
 from conftest import tiny
 from test_diagnostics import blown_up, trace
 

@@ -23,7 +23,7 @@ TINY = ["preprocess.input_size=64", "data.synthetic_train=32", "data.synthetic_v
 
 def cli() -> list[str]:
     script = Path(sys.executable).with_name("nanxi-tune")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "nanxi_tune.tui.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "nanxi_tune.cli"]
 
 
 def env() -> dict[str, str]:

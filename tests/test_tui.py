@@ -133,7 +133,7 @@ def test_preset_save_and_load_round_trip(tmp_path, monkeypatch):
             assert saved.train.base_lr == 0.01 and saved.loss.s_shape == 0.5 and saved.preset == "demo"
             # back to the bundled demo preset through the picker; two edited keys on the Config tab:
             # loading asks first; n keeps them, y replaces them
-            from nanxi_tune.tui.screens import Confirm
+            from nanxi_tune.tui.dialogs import Confirm
 
             async def pick_demo(answer: str) -> None:
                 await pilot.press("f2")
@@ -209,7 +209,7 @@ def test_bindings_have_ids_and_tooltips():
 def test_tui_modules_do_not_import_torch():
     import subprocess
 
-    code = ("import sys, nanxi_tune.tui.app, nanxi_tune.tui.monitor, nanxi_tune.tui.screens;"
+    code = ("import sys, nanxi_tune.tui.app, nanxi_tune.tui.monitor, nanxi_tune.tui.dialogs;"
             "print('torch' in sys.modules, 'nanxi_tune.engine.trainer' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
@@ -262,7 +262,7 @@ def test_resume_dialog_fits_80x24_and_refuses_a_bad_value_inline(tmp_path):
     starting a resume that fails; a misspelled key is "unknown" with the closest known keys."""
     from textual.widgets import Input, Static
 
-    from nanxi_tune.tui.screens import LiveEditDialog
+    from nanxi_tune.tui.dialogs import LiveEditDialog
 
     run_dir = tmp_path / "r"
     run_dir.mkdir()
@@ -348,7 +348,7 @@ def test_live_edit_prefills_only_the_config_tabs_own_edits(tmp_path):
     from textual.widgets import Input
 
     from nanxi_tune.engine import runctl
-    from nanxi_tune.tui.screens import LiveEditDialog
+    from nanxi_tune.tui.dialogs import LiveEditDialog
 
     run_dir = tmp_path / "runs" / "other"
     run_dir.mkdir(parents=True)
@@ -409,3 +409,23 @@ def test_runs_tab_shows_a_live_runs_mark_whole(tmp_path):
         run(go())
     finally:
         owner.release()
+
+
+def test_quick_tab_keys_end_on_the_last_tab_asked(tmp_path):
+    """Alt+3 then Alt+1 arriving together (a burst over SSH) ends on the Config tab: the Runs tab's activation,
+    handled after the second key, focused its table and so switched back to Runs."""
+    from textual import events
+
+    async def go():
+        app = NanxiTuneApp(runs_root=tmp_path / "runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await ready(pilot)
+            tabs = app.query_one("#tabs")
+            for first, second, want in (("alt+3", "alt+1", "config"), ("alt+2", "alt+3", "runs"),
+                                        ("alt+3", "alt+2", "monitor"), ("alt+2", "alt+1", "config")):
+                app.post_message(events.Key(first, None))
+                app.post_message(events.Key(second, None))
+                for _ in range(10):
+                    await pilot.pause(0.05)
+                assert tabs.active == want, (first, second, tabs.active)
+    run(go())

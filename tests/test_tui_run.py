@@ -10,7 +10,7 @@ import pytest
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.tui.app import NanxiTuneApp
-from nanxi_tune.tui.screens import Confirm, LiveEditDialog
+from nanxi_tune.tui.dialogs import Confirm, LiveEditDialog
 from conftest import wait_for
 
 pytestmark = pytest.mark.slow

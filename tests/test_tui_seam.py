@@ -9,7 +9,7 @@ from pathlib import Path
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine import rundir, runctl
 from nanxi_tune.tui.app import NanxiTuneApp
-from nanxi_tune.tui.screens import LiveEditDialog
+from nanxi_tune.tui.dialogs import LiveEditDialog
 from conftest import wait_for
 from fake_trainer import FakeTrainer
 

@@ -14,7 +14,7 @@ from nanxi_tune.engine import config as C
 from nanxi_tune.engine import rundir
 from nanxi_tune.engine import sweep as S
 from nanxi_tune.engine.trainer import Trainer
-from nanxi_tune.tui import cli
+from nanxi_tune.cli import main as cli
 from nanxi_tune.tui.post_view import TunePostScreen
 from nanxi_tune.tui.schedule_view import ScheduleScreen
 from nanxi_tune.tui.sweep_view import ConfigApplied, SweepScreen, parse_budget

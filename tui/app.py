@@ -38,7 +38,7 @@ class NanxiTuneApp(RunActions, WorkflowActions, ConfigActions, App):
     """The cheat-sheet as live panels; runs launched (here or detached), attached, driven and resumed from the
     keyboard. The actions live in the mixins' modules; this class is the composition and the bindings."""
 
-    CSS_PATH = str(Path(__file__).with_name("app.tcss"))
+    CSS_PATH = [str(Path(__file__).with_name(name)) for name in ("app.tcss", "screens.tcss")]
     TITLE = "nanxi-tune"
     COMMANDS = App.COMMANDS | {RunCommands}
     # The footer (80 columns) shows the run keys, tab, quit and the palette; everything else is in the

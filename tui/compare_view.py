@@ -28,17 +28,6 @@ def _fmt(v: Any) -> str:
 
 
 class CompareScreen(Screen):
-    DEFAULT_CSS = """
-    CompareScreen { layout: vertical; }
-    CompareScreen #cmp-summary { height: auto; max-height: 3; padding: 0 1; background: $boost; }
-    CompareScreen #cmp-body { height: 1fr; }
-    CompareScreen #cmp-diff { width: 1fr; min-width: 30; height: 1fr; }
-    CompareScreen #cmp-plots { width: 2fr; height: 1fr; }
-    CompareScreen.-narrow #cmp-body { layout: vertical; }
-    CompareScreen.-narrow #cmp-diff { width: 1fr; height: 2fr; }
-    CompareScreen.-narrow #cmp-plots { width: 1fr; height: 3fr; }
-    CompareScreen PlotextPlot { height: 1fr; }
-    """
     BINDINGS = [
         Binding("m", "toggle_metric", "loss/mAP", id="cmp_metric", tooltip="Plot the losses or the val mAP"),
         Binding("escape", "close", "Close", id="cmp_close", tooltip="Back to the runs"),

@@ -9,7 +9,7 @@ from textual.widgets import Static
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.tui.config_form import ConfigForm, FieldFocused
-from nanxi_tune.tui.screens import Confirm, DiffView, PresetPicker, SaveAs, diff_table
+from nanxi_tune.tui.dialogs import Confirm, DiffView, PresetPicker, SaveAs, diff_table
 
 
 class ConfigActions:

@@ -14,7 +14,7 @@ from typing import Any
 from rich.text import Text
 from textual import events, on
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Vertical, VerticalScroll
 from textual.lazy import Lazy
 from textual.message import Message
 from textual.widgets import Input, Label, Select, Static, Switch

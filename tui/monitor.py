@@ -128,8 +128,6 @@ class LatestTable(Widget):
     ``get_cell(metric, "train" | "val")`` reads a cell (tests, tmux).
     """
 
-    DEFAULT_CSS = "LatestTable { height: 14; width: 36; }"
-
     def __init__(self, rows: list[str], **kw: Any) -> None:
         super().__init__(**kw)
         self.rows = list(rows)

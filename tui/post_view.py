@@ -22,12 +22,6 @@ from nanxi_tune.tui.sweep_view import ConfigApplied
 
 
 class TunePostScreen(Screen):
-    DEFAULT_CSS = """
-    TunePostScreen { layout: vertical; }
-    TunePostScreen > Label { width: 1fr; height: auto; }
-    TunePostScreen #post-table { height: 1fr; }
-    TunePostScreen #post-status { height: auto; }
-    """
     BINDINGS = [
         Binding("f5", "tune", "Search", tooltip="Run the network once, then search the post-processing grid"),
         Binding("f7", "apply", "Apply best", tooltip="Write the best values into the run's config"),

@@ -39,12 +39,6 @@ def _short_round(name: str) -> str:
 
 
 class ScheduleScreen(Screen):
-    DEFAULT_CSS = """
-    ScheduleScreen { layout: vertical; }
-    ScheduleScreen #sched-title { width: 1fr; height: auto; }
-    ScheduleScreen #sched-table { height: auto; max-height: 14; }
-    ScheduleScreen #sched-detail { height: 1fr; padding: 0 1; }
-    """
     BINDINGS = [
         Binding("enter", "do", "Do step", priority=False),
         Binding("f5", "do", "Do step", show=False),

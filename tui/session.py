@@ -84,7 +84,7 @@ class RunSession:
         s = cls(app, run_dir, Kind.DETACHED)
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / rundir.STDOUT, "ab") as out:
-            s.process = subprocess.Popen([sys.executable, "-m", "nanxi_tune.tui.cli", *argv], stdin=subprocess.DEVNULL,
+            s.process = subprocess.Popen([sys.executable, "-m", "nanxi_tune.cli", *argv], stdin=subprocess.DEVNULL,
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                          env={**os.environ, "NANXI_TUNE_DETACHED": "1"})
         s._follow_in_worker()

@@ -56,17 +56,6 @@ def parse_budget(text: str) -> tuple[int | None, float | None]:
 
 
 class SweepScreen(Screen):
-    DEFAULT_CSS = """
-    SweepScreen { layout: vertical; }
-    SweepScreen #sweep-title { width: 1fr; height: auto; }
-    SweepScreen #sweep-form { height: auto; }
-    SweepScreen #sweep-form Input { width: 1fr; }
-    SweepScreen #sweep-form Label { padding: 1 1 0 1; }
-    SweepScreen #sweep-body { height: 1fr; }
-    SweepScreen #sweep-table { height: auto; max-height: 12; }
-    SweepScreen #sweep-chart { height: auto; }
-    SweepScreen #sweep-status { height: auto; color: $text-muted; }
-    """
     BINDINGS = [
         Binding("f5", "start", "Start", tooltip="Start the sweep (or resume a stopped one)"),
         Binding("f6", "stop", "Stop", tooltip="Stop the current trial with a checkpoint"),

@@ -1,13 +1,6 @@
 """`nanxi-tune diagnose RUN_DIR [--json]`: the diagnostic rules over a finished or running run directory.
 
-Wire it in tui/cli.py as::
-
-    d = sub.add_parser("diagnose", help="run the notes' diagnostic rules over a run directory")
-    d.add_argument("run_dir")
-    d.add_argument("--json", action="store_true", help="JSON Lines: one JSON object per finding")
-    ...
-    from nanxi_tune.tui.diagnose_cmd import diagnose
-    return diagnose(args)
+Exit status 0 (findings or not), 2 when RUN_DIR is not a run.
 """
 
 from __future__ import annotations
@@ -26,6 +19,13 @@ def _remedy_text(remedy: dict) -> str:
     head = "; ".join(parts)
     text = remedy.get("text") or ""
     return f"{head}\n{text}" if head and text else head or text
+
+
+def add_parsers(sub) -> None:
+    d = sub.add_parser("diagnose", help="run the notes' diagnostic rules over a run directory")
+    d.add_argument("run_dir")
+    d.add_argument("--json", action="store_true",
+                   help="JSON Lines: one JSON object per finding (events.jsonl's form), no output without findings")
 
 
 def diagnose(args) -> int:
@@ -62,3 +62,6 @@ def diagnose(args) -> int:
     else:
         console.print(f"diagnosis of {run_dir}: no findings")
     return 0
+
+
+COMMANDS = {"diagnose": diagnose}

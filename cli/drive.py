@@ -1,9 +1,6 @@
-"""Headless commands: train, resume, eval, presets.
-
-The trainer runs in a thread; the main thread shows progress (Rich on a terminal; plain lines under nohup, a
-pipe or CI; JSON lines with --json) and turns SIGINT / SIGTERM / SIGHUP into a stop request, so a dropped SSH
-session or Ctrl-C ends with a checkpoint and a resume hint. Exit statuses: engine.exitcodes.
-"""
+"""Driving a trainer from the shell: stop signals to a checkpoint, progress output (Rich on a terminal; plain lines
+under nohup, a pipe or CI; JSON lines with --json), and the exit status from how the run ended (engine.exitcodes).
+train, resume and remedy share it."""
 
 from __future__ import annotations
 
@@ -13,139 +10,11 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir
 from nanxi_tune.engine.exitcodes import ExitCode
-from nanxi_tune.engine.vocab import COCO_METRICS, LOSSES
-from nanxi_tune.tui.stopsignals import GUARD, StoppedBeforeStart
+from nanxi_tune.cli.stopsignals import GUARD
 
 console = Console(stderr=True)
-
-
-def presets(args) -> int:
-    table = Table("preset", "input", "data.train", "batch", "base_lr", title="bundled presets")
-    for name in C.preset_names():
-        cfg = C.load_preset(name)
-        table.add_row(name, str(cfg.preprocess.input_size), cfg.data.train, str(cfg.data.batch_size),
-                      f"{cfg.train.base_lr:g}")
-    Console().print(table)
-    return 0
-
-
-def train(args) -> int:
-    from nanxi_tune.tui import launch
-
-    if launch.wanted(args):  # --nproc-per-node / --nnodes: the run goes through torchrun
-        return launch.launch(args, "train")
-    cfg = C.load_preset(args.preset)
-    if args.sets:
-        cfg = C.with_updates(cfg, C.parse_sets(args.sets))
-    given = Path(args.run_dir) if args.run_dir else None
-    run_dir, made = None, False
-    if launch.rank() == 0:  # a torchrun worker of another rank gets rank 0's folder (launch.shared)
-        if given is not None and ((given / rundir.METRICS).exists() or (given / rundir.CONFIG).exists()):
-            console.print(f"[red]nanxi-tune: {given} already holds a run; continue it with  nanxi-tune resume "
-                          f"{given}  or pick another --run-dir", soft_wrap=True)  # the others: run_dir None
-        else:
-            made = given is None or not given.exists()
-            run_dir = given or rundir.new_run_dir(Path(args.runs), _run_name(cfg))
-    cfg, run_dir = launch.shared(cfg, run_dir)
-    if run_dir is None:
-        return ExitCode.BAD_INPUT
-    try:
-        from nanxi_tune.engine.trainer import Trainer
-
-        return _drive(lambda cb: Trainer(cfg, run_dir, cb, max_steps=args.max_steps), run_dir, args)
-    except StoppedBeforeStart as sig:
-        return _stopped_before_start(sig.name, run_dir, made)
-
-
-def resume(args) -> int:
-    from nanxi_tune.tui import launch
-
-    if launch.wanted(args):
-        return launch.launch(args, "resume")
-    run_dir = Path(args.run_dir)
-    updates = C.parse_sets(args.sets) if args.sets else None
-    try:
-        from nanxi_tune.engine.trainer import Trainer
-
-        if not rundir.last_checkpoint(run_dir).exists():
-            return _drive(lambda cb: _restart(run_dir, cb, updates, args.max_steps), run_dir, args)
-        return _drive(lambda cb: Trainer.resume(run_dir, cb, updates, max_steps=args.max_steps), run_dir, args)
-    except StoppedBeforeStart as sig:
-        return _stopped_before_start(sig.name, run_dir, False)
-
-
-def _restart(run_dir: Path, callback, updates: dict | None, max_steps: int | None):
-    """A run killed before its first checkpoint: start it again from step 0 with its config.toml (and any
-    ``updates``), dropping what the killed attempt logged. Raises RunBusy if a live process owns the folder."""
-    from nanxi_tune.engine import checkpoint as ckpt_io
-    from nanxi_tune.engine import runctl
-    from nanxi_tune.engine.trainer import Trainer
-
-    from nanxi_tune.tui import launch
-
-    cfg = C.load(run_dir / rundir.CONFIG)
-    if updates:
-        cfg = C.with_updates(cfg, updates, "resume")
-    if launch.rank() != 0:  # a torchrun worker of another rank: rank 0 owns and cleans the folder
-        return Trainer(cfg, run_dir, callback, max_steps=max_steps)
-    owner = runctl.RunOwner.acquire(run_dir)  # before anything is removed: never under a live trainer's feet
-    try:
-        for name in (rundir.METRICS, rundir.EVENTS, rundir.JOURNAL):
-            (run_dir / name).unlink(missing_ok=True)
-        if (run_dir / rundir.CHECKPOINTS).is_dir():
-            ckpt_io.remove_stale_temps(run_dir / rundir.CHECKPOINTS)
-        if updates:
-            C.save(cfg, run_dir / rundir.CONFIG)
-    except BaseException:
-        owner.release()
-        raise
-    console.print(f"{run_dir} was stopped before its first checkpoint: starting it again from step 0 with its "
-                  f"{rundir.CONFIG}", soft_wrap=True)
-    return Trainer(cfg, run_dir, callback, max_steps=max_steps, owner=owner)
-
-
-def _stopped_before_start(name: str, run_dir: Path, made: bool) -> int:
-    """A signal before training started: nothing to checkpoint. A folder this command made and nothing wrote
-    to (no checkpoint, no metrics) is removed, so a cancelled start leaves no empty run behind."""
-    wrote = rundir.last_checkpoint(run_dir).exists() or bool(rundir.read_metrics(run_dir))
-    if made and not wrote and run_dir.is_dir():
-        import shutil
-
-        shutil.rmtree(run_dir, ignore_errors=True)
-        where = "nothing was written"
-    elif wrote:
-        where = f"resume with:  nanxi-tune resume {run_dir}"
-    else:
-        where = f"nothing was trained; {run_dir} is left as it was"
-    console.print(f"{name}: stopped before training started; {where}", soft_wrap=True)
-    return ExitCode.STOPPED
-
-
-def eval(args) -> int:  # noqa: A001 - the subcommand's name
-    from nanxi_tune.engine.evaluate_run import evaluate_run
-
-    updates = C.parse_sets(args.sets) if args.sets else {}
-    m = evaluate_run(Path(args.run_dir), args.checkpoint, updates)
-    table = Table("metric", "value", title=f"{args.run_dir} ({args.checkpoint}.pt, {m['mode']}, {m['images']} images)")
-    for k in COCO_METRICS + LOSSES:
-        table.add_row(k, f"{m[k]:.4f}")
-    Console().print(table)
-    return 0
-
-
-def _run_name(cfg: C.Config) -> str:
-    """<preset>-<time>: the preset's file stem reduced to a safe folder name (a preset's own `preset` key may
-    hold anything, a 10 MB string included)."""
-    import re
-    import time
-
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(cfg.preset[:200]).stem if cfg.preset else "").strip("-.")[:40]
-    return f"{stem or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def run_until_signalled(thread: threading.Thread, stop, say) -> None:
@@ -296,13 +165,13 @@ def _hms(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _drive(make_trainer, run_dir: Path, args) -> int:
+def drive(make_trainer, run_dir: Path, args) -> int:
     """Run a trainer in a thread, the main thread showing progress and turning SIGINT / SIGTERM / SIGHUP into a
     stop request. Returns ExitCode.FINISHED, STOPPED or FAILED."""
     import json
     import sys
 
-    from nanxi_tune.tui import launch
+    from nanxi_tune.cli import launch
 
     quiet_rank = launch.rank() != 0  # torchrun: rank 0 speaks for the group
     mode = "quiet" if quiet_rank else output_mode(args)

@@ -24,58 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     o = sub.add_parser("open", help="open an existing run directory in the TUI")
     o.add_argument("run_dir")
 
-    t = sub.add_parser("train", help="train headless from a preset", epilog=epilog(),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--preset", default="demo", help="preset name or .toml path")
-    t.add_argument("--set", dest="sets", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="override config keys, e.g. train.base_lr=0.003 data.batch_size=32")
-    t.add_argument("--run-dir", help="run directory (default: runs/<preset>-<time>)")
-    t.add_argument("--max-steps", type=int, help="stop with a checkpoint after this step (resume continues)")
-    t.add_argument("--quiet", action="store_true", help="no progress display (warnings, errors, the outcome only)")
-    t.add_argument("--json", action="store_true", help="JSON Lines on stdout: one object per event, then "
-                   '{"kind": "exit", ...}; messages stay on stderr')
-    t.add_argument("--print-every", type=int, metavar="N", help="when output is not a terminal: a progress line "
-                   "every N steps (default 10; at least one every 10 s)")
-
-    r = sub.add_parser("resume", help="resume a run from its last checkpoint (a run stopped before its first "
-                       "checkpoint starts again from step 0)", epilog=epilog(),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("run_dir")
-    r.add_argument("--set", dest="sets", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="change live keys before resuming (e.g. train.base_lr=0.001)")
-    r.add_argument("--max-steps", type=int, help="stop with a checkpoint after this step")
-    r.add_argument("--quiet", action="store_true", help="no progress display (warnings, errors, the outcome only)")
-    r.add_argument("--json", action="store_true", help="JSON Lines on stdout, as for train")
-    r.add_argument("--print-every", type=int, metavar="N", help="as for train")
-    from nanxi_tune.tui.launch import add_arguments as add_launch_arguments
-
-    for command in (t, r):  # --nproc-per-node, --nnodes, --node-rank, --rdzv-endpoint: through torchrun
-        add_launch_arguments(command)
-
-    e = sub.add_parser("eval", help="evaluate a run's checkpoint with COCO mAP")
-    e.add_argument("run_dir")
-    e.add_argument("--checkpoint", choices=["last", "best"], default="best")
-    e.add_argument("--set", dest="sets", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="override eval/postprocess keys, e.g. eval.val_data_mode=full")
-
-    d = sub.add_parser("diagnose", help="run the notes' diagnostic rules over a run directory")
-    d.add_argument("run_dir")
-    d.add_argument("--json", action="store_true",
-                   help="JSON Lines: one JSON object per finding (events.jsonl's form), no output without findings")
-
-    sub.add_parser("presets", help="list the bundled presets")
-
-    from nanxi_tune.tui.ctl_cmd import add_parser as add_ctl_parser
-
-    add_ctl_parser(sub)
-
-    from nanxi_tune.tui.remedy_cmd import add_parser as add_remedy_parser
-
-    add_remedy_parser(sub)
-
-    from nanxi_tune.tui.workflows_cmd import add_parsers as add_workflow_parsers
-
-    add_workflow_parsers(sub)  # sweep, stats, autobatch, tune-post, journal, budget
+    for family in families():  # each command family owns its parsers
+        family.add_parsers(sub)
     for command in sub.choices.values():  # every --set: repeating it adds to the earlier values
         for action in command._actions:
             if action.dest == "sets":
@@ -90,11 +40,18 @@ class _Accumulate(argparse.Action):
         setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), *(values or [])])
 
 
+def families() -> list:
+    """The command modules, each with ``add_parsers(sub)`` and ``COMMANDS`` (name → function of the args)."""
+    from nanxi_tune.cli import ctl_cmd, diagnose_cmd, remedy_cmd, train_cmd, workflows_cmd
+
+    return [train_cmd, diagnose_cmd, ctl_cmd, remedy_cmd, workflows_cmd]
+
+
 RUNS = ("train", "resume")  # commands that train: stop signals are theirs from the first instant
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nanxi_tune.tui.stopsignals import GUARD, StoppedBeforeStart
+    from nanxi_tune.cli.stopsignals import GUARD, StoppedBeforeStart
 
     if any(a in RUNS for a in (sys.argv[1:] if argv is None else argv)):
         GUARD.install()  # before anything slow: a SIGTERM while torch loads must not exit 143 silently
@@ -111,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     from nanxi_tune.engine.exitcodes import ExitCode
-    from nanxi_tune.tui.stopsignals import GUARD
+    from nanxi_tune.cli.stopsignals import GUARD
 
     args = _parser().parse_args(argv)
     if args.command not in RUNS:
@@ -134,25 +91,8 @@ def _main(argv: list[str] | None) -> int:
             run_app(preset=args.preset, open_run=Path(args.run_dir) if args.command == "open" else None,
                     runs_root=Path(args.runs))
             return ExitCode.FINISHED
-        if args.command == "ctl":
-            from nanxi_tune.tui.ctl_cmd import ctl
-
-            return ctl(args)
-        if args.command == "remedy":
-            from nanxi_tune.tui.remedy_cmd import remedy
-
-            return remedy(args)
-        if args.command == "diagnose":
-            from nanxi_tune.tui.diagnose_cmd import diagnose
-
-            return diagnose(args)
-        from nanxi_tune.tui.workflows_cmd import COMMANDS as WORKFLOWS
-
-        if args.command in WORKFLOWS:
-            return WORKFLOWS[args.command](args)
-        from nanxi_tune.tui import headless
-
-        return getattr(headless, args.command)(args)
+        command = next(f.COMMANDS[args.command] for f in families() if args.command in f.COMMANDS)
+        return command(args)
     except ConfigError as err:
         print(f"nanxi-tune: {err}", file=sys.stderr)
         return ExitCode.BAD_INPUT

@@ -12,7 +12,7 @@ from nanxi_tune.engine.exitcodes import ExitCode
 VERBS = ("status", "pause", "continue", "stop", "checkpoint", "eval", "set")
 
 
-def add_parser(sub) -> None:
+def add_parsers(sub) -> None:
     c = sub.add_parser(
         "ctl", help="status of a run, or a command to its live trainer (pause, continue, stop, checkpoint, eval, "
                     "set KEY=VALUE…)",
@@ -79,3 +79,6 @@ def _status(run_dir: Path, as_json: bool) -> int:
     print(line)
     print("live keys: " + ", ".join(f"{k}={v}" for k, v in live.items() if not k.startswith("diagnose.")))
     return ExitCode.FINISHED
+
+
+COMMANDS = {"ctl": ctl}

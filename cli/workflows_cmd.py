@@ -1,6 +1,6 @@
 """Headless workflow commands: sweep, stats, autobatch, tune-post, journal, budget.
 
-Wired in tui/cli.py by ``add_parsers(sub)`` and ``COMMANDS[name](args)``. Torch loads inside the
+cli.main builds their parsers with ``add_parsers(sub)`` and runs ``COMMANDS[name](args)``. Torch loads inside the
 functions, never at import (so `nanxi-tune --help` stays fast).
 """
 
@@ -131,7 +131,7 @@ def _in_thread(fn, stop) -> str:
     """Run ``fn`` in a thread; SIGINT/SIGTERM/SIGHUP call ``stop`` (finish the step, checkpoint)."""
     result: dict[str, str] = {}
     thread = threading.Thread(target=lambda: result.setdefault("state", fn()), name="sweep")
-    from nanxi_tune.tui.headless import run_until_signalled
+    from nanxi_tune.cli.drive import run_until_signalled
 
     run_until_signalled(thread, stop,
                         lambda name: err.print(f"[yellow]{name}: stopping the current trial with a checkpoint…"))

@@ -2,7 +2,7 @@
 
 The same engine call (engine.remedy.apply): an lr change is proven by a short seven-stars trial downward from the
 run's lr before it is applied; the child run starts from the checkpoint pinned for the finding and trains in the
-foreground to the parent's planned end (tui.headless's driver: progress, signals, exit statuses).
+foreground to the parent's planned end (cli.drive: progress, signals, exit statuses).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from nanxi_tune.engine.exitcodes import ExitCode
 
 
-def add_parser(sub) -> None:
+def add_parsers(sub) -> None:
     c = sub.add_parser(
         "remedy", help="apply the remedy of a run's most severe open finding as a child run and train it",
         description="Apply the remedy of RUN_DIR's most severe open finding (or of RULE's) as a child run — what r "
@@ -146,7 +146,7 @@ def remedy(args) -> int:
               f"train it with:  nanxi-tune resume {child}  (it starts from step 0)")
         return ExitCode.FINISHED
     from nanxi_tune.engine import config as C
-    from nanxi_tune.tui.headless import _drive
+    from nanxi_tune.cli.drive import drive
 
     def make(cb):
         from nanxi_tune.engine.trainer import Trainer
@@ -155,10 +155,13 @@ def remedy(args) -> int:
             return Trainer.resume(child, cb)
         return Trainer(C.load(child / rundir.CONFIG), child, cb)
 
-    return _drive(make, child, args)
+    return drive(make, child, args)
 
 
 def _busy(run_dir: Path) -> int:
     _say(f"nanxi-tune remedy: {run_dir.name} is live in another process; stop it first "
          f"(nanxi-tune ctl {run_dir} stop), then apply the remedy")
     return ExitCode.BUSY
+
+
+COMMANDS = {"remedy": remedy}

@@ -1,7 +1,7 @@
 """`nanxi-tune train / resume --nproc-per-node N`: a data-parallel run through torchrun (torch.distributed.run).
 
 The launcher (this process) picks the run folder, starts ``python -m torch.distributed.run … -m
-nanxi_tune.tui.cli train --run-dir DIR …`` as its own process group, and waits. A stop signal it receives
+nanxi_tune.cli train --run-dir DIR …`` as its own process group, and waits. A stop signal it receives
 (Ctrl-C, SIGTERM, a dropped SSH session's SIGHUP) goes to every worker as SIGTERM, so they all finish the
 step and rank 0 writes the checkpoint; its exit status is read from the run's record (engine.exitcodes).
 ``--nnodes`` / ``--node-rank`` / ``--rdzv-endpoint`` pass through to torchrun for several machines.
@@ -56,7 +56,7 @@ def torchrun_argv(args, worker: list[str]) -> list[str]:
             argv += ["--rdzv-backend", "c10d"]
     else:
         argv += ["--standalone"]
-    return argv + ["-m", "nanxi_tune.tui.cli", *worker]
+    return argv + ["-m", "nanxi_tune.cli", *worker]
 
 
 def _common(args) -> list[str]:
@@ -88,7 +88,7 @@ def launch(args, command: str) -> int:
         run_dir = given
         if writer and run_dir is None:
             from nanxi_tune.engine import config as C
-            from nanxi_tune.tui.headless import _run_name
+            from nanxi_tune.cli.train_cmd import _run_name
 
             run_dir = rundir.new_run_dir(Path(args.runs), _run_name(C.load_preset(args.preset)))
         worker = ["--runs", args.runs, "train", "--preset", args.preset, *_common(args)]
