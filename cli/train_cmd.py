@@ -78,6 +78,8 @@ def train(args) -> int:
     cfg = C.load_preset(args.preset)
     if args.sets:
         cfg = C.with_updates(cfg, C.parse_sets(args.sets))
+    if _by_config(args, cfg):  # train.devices above 1: through torchrun, as --nproc-per-node would
+        return launch.launch(args, "train")
     given = Path(args.run_dir) if args.run_dir else None
     run_dir, made = None, False
     if launch.rank() == 0:  # a torchrun worker of another rank gets rank 0's folder (launch.shared)
@@ -98,6 +100,21 @@ def train(args) -> int:
         return _stopped_before_start(sig.name, run_dir, made)
 
 
+def _by_config(args, cfg: C.Config) -> bool:
+    """train.devices asks for several processes and nothing on the command line said otherwise: set
+    --nproc-per-node from it (auto resolves to the visible GPUs)."""
+    from nanxi_tune.cli import launch
+
+    if launch.launched() or cfg.train.devices == 1:
+        return False
+    from nanxi_tune.engine.distributed import devices
+
+    n = devices(cfg.train.devices)
+    if n > 1:
+        args.nproc_per_node = n
+    return n > 1
+
+
 def resume(args) -> int:
     from nanxi_tune.cli import launch
 
@@ -105,6 +122,8 @@ def resume(args) -> int:
         return launch.launch(args, "resume")
     run_dir = Path(args.run_dir)
     updates = C.parse_sets(args.sets) if args.sets else None
+    if _by_config(args, C.load(run_dir / rundir.CONFIG)):
+        return launch.launch(args, "resume")
     try:
         from nanxi_tune.engine.trainer import Trainer
 

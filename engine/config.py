@@ -229,6 +229,10 @@ class Train(Strict):
     seed: int = F(0, "Run seed: model init, data order and augmentation derive from it.", ge=0)
     device: str = F("auto", "Device: auto (CUDA when present), cpu, cuda or cuda:N.")
     log_every: int = F(1, "Write a train metrics line every N steps.", ge=1, live=True)
+    devices: int | Literal["auto"] = F(
+        1, "Devices to train on, one process each (data-parallel through torchrun); auto = every visible GPU "
+        "(1 without CUDA). Above 1 the run starts through torchrun (the TUI starts it detached).",
+        note="data.batch_size stays per device; lr scales with the global batch (batch_size × devices)")
     sync_bn: Literal["auto", "on", "off"] = F(
         "auto", "Data-parallel runs (torchrun): BatchNorm statistics over the global batch (SyncBatchNorm). "
         "auto = on when several devices train with data.batch_size below 16 each; one process ignores it.",
@@ -236,6 +240,13 @@ class Train(Strict):
     dist_timeout_s: float = F(600.0, "Data-parallel runs: seconds a collective waits for the other ranks before "
                               "the group ends (a killed or hung rank never leaves the rest waiting longer).",
                               ge=10, le=86400)
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1024):
+            return v
+        raise ValueError("a whole number of devices from 1 to 1024, or auto (every visible GPU)")
 
     @field_validator("device")
     @classmethod

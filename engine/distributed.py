@@ -31,6 +31,13 @@ from torch import nn
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
+def devices(value: int | str) -> int:
+    """train.devices as a process count: ``auto`` is every visible GPU, 1 without CUDA."""
+    if value == "auto":
+        return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+    return int(value)
+
+
 def launched() -> bool:
     """True in a process started by torchrun (or another launcher setting torch's environment variables)."""
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE"))

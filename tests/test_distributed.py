@@ -299,3 +299,21 @@ def test_resume_with_another_process_count_continues_at_the_same_sample(tmp_path
     assert state["world_size"] == 1 and state["step"] == 9
     notes = [e["message"] for e in rundir.read_events(tmp_path / "run") if e.get("kind") == "log"]
     assert any("written by 2" in n and "continues as step 8" in n and "not bit-exact" in n for n in notes), notes
+
+
+def test_train_devices_asks_for_torchrun_like_nproc_per_node(monkeypatch):
+    import argparse
+
+    from nanxi_tune.cli.train_cmd import _by_config
+    from nanxi_tune.engine import config as C
+    from nanxi_tune.engine.distributed import devices
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    cfg = C.load_preset("demo")
+    args = argparse.Namespace(nproc_per_node=None)
+    assert not _by_config(args, cfg) and args.nproc_per_node is None  # devices = 1: trains here
+    assert _by_config(args, C.with_updates(cfg, {"train.devices": 3})) and args.nproc_per_node == 3
+    assert devices("auto") == (torch.cuda.device_count() if torch.cuda.is_available() else 1)
+    args = argparse.Namespace(nproc_per_node=None)
+    assert _by_config(args, C.with_updates(cfg, {"train.devices": "auto"})) == (devices("auto") > 1)

@@ -101,6 +101,11 @@ class RunActions:
     def action_start_run(self) -> None:
         if not self._may_replace() or (cfg := self._valid_config()) is None:
             return
+        if cfg.train.devices != 1:  # data-parallel: its own process group through torchrun
+            self.notify(f"train.devices = {cfg.train.devices}: a data-parallel run starts through torchrun, "
+                        "detached (as Alt+D)", timeout=6)
+            self.action_start_detached()
+            return
         run_dir = rundir.new_run_dir(self.runs_root)
         max_steps = self.max_steps
 
