@@ -170,14 +170,18 @@ class NanxiTuneApp(RunActions, WorkflowActions, ConfigActions, App):
     @on(TabbedContent.TabActivated)
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
         # Panes mount lazily after the first frame: a tab activated before its pane exists (`nanxi-tune open
-        # RUN` on a slow box) has nothing to refresh yet; its pane draws itself when it mounts.
+        # RUN` on a slow box) has nothing to refresh yet; its pane draws itself when it mounts. A tab left again
+        # before this message came (two tab keys in one burst) is not focused: that would switch back to it.
+        if event.pane.id != self.query_one("#tabs", TabbedContent).active:
+            return
         if event.pane.id == "runs" and self.query("#runs-table"):
             self.query_one("#runs-pane", RunsPane).refresh_runs()
-            self.query_one("#runs-table", DataTable).focus()
+            table = self.query_one("#runs-table", DataTable)
+            table.screen.set_focus(table)  # now: Widget.focus() lands after keys already queued
         elif event.pane.id == "monitor" and self.query("#mon"):
             self.call_after_refresh(self.monitor.redraw_plots)
             if self.focused is None or self.monitor not in self.focused.ancestors_with_self:
-                self.monitor.focus()
+                self.monitor.screen.set_focus(self.monitor)
 
     # --- dropped SSH / terminal closed: SIGHUP (and SIGTERM) -------------------------------------
     # Textual installs no handler for these: by default the process would die mid-step with no
