@@ -79,3 +79,30 @@ def test_attach_to_a_run_another_process_owns(tmp_path: Path):
     runctl.request(run, runctl.Op.STOP)
     th.join(10)
     assert t.state == "stopped"
+
+
+def test_attached_run_brings_its_config_and_others_edits_into_the_panels(tmp_path: Path):
+    """The Config tab of an attached run shows the run's values (not the app's preset), and follows a live edit
+    made from another shell."""
+    import threading
+
+    run = tmp_path / "runs" / "r"
+    cfg = C.with_updates(C.load_preset("demo"), {"train.epochs": 1000, "train.base_lr": 0.0123})
+    t = FakeTrainer(cfg, run)
+    th = threading.Thread(target=t.run, daemon=True)
+    th.start()
+
+    async def go():
+        app = NanxiTuneApp(open_run=run, runs_root=tmp_path / "runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.session is not None and app.session.alive and app.form.locked_by)
+            assert app.form.row("train.base_lr").get_value() == 0.0123
+            assert app.form.row("data.batch_size").editor.disabled
+            runctl.request(run, runctl.Op.SET, {"train.base_lr": 0.0042}, "ctl pid 1@elsewhere")
+            await wait_for(pilot, lambda: app.form.row("train.base_lr").get_value() == 0.0042)
+            assert any("from ctl" in n for n in app.notices)
+            await pilot.press("ctrl+q")
+
+    asyncio.run(go())
+    runctl.request(run, runctl.Op.STOP)
+    th.join(10)

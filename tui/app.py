@@ -34,6 +34,20 @@ for _seq in ("\x1b1", "\x1b2", "\x1b3"):
     _ansi_sequences.ANSI_SEQUENCES_KEYS.pop(_seq, None)
 
 
+class SteadyTabs(TabbedContent):
+    """TabbedContent that follows focus into a pane only while the focus is still there.
+
+    Textual switches to the tab of any pane a widget is focused in, by a message; with two tab keys in one burst
+    (Alt+3 then Alt+1 over SSH) that message arrives after the second key already moved on, and pulled the
+    screen back to the tab just left."""
+
+    def _on_tab_pane_focused(self, event: TabPane.Focused) -> None:
+        event.stop()
+        focused = self.screen.focused
+        if event.tab_pane.id is not None and focused is not None and event.tab_pane in focused.ancestors_with_self:
+            self.active = event.tab_pane.id
+
+
 class NanxiTuneApp(RunActions, WorkflowActions, ConfigActions, App):
     """The cheat-sheet as live panels; runs launched (here or detached), attached, driven and resumed from the
     keyboard. The actions live in the mixins' modules; this class is the composition and the bindings."""
@@ -110,7 +124,7 @@ class NanxiTuneApp(RunActions, WorkflowActions, ConfigActions, App):
     # --- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield Header()
-        with TabbedContent(id="tabs", initial="config"):
+        with SteadyTabs(id="tabs", initial="config"):
             with TabPane("Config", id="config"):
                 yield Static("", id="config-status")
                 yield Static("", id="group-bar")
@@ -160,12 +174,17 @@ class NanxiTuneApp(RunActions, WorkflowActions, ConfigActions, App):
         return self.query_one("#mon", Monitor)
 
     def action_next_tab(self) -> None:
-        tabs = self.query_one("#tabs", TabbedContent)
         order = ["config", "monitor", "runs"]
-        tabs.active = order[(order.index(tabs.active) + 1) % 3]
+        self.action_tab(order[(order.index(self.query_one("#tabs", TabbedContent).active) + 1) % 3])
 
     def action_tab(self, name: str) -> None:
+        """Show tab ``name`` and move the focus into it at once: focus left in the pane just hidden would pull
+        the screen back to it (SteadyTabs follows focus)."""
         self.query_one("#tabs", TabbedContent).active = name
+        target = {"config": "#form", "monitor": "#mon", "runs": "#runs-table"}[name]
+        if self.query(target):
+            widget = self.query_one(target)
+            widget.screen.set_focus(widget)
 
     @on(TabbedContent.TabActivated)
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:

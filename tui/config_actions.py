@@ -17,6 +17,8 @@ class ConfigActions:
 
     # --- config ------------------------------------------------------------------------------
     def on_config_form_validated(self, event: ConfigForm.Validated) -> None:
+        if not self.query("#config-status"):  # the app is shutting down
+            return
         form = event.form
         t = Text()
         t.append(f"preset {form.preset or '—'}", style="bold")

@@ -64,11 +64,20 @@ class RunActions:
         self._sync_lock()
 
     def _sync_lock(self) -> None:
-        """The Config tab takes only live keys while the shown run trains (Enter on one applies it)."""
+        """The Config tab shows the config of the run that trains and takes only its live keys (Enter on one
+        applies it); another process's run brings its own values into the panels."""
         name = self.session.run_dir.name if self.run_active else ""
-        if name != self.form.locked_by:
-            self.form.lock_to_live(name)
-            self.form.validate_now()
+        if name == self.form.locked_by:
+            return
+        if name:
+            try:
+                ran = C.load(self.session.run_dir / rundir.CONFIG)
+            except C.ConfigError:
+                ran = None
+            if ran is not None and (self.form.config is None or C.diff(ran, self.form.config)):
+                self.form.load(ran, C.base_of(ran))
+        self.form.lock_to_live(name)
+        self.form.validate_now()
 
     def on_config_form_apply_live(self, message: Any) -> None:
         if (s := self._live_session()) is not None:
@@ -251,6 +260,7 @@ class RunActions:
     def _drain_timer(self) -> None:
         if self.session is not None:
             self._drain()
+            self._sync_lock()  # an attached run's liveness is learnt by polling: lock once it is known alive
 
     def _drain(self) -> None:
         train, val, other = self.session.bridge.drain()
@@ -276,6 +286,9 @@ class RunActions:
             mon.add_diagnosis(ev.step, "error", "error", "", f"{ev.error} — {ev.hint}")
             self.notify(f"{ev.error}\n{ev.hint}", title="Run failed", severity="error", timeout=15)
         elif isinstance(ev, E.CommandAck):
+            if self.form.locked_by:  # the panels follow the run's live edits, whoever made them
+                for key, _old, new in ev.changes:
+                    self.form.set_key(key, new)
             who = "" if ev.sender.startswith("tui") else f" (from {ev.sender.split(' pid')[0]})"
             self.notify(ev.message + who, title=f"{ev.op}: {'applied' if ev.applied else 'refused'}",
                         severity="information" if ev.applied else "error", timeout=6 if ev.applied else 12)
