@@ -29,6 +29,8 @@ def render(run_dir: Path) -> str:
     for e in events:
         if e.get("kind") == "log" and str(e.get("message", "")).startswith("resumed from"):
             lines.append(f"- resumed: {e['message']}")
+        elif e.get("kind") == "log" and str(e.get("message", "")).startswith("data-parallel:"):
+            lines.append(f"- {e['message']}")  # ranks, per-device and global batch, lr on the global batch
     lines += ["", "## Config vs preset", ""]
     changes = C.diff(base, cfg) if base else {}
     lines += [f"- `{k}`: {a!r} → {b!r}" for k, (a, b) in changes.items()] or ["- (no changes)"]

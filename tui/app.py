@@ -18,6 +18,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.lazy import Lazy
 from textual.widgets import DataTable, Header, ProgressBar, Static, TabbedContent, TabPane
+from textual.widgets._tabbed_content import ContentTabs
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.tui.config_actions import ConfigActions
@@ -41,8 +42,17 @@ class SteadyTabs(TabbedContent):
     (Alt+3 then Alt+1 over SSH) that message arrives after the second key already moved on, and pulled the
     screen back to the tab just left."""
 
+    def _on_tabs_tab_activated(self, event: Any) -> None:
+        """The tab strip's own echo of an earlier switch, arriving after a later one: not a user's click."""
+        strip = self.get_child_by_type(ContentTabs)
+        if event.tabs is strip and event.tab.id != strip.active:
+            event.stop()
+            event.prevent_default()  # Textual calls every class's handler up the MRO unless told not to
+            return
+
     def _on_tab_pane_focused(self, event: TabPane.Focused) -> None:
         event.stop()
+        event.prevent_default()  # instead of TabbedContent's own handler, not before it
         focused = self.screen.focused
         if event.tab_pane.id is not None and focused is not None and event.tab_pane in focused.ancestors_with_self:
             self.active = event.tab_pane.id
@@ -183,7 +193,7 @@ class NanxiTuneApp(RunActions, WorkflowActions, ConfigActions, App):
         self.query_one("#tabs", TabbedContent).active = name
         target = {"config": "#form", "monitor": "#mon", "runs": "#runs-table"}[name]
         if self.query(target):
-            widget = self.query_one(target)
+            widget = self.form.focus_target() if name == "config" else self.query_one(target)
             widget.screen.set_focus(widget)
 
     @on(TabbedContent.TabActivated)

@@ -15,6 +15,7 @@ from rich.text import Text
 from textual import events, on
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.lazy import Lazy
 from textual.message import Message
 from textual.widgets import Input, Label, Select, Static, Switch
@@ -170,19 +171,28 @@ class FieldRow(Vertical):
     def ready(self) -> bool:
         return self._editor is not None or bool(self.is_mounted and self.children)
 
+    def _composed_editor(self) -> Any:
+        """The editor once composed (a lazily mounted group may compose it at any moment), else None."""
+        if self._editor is None:
+            try:
+                self._editor = self.query_one("#" + field_id(self.key))
+            except NoMatches:
+                return None
+        return self._editor
+
     def get_value(self) -> Any:
-        if not self.ready:  # lazily mounted group not there yet
+        ed = self._composed_editor()
+        if ed is None:  # lazily mounted group not there yet
             return self.initial
-        ed = self.editor
         if isinstance(ed, Input):
             return parse_text(self.kind, ed.value)
         return ed.value
 
     def set_value(self, value: Any) -> None:
-        if not self.ready:
-            self.initial = value
+        self.initial = value  # what compose shows if it has not run yet
+        ed = self._composed_editor()
+        if ed is None:
             return
-        ed = self.editor
         if isinstance(ed, Input):
             text = format_value(value)
             if ed.value != text:
@@ -281,6 +291,13 @@ class ConfigForm(VerticalScroll):
         """Show the group holding ``key`` and return its row (focus its ``editor`` next)."""
         self.show_group(key.split(".", 1)[0])
         return self.row(key)
+
+    def focus_target(self) -> Any:
+        """What a tab key focuses on this tab: the first ready field of the group shown, else the form."""
+        for row in self.rows():
+            if row.key.startswith(self.active_group + ".") and row.ready:
+                return row.editor
+        return self
 
     @property
     def all_mounted(self) -> bool:

@@ -236,7 +236,7 @@ class RunActions:
 
     # --- what the run tells ----------------------------------------------------------------------------
     def on_run_history(self, message: RunHistory) -> None:
-        if message.session is not self.session:
+        if message.session is not self.session or not self.query("#mon"):
             return
         mon = self.monitor
         if message.reset:
@@ -263,6 +263,8 @@ class RunActions:
             self._sync_lock()  # an attached run's liveness is learnt by polling: lock once it is known alive
 
     def _drain(self) -> None:
+        if not self.query("#mon"):  # not mounted yet, or the app is closing
+            return
         train, val, other = self.session.bridge.drain()
         mon = self.monitor
         mon.add_train(train)

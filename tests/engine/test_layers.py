@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO
 ENGINE = REPO / "engine"
 
 
@@ -86,7 +86,7 @@ def test_engine_never_imports_the_ui_or_the_command_line():
 
 def test_the_command_line_lives_in_cli_and_keeps_its_shape():
     """tui/ parses no arguments; every subcommand keeps the options, defaults and choices it had when the command
-    line moved into cli/ (tests/cli_shape.json; a deliberate change to the CLI updates that file too)."""
+    line moved into cli/ (tests/cli/cli_shape.json; a deliberate change to the CLI updates that file too)."""
     import json
 
     from nanxi_tune.cli.main import _parser
@@ -99,4 +99,4 @@ def test_the_command_line_lives_in_cli_and_keeps_its_shape():
                           f"{sorted(a.choices) if a.choices else ''}" for a in sp._actions)
              for name, sp in sub.choices.items()}
     shape["(main)"] = sorted(f"{'/'.join(a.option_strings) or a.dest}:{a.default!r}" for a in p._actions if a is not sub)
-    assert shape == json.loads((REPO / "tests" / "cli_shape.json").read_text())
+    assert shape == json.loads((REPO / "tests" / "cli" / "cli_shape.json").read_text())

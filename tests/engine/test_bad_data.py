@@ -1,4 +1,4 @@
-"""Dataset faults end to end through the Trainer (tests/test_data.py covers them at the dataset level): a truncated
+"""Dataset faults end to end through the Trainer (tests/engine/test_data.py covers them at the dataset level): a truncated
 JPEG, a non-image file, a missing image, a zero-size box, a box outside the image, an unknown category, an empty
 annotation file. Without data.skip_bad the run fails with an error event naming the file and the fix (no
 traceback in the message); with it the run finishes and a warning carries the count. A full disk while

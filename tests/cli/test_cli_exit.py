@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from nanxi_tune.engine import config as C
+from conftest import REPO
 from nanxi_tune.engine import rundir
 from nanxi_tune.engine.exitcodes import ExitCode
 from nanxi_tune.cli.main import _parser, main
@@ -161,7 +162,7 @@ def test_resume_before_first_checkpoint_starts_again_from_step_0(tmp_path, capsy
 
 
 def test_readme_lists_the_exit_codes_and_relative_paths():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     for code in ExitCode:
         assert f"| {int(code)} |" in readme, code
     assert "relative to the folder you run" in readme and "JSON Lines" in readme and "⟳" in readme

@@ -18,7 +18,7 @@ from nanxi_tune.engine import config as C
 from nanxi_tune.engine import rundir
 from nanxi_tune.engine.trainer import Trainer
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO
 
 
 def tiny(**updates):

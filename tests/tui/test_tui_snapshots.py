@@ -1,8 +1,8 @@
 """Layout snapshots at 80×24 and 160×48 (pytest-textual-snapshot): Config, Monitor (with a finding selected
 and a budget projection), Runs, and the compare / sweep / schedule screens.
 
-Update after an intended layout change with ``pytest tests/test_tui_snapshots.py --snapshot-update``
-and review the SVGs by eye (tests/__snapshots__/).
+Update after an intended layout change with ``pytest tests/tui/test_tui_snapshots.py --snapshot-update``
+and review the SVGs by eye (tests/tui/__snapshots__/).
 """
 
 from __future__ import annotations

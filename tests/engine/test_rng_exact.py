@@ -1,6 +1,6 @@
 """Exactness that is not luck: python's and numpy's generators are seeded from train.seed and checkpointed with
 torch's, and a data-loader iterator draws nothing from the global torch generator (each loader has its own), so
-a resumed run's every RNG state equals an uninterrupted run's (tests/test_trainer.py compares them at the end of
+a resumed run's every RNG state equals an uninterrupted run's (tests/engine/test_trainer.py compares them at the end of
 its exact-resume test)."""
 
 from __future__ import annotations

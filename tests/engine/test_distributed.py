@@ -299,6 +299,8 @@ def test_resume_with_another_process_count_continues_at_the_same_sample(tmp_path
     assert state["world_size"] == 1 and state["step"] == 9
     notes = [e["message"] for e in rundir.read_events(tmp_path / "run") if e.get("kind") == "log"]
     assert any("written by 2" in n and "continues as step 8" in n and "not bit-exact" in n for n in notes), notes
+    journal = (tmp_path / "run" / rundir.JOURNAL).read_text()
+    assert "data-parallel: 2 ranks" in journal and "global batch 16" in journal, journal
 
 
 def test_train_devices_asks_for_torchrun_like_nproc_per_node(monkeypatch):
