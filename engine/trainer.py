@@ -401,15 +401,7 @@ class Trainer:
         applying commands. True means the loop must end."""
         self.owner.update(step=self.step)
         self._apply_commands()
-        if self._paused.is_set() and not self._stop.is_set():
-            self._set_state("paused")
-            while self._paused.is_set() and not self._stop.is_set():
-                self._wake.wait(runctl.POLL_S * 4)
-                self._wake.clear()
-                self._apply_commands()
-            if not self._stop.is_set():
-                self._set_state("running", "continued")
-            self._t_mark = time.perf_counter()  # paused time is not training time
+        self._hold_while_paused(self._apply_commands)
         if self._stop.is_set():
             self._set_state("stopping")
             self._save()
@@ -494,23 +486,33 @@ class Trainer:
         self._train_s += now - self._t_mark
         self._t_mark = now
 
-    def _eval_interrupt(self) -> bool:
-        """Between evaluation batches: True ends the evaluation (stop). A pause holds it here until continue or
-        stop; other commands wait for the next step boundary."""
+    def _hold_while_paused(self, poll: Any, note: str = "") -> None:
+        """Paused: wait here, ``poll`` applying the commands that come, until continue or stop."""
+        if not self._paused.is_set() or self._stop.is_set():
+            return
+        self._set_state("paused", note)
+        while self._paused.is_set() and not self._stop.is_set():
+            self._wake.wait(runctl.POLL_S * 4)
+            self._wake.clear()
+            poll()
+        if not self._stop.is_set():
+            self._set_state("running", "continued")
+        self._t_mark = time.perf_counter()  # paused time is not training time
+
+    def _eval_commands(self) -> None:
+        """Between evaluation batches: pause, continue and stop act now; other commands wait for the next step."""
         for cmd in self._take_commands():
             if isinstance(cmd, Command) and cmd.op in (Op.PAUSE, Op.STOP, Op.CONTINUE):
                 self._emit(CommandAck(cmd.id, cmd.op.value, True, self.step, self._apply(cmd)[0]
                                       + " (during an evaluation)", cmd.sender))
             else:
                 self._deferred.append(cmd)
-        if self._paused.is_set() and not self._stop.is_set():
-            self._set_state("paused", "during an evaluation")
-            while self._paused.is_set() and not self._stop.is_set():
-                self._wake.wait(runctl.POLL_S * 4)
-                self._wake.clear()
-                self._eval_interrupt()
-            if not self._stop.is_set():
-                self._set_state("running", "continued")
+
+    def _eval_interrupt(self) -> bool:
+        """Between evaluation batches: True ends the evaluation (stop). A pause holds it here until continue or
+        stop."""
+        self._eval_commands()
+        self._hold_while_paused(self._eval_commands, "during an evaluation")
         return self._stop.is_set()
 
     # --- evaluation ------------------------------------------------------------------------

@@ -150,3 +150,21 @@ def test_a_time_budget_plans_the_run_and_the_journal_keeps_edits_and_plans(tmp_p
     assert lrs[-1] < lrs[0]  # the decay was placed inside the run
     text = (run / rundir.JOURNAL).read_text()
     assert "## Live edits" in text and "`train.gamma` 0.1 → 0.5" in text and "## Plan" in text
+
+
+def test_a_pause_during_an_evaluation_holds_it_once_and_continues(tmp_path, one_thread):
+    cfg = tiny(**{"train.epochs": 2, "data.synthetic_val": 48, "data.batch_size": 4, "eval.interval": 1})
+    run = tmp_path / "r"
+    spe = cfg.data.synthetic_train // cfg.data.batch_size
+
+    def on_event(e):
+        if e.kind == "step" and e.step == spe:
+            runctl.send(run, Op.PAUSE)  # read between the first evaluation's batches
+        elif e.kind == "ack" and e.op == "pause":
+            threading.Timer(0.3, lambda: runctl.send(run, Op.CONTINUE)).start()
+
+    assert Trainer(cfg, run, callback=on_event).run() == "finished"
+    states = [(e["state"], e["message"]) for e in rundir.read_events(run) if e.get("kind") == "state"]
+    assert states.count(("paused", "during an evaluation")) == 1
+    assert states[states.index(("paused", "during an evaluation")) + 1] == ("running", "continued")
+    assert [m["step"] for m in rundir.read_metrics(run) if m.get("split") == "val"] == [spe, 2 * spe]

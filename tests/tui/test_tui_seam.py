@@ -4,6 +4,7 @@ F8-resume as a user presses them, each checked on screen and in the run folder. 
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 from nanxi_tune.engine import config as C
@@ -12,6 +13,14 @@ from nanxi_tune.tui.app import NanxiTuneApp
 from nanxi_tune.tui.dialogs import LiveEditDialog
 from conftest import wait_for
 from fake_trainer import FakeTrainer
+
+
+def train_elsewhere(run: Path, updates: dict) -> tuple[FakeTrainer, threading.Thread]:
+    """A run another process trains (here a thread the app does not know about)."""
+    t = FakeTrainer(C.with_updates(C.load_preset("demo"), updates), run)
+    th = threading.Thread(target=t.run, daemon=True)
+    th.start()
+    return t, th
 
 
 def acks(run: Path) -> list[dict]:
@@ -56,13 +65,8 @@ def test_start_pause_live_edit_stop_resume(tmp_path: Path):
 
 def test_attach_to_a_run_another_process_owns(tmp_path: Path):
     """`nanxi-tune open RUN` on a live run: its curves follow, F6 pauses it over the channel, quitting leaves it."""
-    import threading
-
     run = tmp_path / "runs" / "r"
-    cfg = C.with_updates(C.load_preset("demo"), {"train.epochs": 1000})
-    t = FakeTrainer(cfg, run)
-    th = threading.Thread(target=t.run, daemon=True)
-    th.start()
+    t, th = train_elsewhere(run, {"train.epochs": 1000})
 
     async def go():
         app = NanxiTuneApp(open_run=run, runs_root=tmp_path / "runs")
@@ -84,13 +88,8 @@ def test_attach_to_a_run_another_process_owns(tmp_path: Path):
 def test_attached_run_brings_its_config_and_others_edits_into_the_panels(tmp_path: Path):
     """The Config tab of an attached run shows the run's values (not the app's preset), and follows a live edit
     made from another shell."""
-    import threading
-
     run = tmp_path / "runs" / "r"
-    cfg = C.with_updates(C.load_preset("demo"), {"train.epochs": 1000, "train.base_lr": 0.0123})
-    t = FakeTrainer(cfg, run)
-    th = threading.Thread(target=t.run, daemon=True)
-    th.start()
+    t, th = train_elsewhere(run, {"train.epochs": 1000, "train.base_lr": 0.0123})
 
     async def go():
         app = NanxiTuneApp(open_run=run, runs_root=tmp_path / "runs")
