@@ -373,20 +373,11 @@ class RunActions:
         if s is None or not s.owns_run:
             self.exit()
 
-    def _hangup_watchdog(self, s: RunSession | None, grace_s: float = 3.0, limit_s: float = 900.0) -> None:
+    def _hangup_watchdog(self, s: RunSession | None, grace_s: float = 3.0) -> None:
         import os
 
         if s is not None and s.owns_run:
-            s.wait_trainer(limit_s)
-            s.request_stop_now()  # in case the loop froze before passing the request on
-            try:
-                w = rundir.JsonlWriter(s.run_dir / rundir.EVENTS)
-                w.write(E.Log(f"{self.hangup}: the terminal went away; the TUI stopped the run with a checkpoint. "
-                              f"Resume with: nanxi-tune resume {s.run_dir}", "warning").to_json()
-                        | {"signal": self.hangup})
-                w.close()
-            except OSError:
-                pass
+            s.stop_for_hangup(self.hangup)
         time.sleep(grace_s)  # Textual's own exit, if its output thread still works
         os._exit(0)
 
@@ -397,5 +388,3 @@ class RunActions:
                 self.session.request_stop_now()
             self.session.close()
 
-
-__all__ = ["RunActions"]

@@ -140,8 +140,18 @@ class RunSession:
             with self._lock:
                 self._pending.append((Op.STOP, {}))
 
-    def wait_trainer(self, timeout: float) -> bool:
-        return self._trainer_done.wait(timeout)
+    def stop_for_hangup(self, signal_name: str, limit_s: float = 900.0) -> None:
+        """The terminal went away (an in-process run): wait for the checkpoint, then record why the run stopped."""
+        self._trainer_done.wait(limit_s)
+        self.request_stop_now()  # in case the loop froze before passing the request on
+        try:
+            w = rundir.JsonlWriter(self.run_dir / rundir.EVENTS)
+            w.write(E.Log(f"{signal_name}: the terminal went away; the TUI stopped the run with a checkpoint. "
+                          f"Resume with: nanxi-tune resume {self.run_dir}", "warning").to_json()
+                    | {"signal": signal_name})
+            w.close()
+        except OSError:
+            pass
 
     def close(self) -> None:
         """Stop following (the run itself goes on unless it is in-process)."""
