@@ -26,6 +26,11 @@ class ConfigActions:
         t.append(f" · {len(changed)} changed" if changed else " · unchanged")
         if form.config is not None:
             t.append(" · valid ✓", style="bold green")
+            cfg = form.config
+            if cfg.train.devices != 1:  # data-parallel: the batch is per device, the lr follows the global batch
+                n = cfg.train.devices
+                t.append(f" · batch {cfg.data.batch_size}/device × {n}" + (f" = {cfg.data.batch_size * n} global"
+                                                                           if n != "auto" else " GPUs"))
         else:
             bad = list(form.errors) + ([form.general_error] if form.general_error else [])
             t.append(f" · ✗ {len(bad)} invalid: {', '.join(bad)[:60]}", style="bold red")

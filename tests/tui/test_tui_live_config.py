@@ -76,3 +76,16 @@ def test_d_dismisses_the_selected_finding(tmp_path: Path):
             assert "dismissed" in str(table.get_cell(str(row), "severity"))
 
     asyncio.run(go())
+
+
+def test_config_status_shows_the_global_batch_of_a_data_parallel_run(tmp_path: Path):
+    async def go():
+        app = NanxiTuneApp(runs_root=tmp_path / "runs")
+        async with app.run_test(size=(120, 24)) as pilot:
+            await wait_for(pilot, lambda: app.form.all_mounted)
+            status = app.query_one("#config-status")
+            assert "global" not in str(status.render())
+            app.form.set_key("train.devices", 4)
+            await wait_for(pilot, lambda: "batch 16/device × 4 = 64 global" in str(status.render()), timeout=10)
+
+    asyncio.run(go())
