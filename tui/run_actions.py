@@ -66,6 +66,8 @@ class RunActions:
     def _sync_lock(self) -> None:
         """The Config tab shows the config of the run that trains and takes only its live keys (Enter on one
         applies it); another process's run brings its own values into the panels."""
+        if not self.query("#form"):  # the app is closing
+            return
         name = self.session.run_dir.name if self.run_active else ""
         if name == self.form.locked_by:
             return
