@@ -195,6 +195,8 @@ class RunActions:
                         if C.is_live(k) and k in edited)
 
     def action_resume_run(self) -> None:
+        if self.session is not None:
+            self._sync_lock()  # the panels hold the live run's config before its edits are read from them
         target = self.resume_target()
         if target is None:
             self.notify("No run to resume: start one (F5) or pick one on the Runs tab.", severity="warning")
