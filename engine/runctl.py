@@ -261,18 +261,18 @@ def status(run_dir: Path | str, recorded: str | None = "") -> RunStatus:
         alive = time.time() - owner.heartbeat < STALE_S
     else:
         alive = _lock_held(run_dir)
+    if alive:  # the owner's word: events.jsonl (long, in a long run) is read only for a run no one owns
+        state = RunState(owner.state) if owner and owner.state in RunState._value2member_map_ else RunState.STARTING
+        return RunStatus(state, True, owner, owner.step if owner else 0)
     if recorded == "":
         recorded = rundir.recorded_state(run_dir)
-    if alive:
-        state = RunState(owner.state) if owner and owner.state in RunState._value2member_map_ else RunState.STARTING
-    elif recorded is None:
+    if recorded is None:
         state = RunState.NEW
     else:
         state = RunState(recorded) if recorded in RunState._value2member_map_ else RunState.DEAD
         if state.active:
             state = RunState.DEAD
-    step = owner.step if alive and owner else 0
-    return RunStatus(state, alive, owner if alive else None, step)
+    return RunStatus(state, False, None, 0)
 
 
 def send(run_dir: Path | str, op: Op, updates: dict[str, Any] | None = None, sender: str = "") -> Command:
@@ -303,19 +303,19 @@ def wait_ack(run_dir: Path | str, cmd: Command, timeout: float = 30.0, since: in
     the trainer died or ``timeout`` passed first."""
     run_dir = Path(run_dir)
     tail = rundir.JsonlTail(run_dir / rundir.EVENTS, since)
+
+    def answer() -> dict[str, Any] | None:
+        return next((e for e in tail.poll() if e.get("kind") == "ack" and e.get("id") == cmd.id), None)
+
     deadline = time.monotonic() + timeout
     checked_alive = time.monotonic()
     while time.monotonic() < deadline:
-        for e in tail.poll():
-            if e.get("kind") == "ack" and e.get("id") == cmd.id:
-                return e
+        if (ack := answer()) is not None:
+            return ack
         if time.monotonic() - checked_alive > 1.0:
             checked_alive = time.monotonic()
             if not status(run_dir).alive:
-                for e in tail.poll():  # its last words may hold the answer
-                    if e.get("kind") == "ack" and e.get("id") == cmd.id:
-                        return e
-                return None
+                return answer()  # its last words may hold the answer
         time.sleep(POLL_S)
     return None
 
