@@ -10,7 +10,8 @@ What the trainer asks of it:
   every rank stops at the same step);
 * ``control`` — at a step boundary rank 0's commands and pause flag, and any rank's stop request, for all;
 * ``from_main`` — a picklable object (config, run folder, checkpoint state, eval metrics) from rank 0;
-* ``gather`` — every rank's object on every rank (evaluation results).
+* ``gather`` — every rank's object on every rank (evaluation results);
+* ``per_rank`` — one number from each rank, in rank order (the system strip's memory of every rank).
 Objects travel on a Gloo group beside the main one, so control traffic never waits on the GPU stream.
 
 SyncBatchNorm: torch's own on CUDA; on the CPU (Gloo, tests) ``CpuSyncBatchNorm``, the same global batch
@@ -87,6 +88,9 @@ class Dist:
     def gather(self, obj: Any) -> list[Any]:
         return [obj]
 
+    def per_rank(self, x: float) -> list[float]:
+        return [x]
+
     def barrier(self) -> None:
         pass
 
@@ -149,6 +153,12 @@ class _Group(Dist):
         out: list[Any] = [None] * self.world
         dist.all_gather_object(out, obj, group=self.cpu)
         return out
+
+    def per_rank(self, x: float) -> list[float]:
+        out = torch.zeros(self.world, dtype=torch.float64)
+        out[self.rank] = x
+        dist.all_reduce(out, dist.ReduceOp.SUM, group=self.cpu)
+        return out.tolist()
 
     def barrier(self) -> None:
         dist.barrier(group=self.cpu)

@@ -41,6 +41,14 @@ class StepMetrics(Event):
     ema_l2: float
     total_steps: int
     split: str = "train"
+    # MiB held by each rank (GPU: reserved by the allocator; CPU: resident set) and the device's total
+    memory_mib: tuple[float, ...] = ()
+    memory_total_mib: float = 0.0
+    memory_of: str = ""  # "cuda" or "cpu"
+
+
+# Fields of a step line that measure the machine, not the training: two identical runs differ only in these.
+MEASURED = ("time", "images_per_s", "memory_mib", "memory_total_mib")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from torch.optim.swa_utils import AveragedModel
 from . import checkpoint as ckpt_io
 from . import config as C
 from . import journal, rundir, runctl
-from .device import StopRun, pick_device
+from .device import StopRun, memory_mib, pick_device
 from .diagnostics import lower_lr
 from .data import DataError, EpochSampler, eval_dataset, eval_indices, make_loader, train_dataset
 from .distributed import Dist, convert_sync_batchnorm, use_sync_bn
@@ -166,6 +166,12 @@ class Trainer:
             return {}
         free, total = torch.cuda.mem_get_info(self.device)
         return {"memory": {"used": torch.cuda.max_memory_reserved(self.device), "total": total}}
+
+    def _memory(self) -> dict[str, Any]:
+        """Every rank's memory for the system strip (one small collective at a logged step)."""
+        held, total = memory_mib(self.device)
+        return {"memory_mib": tuple(round(m, 1) for m in self.dist.per_rank(held)),
+                "memory_total_mib": round(total, 1), "memory_of": self.device.type}
 
     def _set_state(self, state: str, message: str = "") -> None:
         self.state = state
@@ -316,7 +322,7 @@ class Trainer:
                 if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
                     self._emit(StepMetrics(step=self.step, epoch=self.epoch, time=time.time(), lr=lr,
                                            images_per_s=ips, total_steps=self.total_steps,
-                                           **values))
+                                           **values, **self._memory()))
                 if self._eval_due():
                     self._evaluate()
                     self._diagnose()

@@ -21,6 +21,7 @@ from nanxi_tune.engine.runctl import Command, Op
 
 class FakeTrainer:
     STEP_S = 0.01  # seconds a step "takes"
+    RANK_MEMORY_MIB = (3174.4, 3072.0)  # two ranks on 80 GiB GPUs, as the system strip shows them
 
     def __init__(self, cfg: C.Config, run_dir: Path | str, callback: Any = None, max_steps: int | None = None,
                  resume: bool = False):
@@ -114,7 +115,8 @@ class FakeTrainer:
         self._metrics.write(StepMetrics(
             step=self.step, epoch=self.step // 10, time=time.time(), loss=loss, loss_map=loss * 0.4,
             loss_offset=loss * 0.1, loss_shape=loss * 0.5, lr=self.cfg.lr, grad_norm=1.0, s_map=0.0, s_offset=0.0,
-            s_shape=0.0, images_per_s=100.0, ema_l2=0.0, total_steps=self.total_steps).to_json())
+            s_shape=0.0, images_per_s=100.0, ema_l2=0.0, total_steps=self.total_steps,
+            memory_mib=self.RANK_MEMORY_MIB, memory_total_mib=81559.0, memory_of="cuda").to_json())
 
     def _eval(self) -> None:
         m = min(0.9, self.step / 100)

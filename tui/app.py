@@ -245,7 +245,7 @@ class NanxiTuneApp(RunActions, WorkflowActions, ConfigActions, App):
 
 
 def run_app(preset: str = "demo", open_run: Path | None = None, runs_root: Path = Path("runs")) -> Any:
-    """Entry point used by ``nanxi-tune`` (tui/cli.py)."""
+    """Entry point used by ``nanxi-tune`` (cli/main.py opens the app through it)."""
     app = NanxiTuneApp(preset=preset, open_run=open_run, runs_root=runs_root)
     result = app.run()
     if app.exit_text:  # plain print after the screen is restored: the terminal wraps, paths copy whole

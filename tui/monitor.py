@@ -154,8 +154,31 @@ class LatestTable(Widget):
         return t
 
 
+def rank_memory(held: Any, total: float, of: str, width: int = 50) -> str:
+    """The run's memory, every rank's: "GPU/rank 3.1 3.0/80 GiB" (RSS/rank in MiB on the CPU). Past what fits in
+    ``width`` the ranks fold to their range and the fullest rank."""
+    held = [float(m) for m in held or ()]
+    if not held:
+        return ""
+    if of == "cuda":
+        label, unit, fmt = "GPU", "GiB", lambda m: f"{m / 1024:.1f}"
+        tot = f"{total / 1024:.0f}"
+    else:
+        label, unit, fmt = "RSS", "MiB", lambda m: f"{m:.0f}"
+        tot = ""
+    label = f"{label}/rank" if len(held) > 1 else f"run {label}"
+    text = f"{label} {' '.join(fmt(m) for m in held)}{'/' + tot if tot else ''} {unit}"
+    if len(text) > width:
+        top = max(range(len(held)), key=held.__getitem__)
+        text = f"{label} {fmt(min(held))}–{fmt(max(held))}{'/' + tot if tot else ''} {unit} ×{len(held)} (max r{top})"
+    return text
+
+
 class SystemStrip(Static):
-    """CPU, RAM, process RSS; GPU memory when torch is already imported and CUDA is present."""
+    """CPU and RAM of this machine; every rank's memory of the shown run (from its logged steps), else this
+    process's RSS and, when torch is imported and CUDA is present, the GPU's memory."""
+
+    run_memory = ""  # rank_memory() of the shown run's last logged step
 
     def on_mount(self) -> None:
         import psutil
@@ -166,21 +189,29 @@ class SystemStrip(Static):
         self.sample()
         self.set_interval(2.0, self.sample)
 
+    def show_run(self, text: str) -> None:
+        if text != self.run_memory:
+            self.run_memory = text
+            self.sample()
+
     def sample(self) -> None:
         ps = self._psutil
         vm = ps.virtual_memory()
         parts = [f"CPU {ps.cpu_percent(None):3.0f}%",
-                 f"RAM {vm.used / 2**30:.1f}/{vm.total / 2**30:.1f} GiB",
-                 f"RSS {self._proc.memory_info().rss / 2**20:.0f} MiB"]
-        torch = sys.modules.get("torch")
-        gpu = "GPU —"
-        try:
-            if torch is not None and torch.cuda.is_available():
-                free, total = torch.cuda.mem_get_info()
-                gpu = f"GPU {(total - free) / 2**30:.1f}/{total / 2**30:.1f} GiB"
-        except Exception:  # noqa: BLE001 - a broken driver must not break the UI
-            gpu = "GPU ?"
-        parts.append(gpu)
+                 f"RAM {vm.used / 2**30:.1f}/{vm.total / 2**30:.1f} GiB"]
+        if self.run_memory:
+            parts.append(self.run_memory)
+        else:
+            parts.append(f"RSS {self._proc.memory_info().rss / 2**20:.0f} MiB")
+            torch = sys.modules.get("torch")
+            gpu = "GPU —"
+            try:
+                if torch is not None and torch.cuda.is_available():
+                    free, total = torch.cuda.mem_get_info()
+                    gpu = f"GPU {(total - free) / 2**30:.1f}/{total / 2**30:.1f} GiB"
+            except Exception:  # noqa: BLE001 - a broken driver must not break the UI
+                gpu = "GPU ?"
+            parts.append(gpu)
         self.update("  ".join(parts), layout=False)
 
 
@@ -313,6 +344,7 @@ class Monitor(VerticalScroll):
         self.findings.clear()
         self.projection = None
         self.plan_text = ""
+        self.query_one(SystemStrip).show_run("")
         self.query_one("#diagnoses", DataTable).clear()
         self.query_one("#diag-detail", Static).update("")
         table = self.query_one("#latest", LatestTable)
@@ -335,6 +367,8 @@ class Monitor(VerticalScroll):
         self.epoch = _get(last, "epoch") or self.epoch
         self.total_steps = _get(last, "total_steps") or self.total_steps
         self.images_per_s = _get(last, "images_per_s") or self.images_per_s
+        self.query_one(SystemStrip).show_run(rank_memory(_get(last, "memory_mib"), _get(last, "memory_total_mib") or 0,
+                                                         _get(last, "memory_of") or ""))
         if live:
             now = time.monotonic()
             if self._rate_start is None:

@@ -17,6 +17,7 @@ import torch
 from nanxi_tune.engine import checkpoint as ck
 from nanxi_tune.engine import rundir, runctl
 from nanxi_tune.engine.data import EpochSampler, eval_indices
+from nanxi_tune.engine.events import MEASURED
 
 from conftest import TINY
 
@@ -130,7 +131,7 @@ def test_two_rank_stop_and_resume_is_bit_identical(tmp_path):
     assert a["step"] == b["step"] == 5
     for key in ("model", "ema", "optimizer", "rng"):
         assert _equal(a[key], b[key]), key
-    strip = lambda lines: [{k: v for k, v in m.items() if k not in ("time", "images_per_s")} for m in lines]
+    strip = lambda lines: [{k: v for k, v in m.items() if k not in MEASURED} for m in lines]
     assert strip(train_lines(tmp_path / "straight")) == strip(train_lines(tmp_path / "parted"))
 
 
@@ -179,6 +180,37 @@ def test_pause_live_edit_and_stop_reach_every_rank(tmp_path):
     assert [m["lr"] for m in lines if m["step"] >= first_new] == [pytest.approx(0.0005)] * (len(lines) - first_new + 1)
     assert rundir.recorded_state(run) == "stopped"
     assert ck.load(rundir.last_checkpoint(run))["step"] == lines[-1]["step"]
+
+
+def test_pause_during_a_distributed_evaluation_holds_every_rank(tmp_path):
+    """Pause between evaluation batches: both ranks hold (rank 0 alone would block the gather), continue
+    finishes the same evaluation. The step lines carry every rank's memory for the system strip."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([*CLI, "train", "--run-dir", "run", "--nproc-per-node", "2", "--quiet", "--set",
+                             *SETS, "train.epochs=200", "eval.interval=1", "eval.online=false",
+                             "data.synthetic_val=800"], cwd=tmp_path, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait(lambda: any(m["step"] == 3 for m in train_lines(run)), proc)  # 48 images / 16: eval at step 3
+        paused = runctl.request(run, runctl.Op.PAUSE, timeout=60)
+        assert paused and paused["applied"] and "during an evaluation" in paused["message"], paused
+        _wait(lambda: runctl.status(run).state == runctl.RunState.PAUSED, proc)
+        time.sleep(1.5)
+        assert not [m for m in rundir.read_metrics(run) if m["split"] == "val"]  # held mid-evaluation
+        assert max(m["step"] for m in train_lines(run)) == 3
+        assert runctl.request(run, runctl.Op.CONTINUE, timeout=60)["applied"]
+        _wait(lambda: [m for m in rundir.read_metrics(run) if m["split"] == "val"], proc)
+        assert runctl.request(run, runctl.Op.STOP, timeout=60)["applied"]
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, out[-3000:]
+    val = [m for m in rundir.read_metrics(run) if m["split"] == "val"]
+    assert val[0]["step"] == 3 and val[0]["images"] == 800  # the whole evaluation, gathered from both ranks
+    for m in train_lines(run):
+        assert m["memory_of"] == "cpu" and len(m["memory_mib"]) == 2, m
+        assert all(50 < mib < m["memory_total_mib"] for mib in m["memory_mib"]), m
 
 
 def _wait(cond, proc, timeout=90.0):

@@ -73,6 +73,7 @@ def test_attach_to_a_run_another_process_owns(tmp_path: Path):
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_for(pilot, lambda: app.session is not None and app.session.alive and app.monitor.step > 2)
             assert app.session.kind.value == "attached" and "attached" in app.sub_title
+            assert "GPU/rank 3.1 3.0/80 GiB" in str(app.query_one("#system").render())  # the run's, every rank
             await pilot.press("f6")
             await wait_for(pilot, lambda: t.state == "paused")
             await pilot.press("ctrl+q")  # no question: the run is not this app's

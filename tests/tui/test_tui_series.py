@@ -1,8 +1,9 @@
-"""The monitor's curve history stays bounded over a million logged steps and keeps the newest point."""
+"""The monitor's curve history stays bounded over a million logged steps and keeps the newest point; the system
+strip's memory line of every rank fits its width."""
 
 import tracemalloc
 
-from nanxi_tune.tui.monitor import Series
+from nanxi_tune.tui.monitor import Series, rank_memory
 
 
 def test_million_points_in_bounded_memory():
@@ -48,3 +49,13 @@ def test_bridge_thins_steps_when_the_ui_falls_behind():
     assert 512 <= len(train) <= 1024 and train[-1].step == 5000 and train[0].step < 100
     assert [e.step for e in train] == sorted(e.step for e in train)
     assert len(val) == 1  # evaluations are never thinned
+
+
+def test_rank_memory_shows_every_rank_and_folds_what_does_not_fit():
+    assert rank_memory((), 0, "") == ""
+    assert rank_memory([412.3], 24000, "cpu") == "run RSS 412 MiB"
+    assert rank_memory([3174.4, 3072.0], 81559, "cuda") == "GPU/rank 3.1 3.0/80 GiB"
+    eight = rank_memory([3000.0] * 5 + [9216.0, 3000.0, 3100.0], 81559, "cuda")
+    assert eight == "GPU/rank 2.9 2.9 2.9 2.9 2.9 9.0 2.9 3.0/80 GiB"
+    sixteen = rank_memory([3000.0] * 9 + [9216.0] + [3000.0] * 6, 81559, "cuda")
+    assert sixteen == "GPU/rank 2.9–9.0/80 GiB ×16 (max r9)" and len(sixteen) <= 50
