@@ -122,6 +122,16 @@ class Data(Strict):
     synthetic_val_style: Literal["same", "shifted"] = F(
         "same", "Draw synthetic val from the train distribution, or from a shifted one (inverted colours, "
         "different textures) to reproduce a distribution shift.")
+    synthetic_objects: Literal["mixed", "large"] = F(
+        "mixed", "Objects of the synthetic set (train and val): mixed = 1-6 an image, 8 px to 45 % of the side; "
+        "large = 1-3 an image, 35-90 % of the side (one object filling half the frame).")
+
+    @model_validator(mode="after")
+    def _one_synthetic_style(self) -> "Data":
+        if self.synthetic_objects == "large" and self.synthetic_val_style != "same":
+            raise ValueError("data.synthetic_objects = large draws train and val alike: set "
+                             "data.synthetic_val_style = same (or synthetic_objects = mixed for the shifted val)")
+        return self
 
     @field_validator("workers", mode="before")
     @classmethod

@@ -42,10 +42,12 @@ def resolve(spec: str, split: str, cfg) -> tuple[Path, Path]:
     key = f"data.{split}" if split in ("train", "val") else "data.train / data.val"
     if spec == "synthetic":
         d = cfg.data
+        large = d.synthetic_objects == "large"
         if split == "train":
-            return ensure_synthetic("train", d.synthetic_train, d.synthetic_seed, cfg.preprocess.input_size, "same")
+            return ensure_synthetic("train", d.synthetic_train, d.synthetic_seed, cfg.preprocess.input_size,
+                                    "large" if large else "same")
         return ensure_synthetic(split, d.synthetic_val, d.synthetic_seed, cfg.preprocess.input_size,
-                                d.synthetic_val_style)
+                                "large" if large else d.synthetic_val_style)
     path = Path(spec).expanduser()
     fix = f"set {key} to a COCO folder (images/ + annotations/instances_{split}.json), an instances JSON, " \
           f"or 'synthetic'"

@@ -9,7 +9,9 @@ PNG images and an instances JSON from ``(split, n, seed, size, style)``:
   per-pixel noise (the noise also covers the objects);
 * image sides vary between 0.75×size and size (not always square), so resize modes matter;
 * ``style="shifted"`` draws from a visibly different distribution: checkerboard / dot textures,
-  stronger noise, smaller objects, and inverted colours — a reproducible distribution shift.
+  stronger noise, smaller objects, and inverted colours — a reproducible distribution shift;
+* ``style="large"``: the same look with 1–3 objects an image, sides from 35 % to 90 % of the image side
+  (one object filling half the frame) — the opposite of BCCD's many small cells.
 
 Each image has its own ``numpy`` Generator seeded from (version, seed, split, style, index), so
 train and val never share a random stream. A set is written to a temporary folder and renamed
@@ -35,7 +37,7 @@ CATEGORIES = [
     {"id": 2, "name": "square", "supercategory": "shape"},
     {"id": 3, "name": "triangle", "supercategory": "shape"},
 ]
-STYLES = ("same", "shifted")
+STYLES = ("same", "shifted", "large")
 
 
 def cache_root(cache_dir: Path | str | None = None) -> Path:
@@ -168,14 +170,18 @@ def render(rng: np.random.Generator, size: int, style: str = "same"
     """One image (H, W, 3) uint8 and its objects [(category_id, (x, y, w, h), area)]."""
     w = int(rng.integers(int(0.75 * size), size + 1))
     h = int(rng.integers(int(0.75 * size), size + 1))
-    bg = _background(rng, h, w, style)
+    look = "same" if style == "large" else style  # large objects on the demo's own backgrounds and colours
+    bg = _background(rng, h, w, look)
     img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    lo = 8 if style == "same" else 6
-    hi = max(lo + 1, (0.45 if style == "same" else 0.30) * min(w, h))
+    if style == "large":
+        lo, hi, count = int(0.35 * min(w, h)), 0.9 * min(w, h), int(rng.integers(1, 4))
+    else:
+        lo = 8 if style == "same" else 6
+        hi, count = max(lo + 1, (0.45 if style == "same" else 0.30) * min(w, h)), int(rng.integers(1, 7))
     boxes: list[tuple[int, int, int, int]] = []
     objects = []
-    for _ in range(int(rng.integers(1, 7))):
+    for _ in range(count):
         cat = int(rng.integers(1, 4))
         s = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
         bw, bh = s, (s if cat != 3 else max(lo, int(round(s * rng.uniform(0.8, 1.0)))))
@@ -188,7 +194,7 @@ def render(rng: np.random.Generator, size: int, style: str = "same"
             continue
         centre_bg = bg[y0 + bh // 2, x0 + bw // 2]
         for _try in range(10):
-            col = _colour(rng, style)
+            col = _colour(rng, look)
             if np.abs(col - centre_bg).sum() >= 120:
                 break
         fill = tuple(int(c) for c in col)
@@ -209,7 +215,7 @@ def render(rng: np.random.Generator, size: int, style: str = "same"
         boxes.append((x0, y0, bw, bh))
         objects.append((cat, (x0, y0, bw, bh), round(area, 2)))
     arr = np.asarray(img, dtype=np.float32)
-    noise_std = rng.uniform(4, 14) if style == "same" else rng.uniform(12, 24)
+    noise_std = rng.uniform(4, 14) if look == "same" else rng.uniform(12, 24)
     arr = arr + rng.normal(0, noise_std, arr.shape[:2])[..., None] * rng.uniform(0.6, 1.0, 3)
     arr = np.clip(arr, 0, 255).astype(np.uint8)
     if style == "shifted":

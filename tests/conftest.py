@@ -7,6 +7,24 @@ REPO = Path(__file__).resolve().parent.parent
 BCCD = REPO.parent / "shared" / "datasets" / "bccd"
 
 
+def pytest_configure(config):
+    """Under pytest-xdist the cores are shared out: torch in each worker takes its part, not all of them
+    (on 2 cores two workers with 2 threads each run several times slower than with one)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // int(workers))
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # the runs tests start as subprocesses, too
+
+
+def pytest_collection_modifyitems(items):
+    """The slow (real-training) tests first: the workers start on the long ones and share out the short ones
+    at the end, instead of one worker finishing a long test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _cache_dir(tmp_path_factory):
     """Synthetic datasets go to one session cache, never the user's home."""
@@ -34,6 +52,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def notices(app) -> list[str]:
+    """The notifications on screen now (the toasts a user reads), as text: title and message. Pilot shows
+    them only under ``app.run_test(..., notifications=True)``."""
+    return [str(t.render()) for t in app.screen.query("Toast")]
 
 
 async def wait_for(pilot, cond, timeout=120.0, step=0.05):

@@ -124,12 +124,6 @@ class NanxiTuneApp(RunActions, WorkflowActions, ConfigActions, App):
         self.exit_text = ""  # printed to the shell by run_app after quitting during a run
         self.first_paint_s: float | None = None
         self._t0 = time.perf_counter()
-        self.notices: list[str] = []  # every notification shown, newest last (for tests and debugging)
-
-    def notify(self, message: str, *, title: str = "", severity: Any = "information", **kw: Any) -> None:
-        self.notices.append(f"{severity}: {title + ': ' if title else ''}{message}")
-        del self.notices[:-50]
-        super().notify(message, title=title, severity=severity, **kw)
 
     # --- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:

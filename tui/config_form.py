@@ -199,6 +199,8 @@ class FieldRow(Vertical):
                 ed.value = text
         elif isinstance(ed, Switch):
             ed.value = bool(value)
+        elif not ed.query("#label"):  # a Select composed but not its label yet: Textual's watcher would raise
+            self.call_after_refresh(self.set_value, value)
         else:
             ed.value = value
 

@@ -34,6 +34,7 @@ def train_steps(run: Path) -> list[int]:
     return [m["step"] for m in rundir.read_metrics(run) if m.get("split") == "train"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_signal_stops_with_checkpoint_and_resume_hint(tmp_path, sig):
     run = tmp_path / "run"

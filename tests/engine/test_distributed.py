@@ -23,6 +23,7 @@ from conftest import TINY
 
 SETS = [f"{k}={v}" for k, v in TINY.items()] + ["data.workers=0", "train.epochs=2", "diagnose.enabled=false"]
 CLI = [sys.executable, "-m", "nanxi_tune.cli"]
+pytestmark = pytest.mark.slow  # real process groups: every test starts torchrun
 
 
 def env():

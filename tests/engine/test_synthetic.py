@@ -118,3 +118,26 @@ def test_shifted_style_looks_different(tmp_path):
 def test_bad_arguments():
     with pytest.raises(ValueError):
         ensure_synthetic("train", 4, 0, 64, style="weird")
+
+
+def test_large_style_has_few_objects_filling_the_frame(tmp_path):
+    from nanxi_tune.engine import config as C
+    from nanxi_tune.engine.data import resolve
+
+    _img, ann = ensure_synthetic("train", 40, 0, 128, "large", cache_dir=tmp_path)
+    d = json.loads(ann.read_text())
+    per_image = {im["id"]: [] for im in d["images"]}
+    for a in d["annotations"]:
+        per_image[a["image_id"]].append(a["bbox"])
+    sides = {im["id"]: min(im["width"], im["height"]) for im in d["images"]}
+    assert all(1 <= len(b) <= 3 for b in per_image.values())
+    assert all(max(w, h) >= 0.35 * sides[i] - 1 for i, boxes in per_image.items() for _x, _y, w, h in boxes)
+    # one object filling half the frame is common, not a rarity
+    half = sum(any(w * h >= 0.25 * sides[i] ** 2 for _x, _y, w, h in b) for i, b in per_image.items())
+    assert half >= 10
+
+    cfg = C.with_updates(C.load_preset("demo"), {"data.synthetic_objects": "large", "data.synthetic_train": 8,
+                                                 "preprocess.input_size": 64})
+    assert "large" in str(resolve("synthetic", "train", cfg)[1]) and "large" in str(resolve("synthetic", "val", cfg)[1])
+    with pytest.raises(C.ConfigError, match="synthetic_val_style = same"):
+        C.with_updates(cfg, {"data.synthetic_val_style": "shifted"})

@@ -11,7 +11,7 @@ import pytest
 from nanxi_tune.engine import config as C
 from nanxi_tune.tui.app import NanxiTuneApp
 from nanxi_tune.tui.config_form import parse_text
-from conftest import palette, wait_for
+from conftest import notices, palette, wait_for
 
 
 def run(coro):
@@ -34,7 +34,8 @@ async def type_into(pilot, key: str, text: str) -> None:
     ed.focus()
     ed.value = ""
     await pilot.press(*text)
-    await pilot.pause(0.1)
+    await wait_for(pilot, lambda: ed.value == text, timeout=10)
+    await pilot.pause()  # the form re-validates on the change
 
 
 def test_parse_text_tomlish():
@@ -78,9 +79,8 @@ def test_edit_valid_value_marks_change(tmp_path):
             # a Select (Literal) and a Switch (bool)
             app.form.row("preprocess.resize").editor.value = "letterbox"
             app.form.row("data.skip_bad").editor.value = True
-            await pilot.pause(0.2)
-            assert app.form.config.preprocess.resize == "letterbox"
-            assert app.form.config.data.skip_bad is True
+            await wait_for(pilot, lambda: app.form.config.preprocess.resize == "letterbox"
+                           and app.form.config.data.skip_bad is True, timeout=10)
             # tuples in TOML-ish syntax
             await type_into(pilot, "train.milestones", "0.5, 0.8")
             assert app.form.config.train.milestones == (0.5, 0.8)
@@ -90,7 +90,7 @@ def test_edit_valid_value_marks_change(tmp_path):
 def test_invalid_value_inline_error_and_refused_start(tmp_path):
     async def go():
         app = NanxiTuneApp(runs_root=tmp_path / "runs")
-        async with app.run_test(size=(80, 24)) as pilot:
+        async with app.run_test(size=(80, 24), notifications=True) as pilot:
             await ready(pilot)
             await type_into(pilot, "preprocess.input_size", "100")
             row = app.form.row("preprocess.input_size")
@@ -101,10 +101,10 @@ def test_invalid_value_inline_error_and_refused_start(tmp_path):
             await type_into(pilot, "train.base_lr", "fast")
             assert "train.base_lr" in app.form.errors
             await pilot.press("f5")
-            await pilot.pause(0.2)
+            await wait_for(pilot, lambda: any("Cannot start" in n and "preprocess.input_size" in n
+                                              for n in notices(app)), timeout=10)
             assert not app.running
             assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
-            assert any("Cannot start" in n and "preprocess.input_size" in n for n in app.notices)
             # fixing the values clears the errors
             await type_into(pilot, "preprocess.input_size", "96")
             await type_into(pilot, "train.base_lr", "0.003")
@@ -124,11 +124,11 @@ def test_preset_save_and_load_round_trip(tmp_path, monkeypatch):
             await type_into(pilot, "loss.s_shape", "0.5")
             # save as, through the dialog
             await pilot.press("f3")
-            await pilot.pause(0.2)
+            await wait_for(pilot, lambda: app.screen.query("#save-path"), timeout=10)
             path_input = app.screen.query_one("#save-path")
             path_input.value = str(tmp_path / "mine.toml")
             await pilot.press("enter")
-            await pilot.pause(0.2)
+            await wait_for(pilot, lambda: (tmp_path / "mine.toml").exists(), timeout=10)
             saved = C.load_preset(str(tmp_path / "mine.toml"))
             assert saved.train.base_lr == 0.01 and saved.loss.s_shape == 0.5 and saved.preset == "demo"
             # back to the bundled demo preset through the picker; two edited keys on the Config tab:
@@ -137,7 +137,7 @@ def test_preset_save_and_load_round_trip(tmp_path, monkeypatch):
 
             async def pick_demo(answer: str) -> None:
                 await pilot.press("f2")
-                await pilot.pause(0.2)
+                await wait_for(pilot, lambda: app.screen.query("#preset-path"), timeout=10)
                 app.screen.query_one("#preset-path").value = "demo"
                 app.screen.query_one("#preset-path").focus()
                 await pilot.press("enter")
@@ -149,26 +149,23 @@ def test_preset_save_and_load_round_trip(tmp_path, monkeypatch):
             await wait_for(pilot, lambda: not isinstance(app.screen, Confirm))
             assert app.form.config.train.base_lr == 0.01
             await pick_demo("y")
-            await pilot.pause(0.3)
-            assert app.form.config.train.base_lr == 0.003
+            await wait_for(pilot, lambda: app.form.config.train.base_lr == 0.003, timeout=10)
             assert not app.form.changed_keys()
             # the saved file is in the picker (a .toml in the working folder) and loads back
             await pilot.press("f2")
-            await pilot.pause(0.2)
+            await wait_for(pilot, lambda: app.screen.query("#preset-list"), timeout=10)
             options = app.screen.query_one("#preset-list")
             ids = [options.get_option_at_index(i).id for i in range(options.option_count)]
             assert str(tmp_path / "mine.toml") in ids and "demo" in ids
             options.focus()
             options.highlighted = ids.index(str(tmp_path / "mine.toml"))
             await pilot.press("enter")
-            await pilot.pause(0.3)
-            assert app.form.config.train.base_lr == 0.01
+            await wait_for(pilot, lambda: app.form.config.train.base_lr == 0.01, timeout=10)
             assert app.form.config.loss.s_shape == 0.5
             assert set(app.form.changed_keys()) == {"train.base_lr", "loss.s_shape"}
             # diff view against the preset
             await pilot.press("f4")
-            await pilot.pause(0.2)
-            assert app.screen.query_one("#diff-body")
+            await wait_for(pilot, lambda: app.screen.query("#diff-body"), timeout=10)
             from rich.console import Console
 
             console = Console(width=100, record=True, file=open("/dev/null", "w"))
@@ -182,10 +179,10 @@ def test_preset_save_and_load_round_trip(tmp_path, monkeypatch):
 def test_bad_preset_path_is_reported(tmp_path):
     async def go():
         app = NanxiTuneApp(runs_root=tmp_path / "runs")
-        async with app.run_test(size=(80, 24)) as pilot:
+        async with app.run_test(size=(80, 24), notifications=True) as pilot:
             await ready(pilot)
             assert not app.load_preset(str(tmp_path / "nope.toml"))
-            assert any("Cannot load preset" in n for n in app.notices)
+            await wait_for(pilot, lambda: any("Cannot load preset" in n for n in notices(app)), timeout=10)
     run(go())
 
 
@@ -195,8 +192,7 @@ def test_command_palette_has_run_actions(tmp_path):
         async with app.run_test(size=(100, 30)) as pilot:
             await ready(pilot)
             await palette(pilot, "save config")
-            await pilot.pause(0.3)
-            assert app.screen.query("#save-path")
+            await wait_for(pilot, lambda: app.screen.query("#save-path"), timeout=10)
     run(go())
 
 
@@ -234,25 +230,24 @@ def test_config_groups_one_at_a_time(tmp_path):
             await pilot.pause()
             assert form.active_group == groups[-1]
             await palette(pilot, "config group: train")
-            await pilot.pause(0.3)
-            assert form.active_group == "train"
+            await wait_for(pilot, lambda: form.active_group == "train", timeout=10)
             # an invalid key in another group: F5 refuses and shows that key's group with its editor focused
             form.set_key("preprocess.input_size", 100)
             await pilot.press("f5")
-            await pilot.pause(0.2)
-            assert form.active_group == "preprocess" and app.focused is form.row("preprocess.input_size").editor
+            await wait_for(pilot, lambda: form.active_group == "preprocess"
+                           and app.focused is form.row("preprocess.input_size").editor, timeout=10)
     run(go())
 
 
 def test_pause_stop_refused_without_run(tmp_path):
     async def go():
         app = NanxiTuneApp(runs_root=tmp_path / "runs")
-        async with app.run_test(size=(80, 24)) as pilot:
+        async with app.run_test(size=(80, 24), notifications=True) as pilot:
             await ready(pilot)
             await pilot.press("f6", "f7")
-            await wait_for(pilot, lambda: sum("No live run" in n for n in app.notices) == 2, timeout=10)
+            await wait_for(pilot, lambda: sum("No live run" in n for n in notices(app)) == 2, timeout=10)
             await pilot.press("f8")
-            await wait_for(pilot, lambda: any("No run to resume" in n for n in app.notices), timeout=10)
+            await wait_for(pilot, lambda: any("No run to resume" in n for n in notices(app)), timeout=10)
     run(go())
 
 

@@ -13,7 +13,7 @@ from nanxi_tune.engine import rundir
 from nanxi_tune.tui.app import NanxiTuneApp
 from nanxi_tune.tui.palette import ACTIONS
 from nanxi_tune.tui.sweep_view import ConfigApplied
-from conftest import palette, wait_for
+from conftest import notices, palette, wait_for
 
 TINY = {"preprocess.input_size": 64, "data.synthetic_train": 48, "data.synthetic_val": 8, "data.batch_size": 8,
         "backbone.width": 8, "head.channels": 16, "train.epochs": 3, "eval.interval": 1, "eval.online": True}
@@ -54,36 +54,30 @@ def test_workflow_screens_open_and_config_applied_marks_changes(tmp_path):
 
     async def go():
         app = NanxiTuneApp(preset=str(C.save(tiny(), tmp_path / "tiny.toml")), runs_root=tmp_path / "runs")
-        async with app.run_test(size=(80, 24)) as pilot:
+        async with app.run_test(size=(80, 24), notifications=True) as pilot:
             await ready(pilot)
             app.form.set_key("train.base_lr", 0.002)
             await pilot.press("f9")
-            await pilot.pause(0.2)
+            await wait_for(pilot, lambda: isinstance(app.screen, SweepScreen), timeout=10)
             sweep = app.screen
             assert isinstance(sweep, SweepScreen) and sweep.cfg.train.base_lr == 0.002  # seeded with the form
             sweep.post_message(ConfigApplied(sweep.cfg, "sweep x", {"train.base_lr": 0.01}))
-            await pilot.pause(0.2)
+            await wait_for(pilot, lambda: app.form.config.train.base_lr == 0.01, timeout=10)
             await pilot.press("escape")
-            await pilot.pause(0.1)
-            assert app.form.config.train.base_lr == 0.01
+            await wait_for(pilot, lambda: any("config updated (sweep x)" in n for n in notices(app)), timeout=10)
             assert app.form.row("train.base_lr").has_class("-changed")
-            assert any("config updated (sweep x)" in n for n in app.notices)
             await pilot.press("ctrl+g")
-            await pilot.pause(0.2)
-            assert isinstance(app.screen, ScheduleScreen)
+            await wait_for(pilot, lambda: isinstance(app.screen, ScheduleScreen), timeout=10)
             await pilot.press("enter")  # round 1: QMV → ConfigApplied from the schedule
-            await pilot.pause(0.2)
-            assert app.form.config.eval.val_data_mode == "qmv"
+            await wait_for(pilot, lambda: app.form.config.eval.val_data_mode == "qmv", timeout=10)
             assert "eval.val_data_mode" in app.form.changed_keys()
             await pilot.press("escape")
-            await pilot.pause(0.1)
+            await wait_for(pilot, lambda: not isinstance(app.screen, ScheduleScreen), timeout=10)
             await pilot.press("ctrl+n")  # no trained run yet
-            await pilot.pause(0.1)
-            assert any("No trained run" in n for n in app.notices)
+            await wait_for(pilot, lambda: any("No trained run" in n for n in notices(app)), timeout=10)
             # the palette finds the workflow actions
             await palette(pilot, "seven-stars")
-            await pilot.pause(0.3)
-            assert isinstance(app.screen, SweepScreen)
+            await wait_for(pilot, lambda: isinstance(app.screen, SweepScreen), timeout=10)
 
     asyncio.run(go())
 
@@ -93,17 +87,17 @@ def test_stats_and_autobatch_write_into_the_form(tmp_path, one_thread):
     async def go():
         app = NanxiTuneApp(preset=str(C.save(tiny(), tmp_path / "tiny.toml")), runs_root=tmp_path / "runs",
                            stats_samples=4, autobatch_cap_gb=0.05)
-        async with app.run_test(size=(80, 24)) as pilot:
+        async with app.run_test(size=(80, 24), notifications=True) as pilot:
             await ready(pilot)
             await pilot.press("alt+m")
-            await wait_for(pilot, lambda: any("Computing mean/std" in n for n in app.notices), timeout=5)
+            await wait_for(pilot, lambda: any("Computing mean/std" in n for n in notices(app)), timeout=5)
             await wait_for(pilot, lambda: app.busy_task is None and app.form.config.normalize.source == "computed")
             assert not app.query_one("#task").display
             assert app.form.row("normalize.mean").has_class("-changed")
             assert app.form.config.normalize.mean != (0.485, 0.456, 0.406)
             await pilot.press("alt+b")
             await wait_for(pilot, lambda: app.busy_task is None and any("autobatch" in n and "batch_size" in n
-                                                                         for n in app.notices))
+                                                                         for n in notices(app)))
             assert app.form.config.data.batch_size >= 1
 
     asyncio.run(go())
@@ -119,7 +113,7 @@ def test_finding_remedy_with_one_key(tmp_path, one_thread):
 
     async def go():
         app = NanxiTuneApp(preset=str(preset), runs_root=runs)
-        async with app.run_test(size=(100, 30)) as pilot:
+        async with app.run_test(size=(100, 30), notifications=True) as pilot:
             await ready(pilot)
             await pilot.press("f5")
             await wait_for(pilot, lambda: app.running and app.run_dir is not None)
@@ -148,10 +142,10 @@ def test_finding_remedy_with_one_key(tmp_path, one_thread):
             await pilot.press("r")
             await wait_for(pilot, lambda: app.run_dir != parent and app.running, timeout=180)
             child = app.run_dir
+            await wait_for(pilot, lambda: any(child.name in n and "remedy" in n for n in notices(app)), timeout=10)
             await wait_for(pilot, lambda: mon.step > step, timeout=180)
             await pilot.press("f7")
             await wait_for(pilot, lambda: not app.running, timeout=180)
-            assert any(child.name in n and "remedy" in n for n in app.notices)
             return parent, child, step
 
     parent, child, step = asyncio.run(go())
@@ -194,9 +188,8 @@ def test_budget_projection_and_compare_two_runs(tmp_path, one_thread):
             await wait_for(pilot, lambda: table.row_count == 2, timeout=30)
             assert app.focused is table
             await pilot.press("space", "down", "space", "c")
-            await pilot.pause(0.2)
+            await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen), timeout=10)
             screen = app.screen
-            assert isinstance(screen, CompareScreen)
             try:
                 await wait_for(pilot, lambda: screen.data is not None, timeout=30)
             except AssertionError:

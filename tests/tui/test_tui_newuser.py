@@ -140,8 +140,7 @@ def test_a_burst_of_keys_in_a_config_field_applies_in_order(tmp_path):
                 row.editor.cursor_position = len(row.editor.value)
                 await pilot.pause()
                 await burst(pilot, *keys)
-                await pilot.pause(0.3)
-                assert row.editor.value == want, (keys, row.editor.value)
+                await wait_for(pilot, lambda: row.editor.value == want, timeout=5)
                 await wait_for(pilot, lambda: app.form.config is not None  # re-validated
                                and app.form.config.train.base_lr == float(want), timeout=5)
 
@@ -253,9 +252,9 @@ def test_sweep_refuses_to_start_beside_a_training_run(tmp_path):
         async with app.run_test(size=(120, 40)) as pilot:
             await pilot.pause()
             await pilot.press("f5")
-            await pilot.pause(0.3)
+            await wait_for(pilot, lambda: "a run is training" in str(screen.query_one("#sweep-status").render()),
+                           timeout=10)
             assert screen.phase == "idle" and screen.sweep is None
-            assert "a run is training" in str(screen.query_one("#sweep-status").render())
             assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
     run(go())

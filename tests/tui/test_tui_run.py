@@ -11,12 +11,13 @@ import pytest
 from nanxi_tune.engine import config as C
 from nanxi_tune.tui.app import NanxiTuneApp
 from nanxi_tune.tui.dialogs import Confirm, LiveEditDialog
-from conftest import wait_for
+from conftest import notices, wait_for
 
 pytestmark = pytest.mark.slow
 
 TINY = {"data.synthetic_train": 16, "data.synthetic_val": 8, "preprocess.input_size": 64,
-        "data.batch_size": 8, "train.epochs": 4, "eval.interval": 100, "train.base_lr": 0.001}
+        "data.batch_size": 8, "train.epochs": 4, "eval.interval": 100, "train.base_lr": 0.001,
+        "backbone.width": 8, "head.channels": 16}
 
 
 def tiny_preset(tmp_path: Path, **updates) -> str:
@@ -34,7 +35,7 @@ def test_run_pause_continue_stop_resume_and_open(tmp_path):
 
     async def go():
         app = NanxiTuneApp(preset=preset, runs_root=runs)
-        async with app.run_test(size=(120, 40)) as pilot:
+        async with app.run_test(size=(120, 40), notifications=True) as pilot:
             await wait_for(pilot, lambda: app.form.all_mounted and app.query("#mon"))
             await pilot.press("f5")
             await wait_for(pilot, lambda: app.running and app.trainer is not None and app.trainer.step >= 1)
@@ -47,7 +48,7 @@ def test_run_pause_continue_stop_resume_and_open(tmp_path):
             assert "[paused]" in status and "— img/s  ETA —" in status  # no stale speed / ETA while paused
             assert paused_at < total // 2
             await pilot.press("f5")  # a run in progress cannot be started twice
-            await wait_for(pilot, lambda: any("already running" in n for n in app.notices))
+            await wait_for(pilot, lambda: any("already running" in n for n in notices(app)))
             # branch losses arrive in the table and the plots
             await wait_for(pilot, lambda: mon.latest_train.get("loss_shape") is not None)
             table = app.query_one("#latest")
@@ -66,7 +67,7 @@ def test_run_pause_continue_stop_resume_and_open(tmp_path):
             app.screen.query_one("#live-updates").value = "train.base_lr=0.0015"
             await pilot.press("enter")
             await wait_for(pilot, lambda: not isinstance(app.screen, LiveEditDialog), timeout=10)
-            await wait_for(pilot, lambda: any("set: applied" in n for n in app.notices), timeout=30)
+            await wait_for(pilot, lambda: any("set: applied" in n for n in notices(app)), timeout=30)
             assert app.trainer.step == paused_at  # still paused
             # continue
             await pilot.press("f6")
@@ -92,7 +93,7 @@ def test_run_pause_continue_stop_resume_and_open(tmp_path):
             await wait_for(pilot, lambda: app.running or app.run_dir != run_dir or app.last_result != "stopped"
                            or app.monitor.state != "stopped", timeout=60)
             await wait_for(pilot, lambda: not app.running, timeout=240)
-            assert app.last_result == "finished", app.notices
+            assert app.last_result == "finished", notices(app)
             steps = mon.series["train:loss"][0]
             assert steps == sorted(steps) and steps[-1] == total
             assert stopped_at + 1 in steps  # the step count continued from the checkpoint
@@ -104,8 +105,7 @@ def test_run_pause_continue_stop_resume_and_open(tmp_path):
             await wait_for(pilot, lambda: rows.row_count == 1, timeout=30)
             rows.focus()
             await pilot.press("enter")
-            await pilot.pause(0.3)
-            assert app.query_one("#tabs").active == "monitor"
+            await wait_for(pilot, lambda: app.query_one("#tabs").active == "monitor", timeout=10)
             assert mon.series["train:loss"][0][-1] == total and mon.state == "finished"
         return run_dir
 
@@ -143,6 +143,6 @@ def test_quit_during_run_asks_then_checkpoints(tmp_path):
         return app
 
     app = asyncio.run(go())
-    assert app.last_result == "stopped", (app.last_result, app.notices)
+    assert app.last_result == "stopped", app.last_result
     assert "nanxi-tune resume" in app.exit_text and str(app.run_dir) in app.exit_text
     assert (app.run_dir / "checkpoints" / "last.pt").exists()

@@ -11,7 +11,7 @@ from nanxi_tune.engine import config as C
 from nanxi_tune.engine import rundir, runctl
 from nanxi_tune.tui.app import NanxiTuneApp
 from nanxi_tune.tui.dialogs import LiveEditDialog
-from conftest import wait_for
+from conftest import notices, wait_for
 from fake_trainer import FakeTrainer
 
 
@@ -94,13 +94,13 @@ def test_attached_run_brings_its_config_and_others_edits_into_the_panels(tmp_pat
 
     async def go():
         app = NanxiTuneApp(open_run=run, runs_root=tmp_path / "runs")
-        async with app.run_test(size=(80, 24)) as pilot:
+        async with app.run_test(size=(80, 24), notifications=True) as pilot:
             await wait_for(pilot, lambda: app.session is not None and app.session.alive and app.form.locked_by)
             assert app.form.row("train.base_lr").get_value() == 0.0123
             assert app.form.row("data.batch_size").editor.disabled
             runctl.request(run, runctl.Op.SET, {"train.base_lr": 0.0042}, "ctl pid 1@elsewhere")
             await wait_for(pilot, lambda: app.form.row("train.base_lr").get_value() == 0.0042)
-            assert any("from ctl" in n for n in app.notices)
+            await wait_for(pilot, lambda: any("from ctl" in n for n in notices(app)), timeout=10)
             await pilot.press("ctrl+q")
 
     asyncio.run(go())
