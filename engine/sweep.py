@@ -418,7 +418,8 @@ def text_chart(rows: list[dict[str, Any]], metric: str = "mAP", width: int = 48,
         return "(no trials)"
     top = max(ys) if ys and max(ys) > 0 else 1.0
     n = len(pts)
-    col = max(3, min(8, width // max(n, 1)))
+    names = [value_name(v) for v, _ in pts]
+    col = max(3, min(8, width // max(n, 1)), max(map(len, names)) + 1)  # a space between the value labels
     grid = [[" "] * (n * col) for _ in range(height)]
     for j, (r, (_, y)) in enumerate(zip(rows, pts)):
         x = j * col + col // 2
@@ -435,8 +436,7 @@ def text_chart(rows: list[dict[str, Any]], metric: str = "mAP", width: int = 48,
         label = f"{top * (height - 1 - i) / (height - 1):.3f}" if i in (0, height // 2, height - 1) else ""
         lines.append(f"{label:>{label_w}} ┤" + "".join(row))
     lines.append(" " * label_w + " └" + "─" * (n * col))
-    names = "".join(f"{value_name(v):^{col}}"[:col] for v, _ in pts)
-    lines.append(" " * (label_w + 2) + names)
+    lines.append(" " * (label_w + 2) + "".join(f"{name:^{col}}" for name in names))
     lines.append(" " * (label_w + 2) + f"{metric} vs value (log axis: one column per half-decade)")
     return "\n".join(lines)
 

@@ -89,6 +89,13 @@ def test_real_sweep_best_beats_worst_and_lands_everywhere(tmp_path):
     assert "★" in chart and "0.0001" in chart
 
 
+def test_text_chart_keeps_a_space_between_value_labels():
+    rows = [{"value": v, "mAP": m, "status": "finished", "best": m == 0.3}
+            for v, m in zip(S.window(0.0003), (0.08, 0.3, 0.16, 0.15, 0.09, 0.02, 0.0))]
+    labels = S.text_chart(rows).splitlines()[-2].split()
+    assert labels == ["0.0003", "0.001", "0.003", "0.01", "0.03", "0.1", "0.3"]
+
+
 def test_stop_and_resume_skips_finished_and_resumes_stopped(tmp_path):
     cfg = tiny(**{"data.synthetic_train": 32, "data.synthetic_val": 8})
     holder = {}
