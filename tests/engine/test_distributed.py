@@ -4,6 +4,7 @@ Each test starts real process groups (torch.distributed.run) through the CLI, as
 """
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -42,9 +43,20 @@ def train_lines(run_dir):
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range: a port bind(0) hands out could be handed again to a
+    parallel test's torchrun (--standalone binds port 0) before the rendezvous takes it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) \
+        if Path("/proc/sys/net/ipv4/ip_local_port_range").exists() else 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 # --- pieces ---------------------------------------------------------------------------------------------

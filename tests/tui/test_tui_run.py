@@ -123,7 +123,7 @@ def test_run_pause_continue_stop_resume_and_open(tmp_path):
 
 def test_quit_during_run_asks_then_checkpoints(tmp_path):
     runs = tmp_path / "runs"
-    preset = tiny_preset(tmp_path, **{"train.epochs": 100})  # long enough never to finish before the "y"
+    preset = tiny_preset(tmp_path, **{"train.epochs": 5000})  # long enough never to finish before the "y"
 
     async def go():
         app = NanxiTuneApp(preset=preset, runs_root=runs)
