@@ -52,8 +52,7 @@ def split_train(train_json: Path, out: Path, holdout: float, seed: int = 0) -> t
 def trial(cfg: C.Config, run_dir: Path, steps: int) -> dict:
     t0 = time.perf_counter()
     state = Trainer(C.with_updates(cfg, {"train.max_steps": steps, "eval.interval": S.FOREVER}), run_dir).run()
-    out = S.summarize_trial(run_dir) | {"state": state, "seconds": time.perf_counter() - t0}
-    return out
+    return S.summarize_trial(run_dir) | {"state": state, "seconds": time.perf_counter() - t0}
 
 
 def table(title: str, rows: list[tuple[str, dict]]) -> str:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from pathlib import Path
-
-import pytest
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.tui.app import NanxiTuneApp

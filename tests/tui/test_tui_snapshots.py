@@ -8,7 +8,6 @@ and review the SVGs by eye (tests/tui/__snapshots__/).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
