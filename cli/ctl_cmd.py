@@ -30,9 +30,11 @@ def ctl(args) -> int:
     from nanxi_tune.engine import config as C
     from nanxi_tune.engine import runctl
 
+    from nanxi_tune.engine.study import is_study
+
     run_dir = Path(args.run_dir)
     if args.verb == "status":
-        return _status(run_dir, args.json)
+        return _study_status(run_dir, args.json) if is_study(run_dir) else _status(run_dir, args.json)
     if (args.verb == "set") != bool(args.sets):
         print("nanxi-tune ctl: KEY=VALUE pairs go with set, and set needs at least one", file=sys.stderr)
         return ExitCode.BAD_INPUT
@@ -78,6 +80,36 @@ def _status(run_dir: Path, as_json: bool) -> int:
         line += f"; best mAP {info.best_map:.4f}"
     print(line)
     print("live keys: " + ", ".join(f"{k}={v}" for k, v in live.items() if not k.startswith("diagnose.")))
+    return ExitCode.FINISHED
+
+
+def _study_status(folder: Path, as_json: bool) -> int:
+    """A study: its owner's state and every trial (value, status, step, held-out score, device)."""
+    from nanxi_tune.engine import runctl
+    from nanxi_tune.engine import sweep as S
+
+    st = runctl.status(folder)
+    sw = S.load(folder)
+    rows = sw.table()
+    spec = sw.spec
+    if as_json:
+        print(json.dumps({"study": str(folder), "state": st.state.value, "alive": st.alive,
+                          "owner": st.owner.__dict__ if st.owner else None, "key": spec.key,
+                          "trial_steps": spec.trial_steps, "trial_minutes": spec.trial_minutes,
+                          "best": sw.best_value(), "trials": rows}))
+        return ExitCode.FINISHED
+    done = sum(r["status"] in ("finished", "failed") for r in rows)
+    line = f"{folder.name}: {st.state.value}, {done}/{len(rows)} trials done ({spec.key}, {spec.budget_text()} each)"
+    if st.owner:
+        line += f" ({st.owner.describe()})"
+    elif st.state == runctl.RunState.DEAD or (st.state.value == "stopped" and done < len(rows)):
+        line += f"; resume it with: nanxi-tune resume {folder}"
+    print(line)
+    for r in rows:
+        score = "—" if r["mAP"] is None else f"{r['mAP']:.4f}"
+        star = " ★" if r["best"] else ""
+        print(f"  {S.value_name(r['value']):>8}{star:2} {r['status']:9} step {r['steps']:>6}  mAP {score}  "
+              f"{r['device'] or ''}{'  ' + r['error'] if r['error'] else ''}")
     return ExitCode.FINISHED
 
 

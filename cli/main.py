@@ -42,9 +42,9 @@ class _Accumulate(argparse.Action):
 
 def families() -> list:
     """The command modules, each with ``add_parsers(sub)`` and ``COMMANDS`` (name → function of the args)."""
-    from nanxi_tune.cli import ctl_cmd, diagnose_cmd, remedy_cmd, train_cmd, workflows_cmd
+    from nanxi_tune.cli import ctl_cmd, diagnose_cmd, remedy_cmd, study_cmd, train_cmd, workflows_cmd
 
-    return [train_cmd, diagnose_cmd, ctl_cmd, remedy_cmd, workflows_cmd]
+    return [train_cmd, diagnose_cmd, ctl_cmd, remedy_cmd, workflows_cmd, study_cmd]
 
 
 RUNS = ("train", "resume")  # commands that train: stop signals are theirs from the first instant
@@ -77,8 +77,10 @@ def _main(argv: list[str] | None) -> int:
 
     run_dir = getattr(args, "run_dir", None)
     from nanxi_tune.engine.rundir import CONFIG
+    from nanxi_tune.engine.study import is_study
 
-    if args.command != "train" and run_dir and not (Path(run_dir) / CONFIG).exists():
+    study_ok = args.command in ("resume", "ctl", "open") and run_dir and is_study(run_dir)
+    if args.command != "train" and run_dir and not (Path(run_dir) / CONFIG).exists() and not study_ok:
         what = "not a run directory (no config.toml)" if Path(run_dir).exists() else "no such file or folder"
         print(f"nanxi-tune: {run_dir}: {what}; runs are the folders under {args.runs}/ — the TUI's Runs tab lists them"
               + ("; a run stopped as it started saved no checkpoint yet: start it again with `nanxi-tune train`"
@@ -107,7 +109,7 @@ def _main(argv: list[str] | None) -> int:
 
 # Errors whose message names the file or key and the fix (engine.data, checkpoint, remedy, sweep, runctl), with
 # the exit status each gives. Matched by name so the CLI need not import the engine (and torch) to catch them.
-USER_ERRORS = {"DataError": 1, "CheckpointError": 1, "RemedyError": 1, "SweepError": 1,
+USER_ERRORS = {"DataError": 1, "CheckpointError": 1, "RemedyError": 1, "SweepError": 1, "StudyError": 2,
                "RunBusy": 4}  # RunBusy: the run folder is owned by another live process (ExitCode.BUSY)
 
 

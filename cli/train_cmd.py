@@ -7,6 +7,7 @@ with --nproc-per-node the run goes through torchrun (cli.launch).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -50,6 +51,9 @@ def add_parsers(sub) -> None:
 
     for command in (t, r):  # --nproc-per-node, --nnodes, --node-rank, --rdzv-endpoint: through torchrun
         add_launch_arguments(command)
+    from nanxi_tune.cli.study_cmd import add_owner_arguments
+
+    add_owner_arguments(r)  # resume STUDY: where its trials run
 
     e = sub.add_parser("eval", help="evaluate a run's checkpoint with COCO mAP")
     e.add_argument("run_dir")
@@ -117,7 +121,16 @@ def _by_config(args, cfg: C.Config) -> bool:
 
 def resume(args) -> int:
     from nanxi_tune.cli import launch
+    from nanxi_tune.engine.study import is_study
 
+    if is_study(args.run_dir):  # a study: this process becomes its owner (or starts one detached)
+        from nanxi_tune.cli.study_cmd import own
+
+        return own(Path(args.run_dir), args)
+    if args.workers or args.devices or args.detach:
+        print("nanxi-tune resume: --workers, --devices and --detach are for a study (a sweep's folder); a run "
+              "resumes with --nproc-per-node for several devices", file=sys.stderr)
+        return ExitCode.BAD_INPUT
     if launch.wanted(args):
         return launch.launch(args, "resume")
     run_dir = Path(args.run_dir)
@@ -139,6 +152,7 @@ def _restart(run_dir: Path, callback, updates: dict | None, max_steps: int | Non
     ``updates``), dropping what the killed attempt logged. Raises RunBusy if a live process owns the folder."""
     from nanxi_tune.engine import checkpoint as ckpt_io
     from nanxi_tune.engine import runctl
+    from nanxi_tune.engine.recorder import Recorder
     from nanxi_tune.engine.trainer import Trainer
 
     from nanxi_tune.cli import launch
@@ -150,8 +164,7 @@ def _restart(run_dir: Path, callback, updates: dict | None, max_steps: int | Non
         return Trainer(cfg, run_dir, callback, max_steps=max_steps)
     owner = runctl.RunOwner.acquire(run_dir)  # before anything is removed: never under a live trainer's feet
     try:
-        for name in (rundir.METRICS, rundir.EVENTS, rundir.JOURNAL):
-            (run_dir / name).unlink(missing_ok=True)
+        Recorder(run_dir).reset()
         if (run_dir / rundir.CHECKPOINTS).is_dir():
             ckpt_io.remove_stale_temps(run_dir / rundir.CHECKPOINTS)
         if updates:

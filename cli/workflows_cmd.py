@@ -26,9 +26,17 @@ def add_parsers(sub) -> None:
     g.add_argument("--trial-steps", type=int, help="steps per trial (default 200)")
     g.add_argument("--trial-minutes", type=float, help="wall-clock minutes per trial")
     s.add_argument("--set", dest="sets", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
-    s.add_argument("--resume", metavar="SWEEP_DIR", help="resume a stopped sweep folder")
+    s.add_argument("--resume", metavar="SWEEP_DIR", help="resume a stopped sweep folder (as nanxi-tune resume)")
     s.add_argument("--save", metavar="PATH", help="write the config with the best value to this .toml")
+    s.add_argument("--slides", type=int, default=0, metavar="N", help="slide the window on its own up to N times "
+                   "when the best sits at its edge (default 0: the table says so)")
+    s.add_argument("--storage", default="", metavar="URL", help="Optuna storage: a database URL "
+                   "(postgresql://…, sqlite:///…) that workers on other machines share (default: a journal file "
+                   "in the sweep's folder)")
     s.add_argument("--quiet", action="store_true")
+    from nanxi_tune.cli.study_cmd import add_owner_arguments
+
+    add_owner_arguments(s)
 
     st = sub.add_parser("stats", help="per-channel mean/std over augmented training samples")
     st.add_argument("--preset", default="demo")
@@ -64,46 +72,27 @@ def add_parsers(sub) -> None:
 def sweep(args) -> int:
     from nanxi_tune.engine import config as C
     from nanxi_tune.engine import sweep as S
+    from nanxi_tune.cli.study_cmd import own
 
     if args.resume:
-        sw = S.load(args.resume)
-    else:
-        if not args.param or args.start is None:
-            err.print("nanxi-tune sweep: give --param KEY and --start VALUE (or --resume SWEEP_DIR)")
-            return 2
-        cfg = C.load_preset(args.preset)
-        if args.sets:
-            cfg = C.with_updates(cfg, C.parse_sets(args.sets))
-        steps = args.trial_steps if args.trial_steps or args.trial_minutes else 200
-        try:
-            sw = S.Sweep.new(cfg, args.param, args.start, Path(args.runs), trial_steps=steps if not
-                             args.trial_minutes else None, trial_minutes=args.trial_minutes)
-        except S.SweepError as e:
-            err.print(f"nanxi-tune sweep: {e}")
-            return 2
+        return own(Path(args.resume), args)
+    if not args.param or args.start is None:
+        err.print("nanxi-tune sweep: give --param KEY and --start VALUE (or --resume SWEEP_DIR)")
+        return 2
+    cfg = C.load_preset(args.preset)
+    if args.sets:
+        cfg = C.with_updates(cfg, C.parse_sets(args.sets))
+    steps = args.trial_steps if args.trial_steps or args.trial_minutes else 200
+    try:
+        sw = S.Sweep.new(cfg, args.param, args.start, Path(args.runs), trial_steps=steps if not
+                         args.trial_minutes else None, trial_minutes=args.trial_minutes, storage=args.storage,
+                         slides=args.slides)
+    except S.SweepError as e:
+        err.print(f"nanxi-tune sweep: {e}")
+        return 2
     err.print(f"sweep {sw.key} over {', '.join(S.value_name(v) for v in sw.values)} in {sw.dir} "
               f"({sw.cfg.eval.val_data_mode} validation)")
-
-    def on_event(e) -> None:
-        if args.quiet:
-            return
-        if e.kind == "sweep" and e.what in ("trial_started", "trial_done"):
-            err.print(f"[bold]{e.what.replace('_', ' ')}[/] {e.index + 1}/{e.total}: {e.message}")
-        elif e.kind == "eval":
-            err.print(f"  step {e.step}: mAP {e.mAP:.4f} AP50 {e.AP50:.4f}")
-        elif e.kind == "error":
-            err.print(f"  [red]{e.error}")
-
-    sw.callback = on_event
-    state = _in_thread(sw.run, sw.stop)
-    print_sweep(sw)
-    if state == "stopped":
-        err.print(f"stopped. Resume with:  nanxi-tune sweep --resume {sw.dir}")
-        return 0
-    if sw.best_value() is not None and args.save:
-        C.save(sw.apply_best(), args.save)
-        err.print(f"wrote {args.save} with {sw.key} = {S.value_name(sw.best_value())}")
-    return 0
+    return own(sw.dir, args)
 
 
 def print_sweep(sw, console: Console | None = None) -> None:
@@ -125,17 +114,6 @@ def print_sweep(sw, console: Console | None = None) -> None:
         nxt = sw.next_window()
         console.print(f"[yellow]the best sits at the window's edge: slide with  nanxi-tune sweep --param {sw.key} "
                       f"--start {S.value_name(nxt[0])}  ({', '.join(S.value_name(v) for v in nxt)})")
-
-
-def _in_thread(fn, stop) -> str:
-    """Run ``fn`` in a thread; SIGINT/SIGTERM/SIGHUP call ``stop`` (finish the step, checkpoint)."""
-    result: dict[str, str] = {}
-    thread = threading.Thread(target=lambda: result.setdefault("state", fn()), name="sweep")
-    from nanxi_tune.cli.drive import run_until_signalled
-
-    run_until_signalled(thread, stop,
-                        lambda name: err.print(f"[yellow]{name}: stopping the current trial with a checkpoint…"))
-    return result.get("state", "failed")
 
 
 # --- stats ------------------------------------------------------------------------------------------

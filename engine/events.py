@@ -1,16 +1,33 @@
 """Typed events the trainer emits to one callback. It never knows who listens.
 
 Every event is a frozen dataclass with a ``kind``; ``to_json()`` gives the line written to
-metrics.jsonl / events.jsonl.
+metrics.jsonl / events.jsonl (by engine.recorder, their one writer), ``from_json`` reads it back.
 """
 
 from __future__ import annotations
 
+import enum
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Literal
 
-RunState = Literal["starting", "running", "paused", "stopping", "stopped", "finished", "failed"]
+
+class RunState(enum.StrEnum):
+    """A run's state: what the trainer records (STARTING … FAILED) and what a client sees (engine.runctl adds NEW:
+    nothing recorded yet, DEAD: its owner went away without recording a stop). A str: JSON holds the value."""
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FINISHED = "finished"
+    FAILED = "failed"
+    DEAD = "dead"
+
+    @property
+    def active(self) -> bool:
+        return self in (RunState.STARTING, RunState.RUNNING, RunState.PAUSED, RunState.STOPPING)
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,12 @@ class StateChanged(Event):
     message: str = ""
     time: float = field(default_factory=time.time)
 
+    def __post_init__(self):  # a plain string (a JSON line, a caller) becomes the enum; a bad one raises ValueError
+        object.__setattr__(self, "state", RunState(self.state))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "state": self.state.value}
+
 
 @dataclass(frozen=True)
 class CheckpointSaved(Event):
@@ -154,21 +177,78 @@ class CommandAck(Event):
     time: float = field(default_factory=time.time)
 
 
+@dataclass(frozen=True)
+class Traceback(Event):
+    """The Python traceback of an unexpected failure (after its Error event), for whoever fixes the cause."""
+    kind = "traceback"
+    text: str
+    time: float = field(default_factory=time.time)
+
+
+# Notes that readers (and the TUI's log) take as "log" lines: each is a Log with fields of its own, told apart in
+# a line by its ``tag`` field, so the line shapes that journal, runs_index and remedy read stay as they were.
+
+@dataclass(frozen=True, kw_only=True)
+class Lineage(Log):
+    """A run's first events line when it is the child of another: a sweep or study trial (reason "sweep", details
+    sweep_key / sweep_value) or a remedy's child (reason: the rule; details: finding, set, from_step, start_step,
+    start, trial). ``details`` are merged into the line; ``from_json`` gathers them back."""
+    tag = "parent"
+    parent: str
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        line = super().to_json()
+        extra = line.pop("details")
+        return line | {k: v for k, v in extra.items() if k not in line}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemedyClosed(Log):
+    """A finding's remedy applied (a child run made) or dismissed: engine.remedy.open_findings drops it then."""
+    tag = "remedy_action"
+    remedy_action: Literal["applied", "dismissed"]
+    rule: str
+    finding_step: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class TunePostResult(Log):
+    """The post-processing search of engine.tune_post: best and default points, where the best was applied."""
+    tag = "tune_post"
+    tune_post: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class HangUp(Log):
+    """The terminal went away (``signal``, e.g. SIGHUP) and the TUI stopped its in-process run with a checkpoint."""
+    tag = "signal"
+    signal: str
+    level: Literal["info", "warning"] = "warning"
+
+
+LOG_TYPES: tuple[type[Log], ...] = (Lineage, RemedyClosed, TunePostResult, HangUp)
 KINDS: dict[str, type[Event]] = {c.kind: c for c in (StepMetrics, EvalMetrics, StateChanged, CheckpointSaved,
-                                                     Diagnosis, Error, Log, PlanChanged, CommandAck)}
+                                                     Diagnosis, Error, Log, PlanChanged, CommandAck, Traceback)}
 
 
 def from_json(d: dict[str, Any]) -> Event | None:
-    """A line of metrics.jsonl / events.jsonl as its typed event (None for lines of no known kind, e.g. the
-    traceback record). Fields a line lacks take their defaults; fields a class lacks are dropped."""
+    """A line of metrics.jsonl / events.jsonl as its typed event (None for lines of no known kind). Fields a line
+    lacks take their defaults; fields a class lacks are dropped (a Lineage keeps them as its details)."""
     cls = KINDS.get(d.get("kind", "step" if d.get("split") == "train" else "eval" if d.get("split") == "val"
                           else ""))
     if cls is None:
         return None
+    if cls is Log:
+        cls = next((c for c in LOG_TYPES if c.tag in d), Log)
     names = {f.name for f in fields(cls)}
+    args = {k: v for k, v in d.items() if k in names}
+    if "details" in names:
+        args["details"] = {k: v for k, v in d.items() if k not in names and k != "kind"}
     try:
-        return cls(**{k: v for k, v in d.items() if k in names})
-    except TypeError:  # a line from an older version missing a required field
+        return cls(**args)
+    except (TypeError, ValueError):  # a line from an older version missing a required field, an unknown state
         return None
 
 

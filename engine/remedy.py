@@ -25,14 +25,14 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from . import config as C
-from . import pins, rundir
+from . import pins, recorder, rundir
 from .diagnostics import SEVERITY_RANK, finite, lower_lr, median, raw_loss
+from .events import Lineage, RemedyClosed
 
 LR = "train.base_lr"
 STARS = 7  # values tried at most (the seven stars)
@@ -135,12 +135,8 @@ def applicable(finding: dict[str, Any]) -> bool:
 
 def _close(run_dir: Path, finding: dict[str, Any], action: str, message: str) -> None:
     """Record that ``finding`` was applied or dismissed (the parent's events.jsonl) and release its pin."""
-    w = rundir.JsonlWriter(Path(run_dir) / rundir.EVENTS)
-    try:
-        w.write({"kind": "log", "level": "info", "time": time.time(), "message": message, "remedy_action": action,
-                 "rule": finding.get("rule"), "finding_step": int(finding.get("step", 0))})
-    finally:
-        w.close()
+    recorder.append(run_dir, RemedyClosed(message, remedy_action=action, rule=str(finding.get("rule")),
+                                          finding_step=int(finding.get("step", 0))))
     pins.release(run_dir, str(finding.get("rule")))
 
 
@@ -201,9 +197,8 @@ def _prepare(path: Path, cfg: C.Config, rewind: Rewind, parent: Path) -> None:
     if rewind.source is not None:
         (path / rundir.CHECKPOINTS).mkdir(exist_ok=True)
         shutil.copyfile(rewind.source, rundir.last_checkpoint(path))
-        with open(path / rundir.METRICS, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(m) + "\n" for m in rundir.read_metrics(parent)
-                         if m.get("step", 0) <= rewind.step)
+        with recorder.Recorder(path) as rec:
+            rec.copy_metrics(parent, rewind.step)
 
 
 def run_trial(parent: Path, cfg: C.Config, rewind: Rewind, value: float, steps: int, path: Path,
@@ -316,7 +311,8 @@ def apply(run_dir: Path, finding: dict[str, Any], root: Path | None = None, *, t
             if rundir.last_checkpoint(win).exists():
                 (child / rundir.CHECKPOINTS).mkdir(exist_ok=True)
                 shutil.copyfile(rundir.last_checkpoint(win), rundir.last_checkpoint(child))
-                shutil.copyfile(win / rundir.METRICS, child / rundir.METRICS)
+                with recorder.Recorder(child) as rec:
+                    rec.copy_metrics(win)
                 start = Rewind(_step_of(rundir.last_checkpoint(child)), where.source,
                                where.note + f", then its best trial's {proof.trial_steps} steps")
             for t in (child / "trials").glob("lr-*"):  # the curves stay (remedy.json); the weights go
@@ -333,9 +329,8 @@ def apply(run_dir: Path, finding: dict[str, Any], root: Path | None = None, *, t
     record = {"parent": str(run_dir), "reason": rule, "finding": finding, "set": changes, "from_step": where.step,
               "start_step": start.step, "start": start.note, "trial": proof.to_json() if proof else None}
     (child / REMEDY_JSON).write_text(json.dumps(record, indent=1, allow_nan=True), encoding="utf-8")
-    with open(child / rundir.EVENTS, "w", encoding="utf-8") as f:
-        f.write(json.dumps({"kind": "log", "level": "info", "time": time.time(), "message": message, **record},
-                           allow_nan=True) + "\n")
+    recorder.append(child, Lineage(message, parent=record["parent"], reason=rule,
+                                   details={k: v for k, v in record.items() if k not in ("parent", "reason")}))
     _close(run_dir, finding, "applied", f"{rule} applied: child {child.name}")
     return child
 

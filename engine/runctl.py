@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir
+from .events import RunState  # runctl.RunState too, for clients
 
 HEARTBEAT_S = 2.0  # owner.json is rewritten at least this often
 STALE_S = 15.0  # a heartbeat older than this from another host means a dead owner
@@ -39,23 +40,6 @@ class Op(str, enum.Enum):
     CHECKPOINT = "checkpoint"
     EVAL = "eval"
     SET = "set"  # live keys only
-
-
-class RunState(str, enum.Enum):
-    """A run as any client sees it. DEAD: its owner went away without recording a stop."""
-    NEW = "new"
-    STARTING = "starting"
-    RUNNING = "running"
-    PAUSED = "paused"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    FINISHED = "finished"
-    FAILED = "failed"
-    DEAD = "dead"
-
-    @property
-    def active(self) -> bool:
-        return self in (RunState.STARTING, RunState.RUNNING, RunState.PAUSED, RunState.STOPPING)
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,12 @@
 """The run directory, the source of truth: config.toml, metrics.jsonl, events.jsonl, checkpoints/, journal.md.
 
-Readers here never import torch, so the TUI can list and follow runs cheaply.
+Readers here never import torch, so the TUI can list and follow runs cheaply. The one writer of metrics.jsonl and
+events.jsonl is engine.recorder.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -51,21 +51,6 @@ def ring_checkpoints(run_dir: Path) -> list[Path]:
     return sorted((Path(run_dir) / CHECKPOINTS).glob("step-*.pt"))
 
 
-class JsonlWriter:
-    """Append-only JSON lines, flushed per line so a killed process loses at most the line in flight."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._f = open(self.path, "a", encoding="utf-8")
-
-    def write(self, obj: dict[str, Any]) -> None:
-        self._f.write(json.dumps(obj, allow_nan=True) + "\n")
-        self._f.flush()
-
-    def close(self) -> None:
-        self._f.close()
-
-
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """All complete lines; a torn last line (killed mid-write) is ignored."""
     out = []
@@ -88,26 +73,6 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:
     return read_jsonl(Path(run_dir) / EVENTS)
-
-
-def trim_metrics(run_dir: Path, step: int) -> int:
-    """Drop lines logged after ``step`` (work lost to a crash, redone on resume). Returns lines dropped."""
-    path = Path(run_dir) / METRICS
-    if not path.exists():
-        return 0
-    lines = read_metrics(run_dir)
-    keep = [m for m in lines if m.get("step", 0) <= step]
-    raw = path.read_bytes()
-    torn = bool(raw) and not raw.endswith(b"\n")
-    if len(keep) == len(lines) and not torn:
-        return 0
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(m) + "\n" for m in keep)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return len(lines) - len(keep)
 
 
 class JsonlTail:

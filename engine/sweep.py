@@ -3,39 +3,28 @@
 The notes search lr (and loss_scale) on an exponential grid — 0.001 0.003 0.01 0.03 0.1 0.3 1 3 10 — with
 short trials of equal budget, keep the best, and slide the window when the best sits at its edge.
 
-A sweep folder groups the trials; each trial is an ordinary run directory (config.toml, metrics.jsonl,
-events.jsonl, checkpoints/, journal.md) whose events record the sweep as its parent::
-
-    runs/sweep-<key>-<time>/
-      sweep.json        the state: key, values, budget, base config, one result per trial (atomic rewrite)
-      base.toml         the config every trial starts from (the swept key aside)
-      journal.md        the sweep's record: table, best, edge warning
-      trial-<value>/    one run directory per value
-
-A stopped sweep resumes: finished trials are skipped, a stopped trial resumes from its checkpoint.
-``Sweep.stop()`` (any thread) stops the current trial at its next step boundary.
+A sweep is a study (engine.study): its own folder with one owner process, the control channel, and an Optuna
+study holding the trials; each trial is an ordinary run folder ``trial-<value>/``. ``Sweep`` is the sweep as
+the CLI, the TUI and the benchmarks see it: create or open one, run its owner here (``run``), read its table.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import config as C
-from . import rundir
-from .events import Callback, Event, null_callback
+from . import rundir, runctl
+from .events import Callback, null_callback
+from .study import STUDY_JSON, Study, StudyError, StudySpec, check_key, is_study, list_studies, value_name
 from .vocab import BRANCH_LOSSES
 
-SWEEP_JSON = "sweep.json"
-BASE = "base.toml"
+SWEEP_JSON = STUDY_JSON
 STARS = 7
-FOREVER = 1_000_000_000  # eval.interval that leaves only the trial's final evaluation
+SweepError = StudyError
 
 
 # --- the half-decade grid ----------------------------------------------------------------------
@@ -68,16 +57,12 @@ def slid_window(values: list[float], best: float) -> list[float] | None:
     return [grid_value(grid_index(best) - n // 2 + j) for j in range(n)]
 
 
-def value_name(value: float) -> str:
-    return f"{value:g}"
-
-
 # --- results -----------------------------------------------------------------------------------
 
 @dataclass
 class TrialResult:
     value: float
-    status: str = "pending"  # pending, running, stopped, finished, failed
+    status: str = "pending"  # pending, running, paused, stopped, finished, failed
     run_dir: str = ""
     mAP: float | None = None
     AP50: float | None = None
@@ -86,23 +71,12 @@ class TrialResult:
     steps: int = 0
     seconds: float = 0.0
     error: str = ""
+    number: int = -1  # the Optuna trial's number
+    device: str = ""
 
     def score(self) -> float:
-        """What "best" ranks: mAP, a failed trial (diverged) counts as 0."""
+        """What "best" ranks: mAP, a failed trial (diverged) counts as below any finished one."""
         return self.mAP if (self.status == "finished" and self.mAP is not None) else -1.0
-
-
-@dataclass(frozen=True)
-class SweepProgress(Event):
-    """A sweep's own progress (trial started / done, sweep done / stopped); the trials' own events pass too."""
-    kind = "sweep"
-    what: str
-    index: int
-    value: float
-    total: int
-    message: str = ""
-    result: dict[str, Any] = field(default_factory=dict)
-    time: float = field(default_factory=time.time)
 
 
 def summarize_trial(run_dir: Path) -> dict[str, Any]:
@@ -121,250 +95,165 @@ def summarize_trial(run_dir: Path) -> dict[str, Any]:
     return out
 
 
+_STATE = {"WAITING": "pending", "COMPLETE": "finished", "FAIL": "failed", "PRUNED": "failed"}
+
+
+def rows(study: Study) -> list[TrialResult]:
+    """Every trial of ``study``, by value: Optuna's state and scores, a live trial's step from its run folder."""
+    out = []
+    for t in study.trials():
+        a = t.user_attrs
+        status = _STATE.get(t.state.name) or str(a.get("status", "running"))
+        run_dir = a.get("run_dir") or (str(study.folder / a["run"]) if study.folder else "")
+        r = TrialResult(float(a.get("value", 0.0)), status, run_dir, a.get("mAP"), a.get("AP50"), a.get("train_loss"),
+                        a.get("raw_loss"), int(a.get("steps", 0) or 0), float(a.get("seconds", 0.0) or 0.0),
+                        str(a.get("error", "") or ""), t.number, str(a.get("device", "") or ""))
+        if t.state.name == "COMPLETE" and t.values:
+            r.mAP = float(t.values[0])
+        if status in ("running", "stopped") and run_dir and Path(run_dir).is_dir():
+            st = runctl.status(Path(run_dir))
+            if st.alive:
+                r.status = "paused" if st.state == runctl.RunState.PAUSED else "running"
+                r.steps = max(r.steps, st.step)
+            else:
+                r.steps = max(r.steps, summarize_trial(Path(run_dir))["steps"])
+        out.append(r)
+    return sorted(out, key=lambda r: r.value)
+
+
+def best_row(results: list[TrialResult]) -> TrialResult | None:
+    done = [r for r in results if r.status in ("finished", "failed")]
+    if not done or max(r.score() for r in done) < 0:
+        return None
+    return max(done, key=lambda r: (r.score(), -(r.raw_loss if r.raw_loss is not None else math.inf)))
+
+
+def next_window_of(results: list[TrialResult]) -> list[float] | None:
+    """The slid window when every trial is done and the best sits at an edge of the values (None otherwise)."""
+    b = best_row(results)
+    if b is None or not all(r.status in ("finished", "failed") for r in results) or len(results) < 2:
+        return None
+    return slid_window([r.value for r in results], b.value)
+
+
 # --- the sweep ---------------------------------------------------------------------------------
 
-class SweepError(ValueError):
-    pass
-
-
-def check_key(cfg: C.Config, key: str) -> None:
-    flat = C.flatten(cfg)
-    if key not in flat:
-        raise SweepError(f"{key}: unknown key; a sweep takes a numeric dotted key such as train.base_lr or "
-                         "loss.loss_scale")
-    v = flat[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise SweepError(f"{key} = {v!r} is not numeric; a seven-stars sweep needs a numeric key")
-
-
 class Sweep:
-    """Seven short trials of ``key`` on the half-decade grid, each an ordinary run in ``sweep_dir``.
+    """Seven short trials of ``key`` on the half-decade grid, a study in ``sweep_dir``.
 
     Budget: ``trial_steps`` (each trial's train.max_steps, so its lr schedule fits the trial) or
-    ``trial_minutes`` (each trial planned like the base config and stopped after that wall time, then
-    evaluated). Trials evaluate once, at their end, with the config's eval.val_data_mode.
+    ``trial_minutes`` (each trial planned to end in that wall time: train.time_budget_min). Trials evaluate
+    once, at their end, with the config's eval.val_data_mode. ``storage``: "" keeps Optuna's journal file in the
+    folder; a database URL lets workers on other machines share the study.
     """
 
     def __init__(self, sweep_dir: Path | str, cfg: C.Config | None = None, key: str = "",
                  values: list[float] | None = None, trial_steps: int | None = None,
-                 trial_minutes: float | None = None, callback: Callback = null_callback):
+                 trial_minutes: float | None = None, callback: Callback = null_callback, storage: str = "",
+                 slides: int = 0, workers: int = 1, devices: list[str] | None = None):
         self.dir = Path(sweep_dir)
         self.callback = callback
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self.trainer = None
-        state_path = self.dir / SWEEP_JSON
-        if state_path.exists():  # resume
-            self._load()
+        self._owner = None
+        if is_study(self.dir):
+            self.study = Study.open(self.dir)
             return
         if cfg is None or not key or not values:
-            raise SweepError(f"{self.dir}: no {SWEEP_JSON} here; a new sweep needs a config, a key and values")
+            raise SweepError(f"{self.dir}: no {STUDY_JSON} here; a new sweep needs a config, a key and values")
         check_key(cfg, key)
-        if (trial_steps is None) == (trial_minutes is None):
-            raise SweepError("give exactly one trial budget: trial_steps or trial_minutes")
-        if trial_steps is not None and trial_steps < 1:
-            raise SweepError(f"trial_steps = {trial_steps}: need at least 1 step")
-        if trial_minutes is not None and not trial_minutes > 0:
-            raise SweepError(f"trial_minutes = {trial_minutes}: need a positive duration")
-        for v in values:  # refuse values the key does not accept before any trial starts
-            C.with_updates(cfg, {key: v}, f"sweep {key}")
-        self.cfg, self.key = cfg, key
-        self.values = [float(v) for v in values]
-        self.trial_steps, self.trial_minutes = trial_steps, trial_minutes
-        self.status = "new"
-        self.created = time.time()
-        self.results = [TrialResult(v, run_dir=str(self.trial_dir(v))) for v in self.values]
-        self.dir.mkdir(parents=True, exist_ok=True)
-        C.save(cfg, self.dir / BASE)
-        self._save()
+        spec = StudySpec("sweep", key, [float(v) for v in values], trial_steps, trial_minutes,
+                         name=self.dir.name, config=cfg.model_dump(mode="json"), storage=storage, slides=slides,
+                         workers=workers, devices=list(devices or []))
+        self.study = Study.create(self.dir, spec)
 
-    # --- construction helpers ------------------------------------------------------------------
     @classmethod
     def new(cls, cfg: C.Config, key: str, start: float, root: Path | str = "runs", trial_steps: int | None = None,
-            trial_minutes: float | None = None, callback: Callback = null_callback, n: int = STARS) -> "Sweep":
+            trial_minutes: float | None = None, callback: Callback = null_callback, n: int = STARS,
+            **kw: Any) -> "Sweep":
         """A fresh sweep of ``n`` grid values from ``start`` in runs/sweep-<key>-<time>/."""
         check_key(cfg, key)
         name = f"sweep-{key}-{time.strftime('%Y%m%d-%H%M%S')}"
         return cls(rundir.new_run_dir(Path(root), name), cfg, key, window(start, n), trial_steps, trial_minutes,
-                   callback)
+                   callback, **kw)
+
+    # --- the spec ----------------------------------------------------------------------------------------------
+    @property
+    def spec(self) -> StudySpec:
+        return self.study.spec
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
+    def values(self) -> list[float]:
+        return [r.value for r in self.results]
+
+    @property
+    def cfg(self) -> C.Config:
+        return self.spec.cfg
+
+    @property
+    def trial_steps(self) -> int | None:
+        return self.spec.trial_steps
+
+    @property
+    def trial_minutes(self) -> float | None:
+        return self.spec.trial_minutes
+
+    @property
+    def status(self) -> str:
+        return runctl.status(self.dir).state.value
 
     def trial_dir(self, value: float) -> Path:
         return self.dir / f"trial-{value_name(value)}"
 
-    def trial_config(self, value: float) -> C.Config:
-        updates: dict[str, Any] = {self.key: value, "eval.interval": FOREVER}
-        if self.trial_steps is not None:
-            updates["train.max_steps"] = self.trial_steps
-        return C.with_updates(self.cfg, updates, f"sweep trial {self.key}={value_name(value)}")
+    # --- running: this process as the study's owner -------------------------------------------------------------
+    def run(self, workers: int | None = None, devices: list[str] | None = None) -> str:
+        """Own the study here until every trial has a result ("finished") or a stop ("stopped")."""
+        from .study_owner import StudyOwner
 
-    # --- state ---------------------------------------------------------------------------------
-    def to_json(self) -> dict[str, Any]:
-        return {"format": 1, "key": self.key, "values": self.values, "trial_steps": self.trial_steps,
-                "trial_minutes": self.trial_minutes, "status": self.status, "created": self.created,
-                "val_data_mode": self.cfg.eval.val_data_mode, "preset": self.cfg.preset,
-                "config": self.cfg.model_dump(mode="json"),
-                "results": [r.__dict__ for r in self.results], "best": self.best_value(),
-                "edge": self.at_edge(), "next_window": self.next_window()}
+        self._owner = StudyOwner(self.dir, workers, devices, self.callback)
+        return self._owner.run()
 
-    def _save(self) -> None:
-        path = self.dir / SWEEP_JSON
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_json(), f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-
-    def _load(self) -> None:
-        data = json.loads((self.dir / SWEEP_JSON).read_text(encoding="utf-8"))
-        self.cfg = C.validate(data["config"], str(self.dir / SWEEP_JSON))
-        self.key, self.values = data["key"], [float(v) for v in data["values"]]
-        self.trial_steps, self.trial_minutes = data.get("trial_steps"), data.get("trial_minutes")
-        self.status, self.created = data.get("status", "stopped"), data.get("created", 0.0)
-        self.results = [TrialResult(**r) for r in data["results"]]
-
-    # --- commands ------------------------------------------------------------------------------
     def stop(self) -> None:
-        """Stop the sweep: the current trial stops (with a checkpoint) at its next step boundary."""
-        self._stop.set()
-        with self._lock:
-            if self.trainer is not None:
-                self.trainer.request_stop()
+        """Stop the sweep: every trial stops with a checkpoint (the owner here, or a live one elsewhere)."""
+        if self._owner is not None:
+            self._owner.request_stop()
+        elif runctl.status(self.dir).alive:
+            runctl.send(self.dir, runctl.Op.STOP, sender=runctl.sender_name("sweep"))
+
+    # --- results -------------------------------------------------------------------------------
+    @property
+    def results(self) -> list[TrialResult]:
+        return rows(self.study)
 
     @property
     def done(self) -> bool:
         return all(r.status in ("finished", "failed") for r in self.results)
 
-    # --- the run -------------------------------------------------------------------------------
-    def run(self) -> str:
-        """Run (or resume) every unfinished trial in order. Returns "finished" or "stopped"."""
-        self.status = "running"
-        self._save()
-        n = len(self.results)
-        for i, res in enumerate(self.results):
-            if res.status in ("finished", "failed"):
-                continue
-            if self._stop.is_set():
-                break
-            self._emit(SweepProgress("trial_started", i, res.value, n, f"{self.key} = {value_name(res.value)}"))
-            self._run_trial(res)
-            self._save()
-            self._emit(SweepProgress("trial_done", i, res.value, n, f"{self.key} = {value_name(res.value)}: "
-                                     f"{res.status}", dict(res.__dict__)))
-            if res.status == "stopped":
-                break
-        self.status = "finished" if self.done else "stopped"
-        self._save()
-        write_journal(self.dir)
-        best = self.best_value()
-        msg = (f"best {self.key} = {value_name(best)}" if best is not None else "no finished trial")
-        if self.at_edge():
-            msg += f"; it sits at the window's edge: slide to {value_name(self.next_window()[0])}…" \
-                   f"{value_name(self.next_window()[-1])}"
-        self._emit(SweepProgress("sweep_" + self.status, -1, best or 0.0, n, msg))
-        return self.status
-
-    def _emit(self, event: Event) -> None:
-        try:
-            self.callback(event)
-        except Exception:  # noqa: BLE001 - a listener must never break the sweep
-            pass
-
-    def _run_trial(self, res: TrialResult) -> None:
-        from .trainer import Trainer
-
-        run_dir = Path(res.run_dir)
-        budget_s = None if self.trial_minutes is None else self.trial_minutes * 60
-        resuming = rundir.last_checkpoint(run_dir).exists() and res.status in ("stopped", "running")
-        if resuming:
-            trainer = Trainer.resume(run_dir, self._forward)
-        else:
-            cfg = self.trial_config(res.value)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            for name in (rundir.METRICS, rundir.EVENTS):  # a trial that died before its first checkpoint
-                (run_dir / name).unlink(missing_ok=True)
-            rundir.JsonlWriter(run_dir / rundir.EVENTS).write(
-                {"kind": "log", "level": "info", "time": time.time(), "parent": str(self.dir),
-                 "reason": "sweep", "sweep_key": self.key, "sweep_value": res.value,
-                 "message": f"trial {self.key} = {value_name(res.value)} of sweep {self.dir.name}"})
-            trainer = Trainer(cfg, run_dir, self._forward)
-        t0 = time.perf_counter()
-        used = res.seconds if resuming else 0.0
-        timed_out = threading.Event()
-        if budget_s is not None:
-            def watch(event, _trainer=trainer):
-                if event.kind == "step" and used + time.perf_counter() - t0 >= budget_s and not timed_out.is_set():
-                    timed_out.set()
-                    _trainer.request_stop()
-            trainer.callback = _chain(self._forward, watch)
-        with self._lock:
-            self.trainer = trainer
-            if self._stop.is_set():
-                trainer.request_stop()
-        res.status = "running"
-        self._save()
-        try:
-            state = trainer.run()
-        finally:
-            with self._lock:
-                self.trainer = None
-        res.seconds = used + time.perf_counter() - t0
-        if state == "stopped" and timed_out.is_set() and not self._stop.is_set():
-            self._final_eval(run_dir)  # the time budget ran out: evaluate where it stopped
-            state = "finished"
-        res.status = state if state in ("finished", "failed", "stopped") else "stopped"
-        if state == "failed":
-            err = [e for e in rundir.read_events(run_dir) if e.get("kind") == "error"]
-            res.error = err[-1].get("error", "") if err else "failed"
-        res.__dict__.update(summarize_trial(run_dir))
-
-    def _forward(self, event: Event) -> None:
-        self._emit(event)
-
-    def _final_eval(self, run_dir: Path) -> None:
-        """Evaluate a time-budgeted trial's last checkpoint (EMA weights) and log it as its eval line."""
-        from .evaluate_run import evaluate_run
-        from . import journal
-
-        m = evaluate_run(run_dir, "last")
-        steps = summarize_trial(run_dir)["steps"]
-        line = {"kind": "eval", "step": steps, "epoch": -1, "time": time.time(), "split": "val",
-                "mode": m.get("mode"), "images": int(m.get("images", 0)), "online_mAP": None, "online_AP50": None,
-                **{k: float(m[k]) for k in ("mAP", "AP50", "AP75", "APs", "APm", "APl", "loss", "loss_map",
-                                              "loss_offset", "loss_shape")}}
-        w = rundir.JsonlWriter(run_dir / rundir.METRICS)
-        w.write(line)
-        w.close()
-        journal.write(run_dir)
-
-    # --- results -------------------------------------------------------------------------------
     def best(self) -> TrialResult | None:
-        done = [r for r in self.results if r.status in ("finished", "failed")]
-        if not done or max(r.score() for r in done) < 0:
-            return None
-        return max(done, key=lambda r: (r.score(), -(r.raw_loss if r.raw_loss is not None else math.inf)))
+        return best_row(self.results)
 
     def best_value(self) -> float | None:
         b = self.best()
         return b.value if b else None
 
     def at_edge(self) -> bool:
-        b = self.best_value()
-        return b is not None and self.done and len(self.values) > 1 and b in (self.values[0], self.values[-1])
+        return self.next_window() is not None
 
     def next_window(self) -> list[float] | None:
         """The slid window when the best sits at an edge (None otherwise)."""
-        b = self.best_value()
-        return slid_window(self.values, b) if (b is not None and self.at_edge()) else None
+        return next_window_of(self.results)
 
     def slide(self, root: Path | str | None = None) -> "Sweep":
         """A new sweep over the slid window, same key and budget (trials already measured are run again)."""
         nxt = self.next_window()
         if nxt is None:
             raise SweepError("the best value is not at the window's edge; nothing to slide")
-        name = f"sweep-{self.key}-{time.strftime('%Y%m%d-%H%M%S')}"
-        return Sweep(rundir.new_run_dir(Path(root) if root else self.dir.parent, name), self.cfg, self.key, nxt,
-                     self.trial_steps, self.trial_minutes, self.callback)
+        spec = self.spec
+        name = f"sweep-{spec.key}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return Sweep(rundir.new_run_dir(Path(root) if root else self.dir.parent, name), spec.cfg, spec.key, nxt,
+                     spec.trial_steps, spec.trial_minutes, self.callback, workers=spec.workers, devices=spec.devices)
 
     def apply_best(self, cfg: C.Config | None = None) -> C.Config:
         """``cfg`` (default: the sweep's base config) with the key set to the best value."""
@@ -375,18 +264,13 @@ class Sweep:
         return C.with_updates(cfg or self.cfg, {self.key: value}, f"sweep best {self.key}")
 
     def table(self) -> list[dict[str, Any]]:
-        """Rows: value, mAP, AP50, final train loss, status, best (bool)."""
-        b = self.best_value()
+        """Rows: value, mAP, AP50, final train loss, status, steps, device, best (bool)."""
+        results = self.results
+        b = best_row(results)
         return [{"value": r.value, "mAP": r.mAP, "AP50": r.AP50, "train_loss": r.train_loss, "raw_loss": r.raw_loss,
-                 "status": r.status, "steps": r.steps, "seconds": r.seconds, "error": r.error,
-                 "best": b is not None and r.value == b, "run_dir": r.run_dir} for r in self.results]
-
-
-def _chain(*fns):
-    def call(event):
-        for fn in fns:
-            fn(event)
-    return call
+                 "status": r.status, "steps": r.steps, "seconds": r.seconds, "error": r.error, "device": r.device,
+                 "number": r.number, "best": b is not None and r.value == b.value, "run_dir": r.run_dir}
+                for r in results]
 
 
 def load(sweep_dir: Path | str, callback: Callback = null_callback) -> Sweep:
@@ -394,14 +278,11 @@ def load(sweep_dir: Path | str, callback: Callback = null_callback) -> Sweep:
 
 
 def is_sweep(path: Path) -> bool:
-    return (Path(path) / SWEEP_JSON).is_file()
+    return is_study(path)
 
 
 def list_sweeps(root: Path | str = "runs") -> list[Path]:
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    return sorted((p for p in root.iterdir() if is_sweep(p)), key=lambda p: p.stat().st_mtime, reverse=True)
+    return list_studies(root)
 
 
 # --- text renderings (CLI, TUI, journal) ---------------------------------------------------------

@@ -21,6 +21,7 @@ from torch.optim.swa_utils import AveragedModel
 from . import checkpoint as ckpt_io
 from . import config as C
 from . import journal, rundir, runctl
+from .recorder import Recorder
 from .device import StopRun, memory_mib, pick_device
 from .diagnostics import lower_lr
 from .data import DataError, EpochSampler, eval_dataset, eval_indices, make_loader, train_dataset
@@ -29,8 +30,8 @@ from .evaluate import EvalInterrupted, evaluate
 from .lr_plan import BudgetPlan
 from .vocab import COCO_METRICS, LOG_WEIGHTS, LOSSES
 from .watcher import Watcher
-from .events import (Callback, CheckpointSaved, CommandAck, Error, EvalMetrics, Event, Log, PlanChanged,
-                     StateChanged, StepMetrics, null_callback)
+from .events import (Callback, CheckpointSaved, CommandAck, Error, EvalMetrics, Event, Log, PlanChanged, RunState,
+                     StateChanged, StepMetrics, Traceback, null_callback)
 from .runctl import Command, Op
 from .backbones import WeightsError
 from .model import build_model
@@ -77,7 +78,7 @@ class Trainer:
         self.callback = callback
         self.stop_at = max_steps  # stop (resumable) after this step; the schedule still plans the full run
         self.resume_from = rundir.last_checkpoint(self.run_dir) if resume else None
-        self.state = "starting"
+        self.state = RunState.STARTING
         self.step = 0
         self.epoch = 0
         self.total_steps = 0
@@ -87,8 +88,7 @@ class Trainer:
         self._wake = threading.Event()
         self.watcher = Watcher(cfg)
         self._lines_since_check = 0
-        self._metrics: rundir.JsonlWriter | None = None
-        self._events: rundir.JsonlWriter | None = None
+        self._record: Recorder | None = None  # rank 0's, while it runs
         self.owner = owner  # taken in run() unless resume() already holds it
         self.inbox = runctl.Inbox(self.run_dir)
         self._deferred: list[Command] = []  # commands met during an evaluation, applied after it
@@ -125,13 +125,10 @@ class Trainer:
     def _emit(self, event: Event) -> None:
         if not self.dist.is_main:  # one run, one record: rank 0's
             return
-        line = event.to_json()
+        line = self._record.record(event)
         if isinstance(event, (StepMetrics, EvalMetrics)):
-            self._metrics.write(line)
             self.watcher.observe(line)
             self._lines_since_check += 1
-        else:
-            self._events.write(line)
         self.callback(event)
 
     def _diagnose(self) -> None:
@@ -173,13 +170,13 @@ class Trainer:
         return {"memory_mib": tuple(round(m, 1) for m in self.dist.per_rank(held)),
                 "memory_total_mib": round(total, 1), "memory_of": self.device.type}
 
-    def _set_state(self, state: str, message: str = "") -> None:
+    def _set_state(self, state: RunState, message: str = "") -> None:
         self.state = state
         self.owner.update(state=state, step=self.step)
         self._emit(StateChanged(state, self.step, message))
 
     # --- the run -------------------------------------------------------------------------------
-    def run(self) -> str:
+    def run(self) -> RunState:
         """Train to the end, a stop or a failure; returns the final state. Raises runctl.RunBusy (having written
         nothing) when another live process owns the folder."""
         if self.owner is None:
@@ -189,13 +186,12 @@ class Trainer:
         finally:
             self.owner.release()
 
-    def _run(self) -> str:
+    def _run(self) -> RunState:
         if self.dist.is_main:
-            self._metrics = rundir.JsonlWriter(self.run_dir / rundir.METRICS)
-            self._events = rundir.JsonlWriter(self.run_dir / rundir.EVENTS)
+            self._record = Recorder(self.run_dir)
         try:
             self._setup()
-            self._set_state("running", "resumed" if self.resume_from else "started")
+            self._set_state(RunState.RUNNING, "resumed" if self.resume_from else "started")
             self._loop()
         except StopRun as err:
             self._fail(str(err).split("\n")[0], str(err))
@@ -219,16 +215,15 @@ class Trainer:
                            "fix the cause and resume from the last checkpoint")
                 import traceback
 
-                if self._events is not None:
-                    self._events.write({"kind": "traceback", "text": traceback.format_exc()})
+                if self._record is not None:  # the record only: listeners had the Error
+                    self._record.record(Traceback(traceback.format_exc()))
         finally:
             if self.dist.is_main:
                 try:
                     journal.write(self.run_dir)
                 except Exception:  # noqa: BLE001 - the journal is a courtesy; never mask the run's own outcome
                     pass
-                self._metrics.close()
-                self._events.close()
+                self._record.close()
         return self.state
 
     def _fail(self, error: str, hint: str) -> None:
@@ -239,7 +234,7 @@ class Trainer:
             hint = ("paths in presets and --set are relative to the folder nanxi-tune runs in: run it from the "
                     "folder they are relative to, or give absolute paths (--set data.train=PATH data.val=PATH)")
         self._emit(Error(error, hint, self.step))
-        self._set_state("failed", error)
+        self._set_state(RunState.FAILED, error)
 
     def _oom_hint(self) -> str:
         bs = self.cfg.data.batch_size
@@ -338,7 +333,7 @@ class Trainer:
                     self._plan_changed()
                 if self.step >= self.total_steps or self._reached_stop_at():
                     break
-            if self.state == "stopped":
+            if self.state == RunState.STOPPED:
                 return
         if self._honour_commands():  # a stop during the last evaluation
             return
@@ -347,7 +342,7 @@ class Trainer:
             if self._honour_commands():
                 return
         self._diagnose()
-        self._set_state("finished", f"best mAP {max(self.best_map, 0):.4f}")
+        self._set_state(RunState.FINISHED, f"best mAP {max(self.best_map, 0):.4f}")
 
     def _eval_due(self) -> bool:
         epochs, position = divmod(self.step, self.steps_per_epoch)
@@ -399,7 +394,7 @@ class Trainer:
         if self.stop_at is None or self.step < self.stop_at or self.step >= self.total_steps:
             return False
         self._save()
-        self._set_state("stopped", f"reached --max-steps {self.stop_at}; resume to continue")
+        self._set_state(RunState.STOPPED, f"reached --max-steps {self.stop_at}; resume to continue")
         return True
 
     def _honour_commands(self) -> bool:
@@ -409,9 +404,9 @@ class Trainer:
         self._apply_commands()
         self._hold_while_paused(self._apply_commands)
         if self._stop.is_set():
-            self._set_state("stopping")
+            self._set_state(RunState.STOPPING)
             self._save()
-            self._set_state("stopped", "stopped by request; resume to continue")
+            self._set_state(RunState.STOPPED, "stopped by request; resume to continue")
             return True
         return False
 
@@ -496,13 +491,13 @@ class Trainer:
         """Paused: wait here, ``poll`` applying the commands that come, until continue or stop."""
         if not self._paused.is_set() or self._stop.is_set():
             return
-        self._set_state("paused", note)
+        self._set_state(RunState.PAUSED, note)
         while self._paused.is_set() and not self._stop.is_set():
             self._wake.wait(runctl.POLL_S * 4)
             self._wake.clear()
             poll()
         if not self._stop.is_set():
-            self._set_state("running", "continued")
+            self._set_state(RunState.RUNNING, "continued")
         self._t_mark = time.perf_counter()  # paused time is not training time
 
     def _eval_commands(self) -> None:
@@ -660,11 +655,7 @@ class Trainer:
         ckpt_io.set_rng_state(state["rng"])
         if not self.dist.is_main:
             return
-        dropped = rundir.trim_metrics(self.run_dir, saved_step)
-        # trim_metrics may have replaced metrics.jsonl (a new file, renamed over the old): append to the new one,
-        # or every line of the resumed run would go to the unlinked old file and be lost.
-        self._metrics.close()
-        self._metrics = rundir.JsonlWriter(self.run_dir / rundir.METRICS)
+        dropped = self._record.trim(saved_step)
         for line in rundir.read_metrics(self.run_dir):  # the rules judge the whole run, not just this part
             self.watcher.observe(line)
         for event in rundir.read_events(self.run_dir):  # what was reported before stays reported once

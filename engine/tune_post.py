@@ -10,7 +10,6 @@ values are always in the grid, so the chosen thresholds score at least as well a
 from __future__ import annotations
 
 import itertools
-import json
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import config as C
-from . import rundir
+from . import recorder, rundir
+from .events import TunePostResult
 from .vocab import BRANCHES
 
 KEYS = ("postprocess.nms_iou", "postprocess.score_threshold", "postprocess.top_k")
@@ -158,15 +158,13 @@ def record(result: PostResult) -> None:
     from . import journal
 
     run_dir = Path(result.run_dir)
-    line = {"kind": "log", "level": "info", "time": time.time(),
-            "message": f"tune-post: best {fmt_point(result.best)} mAP {result.best['mAP']:.4f} vs defaults "
-                       f"{fmt_point(result.default)} mAP {result.default['mAP']:.4f}"
-                       + (f"; applied to {result.applied_to}" if result.applied_to else ""),
-            "tune_post": {"best": result.best, "default": result.default, "applied_to": result.applied_to,
-                          "points": len(result.rows), "mode": result.mode, "images": result.images,
-                          "checkpoint": result.checkpoint}}
-    with open(run_dir / rundir.EVENTS, "a", encoding="utf-8") as f:
-        f.write(json.dumps(line) + "\n")
+    recorder.append(run_dir, TunePostResult(
+        f"tune-post: best {fmt_point(result.best)} mAP {result.best['mAP']:.4f} vs defaults "
+        f"{fmt_point(result.default)} mAP {result.default['mAP']:.4f}"
+        + (f"; applied to {result.applied_to}" if result.applied_to else ""),
+        tune_post={"best": result.best, "default": result.default, "applied_to": result.applied_to,
+                   "points": len(result.rows), "mode": result.mode, "images": result.images,
+                   "checkpoint": result.checkpoint}))
     try:
         journal.write(run_dir)
     except Exception:  # noqa: BLE001 - the journal is a courtesy

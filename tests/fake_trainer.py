@@ -16,6 +16,7 @@ from typing import Any
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine import rundir, runctl
 from nanxi_tune.engine.events import CheckpointSaved, CommandAck, EvalMetrics, StateChanged, StepMetrics
+from nanxi_tune.engine.recorder import Recorder
 from nanxi_tune.engine.runctl import Command, Op
 
 
@@ -46,8 +47,7 @@ class FakeTrainer:
     def run(self) -> str:
         owner = runctl.RunOwner.acquire(self.run_dir)
         C.save(self.cfg, self.run_dir / rundir.CONFIG)
-        self._metrics = rundir.JsonlWriter(self.run_dir / rundir.METRICS)
-        self._events = rundir.JsonlWriter(self.run_dir / rundir.EVENTS)
+        self._rec = Recorder(self.run_dir)
         self._owner, self._inbox = owner, runctl.Inbox(self.run_dir)
         try:
             self._state("running")
@@ -72,8 +72,7 @@ class FakeTrainer:
             self._state("finished")
             return self.state
         finally:
-            self._metrics.close()
-            self._events.close()
+            self._rec.close()
             owner.release()
 
     # --- the protocol --------------------------------------------------------------------------------
@@ -100,33 +99,33 @@ class FakeTrainer:
                 elif cmd.op == Op.EVAL:
                     self._eval()
             except C.ConfigError as err:
-                self._events.write(CommandAck(cmd.id, cmd.op.value, False, self.step, str(err), cmd.sender).to_json())
+                self._rec.record(CommandAck(cmd.id, cmd.op.value, False, self.step, str(err), cmd.sender))
                 continue
-            self._events.write(CommandAck(cmd.id, cmd.op.value, True, self.step, f"{cmd.op.value} at step {self.step}",
-                                          cmd.sender, changes).to_json())
+            self._rec.record(CommandAck(cmd.id, cmd.op.value, True, self.step, f"{cmd.op.value} at step {self.step}",
+                                          cmd.sender, changes))
 
     def _state(self, state: str) -> None:
         self.state = state
         self._owner.update(state=state, step=self.step)
-        self._events.write(StateChanged(state, self.step).to_json())
+        self._rec.record(StateChanged(state, self.step))
 
     def _step(self) -> None:
         loss = 3.0 * math.exp(-self.step / 50) + 0.5
-        self._metrics.write(StepMetrics(
+        self._rec.record(StepMetrics(
             step=self.step, epoch=self.step // 10, time=time.time(), loss=loss, loss_map=loss * 0.4,
             loss_offset=loss * 0.1, loss_shape=loss * 0.5, lr=self.cfg.lr, grad_norm=1.0, s_map=0.0, s_offset=0.0,
             s_shape=0.0, images_per_s=100.0, ema_l2=0.0, total_steps=self.total_steps,
-            memory_mib=self.RANK_MEMORY_MIB, memory_total_mib=81559.0, memory_of="cuda").to_json())
+            memory_mib=self.RANK_MEMORY_MIB, memory_total_mib=81559.0, memory_of="cuda"))
 
     def _eval(self) -> None:
         m = min(0.9, self.step / 100)
         self.best_map = max(self.best_map, m)
-        self._metrics.write(EvalMetrics(
+        self._rec.record(EvalMetrics(
             step=self.step, epoch=self.step // 10, time=time.time(), mAP=m, AP50=m, AP75=m, APs=m, APm=m, APl=m,
-            loss=1.0, loss_map=0.4, loss_offset=0.1, loss_shape=0.5, mode="full", images=8).to_json())
+            loss=1.0, loss_map=0.4, loss_offset=0.1, loss_shape=0.5, mode="full", images=8))
 
     def _checkpoint(self) -> None:
         path = rundir.last_checkpoint(self.run_dir)
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"fake checkpoint")
-        self._events.write(CheckpointSaved(str(path), self.step, self.step // 10).to_json())
+        self._rec.record(CheckpointSaved(str(path), self.step, self.step // 10))

@@ -22,8 +22,9 @@ from textual.message import Message
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine import events as E
-from nanxi_tune.engine import rundir, runctl
-from nanxi_tune.engine.runctl import Op, RunState
+from nanxi_tune.engine import recorder, rundir, runctl
+from nanxi_tune.engine.events import RunState
+from nanxi_tune.engine.runctl import Op
 from nanxi_tune.tui.monitor import RunBridge
 
 FOLLOW_S = 0.2  # how often the folder is read
@@ -145,11 +146,9 @@ class RunSession:
         self._trainer_done.wait(limit_s)
         self.request_stop_now()  # in case the loop froze before passing the request on
         try:
-            w = rundir.JsonlWriter(self.run_dir / rundir.EVENTS)
-            w.write(E.Log(f"{signal_name}: the terminal went away; the TUI stopped the run with a checkpoint. "
-                          f"Resume with: nanxi-tune resume {self.run_dir}", "warning").to_json()
-                    | {"signal": signal_name})
-            w.close()
+            recorder.append(self.run_dir, E.HangUp(f"{signal_name}: the terminal went away; the TUI stopped the run "
+                                                   f"with a checkpoint. Resume with: nanxi-tune resume {self.run_dir}",
+                                                   signal=signal_name))
         except OSError:
             pass
 

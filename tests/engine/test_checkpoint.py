@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from nanxi_tune.engine import checkpoint as ck
-from nanxi_tune.engine import rundir
+from nanxi_tune.engine import recorder, rundir
+from nanxi_tune.engine.events import StepMetrics
 
 
 def test_rng_state_roundtrip_through_weights_only_file(tmp_path):
@@ -60,27 +61,33 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
 
 
+def _step(s: int) -> StepMetrics:
+    return StepMetrics(step=s, epoch=0, time=0.0, loss=1.0, loss_map=0.5, loss_offset=0.2, loss_shape=0.3, lr=0.01,
+                       grad_norm=1.0, s_map=0.0, s_offset=0.0, s_shape=0.0, images_per_s=1.0, ema_l2=0.0,
+                       total_steps=9)
+
+
 def test_trim_metrics_drops_lines_after_checkpoint_and_torn_tail(tmp_path):
-    w = rundir.JsonlWriter(tmp_path / rundir.METRICS)
-    for s in range(1, 6):
-        w.write({"step": s, "split": "train"})
-    w.close()
+    recorder.append(tmp_path, *(_step(s) for s in range(1, 6)))
     with open(tmp_path / rundir.METRICS, "a") as f:
         f.write('{"step": 6, "spl')
     assert len(rundir.read_metrics(tmp_path)) == 5
-    assert rundir.trim_metrics(tmp_path, 3) == 2
-    assert [m["step"] for m in rundir.read_metrics(tmp_path)] == [1, 2, 3]
+    with recorder.Recorder(tmp_path) as rec:
+        assert rec.trim(3) == 2
+        rec.record(_step(4))  # appended to the trimmed file, not the replaced one
+    assert [m["step"] for m in rundir.read_metrics(tmp_path)] == [1, 2, 3, 4]
     assert (tmp_path / rundir.METRICS).read_text().endswith("\n")
 
 
 def test_metrics_tail_follows_appends_and_trims(tmp_path):
     tail = rundir.JsonlTail(tmp_path / rundir.METRICS)
     assert tail.poll() == []
-    w = rundir.JsonlWriter(tmp_path / rundir.METRICS)
-    w.write({"step": 1}); w.write({"step": 2})
+    rec = recorder.Recorder(tmp_path)
+    rec.record(_step(1)); rec.record(_step(2))
     assert [m["step"] for m in tail.poll()] == [1, 2]
-    w.write({"step": 3})
+    rec.record(_step(3))
     assert [m["step"] for m in tail.poll()] == [3]
-    w.close()
-    rundir.trim_metrics(tmp_path, 1)
-    assert [m["step"] for m in tail.poll()] == [1]
+    rec.trim(1)
+    rec.record(_step(2))  # the writer open before the trim goes on in the new file
+    rec.close()
+    assert [m["step"] for m in tail.poll()] == [1, 2]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir
+from nanxi_tune.engine import recorder, rundir
 from nanxi_tune.tui.app import NanxiTuneApp
 from conftest import TINY, wait_for
 
@@ -59,9 +59,7 @@ def test_d_dismisses_the_selected_finding(tmp_path: Path):
     assert Trainer(C.with_updates(C.load_preset("demo"), TINY | {"train.epochs": 1}), run).run() == "finished"
     finding = Diagnosis(rule="train-val-gap", severity="warning", section="13.2", message="val loss far from train",
                         evidence={}, remedy={"set": {"train.base_lr": 0.001}, "text": "lower the lr"}, step=6)
-    w = rundir.JsonlWriter(run / rundir.EVENTS)
-    w.write(finding.to_json())
-    w.close()
+    recorder.append(run, finding)
     assert "train-val-gap" in [f["rule"] for f in open_findings(run)]
 
     async def go():
