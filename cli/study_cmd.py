@@ -3,8 +3,6 @@ machine, and `study trial`, the process an owner starts for each trial (engine.s
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -68,16 +66,9 @@ def own(folder: Path, args) -> int:
 def detach(folder: Path, args) -> int:
     """`nanxi-tune resume FOLDER` as its own process in a new session (no terminal: SIGHUP never reaches it)."""
     from nanxi_tune.cli.launch import wait_for_start
-    from nanxi_tune.engine import rundir
+    from nanxi_tune.engine.study_owner import spawn_detached
 
-    argv = [sys.executable, "-m", "nanxi_tune.cli", "resume", str(folder), "--quiet"]
-    if args.workers:
-        argv += ["--workers", str(args.workers)]
-    if args.devices:
-        argv += ["--devices", args.devices]
-    with open(folder / rundir.STDOUT, "ab") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, "NANXI_TUNE_DETACHED": "1"})
+    proc = spawn_detached(folder, args.workers, args.devices)
     if not wait_for_start(folder, 60) and proc.poll() is not None:
         err.print(f"nanxi-tune: the study's owner exited at once (status {proc.returncode}); see {folder}/stdout.log")
         return ExitCode.FAILED

@@ -343,6 +343,20 @@ def run_info(run_dir: Path | str) -> RunInfo:
     return RunInfo(run_dir.name, run_dir, st, max(maps) if maps else None, started, step, preset)
 
 
+def study_info(folder: Path, trials: list[RunInfo]) -> RunInfo:
+    """A study as a row of the runs index: its owner's state, the best mAP of its trials, step = trials done."""
+    from .study import StudyError, read_spec
+
+    try:
+        spec = read_spec(folder)
+        started, preset = spec.created, "study"
+    except StudyError:
+        started, preset = None, "study?"
+    maps = [t.best_map for t in trials if t.best_map is not None]
+    done = sum(t.status.state in (RunState.FINISHED, RunState.FAILED) for t in trials)
+    return RunInfo(folder.name, folder, status(folder), max(maps) if maps else None, started, done, preset)
+
+
 def list_runs(root: Path | str = Path("runs")) -> list[RunInfo]:
     """Every run folder under ``root``, newest first."""
     root = Path(root)
@@ -352,7 +366,10 @@ def list_runs(root: Path | str = Path("runs")) -> list[RunInfo]:
     for p in root.iterdir():
         if (p / rundir.CONFIG).exists():
             runs.append(run_info(p))
-        elif p.is_dir():  # a folder of runs (a sweep's trials): listed as folder/run
-            runs += [replace(run_info(q), name=f"{p.name}/{q.name}") for q in p.iterdir()
-                     if (q / rundir.CONFIG).exists()]
+        elif p.is_dir():  # a folder of runs (a study's trials): listed as folder/run, the study as a row of its own
+            trials = [replace(run_info(q), name=f"{p.name}/{q.name}") for q in p.iterdir()
+                      if (q / rundir.CONFIG).exists()]
+            runs += trials
+            if (p / "study.json").is_file():
+                runs.append(study_info(p, trials))
     return sorted(runs, key=lambda r: r.started or 0, reverse=True)

@@ -334,6 +334,20 @@ class StudyOwner:
             pass
 
 
+def spawn_detached(folder: Path | str, workers: int | None = None, devices: str | None = None) -> subprocess.Popen:
+    """The study's owner as its own process in a new session (``nanxi-tune resume FOLDER``): no terminal, so a
+    closed TUI or a dropped SSH session never stops it. Its output goes to the folder's stdout.log."""
+    folder = Path(folder)
+    argv = [sys.executable, "-m", "nanxi_tune.cli", "resume", str(folder), "--quiet"]
+    if workers:
+        argv += ["--workers", str(workers)]
+    if devices:
+        argv += ["--devices", devices]
+    with open(folder / rundir.STDOUT, "ab") as out:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**os.environ, "NANXI_TUNE_DETACHED": "1"})
+
+
 def _die_with_parent() -> None:
     """In the trial process, before exec: SIGTERM when the owner dies (kill -9 included), so it checkpoints."""
     try:

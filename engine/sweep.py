@@ -169,9 +169,9 @@ class Sweep:
     def new(cls, cfg: C.Config, key: str, start: float, root: Path | str = "runs", trial_steps: int | None = None,
             trial_minutes: float | None = None, callback: Callback = null_callback, n: int = STARS,
             **kw: Any) -> "Sweep":
-        """A fresh sweep of ``n`` grid values from ``start`` in runs/sweep-<key>-<time>/."""
+        """A fresh sweep of ``n`` grid values from ``start`` in runs/sweep-<key's leaf>-<time>/."""
         check_key(cfg, key)
-        name = f"sweep-{key}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = f"sweep-{key.rsplit('.', 1)[-1]}-{time.strftime('%m%d-%H%M%S')}"  # fits the Runs tab's column
         return cls(rundir.new_run_dir(Path(root), name), cfg, key, window(start, n), trial_steps, trial_minutes,
                    callback, **kw)
 
@@ -251,7 +251,7 @@ class Sweep:
         if nxt is None:
             raise SweepError("the best value is not at the window's edge; nothing to slide")
         spec = self.spec
-        name = f"sweep-{spec.key}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = f"sweep-{spec.key.rsplit('.', 1)[-1]}-{time.strftime('%m%d-%H%M%S')}"
         return Sweep(rundir.new_run_dir(Path(root) if root else self.dir.parent, name), spec.cfg, spec.key, nxt,
                      spec.trial_steps, spec.trial_minutes, self.callback, workers=spec.workers, devices=spec.devices)
 

@@ -12,6 +12,7 @@ from textual.widgets import TabbedContent
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine import events as E
 from nanxi_tune.engine import rundir, runctl
+from nanxi_tune.engine.study import is_study
 from nanxi_tune.engine.runctl import Op
 from nanxi_tune.tui.monitor import RunUpdate
 from nanxi_tune.tui.runs_view import RunsPane
@@ -142,6 +143,9 @@ class RunActions:
     def open_run(self, run_dir: Path) -> None:
         """Show a run's curves; follow it, with F6/F7/F8 over its channel, while a trainer owns it."""
         run_dir = Path(run_dir)
+        if is_study(run_dir):  # a sweep: its own screen follows and drives the study
+            self.open_study(run_dir)
+            return
         if not (run_dir / rundir.CONFIG).exists():
             self.notify(f"{run_dir}: no such run folder", severity="error")
             return
@@ -155,6 +159,17 @@ class RunActions:
         except C.ConfigError:
             max_days = 4.0
         self._show(RunSession.attach(self, run_dir), max_days)
+
+    def open_study(self, folder: Path) -> None:
+        from nanxi_tune.engine.study import StudyError, read_spec
+        from nanxi_tune.tui.sweep_view import SweepScreen
+
+        try:
+            cfg = read_spec(folder).cfg
+        except (StudyError, C.ConfigError) as err:
+            self.notify(str(err), severity="error")
+            return
+        self.push_screen(SweepScreen(cfg, self.runs_root, sweep_dir=folder))
 
     # --- commands: F6 pause / continue, F7 stop --------------------------------------------------------
     def _live_session(self) -> RunSession | None:

@@ -1,5 +1,5 @@
-"""The Runs tab: every run under the runs folder (sweep trials as sweep/trial), live or not; Enter opens
-(and attaches to a live one), space marks two, c compares them."""
+"""The Runs tab: every run under the runs folder, live or not, and every study (◆, a sweep) with its trials under
+it; Enter opens a run (and attaches to a live one) or a study's screen, space marks two, c compares them."""
 
 from __future__ import annotations
 
@@ -20,6 +20,22 @@ from nanxi_tune.tui.palette import TIP
 # status fits "stopping ●" (a live run is marked ●).
 COLUMNS = (("✓", 1), ("name", 22), ("status", 10), ("best mAP", 8), ("started", 11), ("step", 7), ("preset", 7))
 REFRESH_S = 2.0  # while the tab is shown: live runs' steps and states move
+
+
+def _grouped(runs: list) -> list[tuple[Any, str]]:
+    """(run, shown name): a study's row (◆, Enter opens the study) with its trials right under it (└ trial-…)."""
+    children: dict[str, list] = {}
+    for r in runs:
+        if "/" in r.name:
+            children.setdefault(r.name.split("/", 1)[0], []).append(r)
+    out: list[tuple[Any, str]] = []
+    for r in (r for r in runs if "/" not in r.name):
+        study = r.preset == "study"
+        out.append((r, "◆ " + r.name.removeprefix("sweep-") if study else r.name))
+        out += [(c, "└ " + c.name.split("/", 1)[1]) for c in sorted(children.pop(r.name, []), key=lambda c: c.name)]
+    for rest in children.values():  # a folder of runs that is not a study
+        out += [(c, c.name) for c in rest]
+    return out
 
 
 class RunsPane(Vertical):
@@ -73,11 +89,11 @@ class RunsPane(Vertical):
             self.app.call_from_thread(self.app.notify, f"cannot list runs: {err}", severity="error")
             return
         rows = []
-        for r in runs:
+        for r, name in _grouped(runs):
             started = datetime.fromtimestamp(r.started).strftime("%m-%d %H:%M") if r.started else "—"
             best = f"{r.best_map:.4f}" if r.best_map is not None else "—"
             state = r.status.state.value + (" ●" if r.status.alive else "")
-            rows.append((str(r.path), (r.name, state, best, started, str(r.step), r.preset or "")))
+            rows.append((str(r.path), (name, state, best, started, str(r.step), r.preset or "")))
         self.app.call_from_thread(self._fill, rows)
 
     def _fill(self, rows: list[tuple[str, tuple]]) -> None:
