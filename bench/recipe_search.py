@@ -11,7 +11,12 @@ the notes' order (§4–5):
 Each trial is an ordinary run folder under --out (the sweep's folder, trial-*), so `nanxi-tune journal` and the
 TUI's Runs tab read them; the script prints each round's table in the journal's style and the chosen recipe.
 
+The lr round is a study (engine.study): this process owns it, each trial its own process, ``--workers N`` trials
+at once on the CPU (or one per GPU); stopped or killed, it goes on where it was when the script runs again (or with
+``nanxi-tune resume DIR/sweep-lr``).
+
     python bench/recipe_search.py [--rounds lr shape width] [--trial-steps 150] [--holdout 0.2] [--out DIR]
+                                  [--workers N]
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine import sweep as S
+from nanxi_tune.engine.study import FOREVER
 from nanxi_tune.engine.trainer import Trainer
 
 
@@ -51,7 +57,7 @@ def split_train(train_json: Path, out: Path, holdout: float, seed: int = 0) -> t
 
 def trial(cfg: C.Config, run_dir: Path, steps: int) -> dict:
     t0 = time.perf_counter()
-    state = Trainer(C.with_updates(cfg, {"train.max_steps": steps, "eval.interval": S.FOREVER}), run_dir).run()
+    state = Trainer(C.with_updates(cfg, {"train.max_steps": steps, "eval.interval": FOREVER}), run_dir).run()
     return S.summarize_trial(run_dir) | {"state": state, "seconds": time.perf_counter() - t0}
 
 
@@ -75,12 +81,14 @@ def main() -> int:
     ap.add_argument("--holdout", type=float, default=0.2)
     ap.add_argument("--lr-start", type=float, default=0.0003)
     ap.add_argument("--set", dest="sets", nargs="*", default=[])
+    ap.add_argument("--workers", type=int, default=None, help="lr round: trials at once on the CPU (default 1; "
+                    "on a GPU box one per device)")
     a = ap.parse_args()
     train_json = Path(a.data) / "annotations/instances_train.json"
     if not train_json.exists():
         print(f"BCCD not found at {a.data}; pass --data PATH", file=sys.stderr)
         return 1
-    out = Path(a.out)
+    out = Path(a.out).resolve()  # the trial processes (and a later `nanxi-tune resume`) read these paths
     out.mkdir(parents=True, exist_ok=True)
     fit, held = split_train(train_json, out, a.holdout)
     cfg = C.with_updates(C.load_preset("bccd"), {"data.train": str(fit), "data.val": str(held),
@@ -91,7 +99,10 @@ def main() -> int:
     if "lr" in a.rounds:
         sw = S.Sweep(out / "sweep-lr", cfg, "train.base_lr", S.window(a.lr_start), trial_steps=a.trial_steps) \
             if not (out / "sweep-lr" / S.SWEEP_JSON).exists() else S.load(out / "sweep-lr")
-        sw.run()
+        if not sw.done:
+            state = sw.run(workers=a.workers)
+            if state != "finished":
+                raise SystemExit(f"round 1 — lr: the sweep {state}; resume it: nanxi-tune resume {sw.dir}")
         S.write_journal(sw.dir)
         rows = [(f"base_lr = {S.value_name(r['value'])}", r | {"state": r.get("status", "?")}) for r in sw.table()]
         report.append(table("round 1 — lr, seven stars", rows))

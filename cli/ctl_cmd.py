@@ -64,6 +64,14 @@ def _status(run_dir: Path, as_json: bool) -> int:
 
     info = runctl.run_info(run_dir)
     st = info.status
+    if not (run_dir / rundir.CONFIG).exists():  # a job's folder (a remedy's lr trials): its state alone
+        if as_json:
+            print(json.dumps({"run": str(run_dir), "state": st.state.value, "alive": st.alive, "step": info.step,
+                              "owner": st.owner.__dict__ if st.owner else None}))
+        else:
+            print(f"{run_dir.name}: {st.state.value} at step {info.step}"
+                  + (f" ({st.owner.describe()})" if st.owner else ""))
+        return ExitCode.FINISHED
     cfg = C.load(run_dir / rundir.CONFIG)
     live = {k: v for k, v in C.flatten(cfg).items() if C.is_live(k)}
     if as_json:

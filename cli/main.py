@@ -79,7 +79,11 @@ def _main(argv: list[str] | None) -> int:
     from nanxi_tune.engine.rundir import CONFIG
     from nanxi_tune.engine.study import is_study
 
-    study_ok = args.command in ("resume", "ctl", "open") and run_dir and is_study(run_dir)
+    from nanxi_tune.engine.rundir import OWNER
+
+    # a study (resume, ctl, open), or a job's folder such as a remedy's lr trials (ctl)
+    study_ok = run_dir and ((args.command in ("resume", "ctl", "open") and is_study(run_dir))
+                            or (args.command == "ctl" and (Path(run_dir) / OWNER).exists()))
     if args.command != "train" and run_dir and not (Path(run_dir) / CONFIG).exists() and not study_ok:
         what = "not a run directory (no config.toml)" if Path(run_dir).exists() else "no such file or folder"
         print(f"nanxi-tune: {run_dir}: {what}; runs are the folders under {args.runs}/ — the TUI's Runs tab lists them"

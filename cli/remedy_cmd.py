@@ -38,6 +38,10 @@ def add_parsers(sub) -> None:
                                                                "start the child from step 0 instead of refusing")
     c.add_argument("--dismiss", action="store_true", help="close the finding without applying it (its pinned "
                                                           "checkpoint is released)")
+    c.add_argument("--child-dir", metavar="DIR", help="the child's folder (new or empty; default runs/<run>-<rule>); "
+                   "while the lr trials train, `nanxi-tune ctl DIR pause|continue|stop` drives them")
+    c.add_argument("--finding", metavar="JSON_FILE", help="the finding to apply, as a JSON object (as the TUI "
+                   "passes the one selected on its Monitor) instead of the run's open findings")
     c.add_argument("--quiet", action="store_true", help="no progress display while the child trains")
     c.add_argument("--json", action="store_true", help="--list/--dry-run as JSON; training as JSON Lines, as for "
                                                        "train")
@@ -81,7 +85,14 @@ def remedy(args) -> int:
             for f in found:
                 print("  " + _describe(f))
         return ExitCode.FINISHED
-    if args.rule:
+    if args.finding:
+        try:
+            finding = json.loads(Path(args.finding).read_text(encoding="utf-8"))
+            assert isinstance(finding, dict) and finding.get("rule")
+        except (OSError, ValueError, AssertionError) as err:
+            _say(f"nanxi-tune remedy: --finding {args.finding}: not a finding as JSON ({err or 'no rule'})")
+            return ExitCode.BAD_INPUT
+    elif args.rule:
         finding = next((f for f in found if f.get("rule") == args.rule), None)
         if finding is None:
             from nanxi_tune.engine.rules import RULES
@@ -137,8 +148,13 @@ def remedy(args) -> int:
         _say(f"trial {R.LR} = {t.value:g}: {s} after {t.steps} steps")
 
     _say(f"{run_dir.name}: applying {finding['rule']}: {_set_text(finding['remedy']['set'])}")
-    child = R.apply(run_dir, finding, trial=not args.no_trial, trial_steps=args.trial_steps,
-                    allow_scratch=args.from_scratch, callback=on_trial)
+    try:
+        child = R.apply(run_dir, finding, trial=not args.no_trial, trial_steps=args.trial_steps,
+                        allow_scratch=args.from_scratch, callback=on_trial,
+                        child=Path(args.child_dir) if args.child_dir else None)
+    except R.RemedyStopped as err:
+        _say(f"nanxi-tune remedy: {err}")
+        return ExitCode.STOPPED
     rec = json.loads((child / R.REMEDY_JSON).read_text(encoding="utf-8"))
     print(f"child {child}: {_set_text(rec['set'])}, {rec['start']}", flush=True)
     if args.no_train:

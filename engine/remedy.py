@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +33,9 @@ from typing import Any, Callable
 from . import config as C
 from . import pins, recorder, rundir
 from .diagnostics import SEVERITY_RANK, finite, lower_lr, median, raw_loss
-from .events import Lineage, RemedyClosed
+from .events import Lineage, RemedyClosed, RunState
+from .job import Job
+from .trial import train_trial
 
 LR = "train.base_lr"
 STARS = 7  # values tried at most (the seven stars)
@@ -44,6 +47,10 @@ FOREVER = 1_000_000_000  # eval.interval of a trial: no evaluation inside it
 
 class RemedyError(ValueError):
     pass
+
+
+class RemedyStopped(RemedyError):
+    """A stop (``nanxi-tune ctl CHILD stop``, the TUI's F7) ended the trial descent: nothing was applied."""
 
 
 # --- rewind checkpoints ------------------------------------------------------------------------------------------
@@ -202,10 +209,8 @@ def _prepare(path: Path, cfg: C.Config, rewind: Rewind, parent: Path) -> None:
 
 
 def run_trial(parent: Path, cfg: C.Config, rewind: Rewind, value: float, steps: int, path: Path,
-              callback: Callable = lambda e: None) -> Trial:
+              callback: Callable = lambda e: None, job: Job | None = None) -> Trial:
     """Train ``steps`` steps at ``LR = value`` from ``rewind`` in ``path``; cut at a blow-up."""
-    from .trainer import Trainer
-
     trial = Trial(value)
     tcfg = C.with_updates(cfg, {LR: value, "eval.interval": FOREVER, "diagnose.enabled": False},
                           f"remedy trial {LR}={value:g}")
@@ -213,35 +218,29 @@ def run_trial(parent: Path, cfg: C.Config, rewind: Rewind, value: float, steps: 
     first: list[float] = []
     recent: list[float] = []
 
-    def watch(e, box: dict) -> None:
-        if getattr(e, "kind", None) != "step" or e.step <= rewind.step:
-            return
+    def blew_up(e) -> str | None:
+        if e.step <= rewind.step:
+            return None
+        if job is not None:
+            job.set_step(e.step - rewind.step)
         raw = raw_loss(e.to_json())
         trial.curve.append([e.step, raw if finite(raw) else float("inf")])
         if not finite(raw):
-            trial.status = "blew-up"
-            box["t"].request_stop()
-            return
+            return "blew-up"
         if not first:
             first.append(raw)
         recent.append(raw)
-        if len(recent) >= 3 and median(recent[-3:]) > BLOWUP * first[0]:
-            trial.status = "blew-up"
-            box["t"].request_stop()
+        return "blew-up" if len(recent) >= 3 and median(recent[-3:]) > BLOWUP * first[0] else None
 
-    box: dict[str, Any] = {}
-    cb = lambda e: watch(e, box)  # noqa: E731
-    if rewind.source is not None:
-        t = Trainer.resume(path, cb, max_steps=rewind.step + steps)
-    else:
-        t = Trainer(tcfg, path, cb, max_steps=steps)
-    box["t"] = t
-    state = t.run()
-    trial.steps = max(0, t.step - rewind.step)
-    if trial.status == "blew-up":
-        trial.score = math.inf
-    elif state == "failed":
+    end = train_trial(path, tcfg, stop_when=blew_up, max_steps=rewind.step + steps if rewind.source else steps,
+                      on_trainer=job.attach if job is not None else None)
+    trial.steps = max(0, end.step - rewind.step)
+    if end.cut:
+        trial.status, trial.score = "blew-up", math.inf
+    elif end.state == "failed":
         trial.status, trial.score = "failed", math.inf
+    elif end.state == "stopped" and job is not None and job.stopped.is_set():
+        trial.status, trial.score = "stopped", math.inf
     else:
         trial.status = "done"
         tail = [y for _, y in trial.curve[len(trial.curve) // 2:]]
@@ -251,7 +250,7 @@ def run_trial(parent: Path, cfg: C.Config, rewind: Rewind, value: float, steps: 
 
 
 def lr_trial(parent: Path, cfg: C.Config, rewind: Rewind, root: Path, steps: int | None = None,
-             callback: Callable = lambda t: None) -> TrialRun:
+             callback: Callable = lambda t: None, job: Job | None = None) -> TrialRun:
     """The seven stars downward from ``cfg``'s lr, from ``rewind``: trials in ``root``/lr-<value>/."""
     total = _planned_steps(parent)
     steps = steps or default_trial_steps(total)
@@ -259,7 +258,10 @@ def lr_trial(parent: Path, cfg: C.Config, rewind: Rewind, root: Path, steps: int
     trials: list[Trial] = []
     best: Trial | None = None
     for v in trial_values(cfg.train.base_lr):
-        tr = run_trial(parent, cfg, rewind, v, steps, root / f"lr-{v:g}", callback)
+        if job is not None and job.stopped.is_set():
+            raise RemedyStopped(f"the lr trial descent was stopped by request after {len(trials)} trial(s); nothing "
+                                f"was applied and {parent.name} is as it was")
+        tr = run_trial(parent, cfg, rewind, v, steps, root / f"lr-{v:g}", callback, job)
         trials.append(tr)
         if tr.status != "done":
             continue
@@ -274,11 +276,15 @@ def lr_trial(parent: Path, cfg: C.Config, rewind: Rewind, root: Path, steps: int
 
 def apply(run_dir: Path, finding: dict[str, Any], root: Path | None = None, *, trial: bool = True,
           trial_steps: int | None = None, allow_scratch: bool = False,
-          callback: Callable[[Trial], None] = lambda t: None) -> Path:
+          callback: Callable[[Trial], None] = lambda t: None, child: Path | None = None) -> Path:
     """Create the child run for ``finding`` (a Diagnosis event as a dict) and return its directory.
 
     An lr change is proven first by ``lr_trial`` (``trial=False`` applies the finding's own value); the child then
     continues from the end of the best trial. The finding is closed in the parent (its pin released).
+
+    While the lr trials train, this process owns the child's folder (engine.job): ``nanxi-tune ctl CHILD pause|
+    continue|stop`` reach the trial in progress, and a stop ends the descent (RemedyStopped) with nothing applied
+    and the child's folder removed. ``child``: the folder to use (new or empty), else runs/<run>-<rule>.
     """
     run_dir = Path(run_dir)
     rule = str(finding.get("rule", "remedy"))
@@ -290,14 +296,32 @@ def apply(run_dir: Path, finding: dict[str, Any], root: Path | None = None, *, t
     parent_cfg = C.load(run_dir / rundir.CONFIG)
     C.with_updates(parent_cfg, changes, f"remedy {rule}")  # a bad value is refused before anything is written
     where = rewind_point(run_dir, finding, allow_scratch)
-    child = rundir.new_run_dir(root or run_dir.parent, f"{run_dir.name}-{rule}")
+    if child is None:
+        child = rundir.new_run_dir(root or run_dir.parent, f"{run_dir.name}-{rule}")
+    elif (Path(child) / rundir.CONFIG).exists():
+        raise RemedyError(f"{child} already holds a run; pick a new folder for the child")
+    child = Path(child)
     proof: TrialRun | None = None
     start = where
+    job: Job | None = None
     try:
         if trial and LR in changes and all(C.is_live(k) for k in changes):
             others = {k: v for k, v in changes.items() if k != LR}
             base = C.with_updates(parent_cfg, others, f"remedy {rule}") if others else parent_cfg
-            proof = lr_trial(run_dir, base, where, child / "trials", trial_steps, callback)
+            job = Job(child, "remedy's lr trial descent")
+            try:
+                proof = lr_trial(run_dir, base, where, child / "trials", trial_steps, callback, job)
+                if job.stopped.is_set():
+                    raise RemedyStopped(f"the lr trial descent was stopped by request; nothing was applied and "
+                                        f"{run_dir.name} is as it was")
+            except BaseException as err:
+                job.close(RunState.STOPPED if isinstance(err, RemedyStopped) else RunState.FAILED, str(err))
+                if job.acked_stop:
+                    time.sleep(1.0)  # the client that asked reads its answer before the folder goes
+                raise
+            job.close(RunState.FINISHED, f"best lr {proof.best}")
+            with recorder.Recorder(child) as rec:  # the job's states and answers were for the descent, not the child
+                rec.reset()
             if proof.best is None:
                 tried = ", ".join(f"{t.value:g} {t.status}" for t in proof.trials)
                 raise RemedyError(f"{rule}: no lr below {parent_cfg.train.base_lr:g} trained from step {where.step} "

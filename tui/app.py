@@ -113,6 +113,7 @@ class NanxiTuneApp(RunActions, WorkflowActions, ConfigActions, App):
         self.busy_task: str | None = None  # the running stats / autobatch / remedy task
         self.hangup: str | None = None  # "SIGHUP" / "SIGTERM" once the terminal went away
         self._remedy_pending: tuple[Path, dict] | None = None
+        self.remedy_child: Path | None = None  # the child folder of a remedy whose lr trials train now (F7 stops)
         self.open_run_arg = Path(open_run) if open_run else None
         self.runs_root = Path(runs_root)
         self.max_steps = max_steps

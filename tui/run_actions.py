@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from textual import work
 from textual.widgets import TabbedContent
 
 from nanxi_tune.engine import config as C
@@ -160,6 +161,20 @@ class RunActions:
             max_days = 4.0
         self._show(RunSession.attach(self, run_dir), max_days)
 
+    @work(thread=True, group="remedy-stop", exit_on_error=False)
+    def _stop_remedy(self, child: Path) -> None:
+        end = time.monotonic() + 60
+        while True:  # the remedy's process may still be loading torch: its channel opens in a few seconds
+            try:
+                ack = runctl.request(child, Op.STOP, sender=runctl.sender_name("tui"), timeout=30)
+                break
+            except runctl.NotAlive as err:
+                if self.remedy_child != child or time.monotonic() > end:
+                    self.call_from_thread(self.notify, str(err), severity="warning")
+                    return
+                time.sleep(0.3)
+        self.call_from_thread(self.notify, ack["message"] if ack else "stop sent", title="remedy", timeout=5)
+
     def open_study(self, folder: Path) -> None:
         from nanxi_tune.engine.study import StudyError, read_spec
         from nanxi_tune.tui.sweep_view import SweepScreen
@@ -184,6 +199,9 @@ class RunActions:
             self.notify(s.send(op), timeout=3)
 
     def action_stop_run(self) -> None:
+        if self.remedy_child is not None:  # a remedy's lr trials: stop them, nothing is applied
+            self._stop_remedy(self.remedy_child)
+            return
         if (s := self._live_session()) is not None:
             self.notify(f"{s.send(Op.STOP)}: a checkpoint is written first", timeout=4)
             self.monitor.set_state("stopping")

@@ -18,6 +18,17 @@ from nanxi_tune.tui.session import RunSession
 from nanxi_tune.tui.sweep_view import ConfigApplied
 
 
+def _descent_progress(child: Path) -> str:
+    """"lr 0.0003 step 12 (trial 2)": the lr trial training now, read from the child's trials folder."""
+    from nanxi_tune.engine import runctl
+
+    trials = sorted((child / "trials").glob("lr-*"), key=lambda p: p.stat().st_mtime)
+    if not trials:
+        return "preparing the child…"
+    st = runctl.status(trials[-1])
+    return f"lr trial {trials[-1].name.removeprefix('lr-')} step {st.step} (trial {len(trials)})"
+
+
 class WorkflowActions:
     """Mixed into the app (tui.app.NanxiTuneApp); handlers follow Textual's on_<message> naming."""
 
@@ -181,26 +192,43 @@ class WorkflowActions:
 
     @work(thread=True, exclusive=True, group="remedy", exit_on_error=False)
     def _remedy_worker(self, parent: Path, finding: dict) -> None:
-        from nanxi_tune.engine import remedy
+        """The remedy as its own process (`nanxi-tune remedy … --no-train`): its lr trials go on if the TUI quits,
+        and F7 / `nanxi-tune ctl CHILD stop` stop them. Once the child is made, it trains here as before."""
+        import json
+        import subprocess
+        import sys
+        import tempfile
 
+        rule = str(finding.get("rule"))
         self.busy_task = "remedy"
-        self.call_from_thread(self._task_show, f"remedy {finding.get('rule')}: preparing the child…", None, None)
-
-        def trial(t: Any) -> None:  # the seven-stars trial, one lr at a time
-            score = f", loss {t.score:.3f}" if t.score is not None else ""
-            self.call_from_thread(self._task_show, f"remedy trial lr {t.value:g}: {t.status} ({t.steps} steps{score})",
+        child = rundir.new_run_dir(parent.parent, f"{parent.name}-{rule}")
+        self.remedy_child = child
+        with tempfile.NamedTemporaryFile("w", prefix="nanxi-finding-", suffix=".json", delete=False) as f:
+            json.dump(finding, f, allow_nan=True)
+        log = Path(tempfile.mkstemp(prefix="nanxi-remedy-", suffix=".log")[1])
+        argv = [sys.executable, "-m", "nanxi_tune.cli", "remedy", str(parent), "--finding", f.name, "--child-dir",
+                str(child), "--no-train", "--quiet"]
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        while proc.poll() is None:
+            self.call_from_thread(self._task_show, f"remedy {rule}: {_descent_progress(child)} — F7 stops it",
                                   None, None)
-        try:
-            child = remedy.apply(parent, finding, callback=trial)
-        except Exception as err:  # noqa: BLE001
-            self.busy_task = None
-            self.call_from_thread(self._task_hide)
-            self.call_from_thread(self.notify, f"{type(err).__name__}: {err}", title="Cannot apply the remedy",
-                                  severity="error", timeout=10)
-            return
+            time.sleep(0.5)
+        self.remedy_child = None
         self.busy_task = None
         self.call_from_thread(self._task_hide)
-        self.call_from_thread(self._start_child, child, finding)
+        Path(f.name).unlink(missing_ok=True)
+        said = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        if proc.returncode == 0 and (child / rundir.CONFIG).exists():
+            log.unlink(missing_ok=True)
+            self.call_from_thread(self._start_child, child, finding)
+        elif proc.returncode == 3:
+            self.call_from_thread(self.notify, f"{rule}: the lr trials were stopped; nothing was applied and "
+                                  f"{parent.name} is as it was", title="remedy stopped", timeout=8)
+        else:
+            self.call_from_thread(self.notify, (said[-1] if said else f"exit {proc.returncode}") + f" (log: {log})",
+                                  title="Cannot apply the remedy", severity="error", timeout=10)
 
     def action_dismiss_finding(self) -> None:
         """Close the selected finding without applying it (its pinned rewind checkpoint is released)."""
