@@ -22,8 +22,9 @@ ACTIONS = [  # action, palette name, help
     ("load_preset", "Load preset", "Load a bundled preset, a .toml in this folder, or a path"),
     ("save_preset", "Save config as", "Save the current config as a TOML preset"),
     ("show_diff", "Diff against preset", "Show what the config changes from its preset"),
-    ("open_sweep", "Seven-stars sweep", "Sweep a numeric key (train.base_lr by default) over seven half-decade "
-                                        "values, starting from the current config"),
+    ("open_sweep", "Seven-stars sweep (detached study)", "Sweep a numeric key (train.base_lr by default) over seven "
+                                        "half-decade values from the current config; F5 there starts it detached: "
+                                        "it goes on when the TUI quits (Runs tab ◆ opens it again)"),
     ("tune_post", "NMS tuning (post-processing)", "Search nms_iou / score_threshold / top_k on the selected or "
                                                   "last trained run, without retraining"),
     ("open_schedule", "Tuning schedule (rounds)", "The notes' order: round 1 QMV, round 2 RSR, after training"),
@@ -32,7 +33,8 @@ ACTIONS = [  # action, palette name, help
     ("autobatch", "Largest batch (autobatch)", "Find the largest data.batch_size that fits in memory and write "
                                                "it into the config (lr follows by linear scaling)"),
     ("apply_remedy", "Apply the selected finding's remedy", "Stop the run with a checkpoint, rewind to before "
-                                                            "the evidence, change the config, start the child run"),
+                                                            "the evidence, change the config, start the child run (an lr remedy's "
+                                                            "trials run as their own process: F7 stops them)"),
     ("dismiss_finding", "Dismiss the selected finding", "Close the selected finding without applying it; its "
                                                        "pinned rewind checkpoint is released"),
     ("compare_runs", "Compare two runs", "Config diff side by side and both curves on one plot (mark runs with "
