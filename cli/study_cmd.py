@@ -3,7 +3,6 @@ machine, and `study trial`, the process an owner starts for each trial (engine.s
 
 from __future__ import annotations
 
-import sys
 import threading
 from pathlib import Path
 

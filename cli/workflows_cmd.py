@@ -7,7 +7,6 @@ functions, never at import (so `nanxi-tune --help` stays fast).
 from __future__ import annotations
 
 import sys
-import threading
 from pathlib import Path
 
 from rich.console import Console

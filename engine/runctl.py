@@ -345,12 +345,9 @@ def run_info(run_dir: Path | str) -> RunInfo:
 
 def study_info(folder: Path, trials: list[RunInfo]) -> RunInfo:
     """A study as a row of the runs index: its owner's state, the best mAP of its trials, step = trials done."""
-    from .study import StudyError, read_spec
-
     try:
-        spec = read_spec(folder)
-        started, preset = spec.created, "study"
-    except StudyError:
+        started, preset = float(json.loads((folder / rundir.STUDY).read_text(encoding="utf-8"))["created"]), "study"
+    except (OSError, ValueError, KeyError, TypeError):
         started, preset = None, "study?"
     maps = [t.best_map for t in trials if t.best_map is not None]
     done = sum(t.status.state in (RunState.FINISHED, RunState.FAILED) for t in trials)
@@ -370,6 +367,6 @@ def list_runs(root: Path | str = Path("runs")) -> list[RunInfo]:
             trials = [replace(run_info(q), name=f"{p.name}/{q.name}") for q in p.iterdir()
                       if (q / rundir.CONFIG).exists()]
             runs += trials
-            if (p / "study.json").is_file():
+            if (p / rundir.STUDY).is_file():
                 runs.append(study_info(p, trials))
     return sorted(runs, key=lambda r: r.started or 0, reverse=True)

@@ -20,6 +20,7 @@ OWNER_LOCK = "owner.lock"  # flock held by the live trainer (engine.runctl)
 OWNER = "owner.json"  # who owns the run: pid, host, start, heartbeat, state
 CONTROL = "control"  # commands from clients, one file each (engine.runctl)
 STDOUT = "stdout.log"  # a detached run's own output
+STUDY = "study.json"  # a study's spec (engine.study): the folder is a study, its trials the run folders in it
 
 
 def new_run_dir(root: Path = Path("runs"), name: str | None = None) -> Path:

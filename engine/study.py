@@ -29,7 +29,7 @@ from typing import Any
 from . import config as C
 from . import rundir, runctl
 
-STUDY_JSON = "study.json"
+STUDY_JSON = rundir.STUDY
 JOURNAL_FILE = "optuna.journal"
 FOREVER = 1_000_000_000  # eval.interval of a trial: one evaluation, at its end
 STALE_S = 120.0  # a trial on another machine whose heartbeat is older than this is handed out again

@@ -24,6 +24,8 @@ from . import rundir, runctl
 from .events import Callback, CommandAck, Error, Event, RunState, StateChanged, null_callback
 from .runctl import Command, Op
 from .study import STUDY_KEYS, Study, StudyError, StudySpec, value_name
+from .study_results import best_row, next_window_of, rows
+from .sweep_report import write_journal
 
 TICK_S = 0.2
 PAUSE_WAIT_S = 20.0  # a pause is acknowledged once every trial here holds (or after this long)
@@ -117,8 +119,6 @@ class StudyOwner:
             return self.state.value
         finally:
             try:
-                from .sweep import write_journal
-
                 write_journal(self.folder)
             except Exception:  # noqa: BLE001 - the journal is a courtesy
                 pass
@@ -199,13 +199,10 @@ class StudyOwner:
 
     def _slide(self) -> bool:
         """The notes: when the best sits at the window's edge, slide the window (while slides are left)."""
-        from . import sweep as S
-
         spec = self.study.spec
         if spec.slides <= 0:
             return False
-        rows = S.rows(self.study)
-        nxt = S.next_window_of(rows)
+        nxt = next_window_of(rows(self.study))
         if not nxt:
             return False
         added = self.study.enqueue(nxt)
@@ -217,10 +214,7 @@ class StudyOwner:
         return True
 
     def _best_text(self) -> str:
-        from . import sweep as S
-
-        rows = S.rows(self.study)
-        best = S.best_row(rows)
+        best = best_row(rows(self.study))
         return f"best {self.study.spec.key} = {value_name(best.value)} mAP {best.mAP:.4f}" if best else \
             "no trial finished"
 

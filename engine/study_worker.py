@@ -17,6 +17,7 @@ from typing import Any
 
 from .events import Callback, Lineage, null_callback
 from .study import HEARTBEAT_S, Study, trial_config, value_name
+from .study_results import summarize_trial
 from .trial import train_trial
 
 POLL_S = 0.5
@@ -28,8 +29,6 @@ def run_claimed(study: Study, trial, runs_root: Path, device: str | None = None,
     ``runs_root``/trial-<value>; tell Optuna its mAP (finished), FAIL (failed), or leave it RUNNING with status
     "stopped" for a later owner to hand out again. ``stop`` (set from a signal handler) stops it with a
     checkpoint. Returns the trial's state."""
-    from .sweep import summarize_trial
-
     spec = study.spec
     value = float(trial.user_attrs["value"])
     run_dir = Path(runs_root) / trial.user_attrs["run"]

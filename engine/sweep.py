@@ -10,130 +10,20 @@ the CLI, the TUI and the benchmarks see it: create or open one, run its owner he
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import config as C
 from . import rundir, runctl
 from .events import Callback, null_callback
+from .grid import STARS, grid_index, grid_value, slid_window, window  # noqa: F401 - the sweep's vocabulary
 from .study import STUDY_JSON, Study, StudyError, StudySpec, check_key, is_study, list_studies, value_name
-from .vocab import BRANCH_LOSSES
+from .study_results import TrialResult, best_row, next_window_of, rows, summarize_trial, table  # noqa: F401
+from .sweep_report import render_journal, summary_line, text_chart, write_journal  # noqa: F401
 
 SWEEP_JSON = STUDY_JSON
-STARS = 7
 SweepError = StudyError
-
-
-# --- the half-decade grid ----------------------------------------------------------------------
-
-def grid_value(i: int) -> float:
-    """The i-th value of the grid …, 0.1 (i=-2), 0.3 (-1), 1 (0), 3 (1), 10 (2), 30 (3), …"""
-    k, odd = divmod(i, 2)
-    return float(f"{(3.0 if odd else 1.0) * 10.0 ** k:.12g}")
-
-
-def grid_index(value: float) -> int:
-    """Index of the grid value nearest to ``value`` on a log scale (0.002 → 0.003's index)."""
-    if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-        raise ValueError(f"a seven-stars sweep needs a positive start value, got {value!r}")
-    guess = round(2 * math.log10(value))
-    return min(range(guess - 2, guess + 3), key=lambda i: abs(math.log(value / grid_value(i))))
-
-
-def window(start: float, n: int = STARS) -> list[float]:
-    """``n`` consecutive grid values from ``start`` (snapped to the grid) upward."""
-    i = grid_index(start)
-    return [grid_value(i + j) for j in range(n)]
-
-
-def slid_window(values: list[float], best: float) -> list[float] | None:
-    """The next window when ``best`` sits at an edge of ``values`` (centred on it), else None."""
-    if not values or best not in (values[0], values[-1]) or len(values) < 2:
-        return None
-    n = len(values)
-    return [grid_value(grid_index(best) - n // 2 + j) for j in range(n)]
-
-
-# --- results -----------------------------------------------------------------------------------
-
-@dataclass
-class TrialResult:
-    value: float
-    status: str = "pending"  # pending, running, paused, stopped, finished, failed
-    run_dir: str = ""
-    mAP: float | None = None
-    AP50: float | None = None
-    train_loss: float | None = None  # last logged (weighted) train loss
-    raw_loss: float | None = None  # last loss_map + loss_offset + loss_shape
-    steps: int = 0
-    seconds: float = 0.0
-    error: str = ""
-    number: int = -1  # the Optuna trial's number
-    device: str = ""
-
-    def score(self) -> float:
-        """What "best" ranks: mAP, a failed trial (diverged) counts as below any finished one."""
-        return self.mAP if (self.status == "finished" and self.mAP is not None) else -1.0
-
-
-def summarize_trial(run_dir: Path) -> dict[str, Any]:
-    """mAP/AP50 of the last evaluation, the last train losses, steps — read from the trial's metrics.jsonl."""
-    metrics = rundir.read_metrics(run_dir)
-    vals = [m for m in metrics if m.get("split") == "val"]
-    trains = [m for m in metrics if m.get("split") == "train"]
-    out: dict[str, Any] = {"steps": max((m.get("step", 0) for m in metrics), default=0)}
-    if vals:
-        out["mAP"], out["AP50"] = float(vals[-1]["mAP"]), float(vals[-1]["AP50"])
-    if trains:
-        t = trains[-1]
-        out["train_loss"] = float(t["loss"])
-        if all(isinstance(t.get(k), (int, float)) for k in BRANCH_LOSSES):
-            out["raw_loss"] = float(t["loss_map"] + t["loss_offset"] + t["loss_shape"])
-    return out
-
-
-_STATE = {"WAITING": "pending", "COMPLETE": "finished", "FAIL": "failed", "PRUNED": "failed"}
-
-
-def rows(study: Study) -> list[TrialResult]:
-    """Every trial of ``study``, by value: Optuna's state and scores, a live trial's step from its run folder."""
-    out = []
-    for t in study.trials():
-        a = t.user_attrs
-        status = _STATE.get(t.state.name) or str(a.get("status", "running"))
-        run_dir = a.get("run_dir") or (str(study.folder / a["run"]) if study.folder else "")
-        r = TrialResult(float(a.get("value", 0.0)), status, run_dir, a.get("mAP"), a.get("AP50"), a.get("train_loss"),
-                        a.get("raw_loss"), int(a.get("steps", 0) or 0), float(a.get("seconds", 0.0) or 0.0),
-                        str(a.get("error", "") or ""), t.number, str(a.get("device", "") or ""))
-        if t.state.name == "COMPLETE" and t.values:
-            r.mAP = float(t.values[0])
-        if status in ("running", "stopped") and run_dir and Path(run_dir).is_dir():
-            st = runctl.status(Path(run_dir))
-            if st.alive:
-                r.status = "paused" if st.state == runctl.RunState.PAUSED else "running"
-                r.steps = max(r.steps, st.step)
-            else:
-                r.steps = max(r.steps, summarize_trial(Path(run_dir))["steps"])
-        out.append(r)
-    return sorted(out, key=lambda r: r.value)
-
-
-def best_row(results: list[TrialResult]) -> TrialResult | None:
-    done = [r for r in results if r.status in ("finished", "failed")]
-    if not done or max(r.score() for r in done) < 0:
-        return None
-    return max(done, key=lambda r: (r.score(), -(r.raw_loss if r.raw_loss is not None else math.inf)))
-
-
-def next_window_of(results: list[TrialResult]) -> list[float] | None:
-    """The slid window when every trial is done and the best sits at an edge of the values (None otherwise)."""
-    b = best_row(results)
-    if b is None or not all(r.status in ("finished", "failed") for r in results) or len(results) < 2:
-        return None
-    return slid_window([r.value for r in results], b.value)
 
 
 # --- the sweep ---------------------------------------------------------------------------------
@@ -265,12 +155,7 @@ class Sweep:
 
     def table(self) -> list[dict[str, Any]]:
         """Rows: value, mAP, AP50, final train loss, status, steps, device, best (bool)."""
-        results = self.results
-        b = best_row(results)
-        return [{"value": r.value, "mAP": r.mAP, "AP50": r.AP50, "train_loss": r.train_loss, "raw_loss": r.raw_loss,
-                 "status": r.status, "steps": r.steps, "seconds": r.seconds, "error": r.error, "device": r.device,
-                 "number": r.number, "best": b is not None and r.value == b.value, "run_dir": r.run_dir}
-                for r in results]
+        return table(self.study)
 
 
 def load(sweep_dir: Path | str, callback: Callback = null_callback) -> Sweep:
@@ -283,79 +168,3 @@ def is_sweep(path: Path) -> bool:
 
 def list_sweeps(root: Path | str = "runs") -> list[Path]:
     return list_studies(root)
-
-
-# --- text renderings (CLI, TUI, journal) ---------------------------------------------------------
-
-def _fmt(x: float | None, digits: int = 4) -> str:
-    return "—" if x is None else f"{x:.{digits}f}"
-
-
-def text_chart(rows: list[dict[str, Any]], metric: str = "mAP", width: int = 48, height: int = 10) -> str:
-    """metric vs value on a log axis, as plain text (one column per grid value, ★ the best, x a failed trial)."""
-    pts = [(r["value"], r.get(metric)) for r in rows]
-    ys = [y for _, y in pts if y is not None]
-    if not pts:
-        return "(no trials)"
-    top = max(ys) if ys and max(ys) > 0 else 1.0
-    n = len(pts)
-    names = [value_name(v) for v, _ in pts]
-    col = max(3, min(8, width // max(n, 1)), max(map(len, names)) + 1)  # a space between the value labels
-    grid = [[" "] * (n * col) for _ in range(height)]
-    for j, (r, (_, y)) in enumerate(zip(rows, pts)):
-        x = j * col + col // 2
-        if y is None:
-            grid[height - 1][x] = "x" if r.get("status") == "failed" else "·"
-            continue
-        h = int(round((height - 1) * max(y, 0) / top))
-        for k in range(h):
-            grid[height - 1 - k][x] = "│"
-        grid[height - 1 - h][x] = "★" if r.get("best") else "●"
-    label_w = 7
-    lines = []
-    for i, row in enumerate(grid):
-        label = f"{top * (height - 1 - i) / (height - 1):.3f}" if i in (0, height // 2, height - 1) else ""
-        lines.append(f"{label:>{label_w}} ┤" + "".join(row))
-    lines.append(" " * label_w + " └" + "─" * (n * col))
-    lines.append(" " * (label_w + 2) + "".join(f"{name:^{col}}" for name in names))
-    lines.append(" " * (label_w + 2) + f"{metric} vs value (log axis: one column per half-decade)")
-    return "\n".join(lines)
-
-
-def summary_line(sweep: Sweep) -> str:
-    """The notes' record style: "train.base_lr seven stars 0.0001…0.1 (40 steps): best 0.01 mAP 0.21; …"."""
-    budget = f"{sweep.trial_steps} steps" if sweep.trial_steps else f"{sweep.trial_minutes:g} min"
-    parts = []
-    for r in sweep.results:
-        s = _fmt(r.mAP) if r.status == "finished" else r.status
-        parts.append(f"{value_name(r.value)}: {s}")
-    b = sweep.best()
-    head = (f"{sweep.key} seven stars {value_name(sweep.values[0])}…{value_name(sweep.values[-1])} "
-            f"({budget} each, {sweep.cfg.eval.val_data_mode})")
-    best = f"best {value_name(b.value)} mAP {_fmt(b.mAP)}" if b else "no finished trial"
-    edge = " — best at the window's edge: slide" if sweep.at_edge() else ""
-    return f"{head}: {best}{edge} ({'; '.join(parts)})"
-
-
-def render_journal(sweep: Sweep) -> str:
-    lines = [f"# {sweep.dir.name}", "", f"- seven stars (七星连珠法) over `{sweep.key}`, preset "
-             f"`{sweep.cfg.preset or '(none)'}`, status {sweep.status}", f"- {summary_line(sweep)}", "",
-             "| value | mAP | AP50 | train loss | status |", "|---|---|---|---|---|"]
-    for r in sweep.table():
-        star = " ★" if r["best"] else ""
-        lines.append(f"| {value_name(r['value'])}{star} | {_fmt(r['mAP'])} | {_fmt(r['AP50'])} | "
-                     f"{_fmt(r['train_loss'])} | {r['status']}{' ' + r['error'] if r['error'] else ''} |")
-    if sweep.at_edge():
-        nxt = sweep.next_window()
-        lines += ["", f"The best sits at the window's edge: slide to {', '.join(value_name(v) for v in nxt)}."]
-    lines += ["", "```", text_chart(sweep.table()), "```", ""]
-    return "\n".join(lines)
-
-
-def write_journal(sweep_dir: Path) -> Path:
-    sweep = load(sweep_dir)
-    path = Path(sweep_dir) / rundir.JOURNAL
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render_journal(sweep), encoding="utf-8")
-    tmp.replace(path)
-    return path

@@ -160,7 +160,7 @@ def test_text_chart_keeps_a_space_between_value_labels():
 
 def test_stop_and_resume_skips_finished_and_resumes_stopped(tmp_path):
     cfg = small(**{"train.checkpoint_every": 1000})
-    sw = S.Sweep(tmp_path / "sw", cfg, "train.base_lr", [0.001, 0.003, 0.01], trial_steps=100)
+    sw = S.Sweep(tmp_path / "sw", cfg, "train.base_lr", [0.001, 0.003, 0.01], trial_steps=40)
     t2 = sw.dir / "trial-0.003"
     thread, box = own_in_thread(sw, devices=ONE)
     wait(lambda: t2.is_dir() and live_step(t2) >= 2 or "state" in box)  # the second trial trains
@@ -171,7 +171,7 @@ def test_stop_and_resume_skips_finished_and_resumes_stopped(tmp_path):
     assert runctl.status(sw.dir).state == runctl.RunState.STOPPED
     assert not runctl.status(t2).alive  # the trial's process ended with the stop
     stopped_at = sw.results[1].steps
-    assert 2 <= stopped_at < 100 and rundir.last_checkpoint(t2).exists()
+    assert 2 <= stopped_at < 40 and rundir.last_checkpoint(t2).exists()
     first = rundir.read_metrics(sw.dir / "trial-0.001")
     assert not (sw.dir / "trial-0.01").exists()
 
@@ -182,7 +182,7 @@ def test_stop_and_resume_skips_finished_and_resumes_stopped(tmp_path):
     assert rundir.read_metrics(sw.dir / "trial-0.001") == first  # not rerun
     resumed = [e["message"] for e in rundir.read_events(t2) if str(e.get("message", "")).startswith("resumed from")]
     assert resumed == [resumed[0]] and f"at step {stopped_at}" in resumed[0]  # from its checkpoint, once
-    assert train_steps(t2) == list(range(1, 101))  # each step once, to the end
+    assert train_steps(t2) == list(range(1, 41))  # each step once, to the end
     assert again.best_value() in again.values
     assert len(Study.open(sw.dir).trials()) == 3  # resumed trials are the same Optuna trials, none added
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import recorder, rundir, runctl
+from nanxi_tune.engine import recorder, runctl
 from nanxi_tune.engine.events import Diagnosis
 from nanxi_tune.tui.app import NanxiTuneApp
 from conftest import TINY, notices, wait_for
