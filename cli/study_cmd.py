@@ -59,7 +59,7 @@ def own(folder: Path, args) -> int:
         return ExitCode.BUSY
     if getattr(args, "detach", False):
         return detach(folder, args)
-    return _own_here(folder, args.workers, devices, getattr(args, "quiet", False))
+    return _own_here(folder, args.workers, devices, getattr(args, "quiet", False), getattr(args, "save", None))
 
 
 def detach(folder: Path, args) -> int:
@@ -77,7 +77,7 @@ def detach(folder: Path, args) -> int:
     return ExitCode.FINISHED
 
 
-def _own_here(folder: Path, workers: int | None, devices: list[str] | None, quiet: bool) -> int:
+def _own_here(folder: Path, workers: int | None, devices: list[str] | None, quiet: bool, save: str | None) -> int:
     from nanxi_tune.cli.drive import run_until_signalled
     from nanxi_tune.cli.workflows_cmd import print_sweep
     from nanxi_tune.engine import sweep as S
@@ -103,8 +103,13 @@ def _own_here(folder: Path, workers: int | None, devices: list[str] | None, quie
     run_until_signalled(thread, owner.request_stop,
                         lambda name: err.print(f"[yellow]{name}: stopping every trial with a checkpoint…"))
     state = result.get("state", "failed")
-    if not quiet:
-        print_sweep(S.load(folder))
+    sw = S.load(folder)
+    print_sweep(sw)
+    if save and sw.best_value() is not None:
+        from nanxi_tune.engine import config as C
+
+        C.save(sw.apply_best(), save)
+        err.print(f"wrote {save} with {sw.key} = {S.value_name(sw.best_value())}")
     if state == "stopped":
         err.print(f"stopped. Resume with:  nanxi-tune resume {folder}")
         return ExitCode.STOPPED

@@ -77,7 +77,8 @@ def live_line(row: dict[str, Any]) -> str:
 
 class SweepScreen(Screen):
     BINDINGS = [
-        Binding("f5", "start", "Start", tooltip="Start the sweep as a detached study (or resume a stopped one)"),
+        Binding("f5", "start", "Start bg", tooltip="Start the sweep detached, as its own process: it goes on when "
+                "the TUI quits (or resume a stopped one)"),
         Binding("f6", "pause", "Pause", tooltip="Pause / continue the study: no trial advances while paused"),
         Binding("f7", "stop", "Stop", tooltip="Stop the study: every trial writes a checkpoint (F5 resumes)"),
         Binding("f8", "apply", "Apply best", tooltip="Set the key to the best value in the config"),

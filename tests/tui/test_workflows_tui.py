@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from textual.app import App
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir
+from nanxi_tune.engine import rundir, runctl
 from nanxi_tune.engine import sweep as S
 from nanxi_tune.engine.trainer import Trainer
 from nanxi_tune.cli import main as cli
@@ -70,6 +71,7 @@ def test_parse_budget():
 
 
 def test_pilot_drives_a_sweep_and_applies_the_best(tmp_path):
+    """F5 starts the sweep as a detached study; the screen follows it to the end and F8 applies the best."""
     cfg = tiny()
     screen = SweepScreen(cfg, tmp_path, key="train.base_lr", start=0.001, budget="3")
 
@@ -80,25 +82,46 @@ def test_pilot_drives_a_sweep_and_applies_the_best(tmp_path):
             start = screen.query_one("#sweep-start")
             start.value = "0.0001"
             await pilot.press("f5")
-            await wait_for(pilot, lambda: screen.phase not in ("idle", "running"))
-            assert screen.phase == "finished"
+            await wait_for(pilot, lambda: screen.sweep_dir is not None)
+            owner = runctl.read_owner(screen.sweep_dir)
+            await wait_for(pilot, lambda: screen.state == "finished" and not screen.alive, timeout=300)
+            assert owner is None or owner.pid != os.getpid()  # its own process, not this one
             table = screen.query_one("#sweep-table")
             assert table.row_count == 7
             rows = screen.rows()
             assert [r["value"] for r in rows] == S.window(0.0001)
-            assert sum(r["best"] for r in rows) == 1
+            assert all(r["status"] == "finished" for r in rows) and sum(r["best"] for r in rows) == 1
             chart = str(screen.query_one("#sweep-chart").render())
             assert "★" in chart
-            await pilot.press("f7")
+            await pilot.press("f8")
             await pilot.pause()
-            assert app.applied and app.applied[-1].updates == {"train.base_lr": screen.sweep.best_value()}
-            assert app.applied[-1].cfg.train.base_lr == screen.sweep.best_value()
+            best = next(r["value"] for r in rows if r["best"])
+            assert app.applied and app.applied[-1].updates == {"train.base_lr": best}
+            assert app.applied[-1].cfg.train.base_lr == best
             await pilot.press("escape")
             await pilot.pause()
         return screen
 
     asyncio.run(go())
-    assert (screen.sweep.dir / S.SWEEP_JSON).exists() and (screen.sweep.dir / rundir.JOURNAL).exists()
+    assert (screen.sweep_dir / S.SWEEP_JSON).exists() and (screen.sweep_dir / rundir.JOURNAL).exists()
+
+
+def test_open_a_study_shows_its_screen(tmp_path):
+    """`nanxi-tune open STUDY` (and Enter on its Runs row) opens the study's screen with its trials."""
+    from nanxi_tune.tui.app import NanxiTuneApp
+
+    sw = S.Sweep(tmp_path / "sweep-x", tiny(), "train.base_lr", [0.001, 0.01], trial_steps=2)
+    assert sw.run() == "finished"
+
+    async def go():
+        app = NanxiTuneApp(open_run=sw.dir, runs_root=tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, SweepScreen), timeout=60)
+            await wait_for(pilot, lambda: len(app.screen.rows()) == 2, timeout=30)
+            assert app.screen.state == "finished"
+            assert [r["status"] for r in app.screen.rows()] == ["finished", "finished"]
+
+    asyncio.run(go())
 
 
 def test_pilot_drives_an_nms_tuning(trained):
