@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir, runctl
+from nanxi_tune.engine import runctl, rundir
 from nanxi_tune.engine import sweep as S
 from nanxi_tune.engine.study import FOREVER, list_studies
 from nanxi_tune.engine.study_owner import plan_slots
@@ -71,7 +71,7 @@ def timed(folder: Path, cfg: C.Config, values: list[float], steps: int, label: s
     rows = sw.results
     per = sum(r.seconds for r in rows) / max(1, len(rows))
     done = sum(r.status in ("finished", "failed") for r in rows)
-    where_text = ", ".join(f"{s.device}" + (f" ({s.threads} threads)" if s.threads else "") for s in slots)
+    where_text = ", ".join(f"{s.device}" + (f" ×{s.threads} threads" if s.threads else "") for s in slots)
     say(f"  {label:<22} {dt:7.1f} s  {done / dt * 3600:7.1f} trials/h  ({state}; {len(slots)} at once: "
         f"{where_text}; a trial {per:.1f} s of training+eval inside its process; best {KEY} = "
         f"{S.value_name(sw.best_value()) if sw.best_value() else '—'})")
@@ -99,9 +99,9 @@ def killed_and_resumed(tmp: Path, size: int, start: float, steps: int, reference
     cli = [sys.executable, "-m", "nanxi_tune.cli"]
     argv = cli + ["--runs", str(runs), "sweep", "--preset", "demo", "--param", KEY, "--start", repr(start),
                   "--trial-steps", str(steps), "--workers", "2", "--set", *sets(size, "cpu")]
-    log = open(tmp / "kill-owner.log", "wb")
     t0 = time.perf_counter()
-    owner = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(tmp / "kill-owner.log", "wb") as log:  # the child keeps its own copy of the descriptor
+        owner = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
     wait(lambda: list_studies(runs) and runctl.status(list_studies(runs)[0]).alive or owner.poll() is not None, 120,
          "the study's owner")
     if owner.poll() is not None:
@@ -137,7 +137,7 @@ def killed_and_resumed(tmp: Path, size: int, start: float, steps: int, reference
                     for r in after) + f"; study {runctl.status(folder).state.value}")
     t1 = time.perf_counter()
     res = subprocess.run(cli + ["resume", str(folder), "--workers", "2"], stdin=subprocess.DEVNULL,
-                         capture_output=True, text=True, env=env)
+                         capture_output=True, text=True, env=env, check=False)
     say(f"  resume --workers 2: exit {res.returncode} after {time.perf_counter() - t1:.1f} s "
         f"(kill + resume wall {killed_at + time.perf_counter() - t1:.1f} s)")
     if res.returncode != 0:

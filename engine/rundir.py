@@ -7,6 +7,7 @@ events.jsonl is engine.recorder.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,23 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return read_jsonl(Path(run_dir) / METRICS)
+
+
+def last_step(run_dir: Path) -> int:
+    """The step of the last metrics line, read from the file's tail (cheap for a long run: followers poll it)."""
+    try:
+        with open(Path(run_dir) / METRICS, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            tail = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return 0
+    for line in reversed(tail.splitlines()[1:] if len(tail) >= 8192 else tail.splitlines()):
+        try:
+            return int(json.loads(line).get("step", 0))
+        except (ValueError, AttributeError, TypeError):  # a torn line, a line without a step
+            continue
+    return 0
 
 
 def read_events(run_dir: Path) -> list[dict[str, Any]]:

@@ -90,7 +90,8 @@ def records(root: Path = Path("runs")) -> list[dict]:
         elif S.is_sweep(p):
             sw = S.load(p)
             out.append({"kind": "sweep", "name": p.name, "path": str(p), "key": sw.key, "best": sw.best_value(),
-                        "status": sw.status, "started": sw.spec.created, "line": f"{p.name}: {S.summary_line(sw)}",
+                        "status": sw.status, "started": sw.spec.created,
+                        "line": f"{p.name}: {S.summary_line(sw.study)}",
                         "trials": [record(Path(r.run_dir)) for r in sw.results
                                    if (Path(r.run_dir) / rundir.CONFIG).exists()]})
     return sorted(out, key=lambda r: r.get("started") or 0)

@@ -28,6 +28,7 @@ from .study_results import best_row, next_window_of, rows
 from .sweep_report import write_journal
 
 TICK_S = 0.2
+MAX_CRASHES = 2  # a trial whose process crashes this often is failed, not handed out again
 PAUSE_WAIT_S = 20.0  # a pause is acknowledged once every trial here holds (or after this long)
 
 
@@ -174,7 +175,7 @@ class StudyOwner:
                                             preexec_fn=_die_with_parent)
         slot.trial = trial.number
         value = float(trial.user_attrs["value"])
-        again = " (resumed)" if trial.user_attrs.get("status") == "stopped" else ""
+        again = " (resumed)" if trial.user_attrs.get("status") in ("stopped", "running") else ""
         self._emit(StudyProgress("trial_started", trial.number, value, f"{self.study.spec.key} = "
                                  f"{value_name(value)} on {slot.device or 'its device'}{again}"))
 
@@ -186,10 +187,23 @@ class StudyOwner:
             value = float(t.user_attrs["value"])
             status = t.user_attrs.get("status", "?")
             if slot.process.returncode not in (0, 3) and t.state.name == "RUNNING" and status == "running":
-                status = f"crashed (exit {slot.process.returncode}; see {self.folder / t.user_attrs['run']}/stdout.log)"
+                status = self._crashed(t, slot.process.returncode)
             self._emit(StudyProgress("trial_done", t.number, value, f"{self.study.spec.key} = {value_name(value)}: "
                                      f"{status}", {k: v for k, v in t.user_attrs.items() if k != "run_dir"}))
             slot.process, slot.trial = None, None
+
+    def _crashed(self, trial, code: int) -> str:
+        """A trial process that died without a word (the OOM killer, a segfault): handed out again once — it
+        resumes from its checkpoint —, failed the second time, so a trial that always crashes never loops."""
+        log = self.folder / trial.user_attrs["run"] / rundir.STDOUT
+        crashes = int(trial.user_attrs.get("crashes", 0)) + 1
+        self.study.mark(trial, crashes=crashes)
+        if crashes < MAX_CRASHES:
+            return f"crashed (exit {code}; see {log}); handed out again"
+        error = f"its process crashed {crashes} times (last exit {code}); see {log}"
+        self.study.mark(trial, status="failed", error=error)
+        self.study.tell(trial, "failed", None)
+        return f"failed: {error}"
 
     def _all_told(self) -> bool:
         return all(t.state.is_finished() for t in self.study.trials())

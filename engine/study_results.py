@@ -68,7 +68,7 @@ def rows(study: Study) -> list[TrialResult]:
             st = runctl.status(Path(run_dir))
             if st.alive:
                 r.status = "paused" if st.state == runctl.RunState.PAUSED else "running"
-                r.steps = max(r.steps, st.step)
+                r.steps = max(r.steps, st.step, rundir.last_step(Path(run_dir)))
             else:
                 r.steps = max(r.steps, summarize_trial(Path(run_dir))["steps"])
         out.append(r)

@@ -44,6 +44,7 @@ class Sweep:
         self.dir = Path(sweep_dir)
         self.callback = callback
         self._owner = None
+        self._stop_asked = False
         if is_study(self.dir):
             self.study = Study.open(self.dir)
             return
@@ -103,10 +104,13 @@ class Sweep:
         from .study_owner import StudyOwner
 
         self._owner = StudyOwner(self.dir, workers, devices, self.callback)
+        if self._stop_asked:  # stop() came before the owner existed
+            self._owner.request_stop()
         return self._owner.run()
 
     def stop(self) -> None:
         """Stop the sweep: every trial stops with a checkpoint (the owner here, or a live one elsewhere)."""
+        self._stop_asked = True
         if self._owner is not None:
             self._owner.request_stop()
         elif runctl.status(self.dir).alive:

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from nanxi_tune.engine import rundir, runctl
+from nanxi_tune.engine import sweep as S
 from nanxi_tune.engine.study import JOURNAL_FILE, list_studies
 
 from conftest import TINY
@@ -39,15 +40,22 @@ def wait(cond, timeout=300.0):
 
 
 def test_detached_sweep_two_workers_survives_kill9_of_its_owner(tmp_path):
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
     runs = tmp_path / "runs"
     r = nanxi("--runs", str(runs), "sweep", "--preset", "demo", "--param", "train.base_lr", "--start", "0.0001",
-              "--trial-steps", "24", "--workers", "2", "--detach", "--set", *SETS, timeout=120)
+              "--trial-steps", "150", "--workers", "2", "--detach", "--set", *SETS, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "started detached" in r.stderr
     (folder,) = list_studies(runs)
+    try:
+        _kill9_and_resume(folder)
+    finally:  # a failed check must not leave the study training in the background
+        if runctl.status(folder).alive:
+            runctl.send(folder, runctl.Op.STOP)
+
+
+def _kill9_and_resume(folder):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     # two trials train at once, each its own process
     def two_running():
@@ -60,21 +68,25 @@ def test_detached_sweep_two_workers_survives_kill9_of_its_owner(tmp_path):
     assert {t["device"] for t in s["trials"] if t["status"] == "running"} == {"cpu"}
 
     # let one pair finish, then kill -9 the owner while the next trials train
-    wait(lambda: sum(t["status"] == "finished" for t in status(folder)["trials"]) >= 2 and
-         any(t["status"] == "running" and t["steps"] >= 4 for t in status(folder)["trials"]))
-    before = {t["value"]: t for t in status(folder)["trials"]}
-    finished = {v: (rundir.read_metrics(t["run_dir"]), os.stat(os.path.join(t["run_dir"], "metrics.jsonl")).st_mtime)
-                for v, t in before.items() if t["status"] == "finished"}
-    interrupted = [v for v, t in before.items() if t["status"] == "running"]
+    def ready_to_kill():
+        rows = S.load(folder).table()  # read in this process: polling through the CLI is too slow to catch a trial
+        running = [t for t in rows if t["status"] == "running"]
+        done = sum(t["status"] == "finished" for t in rows)
+        return [t["run_dir"] for t in running] if done >= 2 and any(2 <= t["steps"] <= 100 for t in running) else None
+
+    live = wait(ready_to_kill)
     owner = runctl.read_owner(folder)
     os.kill(owner.pid, signal.SIGKILL)
     wait(lambda: not runctl.status(folder).alive, 30)
     # the trials die with their owner, each with a checkpoint (SIGTERM from the kernel when the owner died)
-    for v in interrupted:
-        wait(lambda v=v: not runctl.status(before[v]["run_dir"]).alive, 120)
-    after_kill = {t["value"]: t for t in status(folder)["trials"]}
-    assert all(after_kill[v]["status"] == "stopped" for v in interrupted), after_kill
-    assert status(folder)["state"] in ("dead", "running")  # no owner recorded a stop: it died
+    for run_dir in live:
+        wait(lambda run_dir=run_dir: not runctl.status(run_dir).alive, 120)
+    before = {t["value"]: t for t in status(folder)["trials"]}
+    assert status(folder)["state"] == "dead"  # no owner recorded a stop: it died
+    interrupted = [v for v, t in before.items() if t["status"] == "stopped"]
+    assert interrupted and all(t["status"] in ("stopped", "finished", "pending") for t in before.values()), before
+    finished = {v: (rundir.read_metrics(t["run_dir"]), os.stat(os.path.join(t["run_dir"], "metrics.jsonl")).st_mtime)
+                for v, t in before.items() if t["status"] == "finished"}
 
     r = nanxi("resume", str(folder), "--workers", "2")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -90,7 +102,7 @@ def test_detached_sweep_two_workers_survives_kill9_of_its_owner(tmp_path):
         notes = [e.get("message", "") for e in rundir.read_events(run_dir)]
         assert any(n.startswith("resumed from") for n in notes), notes
         trains = [m["step"] for m in rundir.read_metrics(run_dir) if m.get("split") == "train"]
-        assert trains == sorted(set(trains)) and trains[-1] == 24  # each step once, to the end
+        assert trains == sorted(set(trains)) and trains[-1] == 150  # each step once, to the end
 
     # Optuna has the seven trials, each with its value, exactly once
     study = optuna.load_study(study_name=folder.name,
@@ -100,3 +112,26 @@ def test_detached_sweep_two_workers_survives_kill9_of_its_owner(tmp_path):
     assert sorted(t.params["train.base_lr"] for t in trials) == sorted(t["value"] for t in final["trials"])
     assert all(t.state == optuna.trial.TrialState.COMPLETE and t.value is not None for t in trials)
     assert (folder / rundir.JOURNAL).exists()
+
+
+def test_a_worker_elsewhere_pulls_trials_from_the_storage(tmp_path):
+    """`nanxi-tune study worker STORAGE STUDY`: another box (here: another folder) claims the trials, trains them in
+    its own --runs folder and tells their results to the shared storage."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from conftest import tiny
+
+    sw = S.Sweep(tmp_path / "runs" / "sweep-x", tiny(), "train.base_lr", [0.001, 0.003], trial_steps=2)
+    storage = str(sw.dir / JOURNAL_FILE)
+    elsewhere = tmp_path / "box2"
+    r = nanxi("--runs", str(elsewhere), "study", "worker", storage, "sweep-x", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "2 trial(s) trained" in r.stderr
+    assert sorted(p.name for p in (elsewhere / "sweep-x").iterdir()) == ["trial-0.001", "trial-0.003"]
+    trials = optuna.load_study(study_name="sweep-x", storage=JournalStorage(JournalFileBackend(storage))).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert {t.user_attrs["host"] for t in trials} and all(t.user_attrs["device"] for t in trials)
+    assert [r.status for r in sw.results] == ["finished", "finished"]
+    r = nanxi("--runs", str(elsewhere), "study", "worker", storage, "no-such-study", timeout=120)
+    assert r.returncode == 2 and "no study named 'no-such-study'" in r.stderr
