@@ -67,18 +67,14 @@ class Job:
                 if trainer is not None:
                     trainer.request_stop()
                 return True, f"stopping the {self.what}: the trial in progress ends, nothing is applied"
-            if cmd.op == Op.PAUSE:
-                self._paused = True
+            if cmd.op in (Op.PAUSE, Op.CONTINUE):
+                pause = cmd.op == Op.PAUSE
+                self._paused = pause
                 if trainer is not None:
-                    trainer.request_pause()
-                self._state(RunState.PAUSED, "paused by request")
-                return True, f"{self.what} paused"
-            if cmd.op == Op.CONTINUE:
-                self._paused = False
-                if trainer is not None:
-                    trainer.request_continue()
-                self._state(RunState.RUNNING, "continued")
-                return True, f"{self.what} continued"
+                    (trainer.request_pause if pause else trainer.request_continue)()
+                self._state(RunState.PAUSED if pause else RunState.RUNNING,
+                            "paused by request" if pause else "continued")
+                return True, f"{self.what} {'paused' if pause else 'continued'}"
         return False, f"a {self.what} takes pause, continue and stop (status: nanxi-tune ctl {self.folder} status)"
 
     def _ack(self, id_: str, op: str, applied: bool, message: str, sender: str = "") -> None:

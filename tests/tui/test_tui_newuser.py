@@ -231,13 +231,12 @@ def test_sweep_shows_the_training_trial_as_running(tmp_path, one_thread):
             await pilot.pause()
             await pilot.press("f5")
             # the first trial trains (its steps arrive): its row reads "running", the others "pending"
-            await wait_for(pilot, lambda: screen._last_step.get("step", 0) >= 2, timeout=120)
-            await wait_for(pilot, lambda: _status_cells(screen)[0] == "running", timeout=2)
+            await wait_for(pilot, lambda: screen.rows() and screen.rows()[0]["steps"] >= 2, timeout=120)
+            await wait_for(pilot, lambda: _status_cells(screen)[0] == "running", timeout=5)
             assert _status_cells(screen)[1:] == ["pending"] * 6
-            await pilot.press("f6")
-            await wait_for(pilot, lambda: screen.phase != "running", timeout=120)
-            assert screen.phase == "stopped"
-            assert _status_cells(screen)[0] == "stopped", _status_cells(screen)
+            await pilot.press("f7")  # stop: the detached study stops its trial with a checkpoint
+            await wait_for(pilot, lambda: screen.state == "stopped" and not screen.alive, timeout=120)
+            await wait_for(pilot, lambda: _status_cells(screen)[0] == "stopped", timeout=5)
 
     run(go())
 
@@ -254,7 +253,7 @@ def test_sweep_refuses_to_start_beside_a_training_run(tmp_path):
             await pilot.press("f5")
             await wait_for(pilot, lambda: "a run is training" in str(screen.query_one("#sweep-status").render()),
                            timeout=10)
-            assert screen.phase == "idle" and screen.sweep is None
+            assert screen.state == "idle" and screen.sweep is None
             assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
     run(go())
