@@ -1,4 +1,6 @@
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,11 @@ async def palette(pilot, query: str) -> None:
     await pilot.press(*query)
     await pilot.pause(0.5)
     await pilot.press("enter")
+
+
+NEEDS_TMUX = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
+
+
+def tmux(*args: str) -> str:
+    """A tmux command's output (tests that drive the app in a real 80×24 terminal)."""
+    return subprocess.run(["tmux", *args], capture_output=True, text=True).stdout

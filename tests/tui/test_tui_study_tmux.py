@@ -5,22 +5,18 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 import sys
 import time
 
 import pytest
 
+from conftest import NEEDS_TMUX, tmux
+
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine import runctl
 from nanxi_tune.engine.study import list_studies
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")]
-
-
-def tmux(*args: str) -> str:
-    return subprocess.run(["tmux", *args], capture_output=True, text=True).stdout
+pytestmark = [pytest.mark.slow, NEEDS_TMUX]
 
 
 def test_sweep_outlives_the_tui_and_a_new_tui_pauses_continues_and_stops_it(tmp_path):

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
 
+from conftest import NEEDS_TMUX, tmux
+
 from nanxi_tune.engine import config as C
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")]
-
-
-def tmux(*args: str) -> str:
-    return subprocess.run(["tmux", *args], capture_output=True, text=True).stdout
+pytestmark = [pytest.mark.slow, NEEDS_TMUX]
 
 
 def test_real_terminal_start_run_and_read_losses(tmp_path):
