@@ -209,16 +209,18 @@ def _prepare(path: Path, cfg: C.Config, rewind: Rewind, parent: Path) -> None:
 
 
 def run_trial(parent: Path, cfg: C.Config, rewind: Rewind, value: float, steps: int, path: Path,
-              callback: Callable = lambda e: None, job: Job | None = None) -> Trial:
-    """Train ``steps`` steps at ``LR = value`` from ``rewind`` in ``path``; cut at a blow-up."""
+              callback: Callable = lambda e: None, job: Job | None = None, study_trial: Any = None) -> Trial:
+    """Train ``steps`` steps at ``LR = value`` from ``rewind`` in ``path``; cut at a blow-up. With ``study_trial``
+    (an Optuna trial) each raw loss is reported to it and its pruner decides the cut."""
     trial = Trial(value)
     tcfg = C.with_updates(cfg, {LR: value, "eval.interval": FOREVER, "diagnose.enabled": False},
                           f"remedy trial {LR}={value:g}")
     _prepare(path, tcfg, rewind, parent)
-    first: list[float] = []
+    from .pruners import blew_up
+
     recent: list[float] = []
 
-    def blew_up(e) -> str | None:
+    def cut(e) -> str | None:
         if e.step <= rewind.step:
             return None
         if job is not None:
@@ -227,12 +229,13 @@ def run_trial(parent: Path, cfg: C.Config, rewind: Rewind, value: float, steps: 
         trial.curve.append([e.step, raw if finite(raw) else float("inf")])
         if not finite(raw):
             return "blew-up"
-        if not first:
-            first.append(raw)
         recent.append(raw)
-        return "blew-up" if len(recent) >= 3 and median(recent[-3:]) > BLOWUP * first[0] else None
+        if study_trial is not None:
+            study_trial.report(raw, e.step)
+            return "blew-up" if study_trial.should_prune() else None
+        return "blew-up" if blew_up(recent, BLOWUP) else None
 
-    end = train_trial(path, tcfg, stop_when=blew_up, max_steps=rewind.step + steps if rewind.source else steps,
+    end = train_trial(path, tcfg, stop_when=cut, max_steps=rewind.step + steps if rewind.source else steps,
                       on_trainer=job.attach if job is not None else None)
     trial.steps = max(0, end.step - rewind.step)
     if end.cut:
@@ -257,11 +260,15 @@ def lr_trial(parent: Path, cfg: C.Config, rewind: Rewind, root: Path, steps: int
     steps = max(1, min(steps, total - rewind.step))
     trials: list[Trial] = []
     best: Trial | None = None
+    study = _descent_study(root)
     for v in trial_values(cfg.train.base_lr):
         if job is not None and job.stopped.is_set():
             raise RemedyStopped(f"the lr trial descent was stopped by request after {len(trials)} trial(s); nothing "
                                 f"was applied and {parent.name} is as it was")
-        tr = run_trial(parent, cfg, rewind, v, steps, root / f"lr-{v:g}", callback, job)
+        study.enqueue_trial({LR: v})
+        st = study.ask({LR: _LR_RANGE()})
+        tr = run_trial(parent, cfg, rewind, v, steps, root / f"lr-{v:g}", callback, job, st)
+        _tell(study, st, tr)
         trials.append(tr)
         if tr.status != "done":
             continue
@@ -270,6 +277,36 @@ def lr_trial(parent: Path, cfg: C.Config, rewind: Rewind, root: Path, steps: int
         elif tr.score > best.score * (1 + TIE):
             break  # the loss turned worse going down: lower values only learn slower
     return TrialRun(LR, rewind.step, steps, trials, best.value if best else None, sum(t.steps for t in trials))
+
+
+def _descent_study(root: Path):
+    """The descent's trials as an Optuna study (journal file in the trials folder): lower raw loss is better, a blow-up
+    is a pruned trial (engine.pruners)."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from .pruners import BlowUpPruner
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    root.mkdir(parents=True, exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(root / "optuna.journal")))
+    return optuna.create_study(storage=storage, study_name="lr-descent", direction="minimize",
+                               pruner=BlowUpPruner(BLOWUP), load_if_exists=True)
+
+
+def _LR_RANGE():
+    from optuna.distributions import FloatDistribution
+
+    return FloatDistribution(1e-12, 1e12, log=True)
+
+
+def _tell(study, st, tr: Trial) -> None:
+    from optuna.trial import TrialState
+
+    if tr.status == "done" and math.isfinite(tr.score):
+        study.tell(st, tr.score)
+    else:
+        study.tell(st, state=TrialState.PRUNED if tr.status == "blew-up" else TrialState.FAIL)
 
 
 # --- apply -----------------------------------------------------------------------------------------------------------

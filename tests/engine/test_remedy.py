@@ -146,9 +146,17 @@ def test_lr_trial_descends_and_the_child_continues_from_the_best_trial(tmp_path,
     assert ckpt_io.peek(rundir.last_checkpoint(child), "step") == 2 * SPE + 3
     assert [m["step"] for m in rundir.read_metrics(child) if m["split"] == "train"] == list(range(1, 2 * SPE + 4))
     assert not list((child / "trials").rglob("*.pt"))  # the trials' weights go; their curves stay in remedy.json
+    # the trials live in an Optuna study beside them: each value once, its score the trial's
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    study = optuna.load_study(study_name="lr-descent", storage=JournalStorage(JournalFileBackend(
+        str(child / "trials" / "optuna.journal"))))
+    assert [t.params["train.base_lr"] for t in study.trials] == values
+    assert {t.params["train.base_lr"]: t.value for t in study.trials if t.value is not None} == done
     assert Trainer.resume(child).run() == "finished"
 
-    # every value blowing up: refused, nothing left behind
+    # every value blowing up (the pruner cuts each): refused, nothing left behind
     monkeypatch.setattr(remedy, "BLOWUP", 1e-6)
     before = set(tmp_path.iterdir())
     f2 = {**f, "step": f["step"] + 1}
