@@ -6,7 +6,7 @@ line it prints with a "(target …)" in it:
     train_efficiency.py   trainer vs a bare PyTorch loop, images/s ratio           (target >= 0.97)
     targets.py            vectorised targets vs a per-object loop; share of a step (>= 20x; < 5 %)
     tui_overhead.py       training throughput with the TUI attached; key-to-paint   (>= 0.97; p95 <= 100 ms)
-    sweep.py              a 7-trial sweep vs 7 trials alone                         (<= 1.05)
+    sweep.py              a 7-trial sweep vs 7 trials alone: cost per trial process   (<= 6 s)
     diagnosis.py          diagnosis precision / recall                              (its own targets)
     crash_harness.py      SIGKILL at random moments, resume, compare                (N/N exact)
     startup.py            `nanxi-tune --help` time, TUI first frame, TUI RSS growth over 1 M logged steps
@@ -48,7 +48,7 @@ PLAN: dict[str, tuple[list[str], list[str], int]] = {
 NAMES = {  # friendlier names for lines that do not start with one
     "throughput headless": "TUI attached / headless throughput",
     "key-to-paint latency": "TUI key-to-paint latency p95 (ms)",
-    "overhead ratio sweep": "sweep / trials alone wall time",
+    "overhead per trial": "sweep: cost per trial process (s)",
 }
 NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 TARGET = re.compile(rf"\(target\s*(?P<label>[A-Za-z][\w-]*\s+)?(?P<op><=|>=|≤|≥|<|>|=)?\s*(?P<target>{NUM}(?:/{NUM})?)"

