@@ -48,7 +48,7 @@ PLAN: dict[str, tuple[list[str], list[str], int]] = {
 NAMES = {  # friendlier names for lines that do not start with one
     "throughput headless": "TUI attached / headless throughput",
     "key-to-paint latency": "TUI key-to-paint latency p95 (ms)",
-    "overhead per trial": "sweep: cost per trial process (s)",
+    "overhead per trial": "sweep cost per trial process (s)",
 }
 NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 TARGET = re.compile(rf"\(target\s*(?P<label>[A-Za-z][\w-]*\s+)?(?P<op><=|>=|≤|≥|<|>|=)?\s*(?P<target>{NUM}(?:/{NUM})?)"
