@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import recorder, runctl
-from .events import CommandAck, RunState, StateChanged
+from .events import CommandAck, Log, RunState, StateChanged
 from .runctl import Command, Op
 
 POLL_S = 0.1
@@ -52,8 +52,11 @@ class Job:
     def _serve(self) -> None:
         while not self._done.wait(POLL_S):
             for cmd in self.inbox.take():
-                if isinstance(cmd, tuple):
-                    self._ack(cmd[0], "?", False, cmd[1])
+                if isinstance(cmd, runctl.Rejected):
+                    if cmd.id:
+                        self._ack(cmd.id, "?", False, cmd.problem)
+                    else:
+                        recorder.append(self.folder, Log(f"control channel: {cmd.problem}", "warning"))
                     continue
                 applied, message = self._apply(cmd)
                 self._ack(cmd.id, cmd.op.value, applied, message, cmd.sender)

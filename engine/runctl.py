@@ -16,7 +16,9 @@ import errno
 import fcntl
 import json
 import os
+import re
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -56,7 +58,13 @@ class Command:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Command":
-        return cls(Op(d["op"]), dict(d.get("updates") or {}), str(d.get("sender", "")), str(d["id"]),
+        """A command as a client wrote it; TypeError / ValueError for anything else (checked, never guessed)."""
+        if not isinstance(d, dict) or not isinstance(d.get("id"), str) or not isinstance(d.get("updates") or {}, dict):
+            raise TypeError("a command is an object with a string id and an object of updates")
+        updates = dict(d.get("updates") or {})
+        if len(updates) > 256 or not all(isinstance(k, str) for k in updates):
+            raise ValueError("updates: at most 256 dotted keys")
+        return cls(Op(d["op"]), updates, str(d.get("sender", ""))[:MAX_SENDER], d["id"][:32],
                    float(d.get("time", 0.0)))
 
 
@@ -183,33 +191,100 @@ class Follower:
         pass
 
 
+@dataclass(frozen=True)
+class Rejected:
+    """A file of control/ that is not a command this channel takes. ``id``: the command id its name carries
+    (a client may wait for an answer to it), "" for a file not named as a command at all."""
+    id: str
+    problem: str
+
+
+MAX_COMMAND_BYTES = 64 * 1024  # a command is a few hundred bytes; live edits of many keys stay far below this
+MAX_SENDER = 120
+COMMAND_NAME = re.compile(r"^(\d{1,20})-([0-9a-f]{12})\.json$")  # what ``send`` writes: <time_ns>-<id>.json
+REJECTED = "rejected"  # control/rejected/: files moved aside, never read again
+
+
 class Inbox:
-    """The trainer's end of control/: one file per command, taken in the order sent."""
+    """The trainer's end of control/: one file per command, taken in the order sent. Nothing in the folder is
+    trusted: only regular files named as ``send`` names them, of bounded size and depth, read without blocking
+    (a FIFO, a device, a directory or a symlink is never opened); anything else is moved to control/rejected/
+    and reported once as ``Rejected``."""
 
     def __init__(self, run_dir: Path | str):
         self.dir = Path(run_dir) / rundir.CONTROL
+        self._stuck: set[str] = set()  # rejected files that could not be moved aside: reported once
 
-    def _files(self) -> list[Path]:
+    def _entries(self) -> list[os.DirEntry]:
         try:
-            return sorted(p for p in self.dir.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
-        except FileNotFoundError:
+            with os.scandir(self.dir) as it:
+                return sorted((e for e in it if not e.name.startswith(".") and e.name not in (REJECTED, *self._stuck)),
+                              key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
             return []
 
     def clear(self, before: float) -> None:
-        for p in self._files():
-            if int(p.name.split("-", 1)[0]) < before * 1e9:
-                p.unlink(missing_ok=True)
+        """Drop the commands a dead owner left (sent before ``before``); other files wait for ``take``."""
+        for e in self._entries():
+            m = COMMAND_NAME.match(e.name)
+            if m and int(m.group(1)) < before * 1e9 and e.is_file(follow_symlinks=False):
+                Path(e.path).unlink(missing_ok=True)
 
-    def take(self) -> list[Command | tuple[str, str]]:
-        """Commands waiting, oldest first; an unreadable file comes back as (its id, the problem)."""
-        out: list[Command | tuple[str, str]] = []
-        for p in self._files():
+    def take(self) -> list[Command | Rejected]:
+        """Commands waiting, oldest first; a file that is not one comes back as Rejected (and is moved aside)."""
+        out: list[Command | Rejected] = []
+        for e in self._entries():
+            m = COMMAND_NAME.match(e.name)
+            if m is None:
+                out.append(self._reject(e, "", f"{e.name} is not a command file (commands are sent with "
+                                                "nanxi-tune ctl); moved to control/rejected/"))
+                continue
+            if not e.is_file(follow_symlinks=False):
+                out.append(self._reject(e, m.group(2), f"{e.name} is not a regular file; moved to control/rejected/"))
+                continue
             try:
-                out.append(Command.from_json(json.loads(p.read_text(encoding="utf-8"))))
-            except (OSError, ValueError, KeyError, TypeError) as err:
-                out.append((p.stem.split("-", 1)[-1], f"unreadable command {p.name}: {err}"))
-            p.unlink(missing_ok=True)
+                out.append(_read_command(Path(e.path)))
+            except _Unreadable as err:
+                out.append(Rejected(m.group(2), f"unreadable command {e.name}: {err}"))
+            Path(e.path).unlink(missing_ok=True)
         return out
+
+    def _reject(self, entry: os.DirEntry, id_: str, problem: str) -> Rejected:
+        aside = self.dir / REJECTED
+        try:
+            aside.mkdir(exist_ok=True)
+            os.replace(entry.path, aside / f"{time.time_ns()}-{entry.name}")
+        except OSError:  # cannot move it (permissions): left where it is, and not reported again
+            self._stuck.add(entry.name)
+            problem = problem.replace("moved to control/rejected/", "left in place (it cannot be moved)")
+        return Rejected(id_, problem)
+
+
+class _Unreadable(ValueError):
+    pass
+
+
+def _read_command(path: Path) -> Command:
+    """One command file: opened without following links or blocking, at most MAX_COMMAND_BYTES, depth-checked."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as err:
+        raise _Unreadable(err.strerror or str(err)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _Unreadable("not a regular file")
+        raw = os.read(fd, MAX_COMMAND_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_COMMAND_BYTES:
+        raise _Unreadable(f"too large (over {MAX_COMMAND_BYTES // 1024} KiB)")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+        return Command.from_json(data)
+    except RecursionError:
+        raise _Unreadable("nested too deep") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise _Unreadable(f"{type(err).__name__}: {err}") from None
 
 
 # --- the clients' side ----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir, runctl
-from .events import Callback, CommandAck, Error, Event, RunState, StateChanged, null_callback
+from .events import Callback, CommandAck, Error, Event, Log, RunState, StateChanged, null_callback
 from .runctl import Command, Op
 from .study import STUDY_KEYS, Study, StudyError, StudySpec, value_name
 from .study_results import best_row, next_window_of, rows
@@ -235,8 +235,9 @@ class StudyOwner:
     # --- control ----------------------------------------------------------------------------------------------------
     def _apply_commands(self) -> None:
         for cmd in self.inbox.take():
-            if isinstance(cmd, tuple):
-                self._emit(CommandAck(cmd[0], "?", False, self._done(), cmd[1]))
+            if isinstance(cmd, runctl.Rejected):
+                self._emit(CommandAck(cmd.id, "?", False, self._done(), cmd.problem) if cmd.id else
+                           Log(f"control channel: {cmd.problem}", "warning"))
                 continue
             try:
                 message = self._apply(cmd)

@@ -428,8 +428,9 @@ class Trainer:
     def _apply_commands(self) -> None:
         pending, self._deferred = self._deferred + self._take_commands(), []
         for cmd in pending:
-            if isinstance(cmd, tuple):  # an unreadable file: answered, never guessed at
-                self._emit(CommandAck(cmd[0], "?", False, self.step, cmd[1]))
+            if isinstance(cmd, runctl.Rejected):  # never guessed at: answered when a client may wait, else warned
+                self._emit(CommandAck(cmd.id, "?", False, self.step, cmd.problem) if cmd.id else
+                           Log(f"control channel: {cmd.problem}", "warning"))
                 continue
             try:
                 message, changes = self._apply(cmd)
