@@ -14,7 +14,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nanxi_tune.engine.exitcodes import ExitCode
 from nanxi_tune.cli.stopsignals import GUARD
 
-console = Console(stderr=True)
+class SteadyConsole(Console):
+    """A Console whose reader going away (``… | head``, a dropped terminal) silences it instead of ending the
+    command (Rich's default raises SystemExit(1), which would stop a training run)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        silence()
+
+
+console = SteadyConsole(stderr=True)
 
 
 def run_until_signalled(thread: threading.Thread, stop, say) -> None:
@@ -168,8 +177,6 @@ def _hms(seconds: float) -> str:
 def drive(make_trainer, run_dir: Path, args) -> int:
     """Run a trainer in a thread, the main thread showing progress and turning SIGINT / SIGTERM / SIGHUP into a
     stop request. Returns ExitCode.FINISHED, STOPPED or FAILED."""
-    import json
-    import sys
 
     from nanxi_tune.cli import launch
 
@@ -190,23 +197,54 @@ def drive(make_trainer, run_dir: Path, args) -> int:
     def say(name: str) -> None:
         view.say(f"[yellow]{name}: finishing the step, saving a checkpoint…")
 
-    with view:
-        if GUARD.installed:  # `nanxi-tune` installed it before torch loaded
-            GUARD.attach(trainer.request_stop, say)
-            try:
-                thread.start()
-                while thread.is_alive():
-                    thread.join(0.2)
-            finally:
-                GUARD.detach()
-                GUARD.restore()
-        else:
-            run_until_signalled(thread, trainer.request_stop, say)
+    try:
+        with view:
+            if GUARD.installed:  # `nanxi-tune` installed it before torch loaded
+                GUARD.attach(trainer.request_stop, say)
+                try:
+                    thread.start()
+                    while thread.is_alive():
+                        thread.join(0.2)
+                finally:
+                    GUARD.detach()
+                    GUARD.restore()
+            else:
+                run_until_signalled(thread, trainer.request_stop, say)
+    except OSError:  # the output went away (a closed pipe, a dead terminal): the run itself is what counts
+        silence()
+        while thread.is_alive():
+            thread.join(0.2)
     state = result.get("state", "failed")
     code = {"finished": ExitCode.FINISHED, "stopped": ExitCode.STOPPED}.get(state, ExitCode.FAILED)
     launch.finish()
     if quiet_rank:
         return launch.worker_exit(code)
+    try:
+        _report(mode, state, code, trainer, run_dir, outcome)
+    except OSError:
+        silence()
+    return launch.worker_exit(code)
+
+
+def silence() -> None:
+    """Our output is gone (``train … | head`` after head exited, a dropped terminal): send what is left to
+    /dev/null, so neither a later print nor the interpreter's last flush fails the command."""
+    import os
+    import sys
+
+    null = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(null, stream.fileno())
+        except (OSError, ValueError):
+            pass
+    os.close(null)
+
+
+def _report(mode: str, state: str, code: int, trainer, run_dir: Path, outcome: dict[str, str]) -> None:
+    import json
+    import sys
+
     if mode == "json":
         print(json.dumps({"kind": "exit", "state": state, "code": int(code), "step": trainer.step,
                           "run_dir": str(run_dir), "best_mAP": max(trainer.best_map, 0)}), file=sys.stdout,
@@ -218,4 +256,3 @@ def drive(make_trainer, run_dir: Path, args) -> int:
         console.print(f"stopped at step {trainer.step}. Resume with:  nanxi-tune resume {run_dir}", soft_wrap=True)
     else:
         console.print(f"finished: {run_dir} (best mAP {max(trainer.best_map, 0):.4f})", soft_wrap=True)
-    return launch.worker_exit(code)

@@ -104,6 +104,11 @@ def _main(argv: list[str] | None) -> int:
         return ExitCode.BAD_INPUT
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
+    except BrokenPipeError:  # `nanxi-tune ctl RUN status | head -1`: the reader had what it wanted
+        from nanxi_tune.cli.drive import silence
+
+        silence()
+        return ExitCode.FINISHED
     except Exception as err:  # noqa: BLE001 - the engine's own errors already say what to do: no traceback
         if type(err).__name__ in USER_ERRORS:
             print(f"nanxi-tune: {err}", file=sys.stderr)

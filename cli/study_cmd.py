@@ -8,9 +8,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from nanxi_tune.cli.drive import SteadyConsole
+
 from nanxi_tune.engine.exitcodes import ExitCode
 
-err = Console(stderr=True)
+err = SteadyConsole(stderr=True)
 
 
 def add_owner_arguments(parser) -> None:

@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+
+from nanxi_tune.cli.drive import SteadyConsole
 from rich.table import Table
 
-out = Console()
-err = Console(stderr=True)
+out = SteadyConsole()
+err = SteadyConsole(stderr=True)
 
 
 def add_parsers(sub) -> None:

@@ -129,7 +129,12 @@ class Trainer:
         if isinstance(event, (StepMetrics, EvalMetrics)):
             self.watcher.observe(line)
             self._lines_since_check += 1
-        self.callback(event)
+        try:
+            self.callback(event)
+        except Exception as err:  # noqa: BLE001 - output errors (a closed pipe, a dead terminal) never stop training
+            self.callback = null_callback
+            self._emit(Log(f"the run's listener failed ({type(err).__name__}: {err}); training goes on without it "
+                           "(the run folder keeps the whole record)", "warning"))
 
     def _diagnose(self) -> None:
         """The notes' rules over the history so far; new findings go out as Diagnosis events."""
