@@ -8,6 +8,7 @@ these files; readers are engine.rundir's.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -17,19 +18,49 @@ from . import rundir
 from .events import EvalMetrics, Event, StepMetrics, from_json
 
 
+class RecordError(OSError):
+    """The run's record could not be written (a full disk): names the file and what to do."""
+
+    def __init__(self, code: int | None, path: Path, cause: OSError):
+        full = code in (errno.ENOSPC, errno.EDQUOT)
+        what = f"no space left on the disk of {path}" if full else f"could not write {path} ({cause.strerror or cause})"
+        super().__init__(code, what)
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 class _JsonlWriter:
-    """Append-only JSON lines, flushed per line."""
+    """Append-only JSON lines, one write() a line with no buffer in between: a killed process loses at most the
+    line in flight, and a failed write (a full disk) leaves nothing queued to land later."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, obj: dict[str, Any]) -> None:
-        self._f.write(json.dumps(obj, allow_nan=True) + "\n")
-        self._f.flush()
+        data = (json.dumps(obj, allow_nan=True) + "\n").encode("utf-8")
+        try:
+            while data:
+                data = data[os.write(self._fd, data):]
+        except OSError as err:  # a full disk: drop the half line, say which file and what to do
+            self._drop_torn_tail()
+            raise RecordError(err.errno, self.path, err) from None
+
+    def _drop_torn_tail(self) -> None:
+        """After a failed write: cut the file back to its last whole line (a resume would drop it anyway)."""
+        try:
+            raw = self.path.read_bytes()
+            if raw and not raw.endswith(b"\n"):
+                os.truncate(self.path, raw.rfind(b"\n") + 1)
+        except OSError:
+            pass
 
     def close(self) -> None:
-        self._f.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def _file_of(event: Event) -> str:

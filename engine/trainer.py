@@ -21,7 +21,7 @@ from torch.optim.swa_utils import AveragedModel
 from . import checkpoint as ckpt_io
 from . import config as C
 from . import journal, rundir, runctl
-from .recorder import Recorder
+from .recorder import Recorder, RecordError
 from .device import StopRun, memory_mib, pick_device
 from .diagnostics import lower_lr
 from .data import DataError, EpochSampler, eval_dataset, eval_indices, make_loader, train_dataset
@@ -92,6 +92,8 @@ class Trainer:
         self.owner = owner  # taken in run() unless resume() already holds it
         self.inbox = runctl.Inbox(self.run_dir)
         self._deferred: list[Command] = []  # commands met during an evaluation, applied after it
+        self._saved_step = 0  # the step of the newest checkpoint on disk (an emergency save skips when no newer)
+        self._emergency_reason = ""
 
     # --- commands in: in-process requests (signals; thread-safe) and the control channel ----------------
     def request_stop(self) -> None:
@@ -209,15 +211,18 @@ class Trainer:
             if "Original Traceback" in msg:  # re-raised from a loader worker: keep the worker's own message
                 msg = msg.rstrip().rsplit("DataError: ", 1)[-1]
             self._fail(msg, "fix the data as the message says (or set data.skip_bad = true to skip bad items "
-                       "with a warning), then start the run again")
+                       "with a warning), then resume" + self._emergency(msg))
+        except RecordError as err:  # a full disk under the record: the weights in memory first
+            self._fail(str(err), "free disk space, then resume" + self._emergency(str(err)))
         except torch.OutOfMemoryError:
-            self._fail("out of memory", self._oom_hint())
+            self._fail("out of memory", self._oom_hint() + self._emergency("out of memory"))
         except Exception as err:  # noqa: BLE001 - a run must end with a recorded reason, whatever broke
             if "can't allocate memory" in str(err) or isinstance(err, MemoryError):
-                self._fail("out of memory", self._oom_hint())
+                self._fail("out of memory", self._oom_hint() + self._emergency("out of memory"))
             else:
-                self._fail(f"{type(err).__name__}: {err}", "see the traceback in events.jsonl; "
-                           "fix the cause and resume from the last checkpoint")
+                what = f"{type(err).__name__}: {err}"
+                self._fail(what, "see the traceback in events.jsonl; fix the cause and resume from the last "
+                           "checkpoint" + self._emergency(what))
                 import traceback
 
                 if self._record is not None:  # the record only: listeners had the Error
@@ -230,6 +235,23 @@ class Trainer:
                     pass
                 self._record.close()
         return self.state
+
+    def _emergency(self, reason: str) -> str:
+        """A failure mid-run: save the weights in memory as last.pt (marked ``emergency`` with the reason) when they
+        are newer than the last checkpoint and finite, so nothing since is lost. Returns what to tell the user."""
+        if self.dist.active or getattr(self, "optimizer", None) is None or self.step <= self._saved_step:
+            return ""
+        with torch.no_grad():
+            if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                return " (the weights in memory are not finite: not saved)"
+        self._emergency_reason = reason
+        try:
+            self._write_checkpoint(ring=False)
+        except (StopRun, OSError) as err:
+            return f" (an emergency checkpoint could not be written: {str(err).split('. ')[0]})"
+        finally:
+            self._emergency_reason = ""
+        return f"; an emergency checkpoint at step {self.step} holds the weights in memory (resume continues from it)"
 
     def _fail(self, error: str, hint: str) -> None:
         if error == "checkpoint" and hint:  # a CheckpointError's message names the file and why: it is the error
@@ -572,6 +594,7 @@ class Trainer:
             "last_eval_step": getattr(self, "_last_eval_step", -1),
             "rng": ckpt_io.rng_state(),
             "world_size": self.dist.world,
+            "emergency": self._emergency_reason,  # "" for an ordinary checkpoint, else the failure it outlived
         }
 
     def _save(self, ring: bool = False) -> None:
@@ -623,6 +646,7 @@ class Trainer:
                     else f"could not write {path} ({err.strerror or err})")
             then = "Free disk space, then resume" + ("" if prev is not None else " (it starts again from step 0)")
             raise StopRun(f"{what}; {intact}. {then}") from None
+        self._saved_step = self.step
         self._emit(CheckpointSaved(str(path), self.step, self.step // self.steps_per_epoch, False))
 
     def _save_best(self) -> None:
@@ -646,6 +670,7 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
+        self._saved_step = self.step
         self.best_map = float(state["best_map"])
         self._last_eval_step = int(state.get("last_eval_step", -1))
         saved_step, saved_world = self.step, int(state.get("world_size", 1))

@@ -1,0 +1,78 @@
+"""Nothing lost on a failure path (issue 22): a full disk while writing the record fails the run with a message
+naming the file, after a checkpoint of the weights in memory; any other failure mid-run saves an emergency
+checkpoint (marked as such) that resume continues from."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from nanxi_tune.engine import checkpoint as ck
+from nanxi_tune.engine import recorder, rundir
+from nanxi_tune.engine.trainer import Trainer
+
+from conftest import tiny
+
+CFG = {"train.epochs": 50, "eval.interval": 100, "train.log_every": 1}
+
+
+def test_a_full_disk_while_writing_metrics_says_so_and_keeps_the_weights(tmp_path, monkeypatch, one_thread):
+    real, os_write = recorder._JsonlWriter.write, os.write
+    seen = {"n": 0}
+
+    def write(self, obj):
+        if self.path.name == rundir.METRICS:
+            seen["n"] += 1
+            if seen["n"] == 7:  # the disk fills in the middle of this line: half of it lands, then ENOSPC
+                def full(fd, data):
+                    if fd != self._fd:
+                        return os_write(fd, data)
+                    os_write(fd, data[:12])
+                    raise OSError(errno.ENOSPC, "No space left on device")
+
+                monkeypatch.setattr(os, "write", full)
+                try:
+                    return real(self, obj)
+                finally:
+                    monkeypatch.setattr(os, "write", os_write)
+        return real(self, obj)
+
+    monkeypatch.setattr(recorder._JsonlWriter, "write", write)
+    events = []
+    run = tmp_path / "r"
+    assert Trainer(tiny(**CFG), run, events.append).run() == "failed"
+    err = next(e for e in events if e.kind == "error")
+    assert f"no space left on the disk of {run / rundir.METRICS}" in err.error, err.error
+    assert "Traceback" not in err.error and "free disk space" in err.hint
+    assert ck.load(rundir.last_checkpoint(run))["step"] == 7  # the weights of step 7 were saved
+    monkeypatch.undo()
+    t = Trainer.resume(run, max_steps=9)
+    assert t.run() == "stopped"
+    steps = [m["step"] for m in rundir.read_metrics(run) if m.get("split") == "train"]
+    # the line the disk filled under is gone (and its torn half with it); the weights of that step are not
+    assert steps == [1, 2, 3, 4, 5, 6, 8, 9]
+
+
+def test_an_unexpected_failure_mid_run_saves_an_emergency_checkpoint(tmp_path, monkeypatch, one_thread):
+    import nanxi_tune.engine.trainer as T
+
+    real = T.build_targets
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            raise KeyError("a bug in a new target encoder")
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "build_targets", flaky)
+    run = tmp_path / "r"
+    assert Trainer(tiny(**CFG), run).run() == "failed"
+    state = ck.load(rundir.last_checkpoint(run))
+    assert state["step"] == 11 and "KeyError" in state["emergency"]
+    err = next(e for e in rundir.read_events(run) if e.get("kind") == "error")
+    assert "emergency checkpoint at step 11" in err["hint"]
+    monkeypatch.undo()
+    assert Trainer.resume(run, max_steps=13).run() == "stopped"
