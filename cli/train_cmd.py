@@ -87,6 +87,12 @@ def train(args) -> int:
     given = Path(args.run_dir) if args.run_dir else None
     run_dir, made = None, False
     if launch.rank() == 0:  # a torchrun worker of another rank gets rank 0's folder (launch.shared)
+        from nanxi_tune.engine import runctl
+
+        st = runctl.status(given) if given is not None else None
+        if st is not None and st.alive:  # a live trainer owns it: attach instead (exit 4, as the README says)
+            console.print(f"[red]nanxi-tune: {runctl.RunBusy(given, st.owner)}", soft_wrap=True)
+            return ExitCode.BUSY
         if given is not None and ((given / rundir.METRICS).exists() or (given / rundir.CONFIG).exists()):
             console.print(f"[red]nanxi-tune: {given} already holds a run; continue it with  nanxi-tune resume "
                           f"{given}  or pick another --run-dir", soft_wrap=True)  # the others: run_dir None

@@ -76,3 +76,24 @@ def test_an_unexpected_failure_mid_run_saves_an_emergency_checkpoint(tmp_path, m
     assert "emergency checkpoint at step 11" in err["hint"]
     monkeypatch.undo()
     assert Trainer.resume(run, max_steps=13).run() == "stopped"
+
+
+def test_a_folder_killed_before_its_config_is_trained_again_and_a_live_one_is_busy(tmp_path):
+    """A kill between the folder's creation and its config.toml leaves owner files only: `train --run-dir` takes
+    it (it is not "already a run"); a folder a live trainer owns answers 4 (busy), not 2."""
+    from nanxi_tune.cli import main as cli
+    from nanxi_tune.engine import runctl
+    from conftest import TINY
+
+    sets = [f"{k}={v}" for k, v in TINY.items()]
+    half = tmp_path / "half"
+    runctl.RunOwner.acquire(half).release()  # what the killed start left: owner.lock, owner.json
+    assert not (half / rundir.CONFIG).exists()
+    assert cli.main(["train", "--preset", "demo", "--run-dir", str(half), "--max-steps", "1", "--quiet",
+                     "--set", *sets]) == 3
+    assert (half / rundir.CONFIG).exists() and rundir.last_checkpoint(half).exists()
+    owner = runctl.RunOwner.acquire(half)  # a live trainer holds it now
+    try:
+        assert cli.main(["train", "--preset", "demo", "--run-dir", str(half), "--quiet", "--set", *sets]) == 4
+    finally:
+        owner.release()
