@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -159,12 +160,18 @@ class CocoDetection(torch.utils.data.Dataset):
                                 "e.g. {\"id\": 1, \"name\": \"cell\"}; fix the annotations file")
             cat_set.add(c["id"])
         imgs = {}
-        for im in images:
+        for i, im in enumerate(images, 1):
+            if not isinstance(im, dict):
+                raise DataError(f"{f}: image entry #{i} is not an object ({im!r:.80}); every image is "
+                                "{\"id\": …, \"file_name\": …, \"width\": …, \"height\": …}; fix the annotations file")
             if "id" not in im or "file_name" not in im:
                 raise DataError(f"{f}: an image entry lacks id or file_name ({im!r:.80}); fix the annotations file")
             imgs[im["id"]] = im
         kept = []
-        for a in anns:
+        for i, a in enumerate(anns, 1):
+            if not isinstance(a, dict):
+                self._bad(f"annotation #{i} is not an object ({a!r:.80})")
+                continue
             aid, iid = a.get("id"), a.get("image_id")
             where = f"annotation {aid} (image {iid})"
             bbox = a.get("bbox")
@@ -182,6 +189,9 @@ class CocoDetection(torch.utils.data.Dataset):
                 x, y, w, h = (float(v) for v in bbox)
             except (TypeError, ValueError):
                 self._bad(f"{where} has a non-numeric bbox {bbox!r:.80} (expected 4 numbers [x, y, w, h])")
+                continue
+            if not all(math.isfinite(v) for v in (x, y, w, h)):
+                self._bad(f"{where} has a box with a non-finite number {list(bbox)}")
                 continue
             if not (w > 0 and h > 0):
                 self._bad(f"{where} has a zero or negative size box {list(bbox)}")

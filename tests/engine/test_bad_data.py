@@ -60,6 +60,10 @@ def make_set(root: Path, fault: str) -> tuple[Path, Path]:
         anns[4]["bbox"] = [60, 40, 30, 30]
     elif fault == "unknown_category":
         anns[4]["category_id"] = 99
+    elif fault == "nan_box":  # json writes NaN and reads it back: a box that passed every comparison
+        anns[4]["bbox"] = [float("nan"), 6, 20, 16]
+    elif fault == "annotation_not_an_object":
+        anns[4] = "oops"
     if fault == "empty_annotations":
         train_json.write_text("")
     else:
@@ -75,7 +79,7 @@ def cfg_for(folder: Path, **updates):
 
 
 IMAGE_FAULTS = ["truncated_jpeg", "not_an_image", "missing_image"]
-ANN_FAULTS = ["zero_size_box", "box_outside", "unknown_category"]
+ANN_FAULTS = ["zero_size_box", "box_outside", "unknown_category", "nan_box", "annotation_not_an_object"]
 
 
 def run(tmp_path, fault, **updates):
@@ -168,3 +172,14 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
         assert resumed.run() == "stopped" and resumed.step == 6
         steps = [m["step"] for m in rundir.read_metrics(run_dir) if m.get("split") == "train"]
         assert steps == list(range(1, 7))
+
+
+def test_an_image_entry_that_is_not_an_object_names_the_file_and_the_item(tmp_path):
+    folder, named = make_set(tmp_path / "data", "none")
+    data = json.loads(named.read_text())
+    data["images"].insert(3, 7)
+    named.write_text(json.dumps(data))
+    events = []
+    assert Trainer(cfg_for(folder), tmp_path / "run", events.append).run() == "failed"
+    (err,) = [e for e in events if e.kind == "error"]
+    assert str(named) in err.error and "image entry #4" in err.error and "AttributeError" not in err.error
