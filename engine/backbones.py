@@ -156,5 +156,10 @@ def load_weights(module: nn.Module, spec: str, name: str, prefix: str) -> str:
         raise WeightsError(f"{source}: does not fit backbone.name = {name!r}: first mismatching layer {key!r} "
                            f"({why}; {len(bad)} of {len(own)} layers differ); " + _fix(name)
                            + f", or set backbone.name to the model the file was saved from")
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:  # NaN weights would train into a NaN loss that reads like an lr too large
+        raise WeightsError(f"{source}: layer {nonfinite[0]!r} holds values that are not finite (NaN or inf; "
+                           f"{len(nonfinite)} layer(s) in all): the file is damaged or was saved from a diverged run; "
+                           "use another file, or backbone.weights = \"\" to start from random weights")
     module.load_state_dict(state)
     return source

@@ -94,6 +94,17 @@ def test_mismatched_weights_name_the_file_and_layer(tmp_path):
         build_model(cfg_of(backbone__name="resnet18", backbone__weights=str(path)), 3)
 
 
+def test_weights_with_nan_name_the_file_and_layer(tmp_path):
+    """Backbone weights full of NaN used to train into a NaN loss diagnosed as "lr too large" (issue 22)."""
+    path = tmp_path / "r18.pt"
+    state = build_model(cfg_of(backbone__name="resnet18"), 3).backbone.net.state_dict()
+    state["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, path)
+    with pytest.raises(WeightsError) as err:
+        build_model(cfg_of(backbone__name="resnet18", backbone__weights=str(path)), 3)
+    assert str(path) in str(err.value) and "'layer2.0.conv1.weight'" in str(err.value) and "not finite" in str(err.value)
+
+
 def test_missing_or_unreadable_weights_file(tmp_path):
     with pytest.raises(WeightsError, match=r"nope\.pth: backbone\.weights file not found"):
         build_model(cfg_of(backbone__name="resnet18", backbone__weights=str(tmp_path / "nope.pth")), 3)
