@@ -347,7 +347,7 @@ def spawn_detached(folder: Path | str, workers: int | None = None, devices: str 
     """The study's owner as its own process in a new session (``nanxi-tune resume FOLDER``): no terminal, so a
     closed TUI or a dropped SSH session never stops it. Its output goes to the folder's stdout.log."""
     folder = Path(folder)
-    argv = [sys.executable, "-m", "nanxi_tune.cli", "resume", str(folder), "--quiet"]
+    argv = [sys.executable, "-m", "nanxi_tune.cli", "resume", str(folder)]  # its progress lines: stdout.log
     if workers:
         argv += ["--workers", str(workers)]
     if devices:

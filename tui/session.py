@@ -102,7 +102,8 @@ class RunSession:
         """The command line of a detached start of ``cfg``: the config goes as a file beside the run folder."""
         run_dir.mkdir(parents=True, exist_ok=True)
         start = C.save(cfg, run_dir / "start.toml")
-        return ["train", "--preset", str(start), "--run-dir", str(run_dir), "--quiet"]
+        # plain progress lines (stdout.log is not a terminal): a log to `tail -f` after reconnecting
+        return ["train", "--preset", str(start), "--run-dir", str(run_dir)]
 
     # --- what the app asks ---------------------------------------------------------------------------
     @property
