@@ -74,6 +74,9 @@ class _Rich:
     def say(self, text: str) -> None:
         self.progress.console.print(text)
 
+    def begin(self, run_dir: Path) -> None:
+        self.say(f"run folder: {run_dir}")
+
     def __call__(self, e) -> None:
         kind = e.kind
         if kind == "step":
@@ -106,6 +109,11 @@ class _Plain:
 
     def __exit__(self, *exc):
         return False
+
+    def begin(self, run_dir: Path) -> None:
+        """The first line names the run folder (quiet: its one line, the outcome, names it)."""
+        if not self.quiet:
+            self.say(f"run folder: {run_dir} (resume: nanxi-tune resume {run_dir})")
 
     def say(self, text: str) -> None:
         import re
@@ -157,6 +165,12 @@ class _Plain:
 class _Json(_Plain):
     """JSON Lines on stdout, one per event (events.jsonl's form), for machines; human messages stay on stderr."""
 
+    def begin(self, run_dir: Path) -> None:
+        import json
+        import sys
+
+        print(json.dumps({"kind": "run", "run_dir": str(run_dir)}), file=sys.stdout, flush=True)
+
     def __call__(self, e) -> None:
         import json
         import sys
@@ -190,6 +204,10 @@ def drive(make_trainer, run_dir: Path, args) -> int:
             outcome["error"] = f"{e.error}\n  → {e.hint}"
         view(e)
 
+    try:
+        view.begin(run_dir)
+    except OSError:
+        silence()
     trainer = make_trainer(on_event)
     result: dict[str, str] = {}
     thread = threading.Thread(target=lambda: result.setdefault("state", trainer.run()), name="trainer")

@@ -95,6 +95,7 @@ def test_piped_output_is_plain_lines_at_steps_evals_and_states(tmp_path):
                  "eval.interval=1"])
     assert r.returncode == ExitCode.FINISHED, r.stderr[-2000:]
     lines = r.stderr.splitlines()
+    assert lines[0].endswith(f"run folder: {run} (resume: nanxi-tune resume {run})"), lines[0]  # issue 22
     steps = [ln for ln in lines if " step " in f" {ln.split(' ', 1)[1]}" and "/8" in ln]
     assert [ln.split()[2] for ln in steps] == ["1/8", "3/8", "5/8", "7/8", "8/8"], lines
     for key in ("epoch", "loss", "map", "offset", "shape", "lr", "img/s", "ETA"):
@@ -110,6 +111,7 @@ def test_json_lines_on_stdout(tmp_path):
     r = run_cli(["train", "--json", "--run-dir", str(run), "--max-steps", "3", "--set", *SETS])
     assert r.returncode == ExitCode.STOPPED, r.stderr[-2000:]
     objs = [json.loads(ln) for ln in r.stdout.splitlines()]
+    assert objs[0] == {"kind": "run", "run_dir": str(run)}  # the first line names the run folder (issue 22)
     kinds = [o["kind"] for o in objs]
     assert kinds.count("step") == 3 and "state" in kinds and "checkpoint" in kinds
     assert objs[-1] == {"kind": "exit", "state": "stopped", "code": 3, "step": 3, "run_dir": str(run),
