@@ -62,14 +62,24 @@ def render(run_dir: Path) -> str:
         lines += ["", "## Diagnoses", ""]
         lines += [f"- [{e['severity']}] `{e['rule']}` (§{e['section']}) at step {e['step']}: {e['message']}"
                   for e in findings]
-    stops = [e for e in events if e.get("kind") in ("state", "error") and e.get("state") != "running"]
-    if stops:
+    moments = [e for e in events if e.get("kind") == "error" or (e.get("kind") == "state" and (
+        e.get("state") != "running" or e.get("message") in ("started", "resumed", "continued")))]
+    if moments:
         lines += ["", "## Timeline", ""]
-        for e in stops:
+        for e in moments:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("time", 0)))
-            what = e.get("state") or f"error: {e.get('error')}"
-            lines.append(f"- {when} step {e.get('step', '?')}: {what} {e.get('message', '')}".rstrip())
+            lines.append(f"- {when} step {e.get('step', '?')}: {_moment(e)}")
     return "\n".join(lines) + "\n"
+
+
+def _moment(e: dict) -> str:
+    """"stopped by request; …", "resumed", "finished: best mAP …", "error: …": the state said once."""
+    if e.get("kind") == "error":
+        return f"error: {e.get('error')}"
+    state, message = str(e.get("state")), str(e.get("message") or "")
+    if state == "running" or message.split(" ")[0] == state:
+        return message
+    return f"{state}: {message}" if message else state
 
 
 def write(run_dir: Path) -> Path:

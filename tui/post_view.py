@@ -2,7 +2,7 @@
 
 ``app.push_screen(TunePostScreen(run_dir))``: F5 runs the best checkpoint once over the val data and
 decodes the grid nms_iou × score_threshold × top_k from the cached outputs; the table shows the best
-rows and the run's own values; F7 / a writes the best into the run's config.toml (or ``target``) and
+rows and the run's own values; F8 / a writes the best into the run's config.toml (or ``target``) and
 posts ``ConfigApplied``. Torch loads only in the worker thread.
 """
 
@@ -24,7 +24,7 @@ from nanxi_tune.tui.sweep_view import ConfigApplied
 class TunePostScreen(Screen):
     BINDINGS = [
         Binding("f5", "tune", "Search", tooltip="Run the network once, then search the post-processing grid"),
-        Binding("f7", "apply", "Apply best", tooltip="Write the best values into the run's config"),
+        Binding("f8", "apply", "Apply best", tooltip="Write the best values into the run's config"),
         Binding("a", "apply", "Apply best", show=False),
         Binding("escape", "close", "Close"),
     ]
@@ -100,7 +100,7 @@ class TunePostScreen(Screen):
                           str(r["postprocess.top_k"]), f"{r['mAP']:.4f}", f"{r['AP50']:.4f}", str(r["detections"]),
                           tag)
         self._status(f"best {fmt_point(res.best)}: mAP {res.best['mAP']:.4f} vs defaults "
-                     f"{res.default['mAP']:.4f} ({len(res.rows)} points) — F7 applies")
+                     f"{res.default['mAP']:.4f} ({len(res.rows)} points) — F8 applies")
 
     def action_apply(self) -> None:
         from nanxi_tune.engine import tune_post as TP

@@ -42,7 +42,9 @@ class ScheduleScreen(Screen):
     BINDINGS = [
         Binding("enter", "do", "Do step", priority=False),
         Binding("f5", "do", "Do step", show=False),
-        Binding("f7", "apply", "Apply result", tooltip="Apply the stats / autobatch result to the config"),
+        # F8 applies, as on the sweep screen; F7 is Stop everywhere
+        Binding("f8", "apply", "Apply result", tooltip="Apply the stats / autobatch result to the config"),
+        Binding("a", "apply", "Apply result", show=False),
         Binding("r", "refresh", "Refresh"),
         Binding("escape", "close", "Close"),
     ]
@@ -150,7 +152,7 @@ class ScheduleScreen(Screen):
                 st = ST.compute(self.cfg, self.stats_samples)
                 new = ST.apply(self.cfg, st)
                 msg = (f"mean {list(new.normalize.mean)}, std {list(new.normalize.std)} over {st.samples} augmented "
-                       "samples — F7 applies")
+                       "samples — F8 applies")
                 upd = {"normalize.mean": new.normalize.mean, "normalize.std": new.normalize.std,
                        "normalize.source": "computed"}
             else:
@@ -159,7 +161,7 @@ class ScheduleScreen(Screen):
                 r = AB.find_batch(self.cfg, cap_gb=self.autobatch_cap_gb)
                 new = AB.apply(self.cfg, r)
                 msg = (f"data.batch_size = {r.batch_size} ({r.method}, limited by {r.limited_by}); lr {r.lr:.4g} — "
-                       f"F7 applies\n{r.detail}")
+                       f"F8 applies\n{r.detail}")
                 upd = {"data.batch_size": r.batch_size}
             self.proposal = (new, action, upd)
         except Exception as err:  # noqa: BLE001

@@ -57,3 +57,22 @@ def test_records_survive_a_broken_folder(tmp_path):
     (bad / rundir.CONFIG).write_text("not = [toml")
     recs = journal.records(tmp_path)
     assert recs[0]["name"] == "bad" and "unreadable" in journal.render_records(recs)
+
+
+def test_the_timeline_tells_starts_pauses_continues_stops_and_resumes(tmp_path):
+    """Issue 22: the timeline left out continue and resume and printed "stopped stopped by request"."""
+    from nanxi_tune.engine import journal as J
+    from nanxi_tune.engine import recorder
+    from nanxi_tune.engine.events import RunState, StateChanged
+
+    run = tmp_path / "r"
+    run.mkdir()
+    C.save(tiny(), run / rundir.CONFIG)
+    recorder.append(run, *(StateChanged(s, n, m) for s, n, m in (
+        (RunState.RUNNING, 0, "started"), (RunState.PAUSED, 5, ""), (RunState.RUNNING, 5, "continued"),
+        (RunState.STOPPING, 9, ""), (RunState.STOPPED, 9, "stopped by request; resume to continue"),
+        (RunState.RUNNING, 9, "resumed"), (RunState.FINISHED, 20, "best mAP 0.5000"))))
+    timeline = J.render(run).split("## Timeline")[1]
+    lines = [ln.split(": ", 1)[1] for ln in timeline.strip().splitlines()]
+    assert lines == ["started", "paused", "continued", "stopping", "stopped by request; resume to continue",
+                     "resumed", "finished: best mAP 0.5000"], lines

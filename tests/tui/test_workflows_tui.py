@@ -139,7 +139,7 @@ def test_pilot_drives_an_nms_tuning(trained):
             res = screen.result
             assert res.best["mAP"] >= res.default["mAP"]
             assert "vs defaults" in str(screen.query_one("#post-status").render())
-            await pilot.press("f7")
+            await pilot.press("f8")
             await pilot.pause()
             assert app.applied and set(app.applied[-1].updates) == {"postprocess.nms_iou",
                                                                     "postprocess.score_threshold", "postprocess.top_k"}
@@ -183,14 +183,14 @@ def test_schedule_walks_the_rounds_and_links_actions(trained, tmp_path):
             table.move_cursor(row=ids.index("normalize"))
             await pilot.press("enter")
             await wait_for(pilot, lambda: not screen.busy and screen.proposal is not None, timeout=60)
-            await pilot.press("f7")
+            await pilot.press("f8")
             await pilot.pause()
             assert screen.cfg.normalize.source == "computed"
             # autobatch
             table.move_cursor(row=ids.index("batch"))
             await pilot.press("enter")
             await wait_for(pilot, lambda: not screen.busy and screen.proposal is not None, timeout=60)
-            await pilot.press("f7")
+            await pilot.press("f8")
             await pilot.pause()
             assert app.applied[-1].source == "autobatch" and screen.cfg.data.batch_size >= 1
             # after training: NMS on the newest trained run
