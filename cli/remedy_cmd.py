@@ -116,8 +116,11 @@ def remedy(args) -> int:
         print(f"{run_dir.name}: {finding['rule']} dismissed")
         return ExitCode.FINISHED
     if not R.applicable(finding):
+        rem = finding.get("remedy") or {}
         _say(f"nanxi-tune remedy: {finding['rule']} has no config change to apply: "
-             f"{(finding.get('remedy') or {}).get('text') or finding.get('message')}")
+             f"{rem.get('text') or finding.get('message')}")
+        if rem.get("command"):  # a workflow does it: say which (issue 22)
+            _say(f"  do it with:  {rem['command'].format(run=run_dir)}")
         return ExitCode.FAILED
     if args.dry_run:
         plan = R.plan(run_dir, finding, args.from_scratch, args.trial_steps)

@@ -77,8 +77,14 @@ class Finding:
         return asdict(self)
 
 
-def remedy(set_: dict[str, Any] | None = None, resume_from_step: int | None = None, text: str = "") -> dict:
-    return {"set": dict(set_ or {}), "resume_from_step": resume_from_step, "text": text}
+def remedy(set_: dict[str, Any] | None = None, resume_from_step: int | None = None, text: str = "",
+           command: str = "") -> dict:
+    """What a finding proposes: config changes (``set``), where a child starts, in words, and for a remedy that is a
+    workflow rather than a config change the command that does it (``{run}``: the run folder)."""
+    out = {"set": dict(set_ or {}), "resume_from_step": resume_from_step, "text": text}
+    if command:
+        out["command"] = command
+    return out
 
 
 # --- robust statistics -------------------------------------------------------------------------

@@ -291,8 +291,8 @@ def shape_loss_stuck(cfg, h, stats):
 # --- the notes' rules: configuration -------------------------------------------------------------
 
 def _config_finding(rule_id: str, severity: str, section: str, message: str, evidence: dict, set_: dict,
-                    text: str, h: History) -> Finding:
-    return Finding(rule_id, severity, section, message, evidence, remedy(set_, None, text), _step(h))
+                    text: str, h: History, command: str = "") -> Finding:
+    return Finding(rule_id, severity, section, message, evidence, remedy(set_, None, text, command), _step(h))
 
 
 @rule("warmup-enabled", "10.2.1.1")
@@ -383,7 +383,9 @@ def stale_normalization(cfg, h, stats):
         "them after augmentation (mean&std在样本增广之后进行计算), which speeds up convergence.",
         {"normalize.source": cfg.normalize.source, "mean": list(cfg.normalize.mean), "std": list(cfg.normalize.std)},
         {}, "compute per-channel mean/std over augmented training samples, set normalize.mean/std and "
-        "normalize.source = computed, then start a new run", h)
+        "normalize.source = computed, then start a new run (TUI: Alt+M)", h,
+        "nanxi-tune stats --preset {run}/config.toml --save {run}-normalized.toml, then "
+        "nanxi-tune train --preset {run}-normalized.toml")
 
 
 @rule("loss-scale-with-adam", "14.1")

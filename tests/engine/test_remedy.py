@@ -184,6 +184,11 @@ def test_remedy_cli(tmp_path, rewind_rule, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p", "twin"]  # a dry run writes nothing
     assert main(["remedy", str(parent), "no-such-rule"]) == 2
     assert main(["remedy", str(parent), "val-plateau"]) == 1  # a real rule with no open finding here
+    capsys.readouterr()
+    # an info finding whose remedy is a workflow, not a config change: the command that does it (issue 22)
+    assert main(["remedy", str(parent), "stale-normalization"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"do it with: nanxi-tune stats --preset {parent}/config.toml --save {parent}-normalized.toml" in err, err
 
     # the default: apply the most severe open finding, prove the lr, train the child to the planned end
     assert main(["remedy", str(parent), "--quiet", "--trial-steps", "2"]) == 0
