@@ -84,6 +84,8 @@ def _status(run_dir: Path, as_json: bool) -> int:
         line += f" ({st.owner.describe()}; heartbeat {time.time() - st.owner.heartbeat:.1f} s ago)"
     elif st.state == runctl.RunState.DEAD:
         line += f": its process went away without a stop; resume it with: nanxi-tune resume {run_dir}"
+        if not rundir.last_checkpoint(run_dir).exists():  # nothing to resume from: say what resume will do
+            line += " (it saved no checkpoint: resume starts it again from step 0)"
     if info.best_map is not None:
         line += f"; best mAP {info.best_map:.4f}"
     print(line)

@@ -107,3 +107,19 @@ def test_two_resumes_of_one_run_and_a_killed_owner(tmp_path):
     assert third.returncode == 3, third.stderr
     got = steps(run)
     assert got == sorted(set(got)) and got[-1] == 8  # each step once
+
+
+def test_status_of_a_run_dead_before_its_first_checkpoint_says_resume_starts_over(tmp_path):
+    """Issue 22: "dead at step 64" and a resume from step 0 without a word."""
+    from nanxi_tune.engine import config as C
+    from nanxi_tune.engine import recorder
+    from nanxi_tune.engine.events import RunState, StateChanged
+    from conftest import tiny
+
+    run = tmp_path / "r"
+    run.mkdir()
+    C.save(tiny(), run / rundir.CONFIG)
+    recorder.append(run, StateChanged(RunState.RUNNING, 0, "started"))
+    r = ctl(run, "status")
+    assert r.returncode == 0 and "dead" in r.stdout
+    assert "it saved no checkpoint: resume starts it again from step 0" in " ".join(r.stdout.split()), r.stdout
