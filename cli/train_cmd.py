@@ -84,6 +84,9 @@ def train(args) -> int:
         cfg = C.with_updates(cfg, C.parse_sets(args.sets))
     if _by_config(args, cfg):  # train.devices above 1: through torchrun, as --nproc-per-node would
         return launch.launch(args, "train")
+    from nanxi_tune.engine import datapaths
+
+    datapaths.check(cfg)  # a missing data path is refused before a run folder is made (DataError: exit 1)
     given = Path(args.run_dir) if args.run_dir else None
     run_dir, made = None, False
     if launch.rank() == 0:  # a torchrun worker of another rank gets rank 0's folder (launch.shared)

@@ -27,20 +27,16 @@ import torch
 import torch.nn.functional as TF
 from PIL import Image, UnidentifiedImageError
 
+from .datapaths import DataError, locate  # noqa: F401 - DataError: the data's error, raised here too
 from .synthetic import ensure_synthetic
 
 BOX_TOLERANCE = 1.0  # px a box may overshoot the image edge (then clipped) before it counts as outside
 
 
-class DataError(Exception):
-    """A data problem; the message names the file (and item) and what to do."""
-
-
-# --- locating data ----------------------------------------------------------------------------
+# --- locating data ---------------------------------------------------------------------------
 
 def resolve(spec: str, split: str, cfg) -> tuple[Path, Path]:
     """(images_dir, ann_json) for data.train / data.val: ``synthetic``, a COCO folder or an instances JSON."""
-    key = f"data.{split}" if split in ("train", "val") else "data.train / data.val"
     if spec == "synthetic":
         d = cfg.data
         large = d.synthetic_objects == "large"
@@ -49,31 +45,7 @@ def resolve(spec: str, split: str, cfg) -> tuple[Path, Path]:
                                     "large" if large else "same")
         return ensure_synthetic(split, d.synthetic_val, d.synthetic_seed, cfg.preprocess.input_size,
                                 "large" if large else d.synthetic_val_style)
-    path = Path(spec).expanduser()
-    fix = f"set {key} to a COCO folder (images/ + annotations/instances_{split}.json), an instances JSON, " \
-          f"or 'synthetic'"
-    if not path.exists():
-        where = "" if path.is_absolute() else f" (relative to the current folder {Path.cwd()})"
-        raise DataError(f"{path}: no such file or folder{where}; {fix}")
-    if path.is_dir():
-        candidates = [path / "annotations" / f"instances_{split}.json", path / f"instances_{split}.json"]
-        ann = next((c for c in candidates if c.is_file()), None)
-        if ann is None:
-            globbed = sorted((path / "annotations").glob(f"instances_{split}*.json")) + \
-                sorted(path.glob(f"instances_{split}*.json"))
-            ann = globbed[0] if globbed else None
-        if ann is None:
-            raise DataError(f"{path}: no annotations file found (looked for "
-                            f"{', '.join(str(c) for c in candidates)}); {fix}")
-        img_dir = path / "images" if (path / "images").is_dir() else path
-        return img_dir, ann
-    if path.suffix.lower() != ".json":
-        raise DataError(f"{path}: not a folder or a .json annotations file; {fix}")
-    for img_dir in (path.parent.parent / "images", path.parent / "images"):
-        if img_dir.is_dir():
-            return img_dir, path
-    raise DataError(f"{path}: no images folder beside it (looked for {path.parent.parent / 'images'} and "
-                    f"{path.parent / 'images'}); put the images there")
+    return locate(spec, split)
 
 
 # --- the dataset -------------------------------------------------------------------------------

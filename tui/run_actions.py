@@ -109,6 +109,14 @@ class RunActions:
                 self.form.show_key(key).editor.focus()
             except Exception:  # noqa: BLE001 - a general (non-field) error has no editor
                 pass
+            return None
+        from nanxi_tune.engine.datapaths import DataError, check
+
+        try:
+            check(cfg)  # a missing data path is refused here, before a run folder is made
+        except DataError as err:
+            self.notify(str(err), title="Cannot start: data not found", severity="error", timeout=10)
+            return None
         return cfg
 
     def action_start_run(self) -> None:

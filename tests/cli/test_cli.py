@@ -69,6 +69,7 @@ def test_missing_data_is_a_message_not_a_traceback(tmp_path, capsys):
                  "--set", "data.train=no/such/folder"])
     err = capsys.readouterr().err
     assert code == 1 and "no/such/folder" in err and "data.train" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # refused before a run folder is made (issue 22)
     assert main(["autobatch", "--preset", "demo", "--set", "data.train=no/such/folder"]) == 1
     err = capsys.readouterr().err
     assert "no such file or folder" in err and "Traceback" not in err

@@ -146,3 +146,27 @@ def test_quit_during_run_asks_then_checkpoints(tmp_path):
     assert app.last_result == "stopped", app.last_result
     assert "nanxi-tune resume" in app.exit_text and str(app.run_dir) in app.exit_text
     assert (app.run_dir / "checkpoints" / "last.pt").exists()
+
+
+def test_f5_refuses_a_missing_data_path_before_making_a_run_folder(tmp_path):
+    """Issue 22: a missing data path passed validation (valid ✓), failed at start and left a failed run behind."""
+    import asyncio
+
+    from nanxi_tune.engine import config as C
+    from nanxi_tune.tui.app import NanxiTuneApp
+    from conftest import notices, wait_for
+
+    preset = C.save(C.with_updates(C.load_preset("demo"), {"data.train": str(tmp_path / "nowhere")}),
+                    tmp_path / "p.toml")
+    runs = tmp_path / "runs"
+
+    async def go():
+        app = NanxiTuneApp(preset=str(preset), runs_root=runs)
+        async with app.run_test(size=(100, 30), notifications=True) as pilot:
+            await wait_for(pilot, lambda: app.form.all_mounted, timeout=30)
+            await pilot.press("f5")
+            await wait_for(pilot, lambda: any("data not found" in n for n in notices(app)), timeout=10)
+            assert not app.running
+
+    asyncio.run(go())
+    assert not runs.exists() or not list(runs.iterdir())
