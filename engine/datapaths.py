@@ -18,7 +18,8 @@ def locate(spec: str, split: str) -> tuple[Path, Path]:
     fix = f"set {key} to a COCO folder (images/ + annotations/instances_{split}.json), an instances JSON, " \
           f"or 'synthetic'"
     if not path.exists():
-        where = "" if path.is_absolute() else f" (relative to the current folder {Path.cwd()})"
+        where = "" if path.is_absolute() else (f" (relative to the current folder {Path.cwd()}: run nanxi-tune from "
+                                               "the folder it is relative to, or give an absolute path)")
         raise DataError(f"{path}: no such file or folder{where}; {fix}")
     if path.is_dir():
         candidates = [path / "annotations" / f"instances_{split}.json", path / f"instances_{split}.json"]

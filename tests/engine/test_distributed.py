@@ -322,7 +322,7 @@ def test_two_nodes_on_loopback(tmp_path):
                               cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
     try:
-        outs = [n.communicate(timeout=120)[0] for n in nodes]
+        outs = [n.communicate(timeout=300)[0] for n in nodes]
     finally:
         for n in nodes:
             if n.poll() is None:

@@ -259,8 +259,6 @@ def test_tui_attaches_to_a_headless_run_pauses_it_and_edits_its_lr(tmp_path):
             proc.kill()
     assert runctl.status(run).state == runctl.RunState.STOPPED
     assert (run / "checkpoints" / "last.pt").exists()
-    log = (run / "stdout.log").read_text()  # plain progress to `tail -f` after reconnecting (issue 22)
-    assert re.search(r"step \d+/\d+ .* loss \d", log) and "stopped at step" in log, log[-2000:]
 
 
 def test_detached_run_keeps_training_after_the_terminal_is_gone(tmp_path):
