@@ -29,7 +29,6 @@ def add_parsers(sub) -> None:
 def ctl(args) -> int:
     from nanxi_tune.engine import config as C
     from nanxi_tune.engine import runctl
-
     from nanxi_tune.engine.study import is_study
 
     run_dir = Path(args.run_dir)

@@ -76,10 +76,8 @@ def _main(argv: list[str] | None) -> int:
     from nanxi_tune.engine.config import ConfigError
 
     run_dir = getattr(args, "run_dir", None)
-    from nanxi_tune.engine.rundir import CONFIG
+    from nanxi_tune.engine.rundir import CONFIG, OWNER
     from nanxi_tune.engine.study import is_study
-
-    from nanxi_tune.engine.rundir import OWNER
 
     # a study (resume, ctl, open), or a job's folder such as a remedy's lr trials (ctl)
     study_ok = run_dir and ((args.command in ("resume", "ctl", "open") and is_study(run_dir))

@@ -6,12 +6,12 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from rich.console import Console
+from rich.table import Table
 
 from nanxi_tune.cli.drive import SteadyConsole
-
 from nanxi_tune.engine.exitcodes import ExitCode
 
+out = SteadyConsole()
 err = SteadyConsole(stderr=True)
 
 
@@ -81,7 +81,6 @@ def detach(folder: Path, args) -> int:
 
 def _own_here(folder: Path, workers: int | None, devices: list[str] | None, quiet: bool, save: str | None) -> int:
     from nanxi_tune.cli.drive import run_until_signalled
-    from nanxi_tune.cli.workflows_cmd import print_sweep
     from nanxi_tune.engine import sweep as S
     from nanxi_tune.engine.study_owner import StudyOwner
 
@@ -116,6 +115,28 @@ def _own_here(folder: Path, workers: int | None, devices: list[str] | None, quie
         err.print(f"stopped. Resume with:  nanxi-tune resume {folder}")
         return ExitCode.STOPPED
     return ExitCode.FINISHED if state == "finished" else ExitCode.FAILED
+
+
+def print_sweep(sw) -> None:
+    """The sweep's table, chart and best on stdout (the study's storage read once for the rows)."""
+    from nanxi_tune.engine import sweep as S
+
+    rows = sw.table()
+    table = Table("value", "mAP", "AP50", "train loss", "status", title=f"seven stars: {sw.key} ({sw.dir.name})")
+    for r in rows:
+        f = lambda x: "—" if x is None else f"{x:.4f}"  # noqa: E731
+        style = "bold green" if r["best"] else ""
+        table.add_row(S.value_name(r["value"]) + (" ★" if r["best"] else ""), f(r["mAP"]), f(r["AP50"]),
+                      f(r["train_loss"]), r["status"] + (f": {r['error']}" if r["error"] else ""), style=style)
+    out.print(table)
+    out.print(S.text_chart(rows), markup=False, highlight=False)
+    best = next((r["value"] for r in rows if r["best"]), None)
+    if best is not None:
+        out.print(f"best {sw.key} = {S.value_name(best)}  → apply with  --set {sw.key}={S.value_name(best)}")
+    nxt = sw.next_window()
+    if nxt:
+        out.print(f"[yellow]the best sits at the window's edge: slide with  nanxi-tune sweep --param {sw.key} "
+                  f"--start {S.value_name(nxt[0])}  ({', '.join(S.value_name(v) for v in nxt)})")
 
 
 # --- workers ---------------------------------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from nanxi_tune.cli.drive import SteadyConsole
-from rich.table import Table
 
 out = SteadyConsole()
 err = SteadyConsole(stderr=True)
@@ -94,27 +94,6 @@ def sweep(args) -> int:
     err.print(f"sweep {sw.key} over {', '.join(S.value_name(v) for v in sw.values)} in {sw.dir} "
               f"({sw.cfg.eval.val_data_mode} validation)")
     return own(sw.dir, args)
-
-
-def print_sweep(sw, console: Console | None = None) -> None:
-    from nanxi_tune.engine import sweep as S
-
-    console = console or out
-    table = Table("value", "mAP", "AP50", "train loss", "status", title=f"seven stars: {sw.key} ({sw.dir.name})")
-    for r in sw.table():
-        f = lambda x: "—" if x is None else f"{x:.4f}"  # noqa: E731
-        style = "bold green" if r["best"] else ""
-        table.add_row(S.value_name(r["value"]) + (" ★" if r["best"] else ""), f(r["mAP"]), f(r["AP50"]),
-                      f(r["train_loss"]), r["status"] + (f": {r['error']}" if r["error"] else ""), style=style)
-    console.print(table)
-    console.print(S.text_chart(sw.table()), markup=False, highlight=False)
-    b = sw.best_value()
-    if b is not None:
-        console.print(f"best {sw.key} = {S.value_name(b)}  → apply with  --set {sw.key}={S.value_name(b)}")
-    if sw.at_edge():
-        nxt = sw.next_window()
-        console.print(f"[yellow]the best sits at the window's edge: slide with  nanxi-tune sweep --param {sw.key} "
-                      f"--start {S.value_name(nxt[0])}  ({', '.join(S.value_name(v) for v in nxt)})")
 
 
 # --- stats ------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import recorder, runctl
-from .events import CommandAck, Log, RunState, StateChanged
+from .events import CommandAck, RunState, StateChanged
 from .runctl import Command, Op
 
 POLL_S = 0.1
@@ -53,10 +53,7 @@ class Job:
         while not self._done.wait(POLL_S):
             for cmd in self.inbox.take():
                 if isinstance(cmd, runctl.Rejected):
-                    if cmd.id:
-                        self._ack(cmd.id, "?", False, cmd.problem)
-                    else:
-                        recorder.append(self.folder, Log(f"control channel: {cmd.problem}", "warning"))
+                    recorder.append(self.folder, cmd.event(self.owner.info.step))
                     continue
                 applied, message = self._apply(cmd)
                 self._ack(cmd.id, cmd.op.value, applied, message, cmd.sender)

@@ -35,6 +35,7 @@ from . import pins, recorder, rundir
 from .diagnostics import SEVERITY_RANK, finite, lower_lr, median, raw_loss
 from .events import Lineage, RemedyClosed, RunState
 from .job import Job
+from .study import param_distribution
 from .trial import train_trial
 
 LR = "train.base_lr"
@@ -266,7 +267,7 @@ def lr_trial(parent: Path, cfg: C.Config, rewind: Rewind, root: Path, steps: int
             raise RemedyStopped(f"the lr trial descent was stopped by request after {len(trials)} trial(s); nothing "
                                 f"was applied and {parent.name} is as it was")
         study.enqueue_trial({LR: v})
-        st = study.ask({LR: _LR_RANGE()})
+        st = study.ask({LR: param_distribution()})
         tr = run_trial(parent, cfg, rewind, v, steps, root / f"lr-{v:g}", callback, job, st)
         _tell(study, st, tr)
         trials.append(tr)
@@ -292,12 +293,6 @@ def _descent_study(root: Path):
     storage = JournalStorage(JournalFileBackend(str(root / "optuna.journal")))
     return optuna.create_study(storage=storage, study_name="lr-descent", direction="minimize",
                                pruner=BlowUpPruner(BLOWUP), load_if_exists=True)
-
-
-def _LR_RANGE():
-    from optuna.distributions import FloatDistribution
-
-    return FloatDistribution(1e-12, 1e12, log=True)
 
 
 def _tell(study, st, tr: Trial) -> None:

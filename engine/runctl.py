@@ -19,6 +19,8 @@ import os
 import re
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir
-from .events import RunState  # runctl.RunState too, for clients
+from .events import CommandAck, Log, RunState  # runctl.RunState too, for clients
 
 HEARTBEAT_S = 2.0  # owner.json is rewritten at least this often
 STALE_S = 15.0  # a heartbeat older than this from another host means a dead owner
@@ -198,6 +200,12 @@ class Rejected:
     id: str
     problem: str
 
+    def event(self, step: int) -> CommandAck | Log:
+        """How the owner answers it: refused, when a client may wait on its id; else one warning."""
+        if self.id:
+            return CommandAck(self.id, "?", False, step, self.problem)
+        return Log(f"control channel: {self.problem}", "warning")
+
 
 MAX_COMMAND_BYTES = 64 * 1024  # a command is a few hundred bytes; live edits of many keys stay far below this
 MAX_SENDER = 120
@@ -285,6 +293,15 @@ def _read_command(path: Path) -> Command:
         raise _Unreadable("nested too deep") from None
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise _Unreadable(f"{type(err).__name__}: {err}") from None
+
+
+def start_detached(argv: list[str], log: Path | str) -> subprocess.Popen:
+    """``nanxi-tune ARGV`` as its own process in a new session (no terminal: a closed TUI or a dropped SSH session
+    never reaches it), its output appended to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "nanxi_tune.cli", *argv], stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "NANXI_TUNE_DETACHED": "1"})
 
 
 # --- the clients' side ----------------------------------------------------------------------------

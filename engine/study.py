@@ -120,7 +120,8 @@ def open_storage(url: str, folder: Path | None = None):
     return JournalStorage(JournalFileBackend(url))
 
 
-def _distribution():
+def param_distribution():
+    """The log-scale distribution a grid value is recorded under in Optuna (any value of the half-decade grid)."""
     from optuna.distributions import FloatDistribution
 
     return FloatDistribution(*PARAM_RANGE, log=True)
@@ -229,7 +230,7 @@ class Study:
             if t.state != TrialState.WAITING:
                 continue
             if self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
-                dist = _distribution()
+                dist = param_distribution()
                 v = float(t.user_attrs["value"])
                 self.storage.set_trial_param(t._trial_id, self.spec.key, dist.to_internal_repr(v), dist)
                 return self.storage.get_trial(t._trial_id)

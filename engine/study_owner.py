@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import rundir, runctl
-from .events import Callback, CommandAck, Error, Event, Log, RunState, StateChanged, null_callback
+from .events import Callback, CommandAck, Error, Event, RunState, StateChanged, null_callback
 from .runctl import Command, Op
 from .study import STUDY_KEYS, Study, StudyError, StudySpec, value_name
 from .study_results import best_row, next_window_of, rows
@@ -236,8 +236,7 @@ class StudyOwner:
     def _apply_commands(self) -> None:
         for cmd in self.inbox.take():
             if isinstance(cmd, runctl.Rejected):
-                self._emit(CommandAck(cmd.id, "?", False, self._done(), cmd.problem) if cmd.id else
-                           Log(f"control channel: {cmd.problem}", "warning"))
+                self._emit(cmd.event(self._done()))
                 continue
             try:
                 message = self._apply(cmd)
@@ -347,14 +346,12 @@ def spawn_detached(folder: Path | str, workers: int | None = None, devices: str 
     """The study's owner as its own process in a new session (``nanxi-tune resume FOLDER``): no terminal, so a
     closed TUI or a dropped SSH session never stops it. Its output goes to the folder's stdout.log."""
     folder = Path(folder)
-    argv = [sys.executable, "-m", "nanxi_tune.cli", "resume", str(folder)]  # its progress lines: stdout.log
+    argv = ["resume", str(folder)]  # its progress lines: stdout.log
     if workers:
         argv += ["--workers", str(workers)]
     if devices:
         argv += ["--devices", devices]
-    with open(folder / rundir.STDOUT, "ab") as out:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, "NANXI_TUNE_DETACHED": "1"})
+    return runctl.start_detached(argv, folder / rundir.STDOUT)
 
 
 def _die_with_parent() -> None:

@@ -18,7 +18,7 @@ from . import config as C
 from . import rundir, runctl
 from .events import Callback, null_callback
 from .grid import STARS, grid_index, grid_value, slid_window, window  # noqa: F401 - the sweep's vocabulary
-from .study import STUDY_JSON, Study, StudyError, StudySpec, check_key, is_study, list_studies, value_name
+from .study import STUDY_JSON, Study, StudyError, StudySpec, check_key, is_study, list_studies, value_name  # noqa: F401
 from .study_results import TrialResult, best_row, next_window_of, rows, summarize_trial, table  # noqa: F401
 from .sweep_report import render_journal, summary_line, text_chart, write_journal  # noqa: F401
 
@@ -94,9 +94,6 @@ class Sweep:
     @property
     def status(self) -> str:
         return runctl.status(self.dir).state.value
-
-    def trial_dir(self, value: float) -> Path:
-        return self.dir / f"trial-{value_name(value)}"
 
     # --- running: this process as the study's owner -------------------------------------------------------------
     def run(self, workers: int | None = None, devices: list[str] | None = None) -> str:

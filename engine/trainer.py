@@ -455,9 +455,8 @@ class Trainer:
     def _apply_commands(self) -> None:
         pending, self._deferred = self._deferred + self._take_commands(), []
         for cmd in pending:
-            if isinstance(cmd, runctl.Rejected):  # never guessed at: answered when a client may wait, else warned
-                self._emit(CommandAck(cmd.id, "?", False, self.step, cmd.problem) if cmd.id else
-                           Log(f"control channel: {cmd.problem}", "warning"))
+            if isinstance(cmd, runctl.Rejected):  # never guessed at
+                self._emit(cmd.event(self.step))
                 continue
             try:
                 message, changes = self._apply(cmd)

@@ -10,9 +10,7 @@ RunUpdate messages; the history already written arrives once as RunHistory; the 
 from __future__ import annotations
 
 import enum
-import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -84,10 +82,7 @@ class RunSession:
         output in the run folder's stdout.log."""
         s = cls(app, run_dir, Kind.DETACHED)
         run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / rundir.STDOUT, "ab") as out:
-            s.process = subprocess.Popen([sys.executable, "-m", "nanxi_tune.cli", *argv], stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env={**os.environ, "NANXI_TUNE_DETACHED": "1"})
+        s.process = runctl.start_detached(argv, run_dir / rundir.STDOUT)
         s._follow_in_worker()
         return s
 

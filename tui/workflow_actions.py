@@ -195,9 +195,9 @@ class WorkflowActions:
         """The remedy as its own process (`nanxi-tune remedy … --no-train`): its lr trials go on if the TUI quits,
         and F7 / `nanxi-tune ctl CHILD stop` stop them. Once the child is made, it trains here as before."""
         import json
-        import subprocess
-        import sys
         import tempfile
+
+        from nanxi_tune.engine import runctl
 
         rule = str(finding.get("rule"))
         self.busy_task = "remedy"
@@ -206,11 +206,8 @@ class WorkflowActions:
         with tempfile.NamedTemporaryFile("w", prefix="nanxi-finding-", suffix=".json", delete=False) as f:
             json.dump(finding, f, allow_nan=True)
         log = Path(tempfile.mkstemp(prefix="nanxi-remedy-", suffix=".log")[1])
-        argv = [sys.executable, "-m", "nanxi_tune.cli", "remedy", str(parent), "--finding", f.name, "--child-dir",
-                str(child), "--no-train", "--quiet"]
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+        proc = runctl.start_detached(["remedy", str(parent), "--finding", f.name, "--child-dir", str(child),
+                                      "--no-train", "--quiet"], log)
         while proc.poll() is None:
             self.call_from_thread(self._task_show, f"remedy {rule}: {_descent_progress(child)} — F7 stops it",
                                   None, None)
