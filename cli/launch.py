@@ -88,9 +88,8 @@ def launch(args, command: str) -> int:
         run_dir = given
         if writer and run_dir is None:
             from nanxi_tune.engine import config as C
-            from nanxi_tune.cli.train_cmd import _run_name
 
-            run_dir = rundir.new_run_dir(Path(args.runs), _run_name(C.load_preset(args.preset)))
+            run_dir = rundir.new_run_dir(Path(args.runs), rundir.run_name(C.load_preset(args.preset).preset))
         worker = ["--runs", args.runs, "train", "--preset", args.preset, *_common(args)]
         if run_dir is not None:
             worker += ["--run-dir", str(run_dir)]

@@ -101,7 +101,7 @@ def train(args) -> int:
                           f"{given}  or pick another --run-dir", soft_wrap=True)  # the others: run_dir None
         else:
             made = given is None or not given.exists()
-            run_dir = given or rundir.new_run_dir(Path(args.runs), _run_name(cfg))
+            run_dir = given or rundir.new_run_dir(Path(args.runs), rundir.run_name(cfg.preset))
     cfg, run_dir = launch.shared(cfg, run_dir)
     if run_dir is None:
         return ExitCode.BAD_INPUT
@@ -213,16 +213,6 @@ def eval(args) -> int:  # noqa: A001 - the subcommand's name
         table.add_row(k, f"{m[k]:.4f}")
     Console().print(table)
     return 0
-
-
-def _run_name(cfg: C.Config) -> str:
-    """<preset>-<time>: the preset's file stem reduced to a safe folder name (a preset's own `preset` key may
-    hold anything, a 10 MB string included)."""
-    import re
-    import time
-
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(cfg.preset[:200]).stem if cfg.preset else "").strip("-.")[:40]
-    return f"{stem or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 COMMANDS = {"train": train, "resume": resume, "eval": eval, "presets": presets}

@@ -24,6 +24,15 @@ STDOUT = "stdout.log"  # a detached run's own output
 STUDY = "study.json"  # a study's spec (engine.study): the folder is a study, its trials the run folders in it
 
 
+def run_name(preset: str) -> str:
+    """<preset>-<time>: the preset's file stem reduced to a safe folder name (a preset's own `preset` key may hold
+    anything, a 10 MB string included)."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(preset[:200]).stem if preset else "").strip("-.")[:40]
+    return f"{stem or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def new_run_dir(root: Path = Path("runs"), name: str | None = None) -> Path:
     """runs/<name>; a fresh timestamped name when none is given, never reusing a folder."""
     root = Path(root)

@@ -33,6 +33,20 @@ def graph() -> dict[str, set[str]]:
     return {m: engine_imports(p) & set(mods) - {m} for m, p in mods.items()}
 
 
+def cli_graph() -> dict[str, set[str]]:
+    """cli/'s modules and the cli modules each imports, deferred imports included."""
+    mods = {p.stem for p in (REPO / "cli").glob("*.py") if p.stem not in ("__init__", "__main__")}
+    out: dict[str, set[str]] = {}
+    for m in mods:
+        deps = set()
+        for node in ast.walk(ast.parse((REPO / "cli" / f"{m}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nanxi_tune.cli"):
+                rest = node.module[len("nanxi_tune.cli"):].lstrip(".")
+                deps |= {rest.split(".")[0]} if rest else {a.name for a in node.names}
+        out[m] = deps & mods - {m}
+    return out
+
+
 def cycle(g: dict[str, set[str]]) -> list[str] | None:
     state: dict[str, int] = {}
     stack: list[str] = []
@@ -53,6 +67,10 @@ def cycle(g: dict[str, set[str]]) -> list[str] | None:
         if m not in state and (found := visit(m)):
             return found
     return None
+
+
+def test_no_import_circle_in_the_command_line():
+    assert cycle(cli_graph()) is None, " → ".join(cycle(cli_graph()))
 
 
 def test_no_import_circle_in_the_engine():
