@@ -12,13 +12,43 @@ from pathlib import Path
 _STYLE = {"info": "cyan", "warning": "yellow", "error": "bold red"}
 
 
-def _remedy_text(remedy: dict) -> str:
-    parts = [f"{k} = {v}" for k, v in (remedy.get("set") or {}).items()]
-    if remedy.get("resume_from_step") is not None:
-        parts.append(f"resume from step ≤ {remedy['resume_from_step']}")
-    head = "; ".join(parts)
-    text = remedy.get("text") or ""
-    return f"{head}\n{text}" if head and text else head or text
+def _set_line(changes: dict) -> str:
+    """The remedy's config changes as one `--set` a shell reads back to the same values."""
+    import shlex
+
+    from nanxi_tune.engine.config import toml_value
+
+    return "--set " + " ".join(shlex.quote(f"{k}={toml_value(v)}") for k, v in changes.items())
+
+
+def _print_finding(console, f, run_dir: Path) -> None:
+    """One finding as a compiler prints a diagnostic: rule and severity on a line, the message and remedy as indented
+    paragraphs, the commands on lines of their own (never wrapped by us, so they copy whole)."""
+    import textwrap
+
+    from rich.text import Text
+
+    def para(text: str, style: str = "") -> None:
+        console.print(Text(textwrap.fill(text, console.width, initial_indent="  ", subsequent_indent="  "), style))
+
+    head = Text.assemble((f.severity, _STYLE[f.severity]), f"[{f.rule}] ", (f"{f.section} · step {f.step}", "dim"))
+    console.print(head)
+    para(f.message)
+    if f.evidence:
+        evidence = ", ".join(f"{k} = {v}" for k, v in f.evidence.items())
+        para(f"evidence: {evidence}", "dim")
+    rem = f.remedy or {}
+    text = rem.get("text") or ""
+    if rem.get("resume_from_step") is not None:
+        text = f"{text} (resume from step ≤ {rem['resume_from_step']})".strip()
+    if text:
+        para(f"remedy: {text}")
+    if rem.get("set"):
+        console.print("  " + _set_line(rem["set"]), soft_wrap=True, highlight=False, markup=False)
+        console.print(f"  nanxi-tune remedy {run_dir} {f.rule}", soft_wrap=True, highlight=False, markup=False)
+    elif rem.get("command"):
+        console.print("  " + rem["command"].format(run=run_dir), soft_wrap=True, highlight=False, markup=False)
+    console.print()
 
 
 def add_parsers(sub) -> None:
@@ -29,7 +59,7 @@ def add_parsers(sub) -> None:
 
 
 def diagnose(args) -> int:
-    """Print the findings of ``args.run_dir`` as a Rich table, or with ``args.json`` as JSON Lines (one finding a
+    """Print the findings of ``args.run_dir`` as compiler-style diagnostics, or with ``args.json`` as JSON Lines (one finding a
     line, events.jsonl's form; nothing when there are none), not one JSON document. Exit 0."""
     from nanxi_tune.engine import rundir
     from nanxi_tune.engine.watcher import diagnose_run
@@ -45,22 +75,14 @@ def diagnose(args) -> int:
         return 0
 
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"diagnosis of {run_dir}", show_lines=True, expand=True)
-    table.add_column("rule", no_wrap=True)
-    table.add_column("severity", no_wrap=True)
-    table.add_column("section", max_width=16)
-    table.add_column("message", ratio=3)
-    table.add_column("remedy", ratio=2)
-    for f in findings:
-        table.add_row(f.rule, f"[{_STYLE[f.severity]}]{f.severity}", f.section, f"{f.message}\n[dim]step {f.step}",
-                      _remedy_text(f.remedy))
     console = Console()
-    if findings:
-        console.print(table)
-    else:
-        console.print(f"diagnosis of {run_dir}: no findings")
+    if not findings:
+        console.print(f"diagnosis of {run_dir}: no findings", highlight=False)
+        return 0
+    console.print(f"diagnosis of {run_dir}: {len(findings)} finding{'s' * (len(findings) != 1)}\n", highlight=False)
+    for f in findings:
+        _print_finding(console, f, run_dir)
     return 0
 
 
