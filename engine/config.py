@@ -701,8 +701,14 @@ def save(cfg: Config, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(dumps(cfg), encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(dumps(cfg), encoding="utf-8")
+        tmp.replace(path)
+    except OSError as err:  # a full disk: no empty temp file left, the old file kept, the file named
+        tmp.unlink(missing_ok=True)
+        from .recorder import RecordError
+
+        raise RecordError(err.errno, path, err) from None
     return path
 
 

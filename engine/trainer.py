@@ -463,6 +463,10 @@ class Trainer:
             except C.ConfigError as err:
                 self._emit(CommandAck(cmd.id, cmd.op.value, False, self.step, str(err), cmd.sender))
                 continue
+            except RecordError as err:  # config.toml could not be saved: the edit is not made, the run goes on
+                self._emit(CommandAck(cmd.id, cmd.op.value, False, self.step,
+                                      f"{err}; free disk space, then send the edit again", cmd.sender))
+                continue
             self._emit(CommandAck(cmd.id, cmd.op.value, True, self.step, message, cmd.sender, changes))
 
     def _apply(self, cmd: Command) -> tuple[str, list]:
@@ -494,9 +498,9 @@ class Trainer:
         changes = [[k, a, b] for k, (a, b) in C.diff(self.cfg, new).items()]
         if not changes:
             return []
-        self.cfg = new
-        if self.dist.is_main:
+        if self.dist.is_main:  # saved first: an edit the disk refuses is not made
             C.save(new, self.run_dir / rundir.CONFIG)
+        self.cfg = new
         self.watcher.set_config(new)
         if hasattr(self, "plan") and self.plan.reconfigure(new):
             self._plan_changed()

@@ -97,3 +97,38 @@ def test_a_folder_killed_before_its_config_is_trained_again_and_a_live_one_is_bu
         assert cli.main(["train", "--preset", "demo", "--run-dir", str(half), "--quiet", "--set", *sets]) == 4
     finally:
         owner.release()
+
+
+def test_a_full_disk_while_saving_a_live_edit_refuses_the_edit_and_keeps_training(tmp_path, monkeypatch, one_thread):
+    """The edit is refused with the file named and what to do; the run trains on with its old values; config.toml
+    keeps them and no empty temp file is left (issue 22)."""
+    from pathlib import Path
+
+    from nanxi_tune.engine import config as C
+    from nanxi_tune.engine import runctl
+
+    real = Path.write_text
+
+    def full(self, data, *a, **kw):
+        if self.name.startswith(rundir.CONFIG):  # the temp file is made, then the disk is full
+            real(self, "", *a, **kw)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data, *a, **kw)
+
+    run = tmp_path / "r"
+    events = []
+
+    def listen(ev):
+        events.append(ev)
+        if ev.kind == "step" and ev.step == 2:
+            monkeypatch.setattr(Path, "write_text", full)
+            runctl.send(run, runctl.Op.SET, {"train.base_lr": 0.0005}, sender="test")
+
+    assert Trainer(tiny(**CFG), run, listen, max_steps=8).run() == "stopped"
+    monkeypatch.undo()
+    ack = next(e for e in events if e.kind == "ack")
+    assert not ack.applied and f"no space left on the disk of {run / rundir.CONFIG}" in ack.message, ack.message
+    assert "free disk space" in ack.message and "Traceback" not in ack.message
+    assert C.load(run / rundir.CONFIG).train.base_lr == tiny(**CFG).train.base_lr
+    assert not [p.name for p in run.iterdir() if ".tmp" in p.name]
+    assert max(m["step"] for m in rundir.read_metrics(run) if m.get("split") == "train") == 8
