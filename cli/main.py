@@ -19,6 +19,8 @@ def _parser() -> argparse.ArgumentParser:
                     "With no command, opens the TUI.")
     p.add_argument("--preset", default="demo", help="preset name or .toml path for the TUI (default: demo)")
     p.add_argument("--runs", default="runs", help="folder holding run directories (default: runs)")
+    p.add_argument("--group", metavar="NAME", help="share the runs this starts with group NAME's members (they may "
+                   "read, attach, control and resume them); default: private to you. Also NANXI_TUNE_GROUP")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     o = sub.add_parser("open", help="open an existing run directory in the TUI")
@@ -57,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         GUARD.install()  # before anything slow: a SIGTERM while torch loads must not exit 143 silently
     try:
         return _main(argv)
+    except PermissionError as err:  # someone else's private run (engine.access): say whose, and how to share
+        from nanxi_tune.engine.access import denied
+        from nanxi_tune.engine.exitcodes import ExitCode
+
+        print(f"nanxi-tune: {denied(err)}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
     except StoppedBeforeStart as sig:
         from nanxi_tune.engine.exitcodes import ExitCode
 
@@ -73,6 +81,13 @@ def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command not in RUNS:
         GUARD.restore()
+    from nanxi_tune.engine.access import AccessError, share_with
+
+    try:
+        share_with(args.group)
+    except AccessError as err:
+        print(f"nanxi-tune: {err}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
     from nanxi_tune.engine.config import ConfigError
 
     run_dir = getattr(args, "run_dir", None)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import rundir
+from . import access, rundir
 from .events import CommandAck, Log, RunState  # runctl.RunState too, for clients
 
 HEARTBEAT_S = 2.0  # owner.json is rewritten at least this often
@@ -99,11 +99,46 @@ class RunStatus:
 class RunBusy(RuntimeError):
     """Another live trainer owns the folder: attach to it instead of starting a second writer."""
 
-    def __init__(self, run_dir: Path, owner: OwnerInfo | None):
+    def __init__(self, run_dir: Path, owner: OwnerInfo | None, holders: list[int] | None = None):
         self.run_dir, self.owner = Path(run_dir), owner
         who = owner.describe() if owner else "another process"
+        if holders and (owner is None or (owner.here and owner.pid not in holders)):
+            # not the run's trainer: something else holds the lock (a stray `flock`, a backup tool…)
+            pids = ", ".join(f"pid {p}{_cmdline(p)}" for p in holders)
+            super().__init__(f"{run_dir}/{rundir.OWNER_LOCK} is held by {pids}, which is not this run's trainer"
+                             + (f" ({who} is gone)" if owner else "") + "; end that process, then resume")
+            return
         super().__init__(f"{run_dir} is being trained by a live process ({who}); a second trainer would corrupt "
                          f"it. Attach instead: nanxi-tune open {run_dir}  (or: nanxi-tune ctl {run_dir} status)")
+
+
+def lock_holders(path: Path) -> list[int]:
+    """The pids holding a flock on ``path`` (from /proc/locks; empty where there is none)."""
+    try:
+        st = os.stat(path)
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 6 or parts[1] != "FLOCK" or parts[4] == "->":
+            continue
+        try:
+            major, minor, inode = parts[5].split(":")
+            if (int(inode), int(major, 16), int(minor, 16)) == (st.st_ino, os.major(st.st_dev), os.minor(st.st_dev)):
+                out.append(int(parts[4]))
+        except ValueError:
+            continue
+    return sorted(set(out) - {os.getpid()})
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return f" ({' '.join(w.decode(errors='replace') for w in words if w)[:60]})"
+    except OSError:
+        return ""
 
 
 class NotAlive(RuntimeError):
@@ -133,7 +168,8 @@ class RunOwner:
         """Own ``run_dir`` or raise RunBusy naming the live owner. Stale commands of a dead owner are dropped."""
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir / rundir.OWNER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        access.secure(run_dir)  # private, or shared with the group (engine.access)
+        fd = os.open(run_dir / rundir.OWNER_LOCK, os.O_RDWR | os.O_CREAT, 0o660)
         for _ in range(20):  # a client's liveness probe holds a shared lock for microseconds
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -145,8 +181,11 @@ class RunOwner:
                 time.sleep(0.02)
         else:
             os.close(fd)
-            raise RunBusy(run_dir, read_owner(run_dir))
+            raise RunBusy(run_dir, read_owner(run_dir), lock_holders(run_dir / rundir.OWNER_LOCK))
         owner = cls(run_dir, fd)
+        control = run_dir / rundir.CONTROL  # made by the owner, with the folder's mode: clients only drop files in
+        control.mkdir(exist_ok=True)
+        access.secure(control)
         Inbox(run_dir).clear(before=owner.info.started)
         return owner
 

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import access
+
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
 EVENTS = "events.jsonl"
@@ -41,8 +43,7 @@ def new_run_dir(root: Path = Path("runs"), name: str | None = None) -> Path:
     while path.exists():
         n += 1
         path = root / f"{base}-{n}"
-    path.mkdir(parents=True)
-    return path
+    return access.make_folder(path)
 
 
 def last_checkpoint(run_dir: Path) -> Path:
