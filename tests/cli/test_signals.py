@@ -30,6 +30,13 @@ def env() -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
+def default_signals() -> None:
+    """The child's SIGINT and SIGHUP back to their defaults: under `nohup` or as a script's background job the
+    suite inherits them ignored, and the trainer rightly keeps an ignored signal ignored."""
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def train_steps(run: Path) -> list[int]:
     return [m["step"] for m in rundir.read_metrics(run) if m.get("split") == "train"]
 
@@ -41,7 +48,8 @@ def test_signal_stops_with_checkpoint_and_resume_hint(tmp_path, sig):
     out = tmp_path / "out.txt"
     with open(out, "wb") as f:
         p = subprocess.Popen(cli() + ["train", "--preset", "demo", "--run-dir", str(run), "--set", *TINY],
-                             stdout=f, stderr=subprocess.STDOUT, env=env(), start_new_session=True)
+                             stdout=f, stderr=subprocess.STDOUT, env=env(), start_new_session=True,
+                             preexec_fn=default_signals)
         try:
             deadline = time.monotonic() + 120
             while len(train_steps(run)) < 3 and p.poll() is None and time.monotonic() < deadline:
