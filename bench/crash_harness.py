@@ -28,6 +28,8 @@ At the end (the last resume runs to completion) it checks:
 
     .venv/bin/python bench/crash_harness.py --kills 50        # the issue's figure (~15 min on 2 CPU cores)
     .venv/bin/python bench/crash_harness.py --kills 10        # quick
+    .venv/bin/python bench/crash_harness.py --mode hostile-control   # hostile files in control/ (crash_modes.py)
+    .venv/bin/python bench/crash_harness.py --mode full-disk         # a full disk under every writer
 
 Prints ``crash safety: N/N kills resumed exactly (target N/N)``; exit status 0 only when all held.
 """
@@ -295,10 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="total steps of the run (default: 3 × kills + 8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", help="keep the runs in this folder (default: a temp folder, removed)")
+    ap.add_argument("--mode", choices=("kill", "hostile-control", "full-disk"), default="kill")
     a = ap.parse_args(argv)
-    steps = a.steps or 3 * a.kills + 8
+    steps = a.steps or {"kill": 3 * a.kills + 8, "hostile-control": 400, "full-disk": 40}[a.mode]
     root = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="nanxi-crash-"))
     root.mkdir(parents=True, exist_ok=True)
+    if a.mode != "kill":
+        return _attack(a.mode, root, steps, a)
     try:
         r = Harness(root, steps, a.seed).run(a.kills)
     finally:
@@ -314,6 +319,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"PROBLEM: {p}")
     print(f"crash safety: {r['exact']}/{r['kills']} kills resumed exactly (target {a.kills}/{a.kills})")
     return 0 if ok and r["kills"] == a.kills else 1
+
+
+def _attack(mode: str, root: Path, steps: int, a) -> int:
+    import crash_modes
+
+    try:
+        h = Harness(root, steps, a.seed)
+        r = (crash_modes.hostile_control if mode == "hostile-control" else crash_modes.full_disk)(h)
+    finally:
+        if not a.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    for p in r["problems"]:
+        print(f"PROBLEM: {p}")
+    print(f"{mode}: {r['held']}/{r['cases']} cases ended resumable with nothing recorded lost "
+          f"(target {r['cases']}/{r['cases']})")
+    return 0 if r["held"] == r["cases"] and not r["problems"] else 1
 
 
 if __name__ == "__main__":

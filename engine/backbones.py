@@ -155,7 +155,7 @@ def load_weights(module: nn.Module, spec: str, name: str, prefix: str) -> str:
         key, why, _ = min(bad, key=lambda b: order.get(b[0], len(order)))
         raise WeightsError(f"{source}: does not fit backbone.name = {name!r}: first mismatching layer {key!r} "
                            f"({why}; {len(bad)} of {len(own)} layers differ); " + _fix(name)
-                           + f", or set backbone.name to the model the file was saved from")
+                           + ", or set backbone.name to the model the file was saved from")
     nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if nonfinite:  # NaN weights would train into a NaN loss that reads like an lr too large
         raise WeightsError(f"{source}: layer {nonfinite[0]!r} holds values that are not finite (NaN or inf; "

@@ -700,12 +700,11 @@ def dumps(cfg: Config) -> str:
 def save(cfg: Config, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    from . import rundir
+
     try:
-        tmp.write_text(dumps(cfg), encoding="utf-8")
-        tmp.replace(path)
-    except OSError as err:  # a full disk: no empty temp file left, the old file kept, the file named
-        tmp.unlink(missing_ok=True)
+        rundir.write_atomic(path, dumps(cfg))
+    except OSError as err:  # a full disk: the old file kept, no temp file left, the file named
         from .recorder import RecordError
 
         raise RecordError(err.errno, path, err) from None

@@ -83,11 +83,7 @@ def _moment(e: dict) -> str:
 
 
 def write(run_dir: Path) -> Path:
-    path = Path(run_dir) / rundir.JOURNAL
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render(run_dir), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return rundir.write_atomic(Path(run_dir) / rundir.JOURNAL, render(run_dir))
 
 
 def parent_of(events: list[dict]) -> dict | None:

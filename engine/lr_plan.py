@@ -184,7 +184,7 @@ class BudgetPlan:
         if self.cfg.train.schedule == "piecewise" and self.milestones:
             decay = f"; lr ×{self.cfg.train.gamma:g} at step {', '.join(str(m) for m in self.milestones)}"
         if not self.on:
-            how = (f"train.max_steps" if self.cfg.train.max_steps else
+            how = ("train.max_steps" if self.cfg.train.max_steps else
                    f"{self.cfg.train.epochs} epochs × {self.steps_per_epoch}")
             return f"fixed plan: {self.total_steps} steps ({how}){decay}"
         head = f"budget {_fmt_s(self.budget_s)}"

@@ -13,7 +13,6 @@ No torch here: the TUI reads pins cheaply.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -48,9 +47,7 @@ def read(run_dir: Path) -> dict[str, dict[str, Any]]:
 def _write(run_dir: Path, pins: dict[str, dict[str, Any]]) -> None:
     d = pinned_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{INDEX}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(pins, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, d / INDEX)
+    rundir.write_atomic(d / INDEX, json.dumps(pins, indent=1, sort_keys=True))
 
 
 def candidates(run_dir: Path) -> list[tuple[int, Path]]:

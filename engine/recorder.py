@@ -73,13 +73,19 @@ class Recorder:
     def __init__(self, run_dir: Path | str):
         self.run_dir = Path(run_dir)
         self._writers: dict[str, _JsonlWriter] = {}
+        self.unwritten: list[dict[str, Any]] = []  # metric lines a full disk refused: an emergency checkpoint keeps them
 
     def record(self, event: Event) -> dict[str, Any]:
         """Append ``event``; returns the line written."""
         name, line = _file_of(event), event.to_json()
         if name not in self._writers:
             self._writers[name] = _JsonlWriter(self.run_dir / name)
-        self._writers[name].write(line)
+        try:
+            self._writers[name].write(line)
+        except RecordError:
+            if name == rundir.METRICS:
+                self.unwritten.append(line)
+            raise
         return line
 
     def trim(self, step: int) -> int:

@@ -200,11 +200,8 @@ class RunOwner:
         with self._lock:
             self.info = OwnerInfo(**{**self.info.__dict__, "heartbeat": time.time()})
             data = dict(self.info.__dict__)
-        path = self.run_dir / rundir.OWNER
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps(data), encoding="utf-8")
-            os.replace(tmp, path)
+            rundir.write_atomic(self.run_dir / rundir.OWNER, json.dumps(data))
         except OSError:  # a full disk must not kill the run from the heartbeat thread
             pass
 

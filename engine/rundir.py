@@ -35,6 +35,24 @@ def run_name(preset: str) -> str:
     return f"{stem or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def write_atomic(path: Path | str, text: str, fsync: bool = False) -> Path:
+    """``text`` to ``path`` through a temp file and a rename: readers see the old file or the new one, and a failed
+    write (a full disk) leaves neither a torn file nor a temp file behind. Raises the OSError."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def new_run_dir(root: Path = Path("runs"), name: str | None = None) -> Path:
     """runs/<name>; a fresh timestamped name when none is given, never reusing a folder."""
     root = Path(root)

@@ -19,7 +19,6 @@ Optuna with status "stopped"; the owner hands it out again and it resumes from i
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -297,9 +296,4 @@ def list_studies(root: Path | str = "runs") -> list[Path]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    rundir.write_atomic(path, json.dumps(data, indent=1), fsync=True)

@@ -82,8 +82,4 @@ def render_journal(study: Study) -> str:
 def write_journal(folder: Path | str) -> Path:
     """The study's journal.md (atomic rewrite)."""
     text = render_journal(Study.open(folder))
-    path = Path(folder) / rundir.JOURNAL
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return rundir.write_atomic(Path(folder) / rundir.JOURNAL, text)

@@ -31,7 +31,7 @@ from .lr_plan import BudgetPlan
 from .vocab import COCO_METRICS, LOG_WEIGHTS, LOSSES
 from .watcher import Watcher
 from .events import (Callback, CheckpointSaved, CommandAck, Error, EvalMetrics, Event, Log, PlanChanged, RunState,
-                     StateChanged, StepMetrics, Traceback, null_callback)
+                     StateChanged, StepMetrics, Traceback, from_json, null_callback)
 from .runctl import Command, Op
 from .backbones import WeightsError
 from .model import build_model
@@ -94,6 +94,7 @@ class Trainer:
         self._deferred: list[Command] = []  # commands met during an evaluation, applied after it
         self._saved_step = 0  # the step of the newest checkpoint on disk (an emergency save skips when no newer)
         self._emergency_reason = ""
+        self._failing = False  # the run is ending on a failure: a record the disk refuses no longer stops anything
 
     # --- commands in: in-process requests (signals; thread-safe) and the control channel ----------------
     def request_stop(self) -> None:
@@ -127,7 +128,12 @@ class Trainer:
     def _emit(self, event: Event) -> None:
         if not self.dist.is_main:  # one run, one record: rank 0's
             return
-        line = self._record.record(event)
+        try:
+            line = self._record.record(event)
+        except RecordError:
+            if not self._failing:
+                raise
+            line = event.to_json()  # failing on a full disk: the listeners still hear how it ended
         if isinstance(event, (StepMetrics, EvalMetrics)):
             self.watcher.observe(line)
             self._lines_since_check += 1
@@ -239,6 +245,7 @@ class Trainer:
     def _emergency(self, reason: str) -> str:
         """A failure mid-run: save the weights in memory as last.pt (marked ``emergency`` with the reason) when they
         are newer than the last checkpoint and finite, so nothing since is lost. Returns what to tell the user."""
+        self._failing = True
         if self.dist.active or getattr(self, "optimizer", None) is None or self.step <= self._saved_step:
             return ""
         with torch.no_grad():
@@ -260,6 +267,7 @@ class Trainer:
         elif "no such file or folder" in error and "data.skip_bad" in hint:  # a missing path, not a bad item
             hint = ("paths in presets and --set are relative to the folder nanxi-tune runs in: run it from the "
                     "folder they are relative to, or give absolute paths (--set data.train=PATH data.val=PATH)")
+        self._failing = True
         self._emit(Error(error, hint, self.step))
         self._set_state(RunState.FAILED, error)
 
@@ -598,6 +606,8 @@ class Trainer:
             "rng": ckpt_io.rng_state(),
             "world_size": self.dist.world,
             "emergency": self._emergency_reason,  # "" for an ordinary checkpoint, else the failure it outlived
+            # …and the metric lines the disk refused before it, written back by the resume: nothing recorded is lost
+            "unwritten": list(self._record.unwritten) if self._emergency_reason and self._record else [],
         }
 
     def _save(self, ring: bool = False) -> None:
@@ -690,6 +700,9 @@ class Trainer:
         if not self.dist.is_main:
             return
         dropped = self._record.trim(saved_step)
+        for line in state.get("unwritten", []):
+            if int(line.get("step", 0)) <= saved_step:
+                self._record.record(from_json(line))
         for line in rundir.read_metrics(self.run_dir):  # the rules judge the whole run, not just this part
             self.watcher.observe(line)
         for event in rundir.read_events(self.run_dir):  # what was reported before stays reported once

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from nanxi_tune.engine import autobatch as AB
-from nanxi_tune.engine import config as C
 from conftest import tiny as base_tiny
 
 

@@ -1,7 +1,6 @@
 """Journal: parent (resume, remedy, sweep), config diff vs preset, results, findings; records; compare."""
 
 import pytest
-import torch
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine import remedy, rundir
