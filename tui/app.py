@@ -69,11 +69,12 @@ class NanxiTuneApp(RunActions, WorkflowActions, ConfigActions, App):
     # command palette (Ctrl+P) with the same key shown beside it.
     BINDINGS = [
         Binding("f5", "start_run", "Start", key_display="F5", id="start_run", tooltip=TIP["start_run"]),
+        # in the footer: an in-process run stops when SSH drops; Alt+D's outlives it
+        Binding("alt+d", "start_detached", "Detached", key_display="Alt+D", id="start_detached",
+                tooltip=TIP["start_detached"]),
         Binding("f6", "pause_run", "Pause", key_display="F6", id="pause_run", tooltip=TIP["pause_run"]),
         Binding("f7", "stop_run", "Stop", key_display="F7", id="stop_run", tooltip=TIP["stop_run"]),
         Binding("f8", "resume_run", "Live/Resume", key_display="F8", id="resume_run", tooltip=TIP["resume_run"]),
-        Binding("alt+d", "start_detached", "Detached", id="start_detached", tooltip=TIP["start_detached"],
-                show=False),
         Binding("f2", "load_preset", "Load", key_display="F2", id="load_preset", tooltip=TIP["load_preset"],
                 show=False),
         Binding("f3", "save_preset", "Save", key_display="F3", id="save_preset", tooltip=TIP["save_preset"],
@@ -87,7 +88,8 @@ class NanxiTuneApp(RunActions, WorkflowActions, ConfigActions, App):
         Binding("alt+m", "compute_stats", "Mean/std", id="compute_stats", tooltip=TIP["compute_stats"],
                 show=False),
         Binding("alt+b", "autobatch", "Autobatch", id="autobatch", tooltip=TIP["autobatch"], show=False),
-        Binding("ctrl+t", "next_tab", "Tab", id="next_tab", tooltip="Next tab: Config → Monitor → Runs"),
+        Binding("ctrl+t", "next_tab", "Tab", id="next_tab", tooltip="Next tab: Config → Monitor → Runs",
+                show=False),  # the Config status line says ^t; the footer's room goes to Alt+D
         Binding("alt+right", "config_group(1)", "Next group", id="next_group", show=False,
                 tooltip="Config tab: show the next group of the cheat-sheet"),
         Binding("alt+left", "config_group(-1)", "Prev group", id="prev_group", show=False,
@@ -127,6 +129,12 @@ class NanxiTuneApp(RunActions, WorkflowActions, ConfigActions, App):
         self._t0 = time.perf_counter()
 
     # --- layout ------------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Alt+D belongs to the main screen's footer: a workflow screen's footer keeps its room for its own keys."""
+        if action == "start_detached" and len(self.screen_stack) > 1:
+            return False
+        return True
+
     def compose(self) -> ComposeResult:
         yield Header()
         with SteadyTabs(id="tabs", initial="config"):
@@ -142,7 +150,7 @@ class NanxiTuneApp(RunActions, WorkflowActions, ConfigActions, App):
         with Horizontal(id="task"):
             yield Static("", id="task-label")
             yield ProgressBar(id="task-progress", show_eta=False)
-        yield SteadyFooter()
+        yield SteadyFooter(compact=True)
 
     def on_mount(self) -> None:
         self.sub_title = f"preset {self.initial_cfg.preset}"

@@ -114,6 +114,15 @@ class OrderedInput(Input):
         await super()._on_key(event)
 
 
+class OnOffSwitch(Switch):
+    """A Switch whose state reads in words, not only in colour and knob position: ``[■] on`` / ``[ ] off``."""
+
+    DEFAULT_CSS = "OnOffSwitch { width: 9; }"
+
+    def render(self) -> Text:
+        return Text("[■] on " if self.value else "[ ] off", style="bold" if self.value else "")
+
+
 class FieldRow(Vertical):
     """One config key: label, editor, the notes' remark, and an inline error."""
 
@@ -131,12 +140,12 @@ class FieldRow(Vertical):
     def compose(self) -> ComposeResult:
         fid = field_id(self.key)
         tip = f"{self.key}: {self.info.description or ''}"
-        yield Label(label_text(self.key, self.info), classes="field-key")
+        yield Label(self._label(False), classes="field-key")
         if self.kind == "select":
             options = [(format_value(o), o) for o in typing.get_args(self.info.annotation)]
             ed: Any = Select(options, value=self.initial, allow_blank=False, id=fid, compact=True)
         elif self.kind == "switch":
-            ed = Switch(value=bool(self.initial), id=fid)
+            ed = OnOffSwitch(value=bool(self.initial), id=fid)
         else:
             ed = OrderedInput(format_value(self.initial), id=fid, compact=True, select_on_focus=False)
         ed.tooltip = tip
@@ -146,6 +155,16 @@ class FieldRow(Vertical):
         info = Static(self._info_text(None, False, None), classes="field-info")
         info.display = bool(self._note)
         yield info
+
+    def _label(self, focused: bool) -> Text:
+        """The key's label; the focused field's starts with ▸, so it reads without colour."""
+        return Text.assemble("▸ " if focused else "  ", label_text(self.key, self.info))
+
+    def on_descendant_focus(self, _event: Any) -> None:
+        self.query_one(".field-key", Label).update(self._label(True))
+
+    def on_descendant_blur(self, _event: Any) -> None:
+        self.query_one(".field-key", Label).update(self._label(False))
 
     def _info_text(self, error: str | None, changed: bool, base_value: Any) -> Text:
         t = Text()

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from textual_plotext import PlotextPlot
 
 PLOTS = [  # id, title, train key, val key
+    ("branches", "loss_map • · offset + · shape x (train)", None, None),  # narrow terminals: the three at once
     ("loss", "total loss", "loss", "loss"),
     ("loss_map", "loss_map", "loss_map", "loss_map"),
     ("loss_offset", "loss_offset", "loss_offset", "loss_offset"),
@@ -37,6 +38,7 @@ PLOTS = [  # id, title, train key, val key
     ("mAP", "mAP (val)", None, "mAP"),
 ]
 TABLE_ROWS = [*LOSSES, "lr", "grad_norm", *LOG_WEIGHTS, "images_per_s", "mAP", "AP50"]
+BRANCH_MARKERS = (("loss_map", "•"), ("loss_offset", "+"), ("loss_shape", "x"))  # told apart without colour
 MAX_PLOT_POINTS = 240  # points per series on screen; a plot is at most ~80 braille columns wide
 
 
@@ -257,6 +259,8 @@ class Monitor(VerticalScroll):
     """Everything about one run: what it is doing now and the curves so far."""
 
     BINDINGS = [
+        Binding("f", "show_findings", "Findings", id="show_findings",
+                tooltip="The findings: their list, and the selected one's evidence and remedy", show=False),
         Binding("r", "app.apply_remedy", "Remedy", id="apply_remedy",
                 tooltip="Apply the selected finding's remedy: stop with a checkpoint, rewind, start the child run",
                 show=False),
@@ -289,6 +293,8 @@ class Monitor(VerticalScroll):
         self.findings: list[dict[str, Any]] = []
         self.projection: Any = None  # engine.budget.Projection of the shown run
         self.plan_text = ""  # engine.lr_plan's line when the run fits a time budget
+        self.saved_step: int | None = None  # the newest checkpoint, shown on the status line
+        self.saved_best = False
 
     def compose(self) -> ComposeResult:
         PlotextPlot = cached_plot_class()  # noqa: N806 - plotext costs ~0.1 s to import: after the first frame
@@ -296,6 +302,7 @@ class Monitor(VerticalScroll):
         yield Static(self._status_text(), id="run-status")
         yield Static(self._budget_text(), id="budget")
         yield SystemStrip(id="system")
+        yield Static(self._summary_text(), id="diag-summary")
         with Horizontal(id="mid"):
             with Grid(id="plots"):
                 for pid, title, *_ in PLOTS:
@@ -318,16 +325,30 @@ class Monitor(VerticalScroll):
         self.redraw_plots()
 
     def on_resize(self, _event: Any = None) -> None:
-        """Narrow terminals stack the plots one per row, so the findings go above them (never off-screen)."""
+        """Narrow terminals (the app's -narrow class) show the branches' curves first, the findings as one line
+        above them, their list and detail one key (f) away."""
         narrow = self.app.size.width < 120
-        if narrow == self._narrow:
-            return
-        self._narrow = narrow
-        box, mid = self.query_one("#diag-box"), self.query_one("#mid")
-        if narrow:
-            self.move_child(box, before=mid)
-        else:
-            self.move_child(box, after=mid)
+        if narrow != self._narrow:
+            self._narrow = narrow
+            self._dirty_plots.add("branches")
+
+    def action_show_findings(self) -> None:
+        table = self.query_one("#diagnoses", DataTable)
+        table.focus()
+        self.scroll_to_widget(self.query_one("#diag-box"), top=True, animate=False)
+
+    def _summary_text(self) -> Text:
+        t = Text()
+        if not self.findings:
+            t.append("findings: none so far", style="dim")
+            return t
+        f = self.findings[-1]
+        t.append(f"findings {len(self.findings)}", style="bold")
+        t.append(f"  newest: {f.get('severity', '')} {f.get('rule', '')} §{f.get('section', '')} step "
+                 f"{f.get('step', '')}  ")
+        t.append("f", style="bold reverse")
+        t.append(" details · r remedy", style="dim")
+        return t
 
     # --- data in -------------------------------------------------------------------------
     def reset(self, run_name: str, max_days: float = 4.0) -> None:
@@ -344,9 +365,11 @@ class Monitor(VerticalScroll):
         self.findings.clear()
         self.projection = None
         self.plan_text = ""
+        self.saved_step, self.saved_best = None, False
         self.query_one(SystemStrip).show_run("")
         self.query_one("#diagnoses", DataTable).clear()
         self.query_one("#diag-detail", Static).update("")
+        self.query_one("#diag-summary", Static).update(self._summary_text())
         table = self.query_one("#latest", LatestTable)
         for name in TABLE_ROWS:
             table.update_cell(name, "train", "—")
@@ -394,6 +417,8 @@ class Monitor(VerticalScroll):
             if v is not None:
                 latest[name] = v
         self._dirty_plots.update(p[0] for p in PLOTS if p[col])
+        if split == "train":
+            self._dirty_plots.add("branches")
         self._update_table(split, latest)
         return last
 
@@ -410,6 +435,7 @@ class Monitor(VerticalScroll):
         table.add_row(row[0], Text(row[1], style=style), row[2], row[3], row[4], key=str(len(self.findings) - 1))
         if len(self.findings) == 1:
             self._show_detail(0)
+        self.query_one("#diag-summary", Static).update(self._summary_text())
 
     def selected_finding(self) -> dict[str, Any] | None:
         if not self.findings:
@@ -442,6 +468,10 @@ class Monitor(VerticalScroll):
 
     def set_plan(self, text: str) -> None:
         self.plan_text = text
+        self.refresh_texts()
+
+    def set_checkpoint(self, step: int, best: bool) -> None:
+        self.saved_step, self.saved_best = step, best
         self.refresh_texts()
 
     def set_state(self, state: str) -> None:
@@ -477,9 +507,11 @@ class Monitor(VerticalScroll):
         total = f"/{self.total_steps}" if self.total_steps else ""
         if self.state in ("paused", "stopped", "finished", "failed"):  # no speed, no ETA while not moving
             t.append(f"  step {self.step}{total}  epoch {self.epoch}  — img/s  ETA —")
-            return t
-        t.append(f"  step {self.step}{total}  epoch {self.epoch}  {self.images_per_s:.1f} img/s"
-                 f"  ETA {fmt_duration(self.eta_s())}")
+        else:
+            t.append(f"  step {self.step}{total}  epoch {self.epoch}  {self.images_per_s:.1f} img/s"
+                     f"  ETA {fmt_duration(self.eta_s())}")
+        if self.saved_step is not None:
+            t.append(f"  saved @{self.saved_step}{'★' if self.saved_best else ''}", style="dim")
         return t
 
     def _budget_text(self) -> Text:
@@ -549,13 +581,18 @@ class Monitor(VerticalScroll):
         plt.clear_figure()
         plt.title(title)
         drawn = False
+        if pid == "branches":
+            for key, marker in BRANCH_MARKERS:
+                if f"train:{key}" in self.series:
+                    plt.plot(*_thin(*self.series[f"train:{key}"]), marker=marker)
+                    drawn = True
         if tkey and f"train:{tkey}" in self.series:
             xs, ys = _thin(*self.series[f"train:{tkey}"])
             plt.plot(xs, ys, label="train", marker="braille")
             drawn = True
         if vkey and f"val:{vkey}" in self.series:
             xs, ys = _thin(*self.series[f"val:{vkey}"])
-            plt.plot(xs, ys, label="val", marker="dot" if len(xs) < 3 else "braille")
+            plt.plot(xs, ys, label="val", marker="dot")  # never braille: train and val read apart without colour
             drawn = True
         if pid == "lr" and drawn and _wants_log(self.series.get("train:lr")):
             plt.yscale("log")

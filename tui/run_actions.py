@@ -336,13 +336,19 @@ class RunActions:
             if self.form.locked_by:  # the panels follow the run's live edits, whoever made them
                 for key, _old, new in ev.changes:
                     self.form.set_key(key, new)
-            who = "" if ev.sender.startswith("tui") else f" (from {ev.sender.split(' pid')[0]})"
-            self.notify(ev.message + who, title=f"{ev.op}: {'applied' if ev.applied else 'refused'}",
-                        severity="information" if ev.applied else "error", timeout=6 if ev.applied else 12)
+            mine = ev.sender.startswith("tui")
+            title = f"{ev.op}: {'applied' if ev.applied else 'refused'}"
+            if mine:
+                self.notify(ev.message, title=title, severity="information" if ev.applied else "error",
+                            timeout=6 if ev.applied else 12)
+            else:  # another client's command: one line (its sender had the whole answer; journal.md keeps it)
+                first = ev.message.split("\n")[0].split("; ")[0]
+                self.notify(f"{title} (from {ev.sender.split(' pid')[0]}): {first[:70]}",
+                            severity="information" if ev.applied else "warning", timeout=5)
         elif isinstance(ev, E.PlanChanged):
             mon.set_plan(ev.text)
-        elif isinstance(ev, E.CheckpointSaved):
-            self.notify(f"checkpoint at step {ev.step}" + (" (best)" if ev.best else ""), timeout=3)
+        elif isinstance(ev, E.CheckpointSaved):  # on the status line, not a toast: it comes often
+            mon.set_checkpoint(ev.step, ev.best)
         elif isinstance(ev, E.Log) and ev.level == "warning":
             self.notify(ev.message, severity="warning", timeout=6)
 
@@ -397,8 +403,8 @@ class RunActions:
                 s.request_stop_now()
                 self.monitor.set_state("stopping")
                 self.notify("Stopping: writing a checkpoint, then quitting…")
-        self.push_screen(Confirm("A run is in progress in this app. Write a checkpoint, stop it and quit? "
-                                 "(Alt+D starts runs that outlive the TUI.)"), done)
+        self.push_screen(Confirm("A run is training in this app. Write a checkpoint, stop it and quit?\n"
+                                 "(Runs started with Alt+D train on after the TUI quits or SSH drops.)"), done)
 
     def on_hangup(self, name: str) -> None:
         """SIGHUP / SIGTERM (the terminal went away): an in-process run stops with a checkpoint, recorded in its

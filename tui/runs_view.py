@@ -18,7 +18,7 @@ from nanxi_tune.tui.palette import TIP
 
 # Fixed widths, so the first visit (before any row) never squeezes a column; 66 cells and their padding fit 80.
 # status fits "stopping ●" (a live run is marked ●).
-COLUMNS = (("✓", 1), ("name", 22), ("status", 10), ("best mAP", 8), ("started", 11), ("step", 7), ("preset", 7))
+COLUMNS = (("✓", 2), ("name", 21), ("status", 10), ("best mAP", 8), ("started", 11), ("step", 7), ("preset", 7))
 REFRESH_S = 2.0  # while the tab is shown: live runs' steps and states move
 
 
@@ -136,10 +136,16 @@ class RunsPane(Vertical):
         self.show_marks()
 
     def show_marks(self) -> None:
+        """The first column: ▸ on the cursor's row (it reads without colour), 1 / 2 on the runs marked to compare."""
         table = self.query_one(DataTable)
+        cur = self.cursor_key()
         for row_key in list(table.rows):
             mark = str(self.marked.index(row_key.value) + 1) if row_key.value in self.marked else ""
-            table.update_cell(row_key, "✓", mark)
+            table.update_cell(row_key, "✓", ("▸" if row_key.value == cur else " ") + mark)
+
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self, _event: DataTable.RowHighlighted) -> None:
+        self.show_marks()
 
     def pair(self) -> tuple[Path, Path] | None:
         """The two runs to compare: the two marked, or the one marked and the one under the cursor."""

@@ -44,7 +44,7 @@ def test_actions_have_bindings_with_ids_tooltips_and_palette_entries():
     assert {b.id for b in RunsPane.BINDINGS} == {"mark_run", "compare_runs"} and "compare_runs" in names
     # the footer keeps the run keys, the tab key and quit; the rest live in the palette
     shown = {b.action for b in NanxiTuneApp.BINDINGS if b.show}
-    assert shown == {"start_run", "pause_run", "stop_run", "resume_run", "next_tab", "quit"}
+    assert shown == {"start_run", "start_detached", "pause_run", "stop_run", "resume_run", "quit"}
 
 
 def test_workflow_screens_open_and_config_applied_marks_changes(tmp_path):
