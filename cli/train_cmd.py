@@ -144,8 +144,16 @@ def resume(args) -> int:
         return launch.launch(args, "resume")
     run_dir = Path(args.run_dir)
     updates = C.parse_sets(args.sets) if args.sets else None
-    if _by_config(args, C.load(run_dir / rundir.CONFIG)):
+    cfg = C.load(run_dir / rundir.CONFIG)
+    if _by_config(args, cfg):
         return launch.launch(args, "resume")
+    # refusals before torch loads (seconds): a key that may not change mid-run, a folder a live process owns
+    if updates and rundir.last_checkpoint(run_dir).exists():
+        C.with_live_updates(cfg, updates, "resume")
+    from nanxi_tune.engine import runctl
+
+    if runctl.status(run_dir).alive:
+        raise runctl.RunBusy(run_dir, runctl.read_owner(run_dir))
     try:
         from nanxi_tune.engine.trainer import Trainer
 

@@ -198,3 +198,31 @@ def test_under_nohup_a_hangup_is_still_ignored(tmp_path):
     out, err = p.communicate(timeout=180)
     assert p.returncode == ExitCode.FINISHED, err[-2000:]
     assert "SIGHUP" not in err
+
+
+def test_refused_resumes_answer_before_torch_loads(tmp_path):
+    """A key that may not change mid-run and a folder a live process owns are refused in a fraction of a second:
+    torch is never imported for them (issue 22)."""
+    from nanxi_tune.engine import config as C
+    from nanxi_tune.engine import runctl
+
+    run = tmp_path / "r"
+    (run / rundir.CHECKPOINTS).mkdir(parents=True)
+    C.save(C.Config(), run / rundir.CONFIG)
+    rundir.last_checkpoint(run).write_bytes(b"")  # only its existence matters to these refusals
+    probe = ("import sys; from nanxi_tune.cli.main import main; rc = main(sys.argv[1:]); "
+             "print('rc', rc, 'torch' in sys.modules)")
+
+    def resume(*extra: str) -> str:
+        r = subprocess.run([sys.executable, "-c", probe, "resume", str(run), *extra], capture_output=True,
+                           text=True, timeout=60)
+        return r.stdout.strip().splitlines()[-1] + " " + r.stderr
+
+    said = resume("--set", "train.seed=4")
+    assert said.startswith(f"rc {ExitCode.BAD_INPUT} False") and "not a live key" in said, said
+    owner = runctl.RunOwner.acquire(run)
+    try:
+        said = resume()
+    finally:
+        owner.release()
+    assert said.startswith(f"rc {ExitCode.BUSY} False") and "live process" in said, said
