@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from nanxi_tune.engine import config as C
+from nanxi_tune.engine import datapaths
 from nanxi_tune.tui.config_form import ConfigForm, FieldFocused
 from nanxi_tune.tui.dialogs import Confirm, DiffView, PresetPicker, SaveAs, diff_table
 
@@ -25,8 +26,12 @@ class ConfigActions:
         changed = form.changed_keys()
         t.append(f" · {len(changed)} changed" if changed else " · unchanged")
         if form.config is not None:
-            t.append(" · valid ✓", style="bold green")
             cfg = form.config
+            try:  # a path that is not there is not valid: said here, not when F5 fails
+                datapaths.check(cfg)
+                t.append(" · valid ✓", style="bold green")
+            except datapaths.DataError as err:
+                t.append(f" · ✗ data not found: {str(err).split(':')[0][-40:]}", style="bold red")
             if cfg.train.devices != 1:  # data-parallel: the batch is per device, the lr follows the global batch
                 n = cfg.train.devices
                 t.append(f" · batch {cfg.data.batch_size}/device × {n}" + (f" = {cfg.data.batch_size * n} global"

@@ -164,6 +164,8 @@ def test_f5_refuses_a_missing_data_path_before_making_a_run_folder(tmp_path):
         app = NanxiTuneApp(preset=str(preset), runs_root=runs)
         async with app.run_test(size=(100, 30), notifications=True) as pilot:
             await wait_for(pilot, lambda: app.form.all_mounted, timeout=30)
+            status = str(app.query_one("#config-status").render())  # said before F5: not "valid ✓"
+            assert "valid ✓" not in status and "data not found" in status and "nowhere" in status, status
             await pilot.press("f5")
             await wait_for(pilot, lambda: any("data not found" in n for n in notices(app)), timeout=10)
             assert not app.running
