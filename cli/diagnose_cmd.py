@@ -78,9 +78,10 @@ def diagnose(args) -> int:
 
     console = Console()
     if not findings:
-        console.print(f"diagnosis of {run_dir}: no findings", highlight=False)
+        console.print(f"diagnosis of {run_dir}: no findings", highlight=False, soft_wrap=True)
         return 0
-    console.print(f"diagnosis of {run_dir}: {len(findings)} finding{'s' * (len(findings) != 1)}\n", highlight=False)
+    console.print(f"diagnosis of {run_dir}: {len(findings)} finding{'s' * (len(findings) != 1)}\n", highlight=False,
+                  soft_wrap=True)  # a path is not wrapped: it copies whole
     for f in findings:
         _print_finding(console, f, run_dir)
     return 0

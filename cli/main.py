@@ -44,9 +44,9 @@ class _Accumulate(argparse.Action):
 
 def families() -> list:
     """The command modules, each with ``add_parsers(sub)`` and ``COMMANDS`` (name → function of the args)."""
-    from nanxi_tune.cli import ctl_cmd, diagnose_cmd, remedy_cmd, study_cmd, train_cmd, workflows_cmd
+    from nanxi_tune.cli import ctl_cmd, diagnose_cmd, predict_cmd, remedy_cmd, study_cmd, train_cmd, workflows_cmd
 
-    return [train_cmd, diagnose_cmd, ctl_cmd, remedy_cmd, workflows_cmd, study_cmd]
+    return [train_cmd, diagnose_cmd, ctl_cmd, remedy_cmd, workflows_cmd, study_cmd, predict_cmd]
 
 
 RUNS = ("train", "resume")  # commands that train: stop signals are theirs from the first instant

@@ -220,7 +220,19 @@ def eval(args) -> int:  # noqa: A001 - the subcommand's name
     for k in COCO_METRICS + LOSSES:
         table.add_row(k, f"{m[k]:.4f}")
     Console().print(table)
+    if m.get("errors"):
+        Console().print(errors_table(m["errors"]))
     return 0
+
+
+def errors_table(errors: dict):
+    """What costs AP50 (engine.errors), largest first, with the branch the notes tune for each kind."""
+    from nanxi_tune.engine.errors import BRANCH_OF, ERROR_KINDS
+
+    table = Table("error", "dAP50", "count", "tune", title=f"what costs AP50 (AP50 {errors['map50']:.4f})")
+    for kind in sorted(ERROR_KINDS, key=lambda k: -errors["delta"][k]):
+        table.add_row(kind, f"{errors['delta'][kind]:.4f}", str(errors["counts"][kind]), BRANCH_OF[kind])
+    return table
 
 
 COMMANDS = {"train": train, "resume": resume, "eval": eval, "presets": presets}

@@ -407,6 +407,18 @@ class Diagnose(Strict):
     dead_max: float = F(0.5, "Dead activations: a layer with more than this fraction of units never active on "
                         "a batch.", gt=0, le=1, live=True)
     plateau_evals: int = F(5, "Val plateau: evaluations without a new best mAP.", ge=2, le=1000, live=True)
+    errors_from: float = F(0.5, "Rules that read the detector's errors (TIDE kinds) judge evaluations from this "
+                           "fraction of the run on: early evaluations are loose by nature.", gt=0, le=1, live=True)
+    errors_evals: int = F(3, "…and fire when this many evaluations in a row show the error…", ge=2, le=100,
+                          live=True)
+    errors_min_gain: float = F(0.02, "…while AP50 rose less than this fraction over them (still climbing: the "
+                               "error is being learned away; healthy demo: +2.5% over its last three).", ge=0,
+                               le=1, live=True)
+    error_min_delta: float = F(0.03, "An error kind counts when fixing it would gain at least this much AP50 and "
+                               "it is the largest kind.", gt=0, lt=1, live=True)
+    loc_ap75_ratio: float = F(0.45, "Localisation-bound: AP75 / AP50 below this (boxes found but loosely fitted; a "
+                              "15-minute run on a set of few large objects: 0.27; BCCD, healthy: 0.7).", gt=0,
+                              lt=1, live=True)
     plateau_min_delta: float = F(0.005, "Val plateau: a new best must beat the old by this much mAP "
                                  "(64-image demo evals move by ~0.002 from noise).", ge=0, le=1, live=True)
     ema_drift_ratio: float = F(3.0, "EMA drift: epoch-median ema_l2 (EMA↔online weight distance, the notes' "

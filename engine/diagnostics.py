@@ -34,7 +34,7 @@ import math
 import statistics
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 from . import config as C
 from .events import Diagnosis
@@ -299,5 +299,38 @@ class History:
         return self.train[-1] if self.train else None
 
 
-__all__ = ["Finding", "History", "lower_lr", "LR_GRID", "remedy", "finite", "median", "rel_drop", "raw_loss",
+# --- the rule table (engine.rules and engine.error_rules register into it) ------------------------------
+
+RuleFn = Callable[[C.Config, "History | list[dict[str, Any]]", "dict[str, Any] | None"], "Finding | None"]
+
+PLAYBOOK = "Tuning Playbook"
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    fn: RuleFn
+    section: str
+    key: str | None  # evidence key whose material change re-fires the rule; None: only a new remedy does
+
+
+RULES: dict[str, Rule] = {}
+
+
+def rule(rule_id: str, section: str, key: str | None = None):
+    """Register a rule; the function may take a list of metrics lines or a History."""
+
+    def wrap(fn):
+        def run(cfg: C.Config, history, stats: dict[str, Any] | None = None) -> Finding | None:
+            return fn(cfg, History.of(history, cfg), stats or {})
+
+        run.__name__ = run.__qualname__ = fn.__name__
+        run.__doc__ = fn.__doc__
+        RULES[rule_id] = Rule(rule_id, run, section, key)
+        return run
+
+    return wrap
+
+
+__all__ = ["Finding", "History", "RULES", "Rule", "rule", "PLAYBOOK", "lower_lr", "LR_GRID", "remedy", "finite", "median", "rel_drop", "raw_loss",
            "SEVERITY_RANK", "BRANCHES"]

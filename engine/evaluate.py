@@ -72,6 +72,18 @@ def coco_map(coco_gt, results: list[dict], img_ids: list[int]) -> dict[str, floa
     return {k: max(float(v), 0.0) for k, v in zip(METRICS, ev.stats[:6])}
 
 
+def error_breakdown(coco_gt, results: list[dict], img_ids: list[int]) -> dict:
+    """What costs AP50 on ``img_ids`` (engine.errors: the TIDE kinds, per-class AP50), as JSON for the eval line."""
+    from .errors import breakdown
+
+    keep = {int(i) for i in img_ids}
+    gt = coco_gt.dataset
+    subset = {"images": [im for im in gt["images"] if int(im["id"]) in keep],
+              "annotations": [a for a in gt["annotations"] if int(a["image_id"]) in keep],
+              "categories": gt["categories"]}
+    return breakdown(subset, [r for r in results if int(r["image_id"]) in keep]).to_json()
+
+
 def evaluate(model, loader, cfg: Config, device, coco_gt, cat_ids: list[int],
              interrupt: Callable[[], bool] | None = None, dist=None, batches: int = 0) -> dict[str, float]:
     """Val losses (averaged over images) and COCO metrics of ``model`` on ``loader``. ``interrupt`` is asked
@@ -118,6 +130,8 @@ def evaluate(model, loader, cfg: Config, device, coco_gt, cat_ids: list[int],
         img_ids = [i for p in parts for i in p[3]]
     results = [r for batch in per_batch for r in batch]
     metrics = coco_map(coco_gt, results, img_ids) if dist is None or dist.is_main else {}
+    if dist is None or dist.is_main:
+        metrics["errors"] = error_breakdown(coco_gt, results, img_ids)
     if dist is not None:
         metrics = dist.from_main(metrics)
     metrics.update({k: v / max(n_images, 1) for k, v in sums.items()})

@@ -90,6 +90,7 @@ class EvalMetrics(Event):
     online_mAP: float | None = None
     online_AP50: float | None = None
     split: str = "val"
+    errors: dict | None = None  # engine.errors.ErrorBreakdown's JSON: what costs AP50, per error kind and class
 
 
 @dataclass(frozen=True)

@@ -15,39 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import config as C
-from .diagnostics import (BRANCHES, Finding, History, finite, lower_lr, median, r, raw_loss, rel_drop,
-                          remedy)
-
-RuleFn = Callable[[C.Config, "History | list[dict[str, Any]]", "dict[str, Any] | None"], "Finding | None"]
-
-PLAYBOOK = "Tuning Playbook"
-
-
-@dataclass(frozen=True)
-class Rule:
-    id: str
-    fn: RuleFn
-    section: str
-    key: str | None  # evidence key whose material change re-fires the rule; None: only a new remedy does
-
-
-RULES: dict[str, Rule] = {}
-
-
-def rule(rule_id: str, section: str, key: str | None = None):
-    """Register a rule; the function may take a list of metrics lines or a History."""
-
-    def wrap(fn):
-        def run(cfg: C.Config, history, stats: dict[str, Any] | None = None) -> Finding | None:
-            return fn(cfg, History.of(history, cfg), stats or {})
-
-        run.__name__ = run.__qualname__ = fn.__name__
-        run.__doc__ = fn.__doc__
-        RULES[rule_id] = Rule(rule_id, run, section, key)
-        return run
-
-    return wrap
-
+from .diagnostics import (BRANCHES, PLAYBOOK, RULES, Finding, History, Rule, finite, lower_lr, median, r,
+                          raw_loss, rel_drop, remedy, rule)
 
 def _step(h: History) -> int:
     return h.last_step
@@ -645,5 +614,7 @@ def ema_drift(cfg, h, stats):
                "epoch where the EMA was closest"),
         _step(h))
 
+
+from . import error_rules  # noqa: E402, F401 - registers the rules that read the detector's errors
 
 __all__ = ["RULES", "Rule", "rule"]

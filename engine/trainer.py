@@ -579,7 +579,7 @@ class Trainer:
         self._last_eval_step = self.step
         self._emit(EvalMetrics(step=self.step, epoch=self.epoch, time=time.time(), mode=cfg.eval.val_data_mode,
                                images=int(m["images"]), online_mAP=online.get("mAP"),
-                               online_AP50=online.get("AP50"),
+                               online_AP50=online.get("AP50"), errors=m.get("errors"),
                                **{k: float(m[k]) for k in COCO_METRICS + LOSSES}))
         improved = m["mAP"] > self.best_map
         if improved:

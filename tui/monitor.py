@@ -217,6 +217,21 @@ class SystemStrip(Static):
         self.update("  ".join(parts), layout=False)
 
 
+def errors_text(errors: dict[str, Any]) -> Text:
+    """The last evaluation's TIDE breakdown: what each error kind costs in AP50 and the branch the notes tune."""
+    from nanxi_tune.engine.errors import BRANCH_OF, ERROR_KINDS
+
+    t = Text()
+    t.append(f"What costs AP50 (val AP50 {errors.get('map50', 0):.3f})\n", style="bold")
+    t.append(f"  {'error':<14} {'dAP50':>6} {'count':>6}  tune\n", style="dim")
+    for kind in sorted(ERROR_KINDS, key=lambda k: -errors.get("delta", {}).get(k, 0.0)):
+        d, n = errors.get("delta", {}).get(kind, 0.0), errors.get("counts", {}).get(kind, 0)
+        bar = "█" * min(20, round(d * 100))
+        t.append(f"  {kind:<14} {d:6.3f} {n:6d}  {BRANCH_OF[kind]:<15} {bar}\n",
+                 style="bold" if d == max(errors.get("delta", {}).values() or [0]) and d > 0.005 else "")
+    return t
+
+
 def finding_detail(f: dict[str, Any]) -> Text:
     """A finding's evidence (the numbers that made it fire) and its remedy, for the detail pane."""
     t = Text()
@@ -308,6 +323,7 @@ class Monitor(VerticalScroll):
                 for pid, title, *_ in PLOTS:
                     yield PlotextPlot(id=f"plot-{pid}", classes="plot")
             yield LatestTable(TABLE_ROWS, id="latest")
+        yield Static("", id="errors")
         with Vertical(id="diag-box"):
             yield Static("Diagnoses — ↑↓ select · r applies the remedy · d dismisses", classes="section-title")
             yield DataTable(id="diagnoses", cursor_type="row")
@@ -369,6 +385,7 @@ class Monitor(VerticalScroll):
         self.query_one(SystemStrip).show_run("")
         self.query_one("#diagnoses", DataTable).clear()
         self.query_one("#diag-detail", Static).update("")
+        self.query_one("#errors", Static).update("")
         self.query_one("#diag-summary", Static).update(self._summary_text())
         table = self.query_one("#latest", LatestTable)
         for name in TABLE_ROWS:
@@ -401,7 +418,10 @@ class Monitor(VerticalScroll):
 
     def add_val(self, rows: list[Any]) -> None:
         if rows:
-            self._collect(rows, "val", 3, self.latest_val)
+            last = self._collect(rows, "val", 3, self.latest_val)
+            errors = _get(last, "errors")
+            if errors:
+                self.query_one("#errors", Static).update(errors_text(errors))
 
     def _collect(self, rows: list[Any], split: str, col: int, latest: dict[str, Any]) -> Any:
         """Plot points of one split (its key in column ``col`` of PLOTS) and the latest values for the table;

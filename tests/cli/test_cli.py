@@ -33,6 +33,11 @@ def test_train_resume_eval_diagnose(tmp_path, capsys):
     assert main(["eval", str(run), "--checkpoint", "last"]) == 0
     out = capsys.readouterr().out
     assert "mAP" in out and "AP50" in out and "loss_shape" in out
+    assert "what costs AP50" in out and "localisation" in out and "shape" in out  # the errors, by branch
+    val = [m for m in rundir.read_metrics(run) if m.get("split") == "val"][-1]
+    errors = val["errors"]  # every evaluation stores what costs AP50 with its line (issue 21)
+    assert set(errors["delta"]) == {"classification", "localisation", "both", "duplicate", "background", "missed"}
+    assert abs(errors["map50"] - val["AP50"]) < 1e-6  # the breakdown's AP50 is COCOeval's
 
     assert main(["diagnose", str(run), "--json"]) == 0
     findings = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.strip()]

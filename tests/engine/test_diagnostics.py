@@ -81,7 +81,8 @@ def test_rule_table_has_every_public_id():
         "flat-loss-after-epoch-2", "train-val-gap", "shape-loss-stuck", "warmup-enabled", "head-batchnorm",
         "non-smooth-head-activation", "letterbox-selected", "random-flip-disabled", "rsr-sample-too-small",
         "stale-normalization", "loss-scale-with-adam", "batch-size-headroom", "over-time-budget", "negative-loss",
-        "non-finite-loss", "exploding-gradient", "loss-spikes", "dead-activations", "val-plateau", "ema-drift"}
+        "non-finite-loss", "exploding-gradient", "loss-spikes", "dead-activations", "val-plateau", "ema-drift",
+        "localisation-bound", "background-detections", "classes-confused"}
     assert RULES["flat-loss-after-epoch-2"].section == "13.1"
     assert "Tuning Playbook" in RULES["loss-spikes"].section
 
@@ -543,3 +544,54 @@ def test_engine_never_imports_textual():
             "from nanxi_tune.engine.watcher import diagnose_run; "
             "assert not [m for m in sys.modules if m.split('.')[0] in ('textual', 'torch')], 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- the rules that read the detector's errors (issue 21) -----------------------------------------------------
+
+def with_errors(lines: list[dict], delta: dict[str, float], ap75_of_ap50: float = 0.7) -> list[dict]:
+    """``lines`` with every evaluation carrying a TIDE breakdown (``delta``: dAP50 per kind) and AP75 = ratio × AP50."""
+    from nanxi_tune.engine.errors import ERROR_KINDS
+
+    out = []
+    for line in lines:
+        if line["split"] == "val":
+            full = {k: delta.get(k, 0.0) for k in ERROR_KINDS}
+            line = {**line, "AP75": line["AP50"] * ap75_of_ap50,
+                    "errors": {"map50": line["AP50"], "delta": full, "counts": {k: 10 for k in ERROR_KINDS},
+                               "per_class_ap50": {"1": 0.9, "2": 0.4, "3": 0.7}}}
+        out.append(line)
+    return out
+
+
+def test_localisation_bound_fires_on_loose_boxes_only():
+    loose = with_errors(HEALTHY, {"localisation": 0.2, "missed": 0.05}, ap75_of_ap50=0.27)
+    f = check_rule("localisation-bound", C.Config(), loose)
+    assert f is not None and f.severity == "warning" and f.evidence["branch"] == "shape"
+    assert f.remedy["set"] == {"loss.shape_loss": "giou"} and f.evidence["ratio"] == 0.27
+    giou = check_rule("localisation-bound", cfg_with(**{"loss.shape_loss": "giou"}), loose)
+    assert giou.remedy["set"] == {"loss.s_shape": -1.0}  # GIoU already on: the shape branch weighted more
+    # healthy: AP75 is 70% of AP50, or localisation is not the largest error, or too early in the run
+    assert check_rule("localisation-bound", C.Config(), with_errors(HEALTHY, {"localisation": 0.2})) is None
+    assert check_rule("localisation-bound", C.Config(),
+                      with_errors(HEALTHY, {"localisation": 0.05, "missed": 0.2}, 0.27)) is None
+    early = [x for x in loose if x["step"] <= 10 * SPE]  # a third of a 30-epoch run: evaluations still loose
+    assert check_rule("localisation-bound", C.Config(), early) is None
+    assert check_rule("localisation-bound", C.Config(), HEALTHY) is None  # no breakdown recorded: no judgement
+    # one loose evaluation is noise: the last two must agree
+    one = with_errors(HEALTHY, {"localisation": 0.2}, 0.27)
+    vals = [i for i, x in enumerate(one) if x["split"] == "val"]
+    one[vals[-2]] = with_errors([HEALTHY[vals[-2]]], {"missed": 0.2}, 0.7)[0]
+    assert check_rule("localisation-bound", C.Config(), one) is None
+
+
+def test_background_detections_send_to_tune_post_and_confusion_to_the_map_branch():
+    bg = check_rule("background-detections", C.Config(), with_errors(HEALTHY, {"background": 0.1, "missed": 0.02}))
+    assert bg is not None and bg.remedy["command"] == "nanxi-tune tune-post {run} --apply"
+    assert bg.evidence["branch"] == "map" and "score_threshold" in bg.message
+    dup = check_rule("background-detections", C.Config(), with_errors(HEALTHY, {"duplicate": 0.1}))
+    assert dup is not None and dup.evidence["branch"] == "post-processing"
+    cls = check_rule("classes-confused", C.Config(), with_errors(HEALTHY, {"classification": 0.08}))
+    assert cls is not None and cls.remedy["set"] == {"loss.s_map": -1.0} and "2: AP50 0.40" in cls.message
+    small = with_errors(HEALTHY, {"background": 0.01, "classification": 0.02})  # below error_min_delta
+    assert check_rule("background-detections", C.Config(), small) is None
+    assert check_rule("classes-confused", C.Config(), small) is None

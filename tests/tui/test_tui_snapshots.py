@@ -35,6 +35,11 @@ def fake_rows(n: int = 60, total: int = 240):
         if s % 20 == 0:
             val.append(dict(step=s, epoch=s // 20, mAP=0.1 * s / 20, AP50=0.25 * s / 20, loss=lm + lo + ls + 0.2,
                             loss_map=lm + 0.1, loss_offset=lo + 0.05, loss_shape=ls + 0.05, split="val"))
+    val[-1]["errors"] = {"map50": 0.75, "per_class_ap50": {"1": 0.8, "2": 0.7},  # what costs AP50 (issue 21)
+                         "delta": {"classification": 0.01, "localisation": 0.12, "both": 0.0, "duplicate": 0.02,
+                                   "background": 0.04, "missed": 0.06},
+                         "counts": {"classification": 3, "localisation": 41, "both": 0, "duplicate": 5,
+                                    "background": 12, "missed": 9}}
     return train, val
 
 
@@ -159,3 +164,19 @@ def test_sweep_screen(snap_compare, tmp_path, size):
 @pytest.mark.parametrize("size", [(80, 24)], ids=lambda s: f"{s[0]}x{s[1]}")
 def test_schedule_screen(snap_compare, tmp_path, size):
     assert snap_compare(NanxiTuneApp(runs_root=tmp_path / "runs"), terminal_size=size, run_before=show_schedule)
+
+
+def test_monitor_shows_what_costs_ap50():
+    """The last evaluation's error breakdown, largest first, with the branch the notes tune for each kind."""
+    import asyncio
+
+    async def go():
+        app = NanxiTuneApp()
+        async with app.run_test(size=(160, 48)) as pilot:
+            await show_monitor(pilot)
+            text = str(app.monitor.query_one("#errors").render())
+            lines = [ln.split() for ln in text.splitlines()[2:] if ln.strip()]
+            assert [ln[0] for ln in lines[:3]] == ["localisation", "missed", "background"], text
+            assert lines[0][1:4] == ["0.120", "41", "shape"], text
+
+    asyncio.run(go())
