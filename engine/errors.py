@@ -217,3 +217,46 @@ def _decompose(d_cls: np.ndarray, d_score: np.ndarray, d_state: list, d_target: 
         fixed, _ = _mean_ap(cls[keep], d_score[keep], tp[keep], n, classes)
         delta[kind] = max(fixed - base, 0.0)  # fixes never lower AP; clamp float noise as tidecv does
     return ErrorBreakdown(map50=base, delta=delta, counts=counts, per_class_ap50=per_class)
+
+
+@dataclass(frozen=True)
+class ImageMatch:
+    """One image at a score threshold: which predictions hit a ground-truth box (same class, IoU ≥ 0.5), which
+    ground truth nobody found; ``errors`` = false detections + missed objects (the Predictions view's order)."""
+
+    hit: list[bool]  # per prediction at or above the threshold, in the order given
+    missed: list[int]  # indices of unmatched ground-truth boxes
+    kept: list[int]  # indices of the predictions at or above the threshold
+
+    @property
+    def errors(self) -> int:
+        return self.hit.count(False) + len(self.missed)
+
+
+def match_image(gt_boxes: list, gt_labels: list, boxes: list, labels: list, scores: list, threshold: float,
+                iou: float = 0.5) -> ImageMatch:
+    """Greedy matching by score, as COCO does at one IoU: boxes xyxy; labels compared for equality."""
+    kept = sorted((i for i, s in enumerate(scores) if s >= threshold), key=lambda i: -scores[i])
+    used: set[int] = set()
+    hit = {}
+    g = np.asarray(gt_boxes, dtype=float).reshape(-1, 4)
+    for i in kept:
+        best, best_iou = -1, iou
+        if len(g):
+            b = np.asarray(boxes[i], dtype=float)
+            iw = np.clip(np.minimum(b[2], g[:, 2]) - np.maximum(b[0], g[:, 0]), 0, None)
+            ih = np.clip(np.minimum(b[3], g[:, 3]) - np.maximum(b[1], g[:, 1]), 0, None)
+            inter = iw * ih
+            union = (b[2] - b[0]) * (b[3] - b[1]) + (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1]) - inter
+            ious = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+            for j in np.argsort(-ious):
+                if ious[j] < best_iou:
+                    break
+                if j not in used and gt_labels[j] == labels[i]:
+                    best = int(j)
+                    break
+        hit[i] = best >= 0
+        if best >= 0:
+            used.add(best)
+    kept_in_order = sorted(kept)
+    return ImageMatch([hit[i] for i in kept_in_order], [j for j in range(len(g)) if j not in used], kept_in_order)

@@ -276,6 +276,8 @@ class Monitor(VerticalScroll):
     BINDINGS = [
         Binding("f", "show_findings", "Findings", id="show_findings",
                 tooltip="The findings: their list, and the selected one's evidence and remedy", show=False),
+        Binding("p", "app.show_predictions", "Predictions", id="show_predictions",
+                tooltip="The run's val images with ground truth and predicted boxes, worst first", show=False),
         Binding("r", "app.apply_remedy", "Remedy", id="apply_remedy",
                 tooltip="Apply the selected finding's remedy: stop with a checkpoint, rewind, start the child run",
                 show=False),

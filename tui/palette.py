@@ -37,6 +37,9 @@ ACTIONS = [  # action, palette name, help
                                                             "trials run as their own process: F7 stops them)"),
     ("dismiss_finding", "Dismiss the selected finding", "Close the selected finding without applying it; its "
                                                        "pinned rewind checkpoint is released"),
+    ("show_predictions", "Predictions (val images, boxes)", "The selected or shown run's val images with ground "
+                                                            "truth and predicted boxes, worst first; ←/→ move, "
+                                                            "+/− the score threshold"),
     ("compare_runs", "Compare two runs", "Config diff side by side and both curves on one plot (mark runs with "
                                          "space on the Runs tab)"),
     ("next_tab", "Next tab", "Config → Monitor → Runs"),

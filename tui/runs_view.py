@@ -43,6 +43,8 @@ class RunsPane(Vertical):
         Binding("space", "mark", "Mark", id="mark_run", tooltip="Mark / unmark the run under the cursor for compare",
                 show=False),
         Binding("c", "app.compare_runs", "Compare", id="compare_runs", tooltip=TIP["compare_runs"], show=False),
+        Binding("p", "app.show_predictions", "Predictions", id="show_predictions_runs",
+                tooltip=TIP["show_predictions"], show=False),
     ]
 
     def __init__(self, **kw: Any) -> None:
@@ -50,7 +52,7 @@ class RunsPane(Vertical):
         self.marked: list[str] = []
 
     def compose(self) -> ComposeResult:
-        yield Static("Runs — Enter opens (● live: attaches) · space marks · c compares · F8 resumes",
+        yield Static("Runs — Enter opens · space marks · c compares · p predictions · F8 resumes",
                      classes="section-title")
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
 

@@ -76,6 +76,15 @@ class WorkflowActions:
             return
         self.push_screen(TunePostScreen(run))
 
+    def action_show_predictions(self) -> None:
+        from nanxi_tune.tui.predictions_view import PredictionsScreen
+
+        run = self.trained_run()
+        if run is None:
+            self.notify(f"No trained run (with a checkpoint) under {self.runs_root} yet.", severity="warning")
+            return
+        self.push_screen(PredictionsScreen(run))
+
     def action_open_schedule(self) -> None:
         from nanxi_tune.tui.schedule_view import ScheduleScreen
 

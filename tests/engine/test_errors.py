@@ -199,3 +199,15 @@ def test_map50_agrees_with_pycocotools(seed, crowd):
     assert b.map50 == pytest.approx(_coco_ap50(gt, dets), abs=1e-6)
     assert sum(b.counts[k] for k in ERROR_KINDS if k != "missed") > 0
     assert all(v >= 0.0 for v in b.delta.values())
+
+
+def test_match_image_counts_false_detections_and_missed_objects():
+    from nanxi_tune.engine.errors import match_image
+
+    gt = [(0, 0, 10, 10), (20, 20, 30, 30)]
+    m = match_image(gt, ["a", "b"], [(0, 0, 10, 10), (0, 0, 10, 9), (20, 20, 30, 30), (50, 50, 60, 60)],
+                    ["a", "a", "a", "b"], [0.9, 0.8, 0.7, 0.1], threshold=0.5)
+    assert m.kept == [0, 1, 2]  # 0.1 is below the threshold
+    assert m.hit == [True, False, False]  # a duplicate, and the right place with the wrong class
+    assert m.missed == [1] and m.errors == 3
+    assert match_image(gt, ["a", "b"], [], [], [], 0.5).errors == 2

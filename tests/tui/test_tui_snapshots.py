@@ -180,3 +180,50 @@ def test_monitor_shows_what_costs_ap50():
             assert lines[0][1:4] == ["0.120", "41", "shape"], text
 
     asyncio.run(go())
+
+
+async def show_predictions(pilot):
+    """The Predictions view on a fabricated image (no model: the worker's result is handed in as it would be)."""
+    from PIL import Image, ImageDraw
+
+    from nanxi_tune.engine.predict import Prediction
+    from nanxi_tune.tui.predictions_view import PredictionsScreen
+
+    img = Image.new("RGB", (160, 120), (40, 60, 90))
+    d = ImageDraw.Draw(img)
+    d.ellipse([20, 20, 60, 60], fill=(230, 200, 40))
+    d.rectangle([100, 60, 140, 100], fill=(200, 60, 60))
+    pred = Prediction("000001.png", 1, 160, 120, [(18, 19, 61, 62), (98, 58, 141, 101), (60, 5, 90, 30)],
+                      [0.91, 0.55, 0.4], [1, 1, 2], ["circle", "circle", "square"])
+    screen = PredictionsScreen("runs/run-a")
+    screen._predict = lambda: None  # the worker would load torch and the run's weights
+    await pilot.app.push_screen(screen)
+    await pilot.pause()
+    screen._loaded([{"pred": pred, "gt": [(20, 20, 60, 60), (100, 60, 140, 100)], "gt_names": ["circle", "square"],
+                     "image": img}], ["circle", "square"])
+    await pilot.pause(0.2)
+
+
+def test_predictions_screen(snap_compare, tmp_path):
+    assert snap_compare(NanxiTuneApp(runs_root=tmp_path / "runs"), terminal_size=(80, 24), run_before=show_predictions)
+
+
+def test_predictions_list_reads_without_colour():
+    """Each box in words: ✓ hit, ✗ false (a right place with a wrong class counts false), ○ missed."""
+    import asyncio
+
+    async def go():
+        app = NanxiTuneApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await show_predictions(pilot)
+            text = str(app.screen.query_one("#pred-list").render())
+            assert "✓ circle 0.91" in text and "✗ circle 0.55" in text and "✗ square 0.40" in text, text
+            assert "○ gt square missed" in text, text
+            info = str(app.screen.query_one("#pred-info").render())
+            assert "image 1/1" in info and "3 predicted, 2 labelled · 3 errors" in info, info
+            await pilot.press("plus", "plus", "plus")
+            await pilot.pause()
+            assert "score ≥ 0.45" in str(app.screen.query_one("#pred-info").render())
+            assert "square 0.40" not in str(app.screen.query_one("#pred-list").render())
+
+    asyncio.run(go())
