@@ -33,7 +33,7 @@ def add_parsers(sub) -> None:
                                                            "train it; `nanxi-tune resume CHILD` trains it")
     c.add_argument("--no-trial", action="store_true", help="apply the finding's own lr value without the trial")
     c.add_argument("--trial-steps", type=int, metavar="N", help="steps per lr trial (default: a tenth of the run, "
-                                                                "10 to 300)")
+                                                                "30 to 300)")
     c.add_argument("--from-scratch", action="store_true", help="when the finding's rewind checkpoint is gone, "
                                                                "start the child from step 0 instead of refusing")
     c.add_argument("--dismiss", action="store_true", help="close the finding without applying it (its pinned "
@@ -147,7 +147,8 @@ def remedy(args) -> int:
         return _busy(run_dir)
 
     def on_trial(t) -> None:
-        s = f"raw loss {t.score:.4f}" if t.status == "done" else t.status
+        s = (f"held-out val loss {t.score:.4f} (mAP {t.mAP:.3f}; train loss {t.train_score:.4f})"
+             if t.status == "done" else t.status)
         _say(f"trial {R.LR} = {t.value:g}: {s} after {t.steps} steps")
 
     _say(f"{run_dir.name}: applying {finding['rule']}: {_set_text(finding['remedy']['set'])}")

@@ -30,6 +30,23 @@ def load_ema_model(run_dir: Path, which: str = "best", cfg: C.Config | None = No
     return cfg, model, dataset
 
 
+def evaluate_online(run_dir: Path) -> dict[str, Any]:
+    """The online (not EMA) weights of ``run_dir``'s last checkpoint on its val data: what a short trial learned
+    (the EMA of a few dozen steps still holds mostly the weights it started from)."""
+    run_dir = Path(run_dir)
+    cfg = C.load(run_dir / rundir.CONFIG)
+    state = ckpt_io.load(rundir.last_checkpoint(run_dir))
+    dataset = eval_dataset(cfg, cfg.train.seed)
+    model = build_model(cfg, dataset.num_classes)
+    model.load_state_dict({k.removeprefix("module."): v for k, v in state["model"].items()})
+    device = pick_device(cfg.train.device)
+    model.to(device)
+    loader = make_loader(dataset, range(len(dataset)), cfg.data.batch_size, cfg.data.workers, device.type,
+                         drop_last=False)
+    with torch.inference_mode():
+        return evaluate(model, loader, cfg, device, dataset.coco, dataset.cat_ids)
+
+
 def evaluate_run(run_dir: Path, which: str = "best", updates: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = C.load(Path(run_dir) / rundir.CONFIG)
     if updates:

@@ -11,9 +11,12 @@ or the caller passes ``allow_scratch``. A change of a non-live key starts a new 
 An lr remedy is proven before it is applied (the notes' seven stars, 七星连珠法, run downward from the current
 lr): from the rewind checkpoint, with the run's own data order, each value down the half-decade grid trains a
 short trial (``trial_steps``); a trial whose loss rises far above its start (``BLOWUP``) is cut at once — that lr
-cannot work — and the descent stops once the loss turns worse than the best. The best value is applied and the
-child continues from the end of its trial (those steps are not redone); every trial's curve is the evidence,
-in remedy.json and the child's first events line.
+cannot work. Each finished trial is scored on held-out data, the run's val set, by the raw val loss of its online
+weights: short trials ranked by their own train loss favour large lrs (a real set run at 300× its lr chose 10× the
+healthy lr that way and reached 0.55 of the healthy run's mAP). The descent stops once ``PATIENCE`` trials in a row
+score worse than the best (one noisy upturn does not end it). The best value is applied and the child continues
+from the end of its trial (those steps are not redone); every trial's curve is the evidence, in remedy.json and the
+child's first events line.
 
 ``open_findings`` lists a run's findings still open (the latest per rule, neither applied nor dismissed);
 ``dismiss`` closes one and releases its pinned checkpoint. Resume the child with ``Trainer.resume(child)`` when
@@ -32,7 +35,7 @@ from typing import Any, Callable
 
 from . import config as C
 from . import pins, recorder, rundir
-from .diagnostics import SEVERITY_RANK, finite, lower_lr, median, raw_loss
+from .diagnostics import BRANCHES, SEVERITY_RANK, finite, lower_lr, median, raw_loss
 from .events import Lineage, RemedyClosed, RunState
 from .job import Job
 from .study import param_distribution
@@ -42,6 +45,7 @@ LR = "train.base_lr"
 STARS = 7  # values tried at most (the seven stars)
 BLOWUP = 1.5  # a trial whose running raw loss exceeds this × its first value is cut: that lr cannot work
 TIE = 0.02  # trial scores within 2 % of the best: the larger lr wins (it goes on learning faster)
+PATIENCE = 2  # trials in a row worse than the best before the descent stops
 REMEDY_JSON = "remedy.json"
 FOREVER = 1_000_000_000  # eval.interval of a trial: no evaluation inside it
 
@@ -159,7 +163,9 @@ def dismiss(run_dir: Path, finding: dict[str, Any]) -> None:
 class Trial:
     value: float
     status: str = "new"  # done, blew-up, failed
-    score: float | None = None  # median raw train loss over the trial's last half (lower is better)
+    score: float | None = None  # raw val loss of the trial's online weights: held out (lower is better)
+    train_score: float | None = None  # median raw train loss over the trial's last half (evidence only)
+    mAP: float | None = None  # val mAP of the trial's online weights (evidence only)
     steps: int = 0  # steps trained
     curve: list[list[float]] = field(default_factory=list)  # [step, raw loss]
 
@@ -178,8 +184,9 @@ class TrialRun:
 
 
 def default_trial_steps(total_steps: int) -> int:
-    """A tenth of the run, at least 10 steps, at most 300 (a few hundred steps on a real run)."""
-    return int(max(10, min(300, round(total_steps / 10))))
+    """A tenth of the run, at least 30 steps (fewer cannot rank lrs: the first steps favour the large ones), at most
+    300 (a few hundred steps on a real run)."""
+    return int(max(30, min(300, round(total_steps / 10))))
 
 
 def trial_values(current: float, n: int = STARS) -> list[float]:
@@ -248,7 +255,12 @@ def run_trial(parent: Path, cfg: C.Config, rewind: Rewind, value: float, steps: 
     else:
         trial.status = "done"
         tail = [y for _, y in trial.curve[len(trial.curve) // 2:]]
-        trial.score = median(tail) if tail else math.inf
+        trial.train_score = median(tail) if tail else math.inf
+        from .evaluate_run import evaluate_online
+
+        held = evaluate_online(path)
+        trial.score = sum(held[k] for k in BRANCHES) if all(finite(held[k]) for k in BRANCHES) else math.inf
+        trial.mAP = held["mAP"]
     callback(trial)
     return trial
 
@@ -261,6 +273,7 @@ def lr_trial(parent: Path, cfg: C.Config, rewind: Rewind, root: Path, steps: int
     steps = max(1, min(steps, total - rewind.step))
     trials: list[Trial] = []
     best: Trial | None = None
+    worse = 0  # trials in a row that scored worse than the best
     study = _descent_study(root)
     for v in trial_values(cfg.train.base_lr):
         if job is not None and job.stopped.is_set():
@@ -274,9 +287,11 @@ def lr_trial(parent: Path, cfg: C.Config, rewind: Rewind, root: Path, steps: int
         if tr.status != "done":
             continue
         if best is None or tr.score < best.score * (1 - TIE):
-            best = tr
+            best, worse = tr, 0
         elif tr.score > best.score * (1 + TIE):
-            break  # the loss turned worse going down: lower values only learn slower
+            worse += 1
+            if worse >= PATIENCE:
+                break  # worse twice in a row going down: lower values only learn slower
     return TrialRun(LR, rewind.step, steps, trials, best.value if best else None, sum(t.steps for t in trials))
 
 
@@ -396,7 +411,7 @@ def trial_summary(proof: TrialRun) -> str:
     for t in proof.trials:
         s = f"{t.score:.3f}" if t.status == "done" else t.status
         parts.append(f"{t.value:g}: {s}{' ★' if t.value == proof.best else ''}")
-    return f"{proof.trial_steps} steps each from step {proof.from_step}, raw loss " + ", ".join(parts)
+    return f"{proof.trial_steps} steps each from step {proof.from_step}, held-out val loss " + ", ".join(parts)
 
 
 def plan(run_dir: Path, finding: dict[str, Any], allow_scratch: bool = False,

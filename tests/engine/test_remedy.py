@@ -205,3 +205,29 @@ def test_remedy_cli(tmp_path, rewind_rule, capsys):
     kid = next(p for p in tmp_path.iterdir() if p.name.startswith("twin-test-rewind"))
     assert f"nanxi-tune resume {kid}" in out and ckpt_io.peek(rundir.last_checkpoint(kid), "step") == 2 * SPE
     assert C.load(kid / rundir.CONFIG).train.base_lr == 0.001 and not (kid / "trials").exists()
+
+
+def test_lr_trials_are_ranked_on_held_out_data_and_one_upturn_does_not_end_the_descent(tmp_path, rewind_rule,
+                                                                                      monkeypatch):
+    """Issue 21: short trials ranked by their own train loss favour large lrs. The score is the trial's online
+    weights' val loss; the descent goes on past one noisy upturn and stops after PATIENCE worse trials in a row."""
+    from nanxi_tune.engine import evaluate_run
+
+    parent = tmp_path / "p"
+    assert Trainer(small(**{"train.epochs": 5, "train.base_lr": 0.1}), parent).run() == "finished"
+    f = next(f for f in remedy.open_findings(parent) if f["rule"] == "test-rewind")
+    # held-out val loss by lr: an upturn at 0.01, the best at 0.003, then worse twice (0.001, 0.0003)
+    held = {0.03: 3.0, 0.01: 3.3, 0.003: 2.0, 0.001: 2.6, 0.0003: 2.9, 0.0001: 1.0}
+    lr_of = {}
+
+    def fake(path):
+        value = lr_of.setdefault(path, C.load(path / rundir.CONFIG).train.base_lr)
+        return {"loss_map": held[value], "loss_offset": 0.0, "loss_shape": 0.0, "mAP": 1 / held[value]}
+
+    monkeypatch.setattr(evaluate_run, "evaluate_online", fake)
+    child = remedy.apply(parent, f, tmp_path, trial_steps=3)
+    rec = json.loads((child / remedy.REMEDY_JSON).read_text())
+    trials = rec["trial"]["trials"]
+    assert [t["value"] for t in trials] == [0.03, 0.01, 0.003, 0.001, 0.0003]  # past the upturn, not to 0.0001
+    assert rec["trial"]["best"] == 0.003 and C.load(child / rundir.CONFIG).train.base_lr == 0.003
+    assert all(t["score"] == held[t["value"]] and t["train_score"] is not None for t in trials)
