@@ -33,7 +33,7 @@ def add_parsers(sub) -> None:
                                                            "train it; `nanxi-tune resume CHILD` trains it")
     c.add_argument("--no-trial", action="store_true", help="apply the finding's own lr value without the trial")
     c.add_argument("--trial-steps", type=int, metavar="N", help="steps per lr trial (default: a tenth of the run, "
-                                                                "30 to 300)")
+                                                                "10 to 300)")
     c.add_argument("--from-scratch", action="store_true", help="when the finding's rewind checkpoint is gone, "
                                                                "start the child from step 0 instead of refusing")
     c.add_argument("--dismiss", action="store_true", help="close the finding without applying it (its pinned "
