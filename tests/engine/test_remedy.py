@@ -193,7 +193,7 @@ def test_remedy_cli(tmp_path, rewind_rule, capsys):
     # the default: apply the most severe open finding, prove the lr, train the child to the planned end
     assert main(["remedy", str(parent), "--quiet", "--trial-steps", "2"]) == 0
     err = capsys.readouterr().err
-    assert "trial train.base_lr = 0.001: raw loss" in err
+    assert "trial train.base_lr = 0.001: held-out val loss" in err
     child = next(p for p in tmp_path.iterdir() if p.name.startswith("p-test-rewind"))
     assert max(m["step"] for m in rundir.read_metrics(child)) == 5 * SPE
     assert rundir.recorded_state(child) == "finished"
