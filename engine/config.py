@@ -239,6 +239,9 @@ class Train(Strict):
     seed: int = F(0, "Run seed: model init, data order and augmentation derive from it.", ge=0)
     device: str = F("auto", "Device: auto (CUDA when present), cpu, cuda or cuda:N.")
     log_every: int = F(1, "Write a train metrics line every N steps.", ge=1, live=True)
+    tensorboard: bool = F(True, "Also write TensorBoard event files to RUN/tensorboard/ (losses, lr, COCO metrics, "
+                          "the error breakdown, and a few val images with boxes at each evaluation), so "
+                          "`tensorboard --logdir runs` works beside the TUI.")
     devices: int | Literal["auto"] = F(
         1, "Devices to train on, one process each (data-parallel through torchrun); auto = every visible GPU "
         "(1 without CUDA). Above 1 the run starts through torchrun (the TUI starts it detached).",

@@ -77,6 +77,18 @@ def _load_json(ann_file: Path) -> dict:
     return data
 
 
+UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError)  # what PIL raises for a file it cannot decode
+
+
+def load_rgb(path: Path) -> torch.Tensor:
+    """An image file as uint8 (3, h, w) RGB. Raises FileNotFoundError, or one of UNREADABLE (callers name the file
+    and the fix in their own words)."""
+    with Image.open(path) as im:
+        im.load()
+        rgb = im.convert("RGB")
+    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """A COCO instances set; ``ds[i]`` is a plain sample, ``ds[(epoch, i)]`` an augmented one (train)."""
 
@@ -237,15 +249,11 @@ class CocoDetection(torch.utils.data.Dataset):
         path = self.img_dir / info["file_name"]
         fix = "remove it from the annotations or set data.skip_bad = true"
         try:
-            with Image.open(path) as im:
-                im.load()
-                rgb = im.convert("RGB")
+            return load_rgb(path)
         except FileNotFoundError:
             raise DataError(f"{path}: image file not found (image {image_id} in {self.ann_file}); {fix}") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        except UNREADABLE as err:
             raise DataError(f"{path}: cannot decode the image (image {image_id}: {err}); {fix}") from None
-        arr = np.asarray(rgb, dtype=np.uint8)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
     def __getitem__(self, key):
         if isinstance(key, tuple):

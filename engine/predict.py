@@ -12,14 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from . import config as C
 from . import rundir
 from .checkpoint import CheckpointError
-from .data import CocoDetection, collate, make_loader
+from .data import UNREADABLE, CocoDetection, collate, load_rgb, make_loader
 from .decode import decode
 from .device import pick_device
 from .evaluate import to_coco_results
@@ -70,15 +68,12 @@ def image_files(paths: Iterable[str | Path]) -> list[Path]:
 def read_image(path: Path) -> torch.Tensor:
     """The uint8 (3, h, w) RGB image, decoded as CocoDetection decodes a dataset image."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            rgb = im.convert("RGB")
+        return load_rgb(path)
     except FileNotFoundError:
         raise PredictError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except UNREADABLE as err:
         raise PredictError(f"{path}: cannot read this image ({err}); give a JPEG, PNG or other image PIL "
                            "decodes") from None
-    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
 class _Canvas:
@@ -119,14 +114,24 @@ class Predictor:
     `nanxi-tune eval --set`."""
 
     def __init__(self, run_dir: Path | str, which: str = "best", updates: dict[str, Any] | None = None):
-        self.run_dir = Path(run_dir)
-        require_checkpoint(self.run_dir)
-        cfg = C.load(self.run_dir / rundir.CONFIG)
+        run_dir = Path(run_dir)
+        require_checkpoint(run_dir)
+        cfg = C.load(run_dir / rundir.CONFIG)
         if updates:
             cfg = C.with_updates(cfg, updates)
-        self.cfg, self.model, self.val_set = load_ema_model(self.run_dir, which, cfg)
-        self.device = pick_device(self.cfg.train.device)
-        self.model.to(self.device).eval()
+        cfg, model, val_set = load_ema_model(run_dir, which, cfg)
+        device = pick_device(cfg.train.device)
+        self._use(run_dir, cfg, model.to(device).eval(), val_set, device)
+
+    @classmethod
+    def of_model(cls, run_dir: Path, cfg: C.Config, model, val_set, device) -> "Predictor":
+        """A Predictor over a model already in memory (a live trainer's EMA model and eval set)."""
+        p = cls.__new__(cls)
+        p._use(Path(run_dir), cfg, model, val_set, device)
+        return p
+
+    def _use(self, run_dir: Path, cfg: C.Config, model, val_set, device) -> None:
+        self.run_dir, self.cfg, self.model, self.val_set, self.device = run_dir, cfg, model, val_set, device
         self.cat_ids = self.val_set.cat_ids
         self.class_names = list(self.val_set.class_names)
         self.names = dict(zip(self.cat_ids, self.class_names))
@@ -149,6 +154,19 @@ class Predictor:
         found, sizes = self._run(loader)
         return [self._prediction(str(ds.coco.imgs[i]["file_name"]), int(i), found.get(int(i), []), sizes[int(i)])
                 for i in ds.ids if int(i) in sizes]  # with data.skip_bad an unreadable image is left out
+
+    def on_batch(self, batch) -> list[Prediction]:
+        """One collated batch of the val set (images, targets), in eval mode for the call (BatchNorm on its running
+        statistics, as evaluate() does)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            found, sizes = self._run([batch])
+        finally:
+            self.model.train(was_training)
+        ids = [int(t["image_id"]) for t in batch[1]]
+        return [self._prediction(str(self.val_set.coco.imgs[i]["file_name"]), i, found.get(i, []), sizes[i])
+                for i in ids]
 
     def ground_truth(self, image_id: int) -> tuple[list[tuple[float, float, float, float]], list[str]]:
         """A val image's labelled boxes (xyxy, original pixels) and class names; crowd boxes left out."""

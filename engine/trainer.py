@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from . import checkpoint as ckpt_io
 from . import config as C
-from . import journal, rundir, runctl
+from . import journal, rundir, runctl, tboard
 from .recorder import Recorder, RecordError
 from .device import StopRun, memory_mib, pick_device
 from .diagnostics import lower_lr
@@ -89,6 +89,7 @@ class Trainer:
         self.watcher = Watcher(cfg)
         self._lines_since_check = 0
         self._record: Recorder | None = None  # rank 0's, while it runs
+        self.board: tboard.Board | None = None  # rank 0's TensorBoard view (train.tensorboard), after the setup
         self.owner = owner  # taken in run() unless resume() already holds it
         self.inbox = runctl.Inbox(self.run_dir)
         self._deferred: list[Command] = []  # commands met during an evaluation, applied after it
@@ -137,6 +138,8 @@ class Trainer:
         if isinstance(event, (StepMetrics, EvalMetrics)):
             self.watcher.observe(line)
             self._lines_since_check += 1
+            if self.board is not None:
+                self.board.feed(event)
         try:
             self.callback(event)
         except Exception as err:  # noqa: BLE001 - output errors (a closed pipe, a dead terminal) never stop training
@@ -204,6 +207,7 @@ class Trainer:
             self._record = Recorder(self.run_dir)
         try:
             self._setup()
+            self.board = tboard.open_board(self)
             self._set_state(RunState.RUNNING, "resumed" if self.resume_from else "started")
             self._loop()
         except StopRun as err:
@@ -234,6 +238,8 @@ class Trainer:
                 if self._record is not None:  # the record only: listeners had the Error
                     self._record.record(Traceback(traceback.format_exc()))
         finally:
+            if self.board is not None:
+                self.board.close()
             if self.dist.is_main:
                 try:
                     journal.write(self.run_dir)

@@ -89,3 +89,47 @@ NEEDS_TMUX = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not i
 def tmux(*args: str) -> str:
     """A tmux command's output (tests that drive the app in a real 80×24 terminal)."""
     return subprocess.run(["tmux", *args], capture_output=True, text=True).stdout
+
+
+class TmuxScreen:
+    """A tmux session's screen for tests that drive the app in a real terminal: its text (no colour), keys in,
+    and waits for what a person would look for."""
+
+    def __init__(self, session: str):
+        self.session = session
+
+    def text(self) -> str:
+        return tmux("capture-pane", "-p", "-t", self.session)
+
+    def keys(self, *keys: str) -> None:
+        for key in keys:
+            tmux("send-keys", "-t", self.session, key)
+
+    def wait(self, pattern: str, timeout: float):
+        import re
+        import time
+
+        end = time.time() + timeout
+        while time.time() < end:
+            m = re.search(pattern, self.text(), re.M)
+            if m:
+                return m
+            time.sleep(0.2)
+        raise AssertionError(f"{pattern!r} not on screen:\n{self.text()}")
+
+
+def start_tui(tmp_path, name: str, **updates) -> TmuxScreen:
+    """The real app at 80×24 in a tmux session, on the demo preset shrunk to ``updates`` (dotted keys), its runs
+    under ``tmp_path/runs``; kill it with ``tmux("kill-session", "-t", screen.session)``."""
+    import sys
+
+    from nanxi_tune.engine import config as C
+
+    preset = C.save(C.with_updates(C.load_preset("demo"), updates), tmp_path / "tiny.toml")
+    session = f"nanxi-{name}-{os.getpid()}"
+    code = ("from pathlib import Path; from nanxi_tune.tui.app import run_app; "
+            f"run_app({str(preset)!r}, runs_root=Path({str(tmp_path / 'runs')!r}))")
+    env = f"NANXI_TUNE_CACHE={os.environ.get('NANXI_TUNE_CACHE', str(tmp_path / 'cache'))}"
+    cmd = f"cd {tmp_path} && env {env} TERM=xterm-256color {sys.executable} -c {code!r}; sleep 60"
+    tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd)
+    return TmuxScreen(session)

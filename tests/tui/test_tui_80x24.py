@@ -4,7 +4,6 @@ scrolling, toasts that never cover the step/state line, and the quit dialog's hi
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -12,41 +11,22 @@ import time
 
 import pytest
 
-from conftest import NEEDS_TMUX, tmux
-
-from nanxi_tune.engine import config as C
+from conftest import NEEDS_TMUX, start_tui, tmux
 
 pytestmark = [pytest.mark.slow, NEEDS_TMUX]
 
 
 def test_80x24_reads_without_colour(tmp_path):
-    cfg = C.with_updates(C.load_preset("demo"), {"data.synthetic_train": 16, "data.synthetic_val": 8,
-                                                 "preprocess.input_size": 64, "data.batch_size": 8,
-                                                 "train.epochs": 400, "eval.interval": 1000})
-    preset = C.save(cfg, tmp_path / "tiny.toml")
-    session = f"nanxi-80x24-{os.getpid()}"
-    code = ("from pathlib import Path; from nanxi_tune.tui.app import run_app; "
-            f"run_app({str(preset)!r}, runs_root=Path({str(tmp_path / 'runs')!r}))")
-    env = f"NANXI_TUNE_CACHE={os.environ.get('NANXI_TUNE_CACHE', str(tmp_path / 'cache'))}"
-    cmd = f"cd {tmp_path} && env {env} TERM=xterm-256color {sys.executable} -c {code!r}; sleep 60"
-    tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd)
-
-    def screen() -> str:
-        return tmux("capture-pane", "-p", "-t", session)  # text only: no colour reaches the assertions
+    s = start_tui(tmp_path, "80x24", **{"data.synthetic_train": 16, "data.synthetic_val": 8,
+                                        "preprocess.input_size": 64, "data.batch_size": 8, "train.epochs": 400,
+                                        "eval.interval": 1000})
+    session = s.session
+    screen, wait = s.text, s.wait  # text only: no colour reaches the assertions
 
     def keys(*k: str) -> None:
         for key in k:
-            tmux("send-keys", "-t", session, key)
+            s.keys(key)
             time.sleep(0.25)
-
-    def wait(pattern: str, timeout: float) -> re.Match:
-        end = time.time() + timeout
-        while time.time() < end:
-            m = re.search(pattern, screen(), re.M)
-            if m:
-                return m
-            time.sleep(0.2)
-        raise AssertionError(f"{pattern!r} not on screen:\n{screen()}")
 
     try:
         wait(r"valid ✓", 60)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import re
 import sys
-import time
 
 import pytest
 
-from conftest import NEEDS_TMUX, tiny, tmux
+from conftest import NEEDS_TMUX, TmuxScreen, tiny, tmux
 
 pytestmark = [pytest.mark.slow, NEEDS_TMUX]
 
@@ -26,18 +25,8 @@ def test_predictions_in_a_real_terminal(tmp_path, one_thread):
     cmd = (f"cd {tmp_path} && env {env} TERM=xterm-256color {sys.executable} -m nanxi_tune.cli "
            f"--runs {tmp_path / 'runs'}; sleep 30")
     tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd)
-
-    def screen() -> str:
-        return tmux("capture-pane", "-p", "-t", session)
-
-    def wait(pattern: str, timeout: float) -> re.Match:
-        end = time.time() + timeout
-        while time.time() < end:
-            if m := re.search(pattern, screen()):
-                return m
-            time.sleep(0.2)
-        raise AssertionError(f"{pattern!r} not on screen:\n{screen()}")
-
+    s = TmuxScreen(session)
+    screen, wait = s.text, s.wait
     try:
         wait(r"valid ✓", 60)
         tmux("send-keys", "-t", session, "M-3")

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import NEEDS_TMUX, tmux
+from conftest import NEEDS_TMUX, start_tui, tmux
 
 from nanxi_tune.engine import config as C
 
@@ -18,29 +18,11 @@ pytestmark = [pytest.mark.slow, NEEDS_TMUX]
 
 
 def test_real_terminal_start_run_and_read_losses(tmp_path):
-    cfg = C.with_updates(C.load_preset("demo"), {"data.synthetic_train": 16, "data.synthetic_val": 8,
-                                                 "preprocess.input_size": 64, "data.batch_size": 8,
-                                                 "train.epochs": 50, "eval.interval": 100})
-    preset = C.save(cfg, tmp_path / "tiny.toml")
-    session = f"nanxi-tui-{os.getpid()}"
-    code = ("from pathlib import Path; from nanxi_tune.tui.app import run_app; "
-            f"run_app({str(preset)!r}, runs_root=Path({str(tmp_path / 'runs')!r}))")
-    env = f"NANXI_TUNE_CACHE={os.environ.get('NANXI_TUNE_CACHE', str(tmp_path / 'cache'))}"
-    cmd = f"cd {tmp_path} && env {env} TERM=xterm-256color {sys.executable} -c {code!r}; sleep 60"
-    tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd)
+    s = start_tui(tmp_path, "tui", **{"data.synthetic_train": 16, "data.synthetic_val": 8,
+                                      "preprocess.input_size": 64, "data.batch_size": 8, "train.epochs": 50,
+                                      "eval.interval": 100})
+    session, screen, wait = s.session, s.text, s.wait
     try:
-        def screen() -> str:
-            return tmux("capture-pane", "-p", "-t", session)
-
-        def wait(pattern: str, timeout: float) -> re.Match:
-            end = time.time() + timeout
-            while time.time() < end:
-                m = re.search(pattern, screen())
-                if m:
-                    return m
-                time.sleep(0.2)
-            raise AssertionError(f"{pattern!r} not on screen:\n{screen()}")
-
         wait(r"input_size", 30)  # first frame: the Config tab
         wait(r"valid ✓", 30)
         tmux("send-keys", "-t", session, "F5")
