@@ -41,7 +41,10 @@ def test_actions_have_bindings_with_ids_tooltips_and_palette_entries():
 
     (r,) = [b for b in Monitor.BINDINGS if b.id == "apply_remedy"]
     assert r.key == "r" and r.action == "app.apply_remedy" and r.tooltip and "apply_remedy" in names
-    assert {b.id for b in RunsPane.BINDINGS} == {"mark_run", "compare_runs"} and "compare_runs" in names
+    assert {b.id for b in RunsPane.BINDINGS} == {"mark_run", "compare_runs", "show_predictions_runs"}
+    assert "compare_runs" in names and "show_predictions" in names
+    (p,) = [b for b in Monitor.BINDINGS if b.id == "show_predictions"]
+    assert p.key == "p" and p.action == "app.show_predictions" and p.tooltip
     # the footer keeps the run keys, the tab key and quit; the rest live in the palette
     shown = {b.action for b in NanxiTuneApp.BINDINGS if b.show}
     assert shown == {"start_run", "start_detached", "pause_run", "stop_run", "resume_run", "quit"}
