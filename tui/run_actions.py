@@ -127,7 +127,7 @@ class RunActions:
                         "detached (as Alt+D)", timeout=6)
             self.action_start_detached()
             return
-        run_dir = rundir.new_run_dir(self.runs_root)
+        run_dir = rundir.new_run_dir(self.runs_root, rundir.run_name(cfg.preset))  # as the CLI names it
         max_steps = self.max_steps
 
         def make() -> Any:
@@ -137,7 +137,7 @@ class RunActions:
     def action_start_detached(self) -> None:
         if not self._may_replace() or (cfg := self._valid_config()) is None:
             return
-        run_dir = rundir.new_run_dir(self.runs_root)
+        run_dir = rundir.new_run_dir(self.runs_root, rundir.run_name(cfg.preset))  # as the CLI names it
         argv = RunSession.detached_argv(cfg, run_dir)
         if self.max_steps:
             argv += ["--max-steps", str(self.max_steps)]

@@ -69,7 +69,7 @@ def test_80x24_reads_without_colour(tmp_path):
         wait(r"set: refused \(from", 20)
         for _ in range(10):
             lines = screen().splitlines()
-            assert re.match(r" run-\S+\s+\[running\]\s+step \d+", lines[3]), "\n".join(lines)
+            assert re.match(r" demo-\S+\s+\[running\]\s+step \d+", lines[3]), "\n".join(lines)  # as the CLI names it
             time.sleep(0.3)
 
         # the quit dialog's hint is whole
