@@ -15,7 +15,7 @@ from nanxi_tune.engine import events as E
 from nanxi_tune.engine import rundir, runctl
 from nanxi_tune.engine.study import is_study
 from nanxi_tune.engine.runctl import Op
-from nanxi_tune.tui.monitor import RunUpdate
+from nanxi_tune.tui.bridge import RunUpdate
 from nanxi_tune.tui.runs_view import RunsPane
 from nanxi_tune.tui.dialogs import Confirm, LiveEditDialog
 from nanxi_tune.tui.session import Kind, RunEnded, RunHistory, RunSession

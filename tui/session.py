@@ -23,7 +23,7 @@ from nanxi_tune.engine import events as E
 from nanxi_tune.engine import recorder, rundir, runctl
 from nanxi_tune.engine.events import RunState
 from nanxi_tune.engine.runctl import Op
-from nanxi_tune.tui.monitor import RunBridge
+from nanxi_tune.tui.bridge import RunBridge
 
 FOLLOW_S = 0.2  # how often the folder is read
 STATUS_S = 0.5  # how often the owner's liveness is checked

@@ -33,7 +33,7 @@ def test_bridge_thins_steps_when_the_ui_falls_behind():
     from types import SimpleNamespace
 
     from nanxi_tune.engine import events as E
-    from nanxi_tune.tui.monitor import RunBridge
+    from nanxi_tune.tui.bridge import RunBridge
 
     def event(cls, step):  # the bridge sorts by class: real events, zeros where a field has no default
         return cls(**{f.name: 0 for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
