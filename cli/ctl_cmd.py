@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from nanxi_tune.engine.exitcodes import ExitCode
+from nanxi_tune.cli.exitcodes import ExitCode
 
 VERBS = ("status", "pause", "continue", "stop", "checkpoint", "eval", "set")
 

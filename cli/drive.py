@@ -1,5 +1,5 @@
 """Driving a trainer from the shell: stop signals to a checkpoint, progress output (Rich on a terminal; plain lines
-under nohup, a pipe or CI; JSON lines with --json), and the exit status from how the run ended (engine.exitcodes).
+under nohup, a pipe or CI; JSON lines with --json), and the exit status from how the run ended (cli.exitcodes).
 train, resume and remedy share it."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nanxi_tune.engine.exitcodes import ExitCode
+from nanxi_tune.cli.exitcodes import ExitCode
 from nanxi_tune.cli.stopsignals import GUARD
 
 class SteadyConsole(Console):

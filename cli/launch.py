@@ -3,7 +3,7 @@
 The launcher (this process) picks the run folder, starts ``python -m torch.distributed.run … -m
 nanxi_tune.cli train --run-dir DIR …`` as its own process group, and waits. A stop signal it receives
 (Ctrl-C, SIGTERM, a dropped SSH session's SIGHUP) goes to every worker as SIGTERM, so they all finish the
-step and rank 0 writes the checkpoint; its exit status is read from the run's record (engine.exitcodes).
+step and rank 0 writes the checkpoint; its exit status is read from the run's record (cli.exitcodes).
 ``--nnodes`` / ``--node-rank`` / ``--rdzv-endpoint`` pass through to torchrun for several machines.
 
 A worker (a process torchrun started, by this launcher or by hand) takes rank and world size from its
@@ -74,9 +74,9 @@ def _common(args) -> list[str]:
 
 
 def launch(args, command: str) -> int:
-    """Run ``train`` / ``resume`` through torchrun; the exit status of the run (engine.exitcodes)."""
+    """Run ``train`` / ``resume`` through torchrun; the exit status of the run (cli.exitcodes)."""
     from nanxi_tune.engine import rundir, runctl
-    from nanxi_tune.engine.exitcodes import ExitCode
+    from nanxi_tune.cli.exitcodes import ExitCode
 
     writer = (args.node_rank or 0) == 0  # this machine holds rank 0: the run folder is here
     if command == "train":
@@ -177,7 +177,7 @@ def shared(cfg, run_dir: Path | None):
 
 def worker_exit(code: int) -> int:
     """torchrun reads any status but 0 as a crashed worker: a stopped run (3) exits 0 under it."""
-    from nanxi_tune.engine.exitcodes import ExitCode
+    from nanxi_tune.cli.exitcodes import ExitCode
 
     return ExitCode.FINISHED if launched() and code == ExitCode.STOPPED else code
 

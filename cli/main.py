@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
-    from nanxi_tune.engine.exitcodes import epilog
+    from nanxi_tune.cli.exitcodes import epilog
 
     p = argparse.ArgumentParser(
         prog="nanxi-tune", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog(),
@@ -61,12 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
     except PermissionError as err:  # someone else's private run (engine.access): say whose, and how to share
         from nanxi_tune.engine.access import denied
-        from nanxi_tune.engine.exitcodes import ExitCode
+        from nanxi_tune.cli.exitcodes import ExitCode
 
         print(f"nanxi-tune: {denied(err)}", file=sys.stderr)
         return ExitCode.BAD_INPUT
     except StoppedBeforeStart as sig:
-        from nanxi_tune.engine.exitcodes import ExitCode
+        from nanxi_tune.cli.exitcodes import ExitCode
 
         print(f"nanxi-tune: {sig.name}: stopped before training started; nothing was written", file=sys.stderr)
         return ExitCode.STOPPED
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from nanxi_tune.engine.exitcodes import ExitCode
+    from nanxi_tune.cli.exitcodes import ExitCode
     from nanxi_tune.cli.stopsignals import GUARD
 
     args = _parser().parse_args(argv)

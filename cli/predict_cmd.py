@@ -63,7 +63,7 @@ def _file_names(preds) -> list[str]:
 
 
 def predict(args) -> int:
-    from nanxi_tune.engine.exitcodes import ExitCode
+    from nanxi_tune.cli.exitcodes import ExitCode
 
     if args.val == bool(args.images):
         what = "give image files or folders, or --val, not both" if args.val else \
@@ -104,7 +104,7 @@ def predict(args) -> int:
 
 
 def export(args) -> int:
-    from nanxi_tune.engine.exitcodes import ExitCode
+    from nanxi_tune.cli.exitcodes import ExitCode
     from nanxi_tune.engine.export import ExportError
     from nanxi_tune.engine.export import export as write
 

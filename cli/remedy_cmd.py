@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from nanxi_tune.engine.exitcodes import ExitCode
+from nanxi_tune.cli.exitcodes import ExitCode
 
 
 def add_parsers(sub) -> None:

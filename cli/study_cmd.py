@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 from nanxi_tune.cli.drive import SteadyConsole
-from nanxi_tune.engine.exitcodes import ExitCode
+from nanxi_tune.cli.exitcodes import ExitCode
 
 out = SteadyConsole()
 err = SteadyConsole(stderr=True)

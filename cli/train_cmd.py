@@ -15,14 +15,14 @@ from rich.table import Table
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine import rundir
-from nanxi_tune.engine.exitcodes import ExitCode
+from nanxi_tune.cli.exitcodes import ExitCode
 from nanxi_tune.engine.vocab import COCO_METRICS, LOSSES
 from nanxi_tune.cli.drive import console, drive
 from nanxi_tune.cli.stopsignals import StoppedBeforeStart
 
 
 def add_parsers(sub) -> None:
-    from nanxi_tune.engine.exitcodes import epilog
+    from nanxi_tune.cli.exitcodes import epilog
 
     t = sub.add_parser("train", help="train headless from a preset", epilog=epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)

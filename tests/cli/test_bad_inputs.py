@@ -13,7 +13,7 @@ from PIL import Image
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine import data as D
-from nanxi_tune.engine.exitcodes import ExitCode
+from nanxi_tune.cli.exitcodes import ExitCode
 from nanxi_tune.cli.main import main
 
 from conftest import tiny

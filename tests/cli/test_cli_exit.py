@@ -18,7 +18,7 @@ import pytest
 from nanxi_tune.engine import config as C
 from conftest import REPO
 from nanxi_tune.engine import rundir
-from nanxi_tune.engine.exitcodes import ExitCode
+from nanxi_tune.cli.exitcodes import ExitCode
 from nanxi_tune.cli.main import _parser, main
 
 SETS = ["preprocess.input_size=64", "data.synthetic_train=32", "data.synthetic_val=8", "data.batch_size=8",
