@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Literal
 
 from . import config as C
+from . import grid
 from .events import Diagnosis
 from .vocab import BRANCH_LOSSES
 
@@ -44,19 +45,10 @@ Severity = Literal["info", "warning", "error"]
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
 BRANCHES = BRANCH_LOSSES  # the rules judge the raw per-branch losses
 
-# The notes' lr grid (10.1): 0.001 0.003 0.01 0.03 0.1 0.3 1 3 10, extended downward by the same
-# half-decades so a remedy below 0.001 still exists.
-LR_GRID: tuple[float, ...] = tuple(sorted({round(m * 10.0 ** k, 12) for k in range(-7, 2) for m in (1, 3)}
-                                          - {30.0}))
-
-
 def lower_lr(lr: float) -> float:
-    """One step down the half-decade grid: the largest grid value strictly below ``lr``.
-
-    0.01 → 0.003, 0.003 → 0.001, 0.002 → 0.001 (an off-grid value snaps to the grid below).
-    """
-    below = [g for g in LR_GRID if g < lr * (1 - 1e-9)]
-    return below[-1] if below else lr / 3
+    """One step down the notes' half-decade lr grid (10.1, engine.grid): 0.01 → 0.003, 0.003 → 0.001, 0.002 → 0.001
+    (an off-grid value snaps to the grid below)."""
+    return grid.lower(lr)
 
 
 @dataclass
@@ -332,5 +324,5 @@ def rule(rule_id: str, section: str, key: str | None = None):
     return wrap
 
 
-__all__ = ["Finding", "History", "RULES", "Rule", "rule", "PLAYBOOK", "lower_lr", "LR_GRID", "remedy", "finite", "median", "rel_drop", "raw_loss",
+__all__ = ["Finding", "History", "RULES", "Rule", "rule", "PLAYBOOK", "lower_lr", "remedy", "finite", "median", "rel_drop", "raw_loss",
            "SEVERITY_RANK", "BRANCHES"]

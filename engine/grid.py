@@ -21,6 +21,15 @@ def grid_index(value: float) -> int:
     return min(range(guess - 2, guess + 3), key=lambda i: abs(math.log(value / grid_value(i))))
 
 
+def lower(value: float) -> float:
+    """One step down the grid: the largest grid value strictly below ``value`` (0.01 → 0.003, 0.003 → 0.001; an
+    off-grid value snaps to the grid below: 0.002 → 0.001)."""
+    i = grid_index(value)
+    while grid_value(i) >= value * (1 - 1e-9):
+        i -= 1
+    return grid_value(i)
+
+
 def window(start: float, n: int = STARS) -> list[float]:
     """``n`` consecutive grid values from ``start`` (snapped to the grid) upward."""
     i = grid_index(start)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from . import config as C
 
@@ -93,12 +93,16 @@ def compute(cfg: C.Config, samples: int = 500, seed: int | None = None, progress
     return ChannelStats(tuple(float(m) for m in mean), tuple(max(float(s), 1e-6) for s in std), done, count)
 
 
-def apply(cfg: C.Config, stats: ChannelStats, digits: int = 4) -> C.Config:
-    """``cfg`` with normalize.mean/std set from ``stats`` and normalize.source = "computed"."""
+def updates(stats: ChannelStats, digits: int = 4) -> dict[str, Any]:
+    """The config changes ``stats`` make: normalize.mean/std (a zero std kept positive), normalize.source."""
     mean, std = stats.rounded(digits)
     std = [s if s > 0 else 10 ** -digits for s in std]
-    return C.with_updates(cfg, {"normalize.mean": mean, "normalize.std": std, "normalize.source": "computed"},
-                          "stats")
+    return {"normalize.mean": mean, "normalize.std": std, "normalize.source": "computed"}
+
+
+def apply(cfg: C.Config, stats: ChannelStats, digits: int = 4) -> C.Config:
+    """``cfg`` with normalize.mean/std set from ``stats`` and normalize.source = "computed"."""
+    return C.with_updates(cfg, updates(stats, digits), "stats")
 
 
 def set_args(stats: ChannelStats, digits: int = 4) -> str:

@@ -150,11 +150,10 @@ class ScheduleScreen(Screen):
                 from nanxi_tune.engine import stats as ST
 
                 st = ST.compute(self.cfg, self.stats_samples)
-                new = ST.apply(self.cfg, st)
-                msg = (f"mean {list(new.normalize.mean)}, std {list(new.normalize.std)} over {st.samples} augmented "
+                upd = ST.updates(st)
+                new = C.with_updates(self.cfg, upd, "stats")
+                msg = (f"mean {upd['normalize.mean']}, std {upd['normalize.std']} over {st.samples} augmented "
                        "samples — F8 applies")
-                upd = {"normalize.mean": new.normalize.mean, "normalize.std": new.normalize.std,
-                       "normalize.source": "computed"}
             else:
                 from nanxi_tune.engine import autobatch as AB
 

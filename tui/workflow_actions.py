@@ -149,9 +149,8 @@ class WorkflowActions:
                 from nanxi_tune.engine import stats as ST
 
                 st = ST.compute(cfg, self.stats_samples, progress=progress)
-                new = ST.apply(cfg, st)
-                updates = {"normalize.mean": list(new.normalize.mean), "normalize.std": list(new.normalize.std),
-                           "normalize.source": "computed"}
+                updates = ST.updates(st)
+                new = C.with_updates(cfg, updates, "stats")
             else:
                 from nanxi_tune.engine import autobatch as AB
 

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine.diagnostics import LR_GRID, Finding, History, lower_lr
+from nanxi_tune.engine.diagnostics import Finding, History, lower_lr
 from nanxi_tune.engine.watcher import Watcher, diagnose_run, run_rules
 from nanxi_tune.engine.events import Diagnosis
 from nanxi_tune.engine.rules import RULES
@@ -181,9 +181,14 @@ def test_flat_loss_judges_an_epoch_at_the_eval_that_ends_it():
     assert f is not None and f.step == 4 * SPE and f.evidence["to_epoch"] == 3
 
 
-def test_lr_grid_contains_the_notes_grid():
-    for g in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10):
-        assert any(math.isclose(g, x) for x in LR_GRID)
+def test_lr_steps_down_the_notes_grid():
+    """One grid, the sweep's and the remedies' (engine.grid): 10 3 1 0.3 0.1 0.03 0.01 0.003 0.001, and on below."""
+    walk, lr = [], 10.0
+    for _ in range(10):
+        lr = lower_lr(lr)
+        walk.append(lr)
+    assert walk == [3, 1, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003, 0.0001]
+    assert lower_lr(0.002) == 0.001 and lower_lr(0.0031) == 0.003 and lower_lr(1e-7) == 3e-8
 
 
 # --- train-val-gap (13.2) --------------------------------------------------------------------------------
