@@ -24,14 +24,16 @@ def _set_line(changes: dict) -> str:
 def _print_finding(console, f, run_dir: Path) -> None:
     """One finding as a compiler prints a diagnostic: rule and severity on a line, the message and remedy as indented
     paragraphs, the commands on lines of their own (never wrapped by us, so they copy whole)."""
-    import textwrap
-
     from rich.text import Text
 
     def para(text: str, style: str = "") -> None:
-        console.print(Text(textwrap.fill(text, console.width, initial_indent="  ", subsequent_indent="  "), style))
+        """Indented and wrapped by the cells a character takes (a Chinese character is two wide)."""
+        for line in Text(text, style=style).wrap(console, max(20, console.width - 2)):
+            line.rstrip()
+            console.print(Text("  ") + line, soft_wrap=True)
 
-    head = Text.assemble((f.severity, _STYLE[f.severity]), f"[{f.rule}] ", (f"{f.section} · step {f.step}", "dim"))
+    section = f"§{f.section}" if f.section[:1].isdigit() else f.section  # the notes' sections are numbered
+    head = Text.assemble((f.severity, _STYLE[f.severity]), f"[{f.rule}] ", (f"{section} · step {f.step}", "dim"))
     console.print(head)
     para(f.message)
     if f.evidence:
@@ -46,8 +48,9 @@ def _print_finding(console, f, run_dir: Path) -> None:
     if rem.get("set"):
         console.print("  " + _set_line(rem["set"]), soft_wrap=True, highlight=False, markup=False)
         console.print(f"  nanxi-tune remedy {run_dir} {f.rule}", soft_wrap=True, highlight=False, markup=False)
-    elif rem.get("command"):
-        console.print("  " + rem["command"].format(run=run_dir), soft_wrap=True, highlight=False, markup=False)
+    elif rem.get("command"):  # "A, then B": one command a line, each pasted as it is
+        for command in rem["command"].format(run=run_dir).split(", then "):
+            console.print("  " + command, soft_wrap=True, highlight=False, markup=False)
     console.print()
 
 

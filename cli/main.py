@@ -91,6 +91,8 @@ def _main(argv: list[str] | None) -> int:
     from nanxi_tune.engine.config import ConfigError
 
     run_dir = getattr(args, "run_dir", None)
+    if run_dir and not Path(run_dir).exists() and (Path(args.runs) / run_dir).exists():
+        run_dir = args.run_dir = str(Path(args.runs) / run_dir)  # a run's bare name: looked up under --runs
     from nanxi_tune.engine.rundir import CONFIG, OWNER
     from nanxi_tune.engine.study import is_study
 

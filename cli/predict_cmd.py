@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 CHECKPOINTS = ["best", "last"]
@@ -21,7 +22,10 @@ def add_parsers(sub) -> None:
     p.add_argument("images", nargs="*", metavar="IMAGES", help="image files, or folders of images")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help="EMA weights of best.pt or last.pt")
     p.add_argument("--out", metavar="DIR", help="where the drawn images and results.json go "
-                   "(default: RUN/predictions)")
+                   "(default: RUN/predictions/val for --val, RUN/predictions/<time> for files)")
+    p.add_argument("--draw-threshold", type=_score, default=DRAW_SCORE, metavar="X",
+                   help=f"draw only boxes scoring at least X (default {DRAW_SCORE}; results.json keeps every "
+                        "detection above --score-threshold)")
     p.add_argument("--score-threshold", type=_score, metavar="X",
                    help="drop detections scoring below X (default: the run's postprocess.score_threshold)")
     p.add_argument("--val", action="store_true", help="predict on the images `nanxi-tune eval` scores "
@@ -34,6 +38,9 @@ def add_parsers(sub) -> None:
     e.add_argument("--out", metavar="PATH", help="the model file (default: RUN/export/model-<checkpoint>.onnx or "
                    ".torchscript.pt); PATH.json beside it documents the pre/post-processing")
     e.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help="EMA weights of best.pt or last.pt")
+
+
+DRAW_SCORE = 0.3  # what the Predictions view draws by default: below it a picture is boxes, not objects
 
 
 def _score(text: str) -> float:
@@ -80,13 +87,17 @@ def predict(args) -> int:
         updates = {} if args.score_threshold is None else {"postprocess.score_threshold": args.score_threshold}
         predictor = Predictor(args.run_dir, args.checkpoint, updates)
         preds = predictor.on_val() if args.val else predictor.on_files(files)
-        out = Path(args.out) if args.out else Path(args.run_dir) / "predictions"
+        # one folder per kind of call: predicting on a file never overwrites the val set's results.json
+        default = "val" if args.val else time.strftime("%Y%m%d-%H%M%S")
+        out = Path(args.out) if args.out else Path(args.run_dir) / "predictions" / default
         out.mkdir(parents=True, exist_ok=True)
         names = _file_names(preds)
         for p, name in zip(preds, names):
             gt = predictor.ground_truth(p.image_id) if p.image_id is not None else (None, None)
+            keep = [k for k, s in enumerate(p.scores) if s >= args.draw_threshold]  # a readable picture
             with Image.open(predictor.image_path(p)) as im:
-                draw(im, p.boxes, p.names, p.scores, *gt, classes=predictor.class_names).save(out / name)
+                draw(im, [p.boxes[k] for k in keep], [p.names[k] for k in keep], [p.scores[k] for k in keep], *gt,
+                     classes=predictor.class_names).save(out / name)
     except PredictError as err:
         print(f"nanxi-tune: {err}", file=sys.stderr)
         return ExitCode.BAD_INPUT
@@ -98,8 +109,8 @@ def predict(args) -> int:
     if len(preds) > SHOWN:
         print(f"… and {len(preds) - SHOWN} more images")
     threshold = predictor.cfg.postprocess.score_threshold
-    print(f"wrote {len(preds)} drawn images and results.json ({len(results)} detections, score ≥ {threshold:g}, "
-          f"{args.checkpoint}.pt) to {out}")
+    print(f"wrote {len(preds)} drawn image{'s' * (len(preds) != 1)} (boxes scoring ≥ {args.draw_threshold:g}) and "
+          f"results.json ({len(results)} detections, score ≥ {threshold:g}, {args.checkpoint}.pt) to {out}")
     return ExitCode.FINISHED
 
 

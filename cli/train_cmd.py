@@ -216,10 +216,13 @@ def eval(args) -> int:  # noqa: A001 - the subcommand's name
 
     updates = C.parse_sets(args.sets) if args.sets else {}
     m = evaluate_run(Path(args.run_dir), args.checkpoint, updates)
-    table = Table("metric", "value", title=f"{args.run_dir} ({args.checkpoint}.pt, {m['mode']}, {m['images']} images)")
+    out = Console()
+    out.print(f"{args.run_dir} ({args.checkpoint}.pt, {m['mode']}, {m['images']} images)", soft_wrap=True,
+              highlight=False)  # a path is never wrapped mid-name
+    table = Table("metric", "value")
     for k in COCO_METRICS + LOSSES:
         table.add_row(k, f"{m[k]:.4f}")
-    Console().print(table)
+    out.print(table)
     if m.get("errors"):
         Console().print(errors_table(m["errors"]))
     return 0

@@ -250,6 +250,7 @@ class Monitor(VerticalScroll):
         self.findings: list[dict[str, Any]] = []
         self.projection: Any = None  # engine.budget.Projection of the shown run
         self.plan_text = ""  # engine.lr_plan's line when the run fits a time budget
+        self.last_errors: dict[str, Any] | None = None  # the last evaluation's breakdown (engine.errors)
         self.saved_step: int | None = None  # the newest checkpoint, shown on the status line
         self.saved_best = False
 
@@ -291,9 +292,11 @@ class Monitor(VerticalScroll):
             self._dirty_plots.add("branches")
 
     def action_show_findings(self) -> None:
+        """What is wrong: what costs AP50 at the last evaluation, then the findings (the list focused)."""
         table = self.query_one("#diagnoses", DataTable)
         table.focus()
-        self.scroll_to_widget(self.query_one("#diag-box"), top=True, animate=False)
+        target = "#errors" if self.last_errors else "#diag-box"
+        self.scroll_to_widget(self.query_one(target), top=True, animate=False)
 
     def _summary_text(self) -> Text:
         t = Text()
@@ -324,9 +327,11 @@ class Monitor(VerticalScroll):
         self.projection = None
         self.plan_text = ""
         self.saved_step, self.saved_best = None, False
+        self.scroll_home(animate=False)  # a new run starts at its step/state line, wherever the last one was read
         self.query_one(SystemStrip).show_run("")
         self.query_one("#diagnoses", DataTable).clear()
         self.query_one("#diag-detail", Static).update("")
+        self.last_errors = None
         self.query_one("#errors", Static).update("")
         self.query_one("#diag-summary", Static).update(self._summary_text())
         table = self.query_one("#latest", LatestTable)
@@ -363,6 +368,7 @@ class Monitor(VerticalScroll):
             last = self._collect(rows, "val", 3, self.latest_val)
             errors = _get(last, "errors")
             if errors:
+                self.last_errors = errors
                 self.query_one("#errors", Static).update(errors_text(errors))
 
     def _collect(self, rows: list[Any], split: str, col: int, latest: dict[str, Any]) -> Any:

@@ -140,7 +140,9 @@ class PredictionsScreen(Screen):
     def action_threshold(self, delta: float) -> None:
         self.threshold = min(0.95, max(0.05, round(self.threshold + float(delta), 2)))
         if self.items:
+            shown = self.items[self.index]
             self._order()
+            self.index = self.items.index(shown)  # the same image, seen at the new threshold
             self._show()
 
     def _show(self) -> None:

@@ -88,3 +88,16 @@ def test_a_folder_that_is_not_a_run_is_named(tmp_path, capsys):
         assert ("saved no checkpoint yet" in err) == (command == "resume")  # killed before writing config.toml
         assert main([command, str(tmp_path / "gone")]) == 2
         assert f"{tmp_path / 'gone'}: no such file or folder" in capsys.readouterr().err
+
+
+def test_a_bare_run_name_is_looked_up_under_runs(tmp_path, monkeypatch, capsys):
+    from nanxi_tune.engine import config as C
+
+    run = tmp_path / "runs" / "demo-20261205-222729"
+    run.mkdir(parents=True)
+    C.save(C.Config(), run / rundir.CONFIG)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["--runs", str(tmp_path / "runs"), "diagnose", "demo-20261205-222729"]) == 0
+    assert f"diagnosis of {run}" in capsys.readouterr().out
+    assert main(["--runs", str(tmp_path / "runs"), "diagnose", "nope"]) == 2

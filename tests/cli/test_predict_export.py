@@ -95,9 +95,15 @@ def test_predict_command_writes_drawn_images_and_results(run, tmp_path, capsys):
     src = tmp_path / "wide.png"  # a user's image: another size and shape than the training canvas
     Image.open(ds.img_dir / ds.coco.imgs[ds.ids[0]]["file_name"]).convert("RGB").resize((150, 90)).save(src)
     out = tmp_path / "out"
-    assert main(["predict", str(run), str(src), "--out", str(out), "--checkpoint", "last",
+    # drawn at the default 0.3, this short run's low scores leave the picture as it was; results.json has them all
+    assert main(["predict", str(run), str(src), "--out", str(tmp_path / "plain"), "--checkpoint", "last",
                  "--score-threshold", "0.02"]) == 0
-    assert "wrote 1 drawn images" in capsys.readouterr().out
+    assert "wrote 1 drawn image (boxes scoring ≥ 0.3)" in capsys.readouterr().out
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "plain" / "wide.png")), np.asarray(Image.open(src)))
+    assert json.loads((tmp_path / "plain" / "results.json").read_text())
+    assert main(["predict", str(run), str(src), "--out", str(out), "--checkpoint", "last",
+                 "--score-threshold", "0.02", "--draw-threshold", "0.02"]) == 0
+    assert "wrote 1 drawn image (boxes scoring ≥ 0.02)" in capsys.readouterr().out
     drawn = Image.open(out / "wide.png")
     assert drawn.size == (150, 90)
     assert not np.array_equal(np.asarray(drawn), np.asarray(Image.open(src)))  # boxes were drawn
@@ -109,9 +115,9 @@ def test_predict_command_writes_drawn_images_and_results(run, tmp_path, capsys):
         assert r["category_id"] in ds.cat_ids
 
     assert main(["predict", str(run), "--val", "--checkpoint", "last"]) == 0  # default: RUN/predictions
-    val = json.loads((run / "predictions" / "results.json").read_text())
+    val = json.loads((run / "predictions" / "val" / "results.json").read_text())
     assert {r["image_id"] for r in val} <= set(ds.ids) and val
-    assert len(list((run / "predictions").glob("*.png"))) == len(ds)
+    assert len(list((run / "predictions" / "val").glob("*.png"))) == len(ds)
 
 
 def test_predict_refuses_missing_or_bad_images_by_name(run, tmp_path, capsys):

@@ -227,3 +227,34 @@ def test_predictions_list_reads_without_colour():
             assert "square 0.40" not in str(app.screen.query_one("#pred-list").render())
 
     asyncio.run(go())
+
+
+def test_a_new_score_threshold_keeps_the_image_shown():
+    import asyncio
+
+    from PIL import Image
+
+    from nanxi_tune.engine.predict import Prediction
+
+    async def go():
+        app = NanxiTuneApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await show_predictions(pilot)
+            screen = app.screen
+            img = Image.new("RGB", (60, 40))
+            # a second image: 3 false boxes at 0.32 and 5 more at 0.27 (− brings them in: it sorts first then)
+            boxes = [(0, 0, 10, 10)] + [(4 * k + 12, 20, 4 * k + 14, 22) for k in range(8)]
+            scores = [0.9] + [0.32] * 3 + [0.27] * 5
+            clean = Prediction("000002.png", 2, 60, 40, boxes, scores, [1] + [2] * 8, ["circle"] + ["square"] * 8)
+            screen._loaded([*screen.items, {"pred": clean, "gt": [(0, 0, 10, 10)], "gt_names": ["circle"],
+                                            "image": img}], ["circle", "square"])
+            await pilot.pause()
+            await pilot.press("right")  # to 000002 (3 errors at 0.30, ordered after 000001's 3 by the val order)
+            await pilot.pause()
+            assert "000002.png" in str(screen.query_one("#pred-info").render())
+            await pilot.press("minus")  # 0.25: 000002 has 8 errors and sorts first; it stays on screen
+            await pilot.pause()
+            info = str(screen.query_one("#pred-info").render())
+            assert "image 1/2 000002.png" in info and "score ≥ 0.25" in info and "8 errors" in info, info
+
+    asyncio.run(go())
