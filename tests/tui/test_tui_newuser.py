@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
@@ -151,12 +149,9 @@ def test_a_burst_of_keys_in_a_config_field_applies_in_order(tmp_path):
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
 def test_real_terminal_burst_of_keys_in_a_config_field(tmp_path):
     """The same bursts in a real terminal: tmux writes each send-keys call's keys to the app in one go."""
-    session = f"nanxi-burst-{os.getpid()}"
-    code = ("from pathlib import Path; from nanxi_tune.tui.app import run_app; "
-            f"run_app(runs_root=Path({str(tmp_path / 'runs')!r}))")
-    env = f"NANXI_TUNE_CACHE={os.environ.get('NANXI_TUNE_CACHE', str(tmp_path / 'cache'))}"
-    cmd = f"cd {tmp_path} && env {env} TERM=xterm-256color {sys.executable} -c {code!r}; sleep 60"
-    tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd)
+    from conftest import start_tui
+
+    session = start_tui(tmp_path, "burst").session  # the demo preset, as the app opens by default
     try:
         def field() -> str | None:
             m = re.search(r"base_lr\s+基础学习率 ⟳ *(\S*)", tmux("capture-pane", "-p", "-t", session))
