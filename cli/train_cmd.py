@@ -235,6 +235,9 @@ def errors_table(errors: dict):
     table = Table("error", "dAP50", "count", "tune", title=f"what costs AP50 (AP50 {errors['map50']:.4f})")
     for kind in sorted(ERROR_KINDS, key=lambda k: -errors["delta"][k]):
         table.add_row(kind, f"{errors['delta'][kind]:.4f}", str(errors["counts"][kind]), BRANCH_OF[kind])
+    sizes = errors.get("missed_by_size") or {}
+    if any(n for _m, n in sizes.values()):
+        table.caption = "missed by size: " + " · ".join(f"{k} {m}/{n}" for k, (m, n) in sizes.items() if n)
     return table
 
 

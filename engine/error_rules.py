@@ -114,3 +114,38 @@ def classes_confused(cfg, h, stats):
         f"{how}.",
         {**ev, "weakest_classes": {k: r(v, 3) for k, v in worst}},
         remedy({"loss.s_map": s}, None, how), int(last[-1]["step"]))
+
+
+@rule("small-objects-missed", TIDE)
+def small_objects_missed(cfg, h, stats):
+    """Missed objects are the largest error and they are the small ones: at least half of the small objects
+    (COCO: area < 32²) missed, twice the share of the larger ones. The input's resolution or the output stride
+    is what loses them (a small object covers few heatmap cells)."""
+    last = _streak(cfg, h, ("missed",))
+    if last is None:
+        return None
+    sizes = last[-1]["errors"].get("missed_by_size") or {}
+    small, medium, large = (sizes.get(k, [0, 0]) for k in ("small", "medium", "large"))
+    if small[1] < 10:
+        return None  # too few small objects to judge
+    small_share = small[0] / small[1]
+    rest = (medium[0] + large[0]) / max(1, medium[1] + large[1])
+    if small_share < 0.5 or small_share < 2 * rest:
+        return None
+    size = min(2048, int(round(cfg.preprocess.input_size * 1.5 / 32)) * 32)
+    if size > cfg.preprocess.input_size:
+        set_, how = {"preprocess.input_size": size}, (f"start a new run with preprocess.input_size = {size} (a small "
+                                                      f"object spans more heatmap cells)")
+    else:
+        set_, how = {}, "the input is at its largest: a smaller neck.out_stride keeps more cells per object"
+    if cfg.neck.out_stride > 4:
+        how += f", or neck.out_stride = {cfg.neck.out_stride // 2}"
+    ev = _evidence(last, "missed")
+    return Finding(
+        "small-objects-missed", "warning", TIDE,
+        f"Small objects go unseen: {small[0]} of {small[1]} small objects (area < 32²) are missed against "
+        f"{rest:.0%} of the larger ones, and missed objects are the largest error (fixing them gains "
+        f"{ev['dAP50']:.3f} AP50) in the last {len(last)} evaluations; {how}.",
+        {**ev, "small_missed": small, "larger_missed_share": r(rest, 3), "input_size": cfg.preprocess.input_size,
+         "out_stride": cfg.neck.out_stride},
+        remedy(set_, None, how), int(last[-1]["step"]))

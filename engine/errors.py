@@ -11,7 +11,7 @@ pycocotools COCOeval, so ``map50`` equals COCOeval's AP at IoU 0.5 (all areas, m
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,6 +20,7 @@ BRANCH_OF = {"classification": "map", "localisation": "shape", "both": "map", "d
              "background": "map", "missed": "map"}
 
 MAX_DETS = 100  # COCOeval's cap, per image and category
+SIZES = (("small", 32 ** 2), ("medium", 96 ** 2), ("large", float("inf")))  # COCO's area ranges
 _TP, _IGNORED = "tp", "ignored"
 _RECALLS = np.linspace(0.0, 1.0, 101)
 
@@ -32,18 +33,22 @@ class ErrorBreakdown:
     delta: dict[str, float]
     counts: dict[str, int]
     per_class_ap50: dict[int, float]
+    # per COCO size (area < 32², < 96², larger, in the image's own pixels): [missed objects, objects]
+    missed_by_size: dict[str, list[int]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         """A plain JSON-able dict (class ids become str keys)."""
         return {"map50": self.map50, "delta": dict(self.delta), "counts": dict(self.counts),
-                "per_class_ap50": {str(k): v for k, v in self.per_class_ap50.items()}}
+                "per_class_ap50": {str(k): v for k, v in self.per_class_ap50.items()},
+                "missed_by_size": {k: list(v) for k, v in self.missed_by_size.items()}}
 
     @classmethod
     def from_json(cls, d: dict) -> ErrorBreakdown:
         """Inverse of :meth:`to_json`."""
         return cls(map50=float(d["map50"]), delta={k: float(d["delta"][k]) for k in ERROR_KINDS},
                    counts={k: int(d["counts"][k]) for k in ERROR_KINDS},
-                   per_class_ap50={int(k): float(v) for k, v in d["per_class_ap50"].items()})
+                   per_class_ap50={int(k): float(v) for k, v in d["per_class_ap50"].items()},
+                   missed_by_size={k: [int(x) for x in v] for k, v in (d.get("missed_by_size") or {}).items()})
 
     def largest(self) -> str | None:
         """The kind with the largest delta if that delta exceeds 0.005, else None (ties: ERROR_KINDS order)."""
@@ -114,7 +119,7 @@ def breakdown(gt: dict, results: list[dict], fg_iou: float = 0.5, bg_iou: float 
 
     # one row per kept detection, in COCOeval's order (image id, then score); GT rows are non-crowd only
     d_cls, d_score, d_state, d_target = [], [], [], []
-    g_cls, g_used = [], []
+    g_cls, g_used, g_area = [], [], []
     for img in img_ids:
         anns, dets = gts_by_img[img], dets_by_img[img]
         dets = sorted(dets, key=lambda r: -float(r["score"]))  # stable, like COCOeval's mergesort
@@ -136,6 +141,7 @@ def breakdown(gt: dict, results: list[dict], fg_iou: float = 0.5, bg_iou: float 
         glob = np.full(len(anns), -1)
         glob[regular] = offset + np.arange(len(regular))
         g_cls += gc[regular].tolist()
+        g_area += [float(anns[j].get("area") or gb[j, 2] * gb[j, 3]) for j in regular]
         for i, r in enumerate(kept):
             c, row = int(r["category_id"]), ious[i]
             same = gc == c
@@ -158,7 +164,7 @@ def breakdown(gt: dict, results: list[dict], fg_iou: float = 0.5, bg_iou: float 
 
     return _decompose(np.array(d_cls, dtype=np.int64), np.array(d_score, dtype=np.float64), d_state,
                       np.array(d_target, dtype=np.int64), np.array(g_cls, dtype=np.int64),
-                      np.array(g_used, dtype=bool))
+                      np.array(g_used, dtype=bool), np.array(g_area, dtype=np.float64))
 
 
 def _classify(row: np.ndarray, same: np.ndarray, used: np.ndarray, fg: float, bg: float) -> tuple[str, int]:
@@ -180,7 +186,7 @@ def _classify(row: np.ndarray, same: np.ndarray, used: np.ndarray, fg: float, bg
 
 
 def _decompose(d_cls: np.ndarray, d_score: np.ndarray, d_state: list, d_target: np.ndarray,
-               g_cls: np.ndarray, g_used: np.ndarray) -> ErrorBreakdown:
+               g_cls: np.ndarray, g_used: np.ndarray, g_area: np.ndarray) -> ErrorBreakdown:
     """Counts, the original AP50 and the AP50 after fixing each kind on its own."""
     state = np.array(d_state, dtype=object)
     npos = defaultdict(int, Counter(g_cls.tolist()))
@@ -196,6 +202,8 @@ def _decompose(d_cls: np.ndarray, d_score: np.ndarray, d_state: list, d_target: 
     missed = ~g_used & ~usable
     counts = {k: int((state == k).sum()) for k in ERROR_KINDS if k != "missed"}
     counts["missed"] = int(missed.sum())
+    size = np.searchsorted([hi for _, hi in SIZES[:-1]], g_area, side="right")  # 0 small, 1 medium, 2 large
+    by_size = {name: [int((missed & (size == i)).sum()), int((size == i).sum())] for i, (name, _) in enumerate(SIZES)}
 
     delta = {}
     for kind in ERROR_KINDS:
@@ -216,7 +224,7 @@ def _decompose(d_cls: np.ndarray, d_score: np.ndarray, d_state: list, d_target: 
             keep &= state != kind
         fixed, _ = _mean_ap(cls[keep], d_score[keep], tp[keep], n, classes)
         delta[kind] = max(fixed - base, 0.0)  # fixes never lower AP; clamp float noise as tidecv does
-    return ErrorBreakdown(map50=base, delta=delta, counts=counts, per_class_ap50=per_class)
+    return ErrorBreakdown(map50=base, delta=delta, counts=counts, per_class_ap50=per_class, missed_by_size=by_size)
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,10 @@ def errors_text(errors: dict[str, Any]) -> Text:
         bar = "█" * min(20, round(d * 100))
         t.append(f"  {kind:<14} {d:6.3f} {n:6d}  {BRANCH_OF[kind]:<15} {bar}\n",
                  style="bold" if d == max(errors.get("delta", {}).values() or [0]) and d > 0.005 else "")
+    sizes = errors.get("missed_by_size") or {}
+    if any(total for _m, total in sizes.values()):
+        t.append("  missed by size: " + " · ".join(f"{k} {m}/{n}" for k, (m, n) in sizes.items() if n) + "\n",
+                 style="dim")
     return t
 
 

@@ -82,7 +82,7 @@ def test_rule_table_has_every_public_id():
         "non-smooth-head-activation", "letterbox-selected", "random-flip-disabled", "rsr-sample-too-small",
         "stale-normalization", "loss-scale-with-adam", "batch-size-headroom", "over-time-budget", "negative-loss",
         "non-finite-loss", "exploding-gradient", "loss-spikes", "dead-activations", "val-plateau", "ema-drift",
-        "localisation-bound", "background-detections", "classes-confused"}
+        "localisation-bound", "background-detections", "classes-confused", "small-objects-missed"}
     assert RULES["flat-loss-after-epoch-2"].section == "13.1"
     assert "Tuning Playbook" in RULES["loss-spikes"].section
 
@@ -553,7 +553,8 @@ def test_engine_never_imports_textual():
 
 # --- the rules that read the detector's errors (issue 21) -----------------------------------------------------
 
-def with_errors(lines: list[dict], delta: dict[str, float], ap75_of_ap50: float = 0.7) -> list[dict]:
+def with_errors(lines: list[dict], delta: dict[str, float], ap75_of_ap50: float = 0.7,
+                by_size: dict | None = None) -> list[dict]:
     """``lines`` with every evaluation carrying a TIDE breakdown (``delta``: dAP50 per kind) and AP75 = ratio × AP50."""
     from nanxi_tune.engine.errors import ERROR_KINDS
 
@@ -563,7 +564,8 @@ def with_errors(lines: list[dict], delta: dict[str, float], ap75_of_ap50: float 
             full = {k: delta.get(k, 0.0) for k in ERROR_KINDS}
             line = {**line, "AP75": line["AP50"] * ap75_of_ap50,
                     "errors": {"map50": line["AP50"], "delta": full, "counts": {k: 10 for k in ERROR_KINDS},
-                               "per_class_ap50": {"1": 0.9, "2": 0.4, "3": 0.7}}}
+                               "per_class_ap50": {"1": 0.9, "2": 0.4, "3": 0.7},
+                               "missed_by_size": by_size or {"small": [0, 0], "medium": [2, 40], "large": [1, 20]}}}
         out.append(line)
     return out
 
@@ -600,3 +602,16 @@ def test_background_detections_send_to_tune_post_and_confusion_to_the_map_branch
     small = with_errors(HEALTHY, {"background": 0.01, "classification": 0.02})  # below error_min_delta
     assert check_rule("background-detections", C.Config(), small) is None
     assert check_rule("classes-confused", C.Config(), small) is None
+
+
+def test_small_objects_missed_asks_for_a_larger_input():
+    small = {"small": [30, 40], "medium": [3, 40], "large": [1, 20]}
+    f = check_rule("small-objects-missed", C.Config(), with_errors(HEALTHY, {"missed": 0.15}, by_size=small))
+    assert f is not None and f.remedy["set"] == {"preprocess.input_size": 960} and f.evidence["small_missed"] == [30, 40]
+    # missed objects of every size alike, too few small ones, or missed not the largest error: not this rule
+    even = {"small": [20, 40], "medium": [25, 40], "large": [10, 20]}
+    assert check_rule("small-objects-missed", C.Config(), with_errors(HEALTHY, {"missed": 0.15}, by_size=even)) is None
+    few = {"small": [5, 6], "medium": [3, 40], "large": [1, 20]}
+    assert check_rule("small-objects-missed", C.Config(), with_errors(HEALTHY, {"missed": 0.15}, by_size=few)) is None
+    assert check_rule("small-objects-missed", C.Config(),
+                      with_errors(HEALTHY, {"missed": 0.05, "classification": 0.2}, by_size=small)) is None

@@ -211,3 +211,11 @@ def test_match_image_counts_false_detections_and_missed_objects():
     assert m.hit == [True, False, False]  # a duplicate, and the right place with the wrong class
     assert m.missed == [1] and m.errors == 3
     assert match_image(gt, ["a", "b"], [], [], [], 0.5).errors == 2
+
+
+def test_missed_objects_are_counted_by_coco_size():
+    # two small objects (10×10) missed, a medium one (50×50) and a large one (120×120) found
+    gt = _gt([(1, 1, (0, 0, 10, 10)), (1, 1, (20, 0, 10, 10)), (1, 1, (40, 40, 50, 50)), (1, 2, (0, 60, 120, 120))])
+    b = breakdown(gt, [_det(1, (40, 40, 50, 50), 0.9), _det(2, (0, 60, 120, 120), 0.8)])
+    assert b.missed_by_size == {"small": [2, 2], "medium": [0, 1], "large": [0, 1]}
+    assert ErrorBreakdown.from_json(json.loads(json.dumps(b.to_json()))).missed_by_size == b.missed_by_size
