@@ -298,7 +298,7 @@ class Monitor(VerticalScroll):
     def action_show_findings(self) -> None:
         """What is wrong: what costs AP50 at the last evaluation, then the findings (the list focused)."""
         table = self.query_one("#diagnoses", DataTable)
-        table.focus()
+        table.focus(scroll_visible=False)  # the scroll below shows the table too; focus's own would overshoot
         target = "#errors" if self.last_errors else "#diag-box"
         self.scroll_to_widget(self.query_one(target), top=True, animate=False)
 
