@@ -176,9 +176,9 @@ class WorkflowActions:
             self.notify("No finding selected: findings appear on the Monitor tab.", severity="warning")
             return
         rem = finding.get("remedy") or {}
-        if not rem.get("set"):
-            self.notify(rem.get("text") or "This finding has no config change to apply.",
-                        title=f"{finding.get('rule')}: nothing to apply", severity="warning", timeout=8)
+        if not rem.get("set"):  # one line: the remedy's own text is on screen below the findings
+            how = "its remedy (below) says how" if rem.get("text") else "it has no config change"
+            self.notify(f"{finding.get('rule')}: nothing r can apply; {how}", severity="warning", timeout=6)
             return
         if self.run_dir is None:
             self.notify("No run to apply the remedy to.", severity="warning")

@@ -206,3 +206,23 @@ def test_budget_projection_and_compare_two_runs(tmp_path, one_thread):
             await pilot.press("escape")
 
     asyncio.run(go())
+
+
+def test_r_on_a_finding_without_a_change_answers_in_one_line(tmp_path):
+    """The remedy's text is on screen below the findings: the toast does not repeat it over them."""
+    async def go():
+        app = NanxiTuneApp(preset=str(C.save(tiny(), tmp_path / "tiny.toml")), runs_root=tmp_path / "runs")
+        async with app.run_test(size=(80, 24), notifications=True) as pilot:
+            await ready(pilot)
+            app.action_tab("monitor")
+            app.monitor.add_diagnosis({"kind": "diagnosis", "step": 50, "severity": "info",
+                                       "rule": "stale-normalization", "section": "8", "message": "defaults",
+                                       "remedy": {"set": {}, "text": "compute mean/std over augmented samples, "
+                                                  "set normalize.mean/std and start a new run (TUI: Alt+M)"}})
+            await pilot.pause()
+            app.action_apply_remedy()
+            await wait_for(pilot, lambda: any("nothing r can apply" in n for n in notices(app)), timeout=10)
+            said = next(n for n in notices(app) if "nothing r can apply" in n)
+            assert "\n" not in said and "augmented samples" not in said, said
+
+    asyncio.run(go())
