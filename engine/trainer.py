@@ -67,6 +67,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class EditNotSaved(RuntimeError):
+    """On the other ranks: rank 0 could not save a live edit, so no rank makes it."""
+
+
 class Trainer:
     def __init__(self, cfg: C.Config, run_dir: Path | str, callback: Callback = null_callback,
                  max_steps: int | None = None, resume: bool = False, owner: runctl.RunOwner | None = None,
@@ -477,7 +481,7 @@ class Trainer:
             except C.ConfigError as err:
                 self._emit(CommandAck(cmd.id, cmd.op.value, False, self.step, str(err), cmd.sender))
                 continue
-            except RecordError as err:  # config.toml could not be saved: the edit is not made, the run goes on
+            except (RecordError, EditNotSaved) as err:  # config.toml not saved: the edit is not made, the run goes on
                 self._emit(CommandAck(cmd.id, cmd.op.value, False, self.step,
                                       f"{err}; free disk space, then send the edit again", cmd.sender))
                 continue
@@ -512,8 +516,14 @@ class Trainer:
         changes = [[k, a, b] for k, (a, b) in C.diff(self.cfg, new).items()]
         if not changes:
             return []
+        refused = None
         if self.dist.is_main:  # saved first: an edit the disk refuses is not made
-            C.save(new, self.run_dir / rundir.CONFIG)
+            try:
+                C.save(new, self.run_dir / rundir.CONFIG)
+            except RecordError as err:
+                refused = err
+        if self.dist.from_main(str(refused) if refused else None):  # every rank makes rank 0's choice
+            raise refused or EditNotSaved("rank 0 could not save config.toml")
         self.cfg = new
         self.watcher.set_config(new)
         if hasattr(self, "plan") and self.plan.reconfigure(new):

@@ -364,3 +364,50 @@ def test_train_devices_asks_for_torchrun_like_nproc_per_node(monkeypatch):
     assert devices("auto") == (torch.cuda.device_count() if torch.cuda.is_available() else 1)
     args = argparse.Namespace(nproc_per_node=None)
     assert _by_config(args, C.with_updates(cfg, {"train.devices": "auto"})) == (devices("auto") > 1)
+
+
+FULL_ON_RANK0 = """
+import errno, os, sys
+from nanxi_tune.engine import config as C
+real = C.save
+def save(cfg, path):
+    # rank 0's disk fills once the run trains: the live edit's config.toml cannot be saved there
+    if os.environ["RANK"] == "0" and str(path).endswith("config.toml") and os.environ.get("NANXI_FULL") == "1":
+        from nanxi_tune.engine.recorder import RecordError
+        raise RecordError(errno.ENOSPC, path, OSError(errno.ENOSPC, "No space left on device"))
+    return real(cfg, path)
+C.save = save
+from nanxi_tune.engine import trainer as T
+setup = T.Trainer._setup
+def after_setup(self):
+    setup(self)
+    os.environ["NANXI_FULL"] = "1"
+T.Trainer._setup = after_setup
+from nanxi_tune.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_live_edit_rank_0_cannot_save_is_refused_on_every_rank(tmp_path):
+    """Issue 22: the edit is refused (config.toml cannot be written) and no rank applies it; the ranks stay equal,
+    so the stop's checkpoint (which checks every rank holds the same lr and weights) succeeds."""
+    (tmp_path / "full.py").write_text(FULL_ON_RANK0)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "full.py", "train", "--run-dir", "run", "--quiet", "--set", *SETS, "train.epochs=200",
+                             "eval.interval=100"], cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait(lambda: len(train_lines(run)) >= 2, proc)
+        edit = runctl.request(run, runctl.Op.SET, {"train.base_lr": 0.0005}, timeout=60)
+        assert edit and not edit["applied"] and "no space left" in edit["message"], edit
+        _wait(lambda: len(train_lines(run)) >= edit["step"] + 2, proc)
+        stop = runctl.request(run, runctl.Op.STOP, timeout=60)
+        assert stop and stop["applied"], stop
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rundir.recorded_state(run) == "stopped", out[-3000:]  # not "failed: ranks disagree at a checkpoint"
+    lrs = {m["lr"] for m in train_lines(run)}
+    assert 0.0005 not in {round(x, 6) for x in lrs}
