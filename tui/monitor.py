@@ -164,11 +164,14 @@ def errors_text(errors: dict[str, Any]) -> Text:
     t = Text()
     t.append(f"What costs AP50 (val AP50 {errors.get('map50', 0):.3f})\n", style="bold")
     t.append(f"  {'error':<14} {'dAP50':>6} {'count':>6}  tune\n", style="dim")
-    for kind in sorted(ERROR_KINDS, key=lambda k: -errors.get("delta", {}).get(k, 0.0)):
-        d, n = errors.get("delta", {}).get(kind, 0.0), errors.get("counts", {}).get(kind, 0)
+    delta, counts = errors.get("delta", {}), errors.get("counts", {})
+    ranked = sorted(ERROR_KINDS, key=lambda k: -delta.get(k, 0.0))
+    top = delta.get(ranked[0], 0.0)
+    for kind in ranked:
+        d = delta.get(kind, 0.0)
         bar = "█" * min(20, round(d * 100))
-        t.append(f"  {kind:<14} {d:6.3f} {n:6d}  {BRANCH_OF[kind]:<15} {bar}\n",
-                 style="bold" if d == max(errors.get("delta", {}).values() or [0]) and d > 0.005 else "")
+        t.append(f"  {kind:<14} {d:6.3f} {counts.get(kind, 0):6d}  {BRANCH_OF[kind]:<15} {bar}\n",
+                 style="bold" if d == top and d > 0.005 else "")  # the largest error(s)
     sizes = errors.get("missed_by_size") or {}
     if any(total for _m, total in sizes.values()):
         t.append("  missed by size: " + " · ".join(f"{k} {m}/{n}" for k, (m, n) in sizes.items() if n) + "\n",

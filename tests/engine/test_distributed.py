@@ -179,9 +179,7 @@ def test_pause_live_edit_and_stop_reach_every_rank(tmp_path):
         assert len(train_lines(run)) == steps  # still paused, on every rank (rank 0 alone would block in DDP)
         assert runctl.request(run, runctl.Op.CONTINUE, timeout=60)["applied"]
         _wait(lambda: len(train_lines(run)) >= steps + 2, proc)
-        stop = runctl.request(run, runctl.Op.STOP, timeout=60)
-        assert stop and stop["applied"], stop
-        out, _ = proc.communicate(timeout=60)
+        out = _stop(run, proc)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -224,6 +222,13 @@ def test_pause_during_a_distributed_evaluation_holds_every_rank(tmp_path):
     for m in train_lines(run):
         assert m["memory_of"] == "cpu" and len(m["memory_mib"]) == 2, m
         assert all(50 < mib < m["memory_total_mib"] for mib in m["memory_mib"]), m
+
+
+def _stop(run, proc) -> str:
+    """ctl stop, answered as applied; the launcher's output once every rank has exited."""
+    stop = runctl.request(run, runctl.Op.STOP, timeout=60)
+    assert stop and stop["applied"], stop
+    return proc.communicate(timeout=60)[0]
 
 
 def _wait(cond, proc, timeout=90.0):
@@ -402,9 +407,7 @@ def test_a_live_edit_rank_0_cannot_save_is_refused_on_every_rank(tmp_path):
         edit = runctl.request(run, runctl.Op.SET, {"train.base_lr": 0.0005}, timeout=60)
         assert edit and not edit["applied"] and "no space left" in edit["message"], edit
         _wait(lambda: len(train_lines(run)) >= edit["step"] + 2, proc)
-        stop = runctl.request(run, runctl.Op.STOP, timeout=60)
-        assert stop and stop["applied"], stop
-        out, _ = proc.communicate(timeout=60)
+        out = _stop(run, proc)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import NEEDS_TMUX, tmux
+from conftest import NEEDS_TMUX, TmuxScreen, tmux
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine import runctl
@@ -34,16 +34,8 @@ def test_sweep_outlives_the_tui_and_a_new_tui_pauses_continues_and_stops_it(tmp_
     def start() -> None:
         tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd)
 
-    def screen() -> str:
-        return tmux("capture-pane", "-p", "-t", session)
-
-    def wait(pattern: str, timeout: float) -> re.Match:
-        end = time.time() + timeout
-        while time.time() < end:
-            if m := re.search(pattern, screen()):
-                return m
-            time.sleep(0.2)
-        raise AssertionError(f"{pattern!r} not on screen:\n{screen()}")
+    tty = TmuxScreen(session)
+    screen, wait = tty.text, tty.wait
 
     start()
     folder = None
