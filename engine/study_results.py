@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ _STATE = {"WAITING": "pending", "COMPLETE": "finished", "FAIL": "failed", "PRUNE
 def rows(study: Study) -> list[TrialResult]:
     """Every trial of ``study``, by value: Optuna's state and scores, a live trial's step from its run folder."""
     out = []
+    owner_alive: bool | None = None  # the study owner's liveness, read once and only when a trial needs it
     for t in study.trials():
         a = t.user_attrs
         status = _STATE.get(t.state.name) or str(a.get("status", "running"))
@@ -71,8 +73,18 @@ def rows(study: Study) -> list[TrialResult]:
                 r.steps = max(r.steps, st.step, rundir.last_step(Path(run_dir)))
             else:
                 r.steps = max(r.steps, summarize_trial(Path(run_dir))["steps"])
+        if r.status == "running" and _local(a) and study.folder is not None:
+            if owner_alive is None:
+                owner_alive = runctl.status(study.folder).alive
+            if not owner_alive:  # its process died with the owner: it starts again, or resumes from a checkpoint
+                r.status = "stopped" if run_dir and rundir.last_checkpoint(Path(run_dir)).exists() else "pending"
         out.append(r)
     return sorted(out, key=lambda r: r.value)
+
+
+def _local(attrs: dict[str, Any]) -> bool:
+    """A trial this machine ran (a worker elsewhere has its own heartbeat: ``Study.orphans``)."""
+    return attrs.get("host") in (None, socket.gethostname())
 
 
 def best_row(results: list[TrialResult]) -> TrialResult | None:

@@ -292,3 +292,22 @@ def test_two_workers_run_every_trial_exactly_once(tmp_path):
     # two trials at once: the owner handed out two before any was done
     whats = [e.what for e in events if e.kind == "study"]
     assert whats[:2] == ["trial_started", "trial_started"], whats
+
+
+def test_a_trial_whose_process_died_with_the_owner_does_not_read_running(tmp_path):
+    """Reproduces a CI failure: the owner is killed -9 right after a worker marked a trial running and before it
+    trained (no checkpoint). Nothing runs it any more, so it must not read "running": it starts again (pending);
+    one that saved a checkpoint resumes from it (stopped)."""
+    import socket
+
+    sw = S.Sweep(tmp_path / "sw", small(), "train.base_lr", [0.001, 0.003], trial_steps=3)
+    study = sw.study
+    fresh, saved = study.claim(), study.claim()
+    for trial in (fresh, saved):
+        run_dir = sw.dir / trial.user_attrs["run"]
+        run_dir.mkdir()
+        study.mark(trial, host=socket.gethostname(), pid=999_999, run_dir=str(run_dir), status="running")
+    rundir.last_checkpoint(sw.dir / saved.user_attrs["run"]).parent.mkdir(parents=True)
+    rundir.last_checkpoint(sw.dir / saved.user_attrs["run"]).write_bytes(b"a checkpoint")
+    got = {t.number: t.status for t in sw.results}
+    assert got == {fresh.number: "pending", saved.number: "stopped"}
