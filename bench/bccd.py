@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine.evaluate_run import evaluate_run
-from nanxi_tune.engine.trainer import Trainer
+from nanxi_tune.engine.evaluation.evaluate_run import evaluate_run
+from nanxi_tune.engine.train.trainer import Trainer
 
 YOLO = {4: 0.30, 10: 0.50, 15: 0.559}
 

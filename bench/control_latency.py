@@ -2,7 +2,7 @@
 
 A demo run trains (a) in a thread of this process and (b) as a detached `nanxi-tune train` process; a
 client sends ``--commands`` harmless live edits (budget.max_days toggled) through the run folder's
-control channel (engine.runctl) and waits for each ack. It prints p50 / p95 of the wall latency and of
+control channel (engine.run.runctl) and waits for each ack. It prints p50 / p95 of the wall latency and of
 the steps between the send and the step at which the trainer applied it (1 = at the next step boundary:
 the step in flight when the command came finished first), and the detached / in-process ratio of the p50s, measured side by side in one run.
 
@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir, runctl
-from nanxi_tune.engine.runctl import Op
+from nanxi_tune.engine.run import rundir, runctl
+from nanxi_tune.engine.run.runctl import Op
 
 QUICK = {"preprocess.input_size": 64, "data.synthetic_train": 64, "data.synthetic_val": 8, "data.batch_size": 8,
          "backbone.width": 8, "head.channels": 16}
@@ -60,7 +60,7 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def in_process(cfg: C.Config, run: Path, n: int) -> tuple[list[float], list[int]]:
-    from nanxi_tune.engine.trainer import Trainer
+    from nanxi_tune.engine.train.trainer import Trainer
 
     t = Trainer(cfg, run)
     th = threading.Thread(target=t.run, daemon=True)

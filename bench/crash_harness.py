@@ -96,7 +96,7 @@ class Harness:
     # --- observing a run ---------------------------------------------------------------------------
     @staticmethod
     def max_train_step(run: Path) -> int:
-        from nanxi_tune.engine import rundir
+        from nanxi_tune.engine.run import rundir
 
         return max((m["step"] for m in rundir.read_metrics(run) if m.get("split") == "train"), default=0)
 
@@ -150,8 +150,8 @@ class Harness:
     def check_checkpoints(run: Path) -> tuple[int | None, int | None]:
         """Every checkpoint under a real name must load (weights_only). Returns (last.pt's step, the newest step of
         any complete checkpoint); None where there is none."""
-        from nanxi_tune.engine import checkpoint as ck
-        from nanxi_tune.engine import rundir
+        from nanxi_tune.engine.run import checkpoint as ck
+        from nanxi_tune.engine.run import rundir
 
         folder = run / rundir.CHECKPOINTS
         steps = {}
@@ -161,7 +161,7 @@ class Harness:
 
     @staticmethod
     def resume_logs(run: Path) -> list[tuple[str, int]]:
-        from nanxi_tune.engine import rundir
+        from nanxi_tune.engine.run import rundir
 
         out = []
         for e in rundir.read_events(run):
@@ -258,8 +258,8 @@ class Harness:
     def compare(self, ref: Path, run: Path, problems: list[str]) -> dict:
         import torch
 
-        from nanxi_tune.engine import checkpoint as ck
-        from nanxi_tune.engine import rundir
+        from nanxi_tune.engine.run import checkpoint as ck
+        from nanxi_tune.engine.run import rundir
 
         def rows(r: Path, split: str) -> list[tuple]:
             return [tuple(m.get(k) for k in COMPARE) for m in rundir.read_metrics(r) if m.get("split") == split]

@@ -171,8 +171,8 @@ def full_disk(h, log=print) -> dict:
     import torch
 
     from nanxi_tune.engine import config as C
-    from nanxi_tune.engine import runctl
-    from nanxi_tune.engine.trainer import Trainer
+    from nanxi_tune.engine.run import runctl
+    from nanxi_tune.engine.train.trainer import Trainer
 
     torch.set_num_threads(1)  # the reference is a one-thread process: the same arithmetic
     ref, ref_proc = h.reference()

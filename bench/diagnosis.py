@@ -59,10 +59,10 @@ from pathlib import Path
 import torch
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir
-from nanxi_tune.engine.diagnostics import raw_loss
-from nanxi_tune.engine.watcher import diagnose_run
-from nanxi_tune.engine.trainer import Trainer
+from nanxi_tune.engine.run import rundir
+from nanxi_tune.engine.diagnosis.rulebook import raw_loss
+from nanxi_tune.engine.diagnosis.watcher import diagnose_run
+from nanxi_tune.engine.train.trainer import Trainer
 
 STEPS_PER_EPOCH = 12
 SMALL = {"preprocess.input_size": 64, "data.synthetic_train": 96, "data.synthetic_val": 16, "data.batch_size": 8,

@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     from torch.optim.swa_utils import AveragedModel
 
     from nanxi_tune.engine import config as C
-    from nanxi_tune.engine.model import build_model
-    from nanxi_tune.engine.targets import build_targets
-    from nanxi_tune.engine.trainer import ema_avg_fn, param_groups
+    from nanxi_tune.engine.model.detector import build_model
+    from nanxi_tune.engine.model.targets import build_targets
+    from nanxi_tune.engine.train.trainer import ema_avg_fn, param_groups
 
     if a.cpu_smoke:
         device = torch.device("cpu")

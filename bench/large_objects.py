@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine.data import resolve
-from nanxi_tune.engine.evaluate_run import evaluate_run
-from nanxi_tune.engine.trainer import Trainer
+from nanxi_tune.engine.data.dataset import resolve
+from nanxi_tune.engine.evaluation.evaluate_run import evaluate_run
+from nanxi_tune.engine.train.trainer import Trainer
 
 YOLO_SCRIPT = """
 import sys, time

@@ -11,7 +11,7 @@ the notes' order (§4–5):
 Each trial is an ordinary run folder under --out (the sweep's folder, trial-*), so `nanxi-tune journal` and the
 TUI's Runs tab read them; the script prints each round's table in the journal's style and the chosen recipe.
 
-The lr round is a study (engine.study): this process owns it, each trial its own process, ``--workers N`` trials
+The lr round is a study (engine.workflows.study): this process owns it, each trial its own process, ``--workers N`` trials
 at once on the CPU (or one per GPU); stopped or killed, it goes on where it was when the script runs again (or with
 ``nanxi-tune resume DIR/sweep-lr``).
 
@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import sweep as S
-from nanxi_tune.engine.study import FOREVER
-from nanxi_tune.engine.trainer import Trainer
+from nanxi_tune.engine.workflows import sweep as S
+from nanxi_tune.engine.workflows.study import FOREVER
+from nanxi_tune.engine.train.trainer import Trainer
 
 
 def split_train(train_json: Path, out: Path, holdout: float, seed: int = 0) -> tuple[Path, Path]:

@@ -7,7 +7,7 @@ the same number of epochs. Per seed, one healthy run at the demo's lr (``--base-
 
 1. the faulty run trains until its live watcher reports the first warning/error finding with a config change,
    and stops there with a checkpoint — what a user pressing **r** in the TUI (or ``nanxi-tune remedy``) does;
-2. the remedy is applied through engine.remedy.apply, the same call as **r** (an lr change proven first by the
+2. the remedy is applied through engine.workflows.remedy.apply, the same call as **r** (an lr change proven first by the
    seven-stars trial downward, the child continuing from the best trial), and the child trains to the planned
    end;
 3. the faulty run is resumed to its end too, for its own final mAP.
@@ -47,8 +47,9 @@ from pathlib import Path
 import torch
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import remedy, rundir
-from nanxi_tune.engine.trainer import Trainer
+from nanxi_tune.engine.workflows import remedy
+from nanxi_tune.engine.run import rundir
+from nanxi_tune.engine.train.trainer import Trainer
 
 SPE = 12  # steps per epoch
 SMALL = {"preprocess.input_size": 64, "data.synthetic_train": 96, "data.synthetic_val": 32, "data.batch_size": 8,

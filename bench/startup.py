@@ -98,7 +98,7 @@ import asyncio, gc, sys, threading, time
 from pathlib import Path
 import psutil
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine.events import StepMetrics
+from nanxi_tune.engine.run.events import StepMetrics
 from nanxi_tune.tui.app import NanxiTuneApp
 
 N = int(sys.argv[2])

@@ -22,11 +22,11 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine.data import EpochSampler, collate, sample_seed, train_dataset
-from nanxi_tune.engine.model import build_model, count_parameters
-from nanxi_tune.engine.targets import build_targets
-from nanxi_tune.engine.device import pick_device
-from nanxi_tune.engine.trainer import ema_avg_fn, param_groups
+from nanxi_tune.engine.data.dataset import EpochSampler, collate, sample_seed, train_dataset
+from nanxi_tune.engine.model.detector import build_model, count_parameters
+from nanxi_tune.engine.model.targets import build_targets
+from nanxi_tune.engine.run.device import pick_device
+from nanxi_tune.engine.train.trainer import ema_avg_fn, param_groups
 
 DATA_PHASES = ("decode", "augment", "resize", "collate")
 PHASES = DATA_PHASES + ("targets", "forward", "backward", "optimiser", "ema", "logging")

@@ -39,10 +39,10 @@ from pathlib import Path
 import torch
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import runctl, rundir
-from nanxi_tune.engine import sweep as S
-from nanxi_tune.engine.study import FOREVER, list_studies
-from nanxi_tune.engine.study_owner import plan_slots
+from nanxi_tune.engine.run import runctl, rundir
+from nanxi_tune.engine.workflows import sweep as S
+from nanxi_tune.engine.workflows.study import FOREVER, list_studies
+from nanxi_tune.engine.workflows.study_owner import plan_slots
 
 KEY = "train.base_lr"
 
@@ -176,7 +176,7 @@ def main() -> int:
     os.environ.setdefault("NANXI_TUNE_CACHE", str(tmp / "cache"))  # the trial processes inherit it
     values = S.window(a.start)
     cfg = C.with_updates(C.load_preset("demo"), C.parse_sets(sets(a.size, "cpu")))
-    from nanxi_tune.engine.trainer import Trainer
+    from nanxi_tune.engine.train.trainer import Trainer
 
     Trainer(C.with_updates(cfg, {"train.max_steps": 1, "eval.interval": FOREVER}), tmp / "warmup").run()  # data cache
     say(f"7-trial seven-stars study of {KEY} ({', '.join(S.value_name(v) for v in values)}), {a.steps} steps a "

@@ -1,8 +1,8 @@
 """Seven-stars sweep overhead: the wall time of a 7-trial sweep against 7 × one trial run alone.
 
 Each "alone" trial is a plain in-process ``Trainer(cfg, run_dir).run()`` with exactly the config the sweep gives
-that trial (engine.study.trial_config: the swept value, train.max_steps, a final-only evaluation). The sweep is a
-study (engine.study): this process is its owner (``Sweep.run``), one trial at a time on one device, each trial its
+that trial (engine.workflows.study.trial_config: the swept value, train.max_steps, a final-only evaluation). The sweep is a
+study (engine.workflows.study): this process is its owner (``Sweep.run``), one trial at a time on one device, each trial its
 own process (``nanxi-tune study trial``) — so beside the Optuna journal storage, the owner's bookkeeping, the
 parent event, the per-trial summary and the journal, the sweep pays one interpreter + torch import + dataset load
 per trial, which the alone runs (one warm process) do not. The trial processes get the same torch threads as the
@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import sweep as S
-from nanxi_tune.engine.study import trial_config
-from nanxi_tune.engine.trainer import Trainer
+from nanxi_tune.engine.workflows import sweep as S
+from nanxi_tune.engine.workflows.study import trial_config
+from nanxi_tune.engine.train.trainer import Trainer
 
 
 def main() -> None:

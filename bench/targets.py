@@ -24,8 +24,8 @@ import time
 import torch
 
 from nanxi_tune.engine.config import Config, with_updates
-from nanxi_tune.engine.loss import focal_loss, focal_loss_sparse
-from nanxi_tune.engine.targets import build_targets, build_targets_loop
+from nanxi_tune.engine.model.loss import focal_loss, focal_loss_sparse
+from nanxi_tune.engine.model.targets import build_targets, build_targets_loop
 
 
 def realistic_batch(size: int, batch: int, objects: int, classes: int, seed: int = 0) -> list[dict]:
@@ -116,9 +116,9 @@ def main() -> None:
     step_size = a.step_size or (a.size if dev.startswith("cuda") else 256)
     step_batch = a.step_batch or (a.batch if dev.startswith("cuda") else 8)
     try:
-        from nanxi_tune.engine.model import build_model
+        from nanxi_tune.engine.model.detector import build_model
     except Exception as err:  # noqa: BLE001 - the model is optional for this benchmark
-        print(f"targets share of a training step: unavailable (engine.model: {err})")
+        print(f"targets share of a training step: unavailable (engine.model.detector: {err})")
         return
     scfg = with_updates(Config(), {"preprocess.input_size": step_size})
     sbatch = realistic_batch(step_size, step_batch, a.objects, a.classes, seed=1)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 
 def images_per_s(run_dir: Path, batch_size: int, skip: int) -> float:
-    from nanxi_tune.engine import rundir
+    from nanxi_tune.engine.run import rundir
 
     rows = [r for r in rundir.read_metrics(run_dir) if r.get("split", "train") == "train"]
     rows = rows[skip:]
@@ -47,8 +47,8 @@ def images_per_s(run_dir: Path, batch_size: int, skip: int) -> float:
 
 
 def headless(cfg, root: Path, steps: int) -> Path:
-    from nanxi_tune.engine import rundir
-    from nanxi_tune.engine.trainer import Trainer
+    from nanxi_tune.engine.run import rundir
+    from nanxi_tune.engine.train.trainer import Trainer
 
     run_dir = rundir.new_run_dir(root)
     result = Trainer(cfg, run_dir, max_steps=steps).run()

@@ -1,4 +1,4 @@
-"""`nanxi-tune ctl RUN_DIR …`: drive a live run from any shell through its control channel (engine.runctl)."""
+"""`nanxi-tune ctl RUN_DIR …`: drive a live run from any shell through its control channel (engine.run.runctl)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def add_parsers(sub) -> None:
 
 def ctl(args) -> int:
     from nanxi_tune.engine import config as C
-    from nanxi_tune.engine import runctl
-    from nanxi_tune.engine.study import is_study
+    from nanxi_tune.engine.run import runctl
+    from nanxi_tune.engine.workflows.study import is_study
 
     run_dir = Path(args.run_dir)
     if args.verb == "status":
@@ -59,7 +59,7 @@ def ctl(args) -> int:
 
 def _status(run_dir: Path, as_json: bool) -> int:
     from nanxi_tune.engine import config as C
-    from nanxi_tune.engine import rundir, runctl
+    from nanxi_tune.engine.run import rundir, runctl
 
     info = runctl.run_info(run_dir)
     st = info.status
@@ -94,8 +94,8 @@ def _status(run_dir: Path, as_json: bool) -> int:
 
 def _study_status(folder: Path, as_json: bool) -> int:
     """A study: its owner's state and every trial (value, status, step, held-out score, device)."""
-    from nanxi_tune.engine import runctl
-    from nanxi_tune.engine import sweep as S
+    from nanxi_tune.engine.run import runctl
+    from nanxi_tune.engine.workflows import sweep as S
 
     st = runctl.status(folder)
     sw = S.load(folder)

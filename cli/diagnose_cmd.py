@@ -64,8 +64,8 @@ def add_parsers(sub) -> None:
 def diagnose(args) -> int:
     """Print the findings of ``args.run_dir`` as compiler-style diagnostics, or with ``args.json`` as JSON Lines (one finding a
     line, events.jsonl's form; nothing when there are none), not one JSON document. Exit 0."""
-    from nanxi_tune.engine import rundir
-    from nanxi_tune.engine.watcher import diagnose_run
+    from nanxi_tune.engine.run import rundir
+    from nanxi_tune.engine.diagnosis.watcher import diagnose_run
 
     run_dir = Path(args.run_dir)
     if not (run_dir / rundir.CONFIG).exists():

@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 def launched() -> bool:
-    """A process torchrun started (engine.distributed.launched, without importing torch for --help)."""
+    """A process torchrun started (engine.run.distributed.launched, without importing torch for --help)."""
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE"))
 
 
@@ -75,7 +75,7 @@ def _common(args) -> list[str]:
 
 def launch(args, command: str) -> int:
     """Run ``train`` / ``resume`` through torchrun; the exit status of the run (cli.exitcodes)."""
-    from nanxi_tune.engine import rundir, runctl
+    from nanxi_tune.engine.run import rundir, runctl
     from nanxi_tune.cli.exitcodes import ExitCode
 
     writer = (args.node_rank or 0) == 0  # this machine holds rank 0: the run folder is here
@@ -168,7 +168,7 @@ def shared(cfg, run_dir: Path | None):
     if not launched():
         return cfg, run_dir
     from nanxi_tune.engine import config as C
-    from nanxi_tune.engine.distributed import Dist
+    from nanxi_tune.engine.run.distributed import Dist
 
     d = Dist.from_env(cfg.train.device, cfg.train.dist_timeout_s)
     data, where = d.from_main((cfg.model_dump(mode="json"), str(run_dir) if run_dir else ""))
@@ -185,7 +185,7 @@ def worker_exit(code: int) -> int:
 def finish() -> None:
     """Leave the process group (a worker, once its trainer is done)."""
     if launched():
-        from nanxi_tune.engine.distributed import _Group
+        from nanxi_tune.engine.run.distributed import _Group
 
         if _Group.current is not None:
             _Group.current.close()
@@ -193,7 +193,7 @@ def finish() -> None:
 
 def wait_for_start(run_dir: Path, timeout: float = 60.0) -> bool:
     """Until the run's owner is alive (tests, the TUI attaching to a launched run)."""
-    from nanxi_tune.engine import runctl
+    from nanxi_tune.engine.run import runctl
 
     end = time.monotonic() + timeout
     while time.monotonic() < end:

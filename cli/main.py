@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         GUARD.install()  # before anything slow: a SIGTERM while torch loads must not exit 143 silently
     try:
         return _main(argv)
-    except PermissionError as err:  # someone else's private run (engine.access): say whose, and how to share
-        from nanxi_tune.engine.access import denied
+    except PermissionError as err:  # someone else's private run (engine.run.access): say whose, and how to share
+        from nanxi_tune.engine.run.access import denied
         from nanxi_tune.cli.exitcodes import ExitCode
 
         print(f"nanxi-tune: {denied(err)}", file=sys.stderr)
@@ -81,7 +81,7 @@ def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command not in RUNS:
         GUARD.restore()
-    from nanxi_tune.engine.access import AccessError, share_with
+    from nanxi_tune.engine.run.access import AccessError, share_with
 
     try:
         share_with(args.group)
@@ -93,8 +93,8 @@ def _main(argv: list[str] | None) -> int:
     run_dir = getattr(args, "run_dir", None)
     if run_dir and not Path(run_dir).exists() and (Path(args.runs) / run_dir).exists():
         run_dir = args.run_dir = str(Path(args.runs) / run_dir)  # a run's bare name: looked up under --runs
-    from nanxi_tune.engine.rundir import CONFIG, OWNER
-    from nanxi_tune.engine.study import is_study
+    from nanxi_tune.engine.run.rundir import CONFIG, OWNER
+    from nanxi_tune.engine.workflows.study import is_study
 
     # a study (resume, ctl, open), or a job's folder such as a remedy's lr trials (ctl)
     study_ok = run_dir and ((args.command in ("resume", "ctl", "open") and is_study(run_dir))
@@ -131,7 +131,7 @@ def _main(argv: list[str] | None) -> int:
         raise
 
 
-# Errors whose message names the file or key and the fix (engine.data, checkpoint, remedy, sweep, runctl), with
+# Errors whose message names the file or key and the fix (engine.data.dataset, checkpoint, remedy, sweep, runctl), with
 # the exit status each gives. Matched by name so the CLI need not import the engine (and torch) to catch them.
 USER_ERRORS = {"DataError": 1, "CheckpointError": 1, "RemedyError": 1, "SweepError": 1, "StudyError": 2,
                "RunBusy": 4}  # RunBusy: the run folder is owned by another live process (ExitCode.BUSY)

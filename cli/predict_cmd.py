@@ -79,8 +79,8 @@ def predict(args) -> int:
         return ExitCode.BAD_INPUT
     from PIL import Image
 
-    from nanxi_tune.engine.draw import draw
-    from nanxi_tune.engine.predict import PredictError, Predictor, image_files
+    from nanxi_tune.engine.inference.draw import draw
+    from nanxi_tune.engine.inference.predict import PredictError, Predictor, image_files
 
     try:
         files = None if args.val else image_files(args.images)  # before the model loads: a typo fails at once
@@ -116,8 +116,8 @@ def predict(args) -> int:
 
 def export(args) -> int:
     from nanxi_tune.cli.exitcodes import ExitCode
-    from nanxi_tune.engine.export import ExportError
-    from nanxi_tune.engine.export import export as write
+    from nanxi_tune.engine.inference.export import ExportError
+    from nanxi_tune.engine.inference.export import export as write
 
     try:
         done = write(args.run_dir, args.format, args.out, args.checkpoint)

@@ -1,6 +1,6 @@
 """`nanxi-tune remedy RUN_DIR [RULE]`: apply a finding's remedy from any shell, as **r** does in the TUI.
 
-The same engine call (engine.remedy.apply): an lr change is proven by a short seven-stars trial downward from the
+The same engine call (engine.workflows.remedy.apply): an lr change is proven by a short seven-stars trial downward from the
 run's lr before it is applied; the child run starts from the checkpoint pinned for the finding and trains in the
 foreground to the parent's planned end (cli.drive: progress, signals, exit statuses).
 """
@@ -69,8 +69,8 @@ def _describe(f: dict) -> str:
 
 
 def remedy(args) -> int:
-    from nanxi_tune.engine import remedy as R
-    from nanxi_tune.engine import rundir, runctl
+    from nanxi_tune.engine.workflows import remedy as R
+    from nanxi_tune.engine.run import rundir, runctl
 
     run_dir = Path(args.run_dir)
     found = R.open_findings(run_dir)
@@ -95,7 +95,7 @@ def remedy(args) -> int:
     elif args.rule:
         finding = next((f for f in found if f.get("rule") == args.rule), None)
         if finding is None:
-            from nanxi_tune.engine.rules import RULES
+            from nanxi_tune.engine.diagnosis.rules import RULES
 
             if args.rule not in RULES:
                 _say(f"nanxi-tune remedy: {args.rule}: no such rule; the rules are {', '.join(RULES)}")
@@ -169,7 +169,7 @@ def remedy(args) -> int:
     from nanxi_tune.cli.drive import drive
 
     def make(cb):
-        from nanxi_tune.engine.trainer import Trainer
+        from nanxi_tune.engine.train.trainer import Trainer
 
         if R.has_checkpoint(child):
             return Trainer.resume(child, cb)

@@ -1,5 +1,5 @@
 """Studies from the shell: own one here or detached (`sweep`, `resume STUDY`), `study worker STORAGE STUDY` on any
-machine, and `study trial`, the process an owner starts for each trial (engine.study_owner)."""
+machine, and `study trial`, the process an owner starts for each trial (engine.workflows.study_owner)."""
 
 from __future__ import annotations
 
@@ -46,9 +46,9 @@ def add_parsers(sub) -> None:
 
 def own(folder: Path, args) -> int:
     """Be the study's owner here (foreground, progress on stderr) or start one detached."""
-    from nanxi_tune.engine import runctl
-    from nanxi_tune.engine.study_owner import parse_devices
-    from nanxi_tune.engine.study import StudyError
+    from nanxi_tune.engine.run import runctl
+    from nanxi_tune.engine.workflows.study_owner import parse_devices
+    from nanxi_tune.engine.workflows.study import StudyError
 
     try:
         devices = parse_devices(args.devices) if getattr(args, "devices", None) else None
@@ -67,7 +67,7 @@ def own(folder: Path, args) -> int:
 def detach(folder: Path, args) -> int:
     """`nanxi-tune resume FOLDER` as its own process in a new session (no terminal: SIGHUP never reaches it)."""
     from nanxi_tune.cli.launch import wait_for_start
-    from nanxi_tune.engine.study_owner import spawn_detached
+    from nanxi_tune.engine.workflows.study_owner import spawn_detached
 
     proc = spawn_detached(folder, args.workers, args.devices)
     if not wait_for_start(folder, 60) and proc.poll() is not None:
@@ -81,8 +81,8 @@ def detach(folder: Path, args) -> int:
 
 def _own_here(folder: Path, workers: int | None, devices: list[str] | None, quiet: bool, save: str | None) -> int:
     from nanxi_tune.cli.drive import run_until_signalled
-    from nanxi_tune.engine import sweep as S
-    from nanxi_tune.engine.study_owner import StudyOwner
+    from nanxi_tune.engine.workflows import sweep as S
+    from nanxi_tune.engine.workflows.study_owner import StudyOwner
 
     def on_event(e) -> None:
         if quiet:
@@ -119,7 +119,7 @@ def _own_here(folder: Path, workers: int | None, devices: list[str] | None, quie
 
 def print_sweep(sw) -> None:
     """The sweep's table, chart and best on stdout (the study's storage read once for the rows)."""
-    from nanxi_tune.engine import sweep as S
+    from nanxi_tune.engine.workflows import sweep as S
 
     rows = sw.table()
     table = Table("value", "mAP", "AP50", "train loss", "status", title=f"seven stars: {sw.key} ({sw.dir.name})")
@@ -142,7 +142,7 @@ def print_sweep(sw) -> None:
 # --- workers ---------------------------------------------------------------------------------------------------------
 
 def study(args) -> int:
-    from nanxi_tune.engine.study import Study, StudyError
+    from nanxi_tune.engine.workflows.study import Study, StudyError
 
     if args.threads:
         import torch
@@ -155,7 +155,7 @@ def study(args) -> int:
     except StudyError as e:
         err.print(f"nanxi-tune study: {e}")
         return ExitCode.BAD_INPUT
-    from nanxi_tune.engine.study_worker import work
+    from nanxi_tune.engine.workflows.study_worker import work
 
     n = work(s, Path(args.runs), args.device, say=lambda m: err.print(m), stop=_stop_on_signal())
     err.print(f"worker done: {n} trial(s) trained")
@@ -163,7 +163,7 @@ def study(args) -> int:
 
 
 def _trial(s, args) -> int:
-    from nanxi_tune.engine.study_worker import run_claimed
+    from nanxi_tune.engine.workflows.study_worker import run_claimed
 
     status = run_claimed(s, s.trial(args.number), Path(args.folder), args.device, stop=_stop_on_signal())
     return {"finished": ExitCode.FINISHED, "stopped": ExitCode.STOPPED}.get(status, ExitCode.FAILED)

@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir
+from nanxi_tune.engine.run import rundir
 from nanxi_tune.cli.exitcodes import ExitCode
-from nanxi_tune.engine.vocab import COCO_METRICS, LOSSES
+from nanxi_tune.engine.metric_keys import COCO_METRICS, LOSSES
 from nanxi_tune.cli.drive import console, drive
 from nanxi_tune.cli.stopsignals import StoppedBeforeStart
 
@@ -84,13 +84,13 @@ def train(args) -> int:
         cfg = C.with_updates(cfg, C.parse_sets(args.sets))
     if _by_config(args, cfg):  # train.devices above 1: through torchrun, as --nproc-per-node would
         return launch.launch(args, "train")
-    from nanxi_tune.engine import datapaths
+    from nanxi_tune.engine.data import datapaths
 
     datapaths.check(cfg)  # a missing data path is refused before a run folder is made (DataError: exit 1)
     given = Path(args.run_dir) if args.run_dir else None
     run_dir, made = None, False
     if launch.rank() == 0:  # a torchrun worker of another rank gets rank 0's folder (launch.shared)
-        from nanxi_tune.engine import runctl
+        from nanxi_tune.engine.run import runctl
 
         st = runctl.status(given) if given is not None else None
         if st is not None and st.alive:  # a live trainer owns it: attach instead (exit 4, as the README says)
@@ -106,7 +106,7 @@ def train(args) -> int:
     if run_dir is None:
         return ExitCode.BAD_INPUT
     try:
-        from nanxi_tune.engine.trainer import Trainer
+        from nanxi_tune.engine.train.trainer import Trainer
 
         return drive(lambda cb: Trainer(cfg, run_dir, cb, max_steps=args.max_steps), run_dir, args)
     except StoppedBeforeStart as sig:
@@ -120,7 +120,7 @@ def _by_config(args, cfg: C.Config) -> bool:
 
     if launch.launched() or cfg.train.devices == 1:
         return False
-    from nanxi_tune.engine.distributed import devices
+    from nanxi_tune.engine.run.distributed import devices
 
     n = devices(cfg.train.devices)
     if n > 1:
@@ -130,7 +130,7 @@ def _by_config(args, cfg: C.Config) -> bool:
 
 def resume(args) -> int:
     from nanxi_tune.cli import launch
-    from nanxi_tune.engine.study import is_study
+    from nanxi_tune.engine.workflows.study import is_study
 
     if is_study(args.run_dir):  # a study: this process becomes its owner (or starts one detached)
         from nanxi_tune.cli.study_cmd import own
@@ -150,12 +150,12 @@ def resume(args) -> int:
     # refusals before torch loads (seconds): a key that may not change mid-run, a folder a live process owns
     if updates and rundir.last_checkpoint(run_dir).exists():
         C.with_live_updates(cfg, updates, "resume")
-    from nanxi_tune.engine import runctl
+    from nanxi_tune.engine.run import runctl
 
     if runctl.status(run_dir).alive:
         raise runctl.RunBusy(run_dir, runctl.read_owner(run_dir))
     try:
-        from nanxi_tune.engine.trainer import Trainer
+        from nanxi_tune.engine.train.trainer import Trainer
 
         if not rundir.last_checkpoint(run_dir).exists():
             return drive(lambda cb: _restart(run_dir, cb, updates, args.max_steps), run_dir, args)
@@ -167,10 +167,10 @@ def resume(args) -> int:
 def _restart(run_dir: Path, callback, updates: dict | None, max_steps: int | None):
     """A run killed before its first checkpoint: start it again from step 0 with its config.toml (and any
     ``updates``), dropping what the killed attempt logged. Raises RunBusy if a live process owns the folder."""
-    from nanxi_tune.engine import checkpoint as ckpt_io
-    from nanxi_tune.engine import runctl
-    from nanxi_tune.engine.recorder import Recorder
-    from nanxi_tune.engine.trainer import Trainer
+    from nanxi_tune.engine.run import checkpoint as ckpt_io
+    from nanxi_tune.engine.run import runctl
+    from nanxi_tune.engine.run.recorder import Recorder
+    from nanxi_tune.engine.train.trainer import Trainer
 
     from nanxi_tune.cli import launch
 
@@ -212,7 +212,7 @@ def _stopped_before_start(name: str, run_dir: Path, made: bool) -> int:
 
 
 def eval(args) -> int:  # noqa: A001 - the subcommand's name
-    from nanxi_tune.engine.evaluate_run import evaluate_run
+    from nanxi_tune.engine.evaluation.evaluate_run import evaluate_run
 
     updates = C.parse_sets(args.sets) if args.sets else {}
     m = evaluate_run(Path(args.run_dir), args.checkpoint, updates)
@@ -229,8 +229,8 @@ def eval(args) -> int:  # noqa: A001 - the subcommand's name
 
 
 def errors_table(errors: dict):
-    """What costs AP50 (engine.errors), largest first, with the branch the notes tune for each kind."""
-    from nanxi_tune.engine.errors import BRANCH_OF, ERROR_KINDS
+    """What costs AP50 (engine.evaluation.errors), largest first, with the branch the notes tune for each kind."""
+    from nanxi_tune.engine.evaluation.errors import BRANCH_OF, ERROR_KINDS
 
     table = Table("error", "dAP50", "count", "tune", title=f"what costs AP50 (AP50 {errors['map50']:.4f})")
     for kind in sorted(ERROR_KINDS, key=lambda k: -errors["delta"][k]):

@@ -72,7 +72,7 @@ def add_parsers(sub) -> None:
 
 def sweep(args) -> int:
     from nanxi_tune.engine import config as C
-    from nanxi_tune.engine import sweep as S
+    from nanxi_tune.engine.workflows import sweep as S
     from nanxi_tune.cli.study_cmd import own
 
     if args.resume:
@@ -102,7 +102,7 @@ def stats(args) -> int:
     from rich.progress import Progress
 
     from nanxi_tune.engine import config as C
-    from nanxi_tune.engine import stats as ST
+    from nanxi_tune.engine.workflows import normalization as ST
 
     cfg = C.load_preset(args.preset)
     if args.sets:
@@ -125,7 +125,7 @@ def stats(args) -> int:
 # --- autobatch ----------------------------------------------------------------------------------------
 
 def autobatch(args) -> int:
-    from nanxi_tune.engine import autobatch as AB
+    from nanxi_tune.engine.workflows import autobatch as AB
     from nanxi_tune.engine import config as C
 
     cfg = C.load_preset(args.preset)
@@ -147,8 +147,8 @@ def autobatch(args) -> int:
 def tune_post(args) -> int:
     from rich.progress import Progress
 
-    from nanxi_tune.engine import rundir
-    from nanxi_tune.engine import tune_post as TP
+    from nanxi_tune.engine.run import rundir
+    from nanxi_tune.engine.workflows import tune_post as TP
 
     run_dir = Path(args.run_dir)
     if not (run_dir / rundir.CONFIG).exists():
@@ -184,7 +184,7 @@ def print_post(res, top: int = 10, console: Console | None = None) -> None:
                       str(r["postprocess.top_k"]), f"{r['mAP']:.4f}{tag}", f"{r['AP50']:.4f}", str(r["detections"]),
                       style="bold green" if r is res.best else "")
     console.print(table)
-    from nanxi_tune.engine.tune_post import fmt_point
+    from nanxi_tune.engine.workflows.tune_post import fmt_point
 
     console.print(f"best: {fmt_point(res.best)} — mAP {res.best['mAP']:.4f} vs defaults {res.default['mAP']:.4f}")
 
@@ -192,7 +192,7 @@ def print_post(res, top: int = 10, console: Console | None = None) -> None:
 # --- journal / budget --------------------------------------------------------------------------------------
 
 def journal(args) -> int:
-    from nanxi_tune.engine import runs_index as J
+    from nanxi_tune.engine.workflows import records as J
 
     if args.compare:
         cmp = J.compare(Path(args.compare[0]), Path(args.compare[1]))
@@ -215,7 +215,7 @@ def journal(args) -> int:
 
 
 def budget(args) -> int:
-    from nanxi_tune.engine import budget as B
+    from nanxi_tune.engine.diagnosis import projection as B
 
     for p in B.project_run(Path(args.run_dir)):
         out.print(p.text(), style="yellow" if p.over else "", markup=False, highlight=False)

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
+from .files import RecordError, write_atomic
+
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 try:  # installed wheel: presets live beside engine inside nanxi_tune
     from importlib.resources import files
@@ -323,7 +325,7 @@ class Budget(Strict):
 
 
 class Diagnose(Strict):
-    """诊断 diagnosis: thresholds of the rules in engine.diagnostics (all live).
+    """诊断 diagnosis: thresholds of the rules in engine.diagnosis.rulebook (all live).
 
     The loss-curve thresholds are tuned on real runs from bench/diagnosis.py (small model on the synthetic
     set, 12 steps per epoch, an eval per epoch, seeds 0-2, run twice: before and after the vectorised
@@ -715,13 +717,9 @@ def dumps(cfg: Config) -> str:
 def save(cfg: Config, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from . import rundir
-
     try:
-        rundir.write_atomic(path, dumps(cfg))
+        write_atomic(path, dumps(cfg))
     except OSError as err:  # a full disk: the old file kept, no temp file left, the file named
-        from .recorder import RecordError
-
         raise RecordError(err.errno, path, err) from None
     return path
 

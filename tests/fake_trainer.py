@@ -1,6 +1,6 @@
-"""A fast fake trainer for TUI tests: no torch, no data, the same run-folder protocol as engine.trainer.Trainer.
+"""A fast fake trainer for TUI tests: no torch, no data, the same run-folder protocol as engine.train.trainer.Trainer.
 
-It owns the folder (engine.runctl's lock), writes typed step / eval / state / checkpoint events to
+It owns the folder (engine.run.runctl's lock), writes typed step / eval / state / checkpoint events to
 metrics.jsonl and events.jsonl, and applies the control channel's commands at step boundaries with the real
 trainer's answers, so the app is driven through exactly the seam it uses with a real run — in milliseconds.
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir, runctl
-from nanxi_tune.engine.events import CheckpointSaved, CommandAck, EvalMetrics, StateChanged, StepMetrics
-from nanxi_tune.engine.recorder import Recorder
-from nanxi_tune.engine.runctl import Command, Op
+from nanxi_tune.engine.run import rundir, runctl
+from nanxi_tune.engine.run.events import CheckpointSaved, CommandAck, EvalMetrics, StateChanged, StepMetrics
+from nanxi_tune.engine.run.recorder import Recorder
+from nanxi_tune.engine.run.runctl import Command, Op
 
 
 class FakeTrainer:

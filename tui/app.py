@@ -119,7 +119,7 @@ class NanxiTuneApp(RunActions, WorkflowActions, ConfigActions, App):
         self.open_run_arg = Path(open_run) if open_run else None
         self.runs_root = Path(runs_root)
         self.max_steps = max_steps
-        self._trainer_cls = trainer_cls  # None: engine.trainer.Trainer, imported in the training worker
+        self._trainer_cls = trainer_cls  # None: engine.train.trainer.Trainer, imported in the training worker
         cfg = C.load_preset(preset)
         self.initial_cfg = cfg
         self.initial_base = C.base_of(cfg)

@@ -14,7 +14,7 @@ from typing import Any
 
 from textual.message import Message
 
-from nanxi_tune.engine.events import EvalMetrics, StepMetrics
+from nanxi_tune.engine.run.events import EvalMetrics, StepMetrics
 
 
 class RunUpdate(Message):

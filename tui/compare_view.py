@@ -1,6 +1,6 @@
 """Two runs side by side: every config key that differs, and both runs' curves on one plot.
 
-``app.push_screen(CompareScreen(a, b))``. The data is engine.runs_index.compare(a, b) (read in a thread
+``app.push_screen(CompareScreen(a, b))``. The data is engine.workflows.records.compare(a, b) (read in a thread
 worker: long runs have long metrics.jsonl files); this screen only lays it out. Keys: Tab moves between
 the diff table and the plots, ``m`` switches the plot between loss and mAP, Escape closes.
 """
@@ -58,10 +58,10 @@ class CompareScreen(Screen):
         self.set_class(self.app.size.width < 120, "-narrow")
 
     def _load(self) -> None:
-        from nanxi_tune.engine import runs_index
+        from nanxi_tune.engine.workflows import records
 
         try:
-            data = runs_index.compare(self.a, self.b)
+            data = records.compare(self.a, self.b)
         except Exception as err:  # noqa: BLE001 - a broken run folder: say so, keep the UI
             self.app.call_from_thread(self._error, f"{type(err).__name__}: {err}")
             return

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import datapaths
+from nanxi_tune.engine.data import datapaths
 from nanxi_tune.tui.config_form import ConfigForm, FieldFocused
 from nanxi_tune.tui.dialogs import Confirm, DiffView, PresetPicker, SaveAs, diff_table
 

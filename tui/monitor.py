@@ -16,7 +16,7 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
-from nanxi_tune.engine.vocab import LOG_WEIGHTS, LOSSES
+from nanxi_tune.engine.metric_keys import LOG_WEIGHTS, LOSSES
 if TYPE_CHECKING:
     from textual_plotext import PlotextPlot
 
@@ -159,7 +159,7 @@ class SystemStrip(Static):
 
 def errors_text(errors: dict[str, Any]) -> Text:
     """The last evaluation's TIDE breakdown: what each error kind costs in AP50 and the branch the notes tune."""
-    from nanxi_tune.engine.errors import BRANCH_OF, ERROR_KINDS
+    from nanxi_tune.engine.evaluation.errors import BRANCH_OF, ERROR_KINDS
 
     t = Text()
     t.append(f"What costs AP50 (val AP50 {errors.get('map50', 0):.3f})\n", style="bold")
@@ -255,9 +255,9 @@ class Monitor(VerticalScroll):
         self._dirty_plots: set[str] = set()
         self.diagnoses: list[tuple[str, str, str, str, str]] = []
         self.findings: list[dict[str, Any]] = []
-        self.projection: Any = None  # engine.budget.Projection of the shown run
-        self.plan_text = ""  # engine.lr_plan's line when the run fits a time budget
-        self.last_errors: dict[str, Any] | None = None  # the last evaluation's breakdown (engine.errors)
+        self.projection: Any = None  # engine.diagnosis.projection.Projection of the shown run
+        self.plan_text = ""  # engine.train.lr_plan's line when the run fits a time budget
+        self.last_errors: dict[str, Any] | None = None  # the last evaluation's breakdown (engine.evaluation.errors)
         self.saved_step: int | None = None  # the newest checkpoint, shown on the status line
         self.saved_best = False
 
@@ -435,7 +435,7 @@ class Monitor(VerticalScroll):
             self.query_one("#diag-detail", Static).update(finding_detail(self.findings[i]))
 
     def set_projection(self, projection: Any) -> None:
-        """engine.budget.Projection (or None): the projected full-run time against budget.max_days."""
+        """engine.diagnosis.projection.Projection (or None): the projected full-run time against budget.max_days."""
         self.projection = projection
         if projection is not None:
             self.max_days = projection.max_days
@@ -490,8 +490,8 @@ class Monitor(VerticalScroll):
         return t
 
     def _budget_text(self) -> Text:
-        """The bar of engine.budget's projection (the over-time-budget rule's own estimate) vs budget.max_days."""
-        if self.plan_text:  # train.time_budget_min: the run is planned to fit its budget (engine.lr_plan)
+        """The bar of engine.diagnosis.projection's projection (the over-time-budget rule's own estimate) vs budget.max_days."""
+        if self.plan_text:  # train.time_budget_min: the run is planned to fit its budget (engine.train.lr_plan)
             return Text("plan ", style="bold").append(self.plan_text, style="")
         p = self.projection
         width = 20

@@ -17,7 +17,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, ProgressBar, Static
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir
+from nanxi_tune.engine.run import rundir
 from nanxi_tune.tui.sweep_view import ConfigApplied
 
 
@@ -63,7 +63,7 @@ class TunePostScreen(Screen):
         self.run_worker(self._work, thread=True, exclusive=True, group="tune-post", exit_on_error=False)
 
     def _work(self) -> None:
-        from nanxi_tune.engine import tune_post as TP
+        from nanxi_tune.engine.workflows import tune_post as TP
 
         try:
             cache = TP.cache_outputs(self.run_dir)
@@ -86,7 +86,7 @@ class TunePostScreen(Screen):
         self.query_one("#post-progress", ProgressBar).update(total=total, progress=done)
 
     def _show(self) -> None:
-        from nanxi_tune.engine.tune_post import fmt_point
+        from nanxi_tune.engine.workflows.tune_post import fmt_point
 
         res = self.result
         table = self.query_one("#post-table", DataTable)
@@ -103,7 +103,7 @@ class TunePostScreen(Screen):
                      f"{res.default['mAP']:.4f} ({len(res.rows)} points) — F8 applies")
 
     def action_apply(self) -> None:
-        from nanxi_tune.engine import tune_post as TP
+        from nanxi_tune.engine.workflows import tune_post as TP
 
         if self.result is None:
             self.notify("search first (F5)", severity="warning")

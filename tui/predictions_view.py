@@ -19,7 +19,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Label, Static
 
-from nanxi_tune.engine.errors import match_image
+from nanxi_tune.engine.evaluation.errors import match_image
 
 GT_COLOUR = (255, 255, 255)  # ground truth: white, dotted; predictions: their class's colour, solid
 
@@ -48,7 +48,7 @@ def boxed(image: Any, cols: int, rows: int, gt: list, preds: list, classes: list
     """The image scaled to the cells' pixels with 1-pixel boxes on it (a box drawn before scaling would vanish)."""
     from PIL import Image, ImageDraw
 
-    from nanxi_tune.engine.draw import colour
+    from nanxi_tune.engine.inference.draw import colour
 
     w, h = image.size
     scale = min(cols / w, 2 * rows / h)
@@ -101,7 +101,7 @@ class PredictionsScreen(Screen):
     def _predict(self) -> None:
         from PIL import Image
 
-        from nanxi_tune.engine.predict import Predictor
+        from nanxi_tune.engine.inference.predict import Predictor
 
         try:
             p = Predictor(self.run_dir, self.which, {"postprocess.score_threshold": 0.05})

@@ -11,10 +11,10 @@ from textual import work
 from textual.widgets import TabbedContent
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import events as E
-from nanxi_tune.engine import rundir, runctl
-from nanxi_tune.engine.study import is_study
-from nanxi_tune.engine.runctl import Op
+from nanxi_tune.engine.run import events as E
+from nanxi_tune.engine.run import rundir, runctl
+from nanxi_tune.engine.workflows.study import is_study
+from nanxi_tune.engine.run.runctl import Op
 from nanxi_tune.tui.bridge import RunUpdate
 from nanxi_tune.tui.runs_view import RunsPane
 from nanxi_tune.tui.dialogs import Confirm, LiveEditDialog
@@ -43,10 +43,10 @@ class RunActions:
         return self.running and (self.session.kind != Kind.ATTACHED or self.session.alive)
 
     def trainer_class(self) -> Any:
-        """The class that trains in this process: engine.trainer.Trainer (imported here, in the worker: torch is
+        """The class that trains in this process: engine.train.trainer.Trainer (imported here, in the worker: torch is
         heavy), or what the app was given (tests give a fast fake that speaks the same run-folder protocol)."""
         if self._trainer_cls is None:
-            from nanxi_tune.engine.trainer import Trainer
+            from nanxi_tune.engine.train.trainer import Trainer
 
             self._trainer_cls = Trainer
         return self._trainer_cls
@@ -110,7 +110,7 @@ class RunActions:
             except Exception:  # noqa: BLE001 - a general (non-field) error has no editor
                 pass
             return None
-        from nanxi_tune.engine.datapaths import DataError, check
+        from nanxi_tune.engine.data.datapaths import DataError, check
 
         try:
             check(cfg)  # a missing data path is refused here, before a run folder is made
@@ -184,7 +184,7 @@ class RunActions:
         self.call_from_thread(self.notify, ack["message"] if ack else "stop sent", title="remedy", timeout=5)
 
     def open_study(self, folder: Path) -> None:
-        from nanxi_tune.engine.study import StudyError, read_spec
+        from nanxi_tune.engine.workflows.study import StudyError, read_spec
         from nanxi_tune.tui.sweep_view import SweepScreen
 
         try:

@@ -83,7 +83,7 @@ class RunsPane(Vertical):
 
     @work(thread=True, exclusive=True, group="runs-list", exit_on_error=False)
     def _list_runs(self, root: Path) -> None:
-        from nanxi_tune.engine import runctl
+        from nanxi_tune.engine.run import runctl
 
         try:
             runs = runctl.list_runs(root)

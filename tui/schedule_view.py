@@ -1,6 +1,6 @@
 """The notes' tuning schedule as a Screen: round 1 (QMV), round 2 (RSR), after training.
 
-``app.push_screen(ScheduleScreen(cfg, runs_root))``. Each row is a step of engine.tuning_plan.SCHEDULE
+``app.push_screen(ScheduleScreen(cfg, runs_root))``. Each row is a step of engine.workflows.schedule.SCHEDULE
 with what the journal recorded for it; Enter (or F5) does the step's action — a seven-stars sweep
 (pushes SweepScreen), mean/std after augmentation, the largest batch, NMS tuning on the newest trained
 run (pushes TunePostScreen), or a config step (sets the round's eval mode). Config changes go out as
@@ -18,8 +18,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, Static
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir, runctl
-from nanxi_tune.engine import tuning_plan as SCH
+from nanxi_tune.engine.run import rundir, runctl
+from nanxi_tune.engine.workflows import schedule as SCH
 from nanxi_tune.tui.post_view import TunePostScreen
 from nanxi_tune.tui.sweep_view import ConfigApplied, SweepScreen
 
@@ -147,7 +147,7 @@ class ScheduleScreen(Screen):
     def _work(self, action: str) -> None:
         try:
             if action == "stats":
-                from nanxi_tune.engine import stats as ST
+                from nanxi_tune.engine.workflows import normalization as ST
 
                 st = ST.compute(self.cfg, self.stats_samples)
                 upd = ST.updates(st)
@@ -155,7 +155,7 @@ class ScheduleScreen(Screen):
                 msg = (f"mean {upd['normalize.mean']}, std {upd['normalize.std']} over {st.samples} augmented "
                        "samples — F8 applies")
             else:
-                from nanxi_tune.engine import autobatch as AB
+                from nanxi_tune.engine.workflows import autobatch as AB
 
                 r = AB.find_batch(self.cfg, cap_gb=self.autobatch_cap_gb)
                 new = AB.apply(self.cfg, r)

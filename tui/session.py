@@ -2,7 +2,7 @@
 commands, and turn its folder's record into typed events for the app.
 
 Whoever started the run, the session follows it through its folder (metrics.jsonl, events.jsonl and the
-owner's liveness, engine.runctl): one path serves a trainer in this process, a detached one, and a headless
+owner's liveness, engine.run.runctl): one path serves a trainer in this process, a detached one, and a headless
 one started from another shell. Events go through a RunBridge (back-pressure) and reach the app as
 RunUpdate messages; the history already written arrives once as RunHistory; the end as RunEnded.
 """
@@ -19,10 +19,10 @@ from typing import Any, Callable
 from textual.message import Message
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import events as E
-from nanxi_tune.engine import recorder, rundir, runctl
-from nanxi_tune.engine.events import RunState
-from nanxi_tune.engine.runctl import Op
+from nanxi_tune.engine.run import events as E
+from nanxi_tune.engine.run import recorder, rundir, runctl
+from nanxi_tune.engine.run.events import RunState
+from nanxi_tune.engine.run.runctl import Op
 from nanxi_tune.tui.bridge import RunBridge
 
 FOLLOW_S = 0.2  # how often the folder is read

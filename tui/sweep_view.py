@@ -4,7 +4,7 @@ A standalone Screen; mount it with ``app.push_screen(SweepScreen(cfg, runs_root)
 ``SweepScreen(cfg, runs_root, sweep_dir=FOLDER)`` (open a study: the Runs tab's Enter, ``nanxi-tune open``).
 F5 creates the study and starts its owner **detached** — its own process, so quitting the TUI or losing SSH never
 stops it; the screen only follows the study's folder and storage, and drives it through its control channel
-(engine.runctl), as ``nanxi-tune ctl STUDY …`` does. When the user applies the best value it posts
+(engine.run.runctl), as ``nanxi-tune ctl STUDY …`` does. When the user applies the best value it posts
 ``ConfigApplied`` (the app replaces its config) and calls ``on_apply`` if given.
 
 Keys: F5 start (detached) or resume a stopped study, F6 pause / continue, F7 stop (every trial checkpoints),
@@ -27,9 +27,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, Static
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir, runctl
-from nanxi_tune.engine import sweep as S
-from nanxi_tune.engine.runctl import Op, RunState
+from nanxi_tune.engine.run import rundir, runctl
+from nanxi_tune.engine.workflows import sweep as S
+from nanxi_tune.engine.run.runctl import Op, RunState
 from nanxi_tune.tui.config_form import OrderedInput as Input
 
 FOLLOW_S = 0.5
@@ -212,7 +212,7 @@ class SweepScreen(Screen):
         self._launch(sw.dir, "started")
 
     def _launch(self, folder: Path, what: str) -> None:
-        from nanxi_tune.engine.study_owner import spawn_detached
+        from nanxi_tune.engine.workflows.study_owner import spawn_detached
 
         self.sweep_dir = folder
         spawn_detached(folder)

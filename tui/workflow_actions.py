@@ -11,8 +11,8 @@ from textual import work
 from textual.widgets import ProgressBar, Static, TabbedContent
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir
-from nanxi_tune.engine.runctl import Op
+from nanxi_tune.engine.run import rundir
+from nanxi_tune.engine.run.runctl import Op
 from nanxi_tune.tui.runs_view import RunsPane
 from nanxi_tune.tui.session import RunSession
 from nanxi_tune.tui.sweep_view import ConfigApplied
@@ -20,7 +20,7 @@ from nanxi_tune.tui.sweep_view import ConfigApplied
 
 def _descent_progress(child: Path) -> str:
     """"lr 0.0003 step 12 (trial 2)": the lr trial training now, read from the child's trials folder."""
-    from nanxi_tune.engine import runctl
+    from nanxi_tune.engine.run import runctl
 
     trials = sorted((child / "trials").glob("lr-*"), key=lambda p: p.stat().st_mtime)
     if not trials:
@@ -146,13 +146,13 @@ class WorkflowActions:
 
         try:
             if task == "stats":
-                from nanxi_tune.engine import stats as ST
+                from nanxi_tune.engine.workflows import normalization as ST
 
                 st = ST.compute(cfg, self.stats_samples, progress=progress)
                 updates = ST.updates(st)
                 new = C.with_updates(cfg, updates, "stats")
             else:
-                from nanxi_tune.engine import autobatch as AB
+                from nanxi_tune.engine.workflows import autobatch as AB
 
                 r = AB.find_batch(cfg, cap_gb=self.autobatch_cap_gb, progress=say)
                 new = AB.apply(cfg, r)
@@ -205,7 +205,7 @@ class WorkflowActions:
         import json
         import tempfile
 
-        from nanxi_tune.engine import runctl
+        from nanxi_tune.engine.run import runctl
 
         rule = str(finding.get("rule"))
         self.busy_task = "remedy"
@@ -237,7 +237,7 @@ class WorkflowActions:
 
     def action_dismiss_finding(self) -> None:
         """Close the selected finding without applying it (its pinned rewind checkpoint is released)."""
-        from nanxi_tune.engine import remedy
+        from nanxi_tune.engine.workflows import remedy
 
         finding = self.monitor.selected_finding() if self.query("#mon") else None
         if finding is None or self.run_dir is None or finding.get("rule") == "error":
@@ -253,7 +253,7 @@ class WorkflowActions:
 
     def _start_child(self, child: Path, finding: dict) -> None:
         """The child trains in this app, from the parent's checkpoint when the remedy rewinds, else from scratch."""
-        from nanxi_tune.engine import remedy
+        from nanxi_tune.engine.workflows import remedy
 
         cfg = C.load(child / rundir.CONFIG)
         max_steps, resume = self.max_steps, remedy.has_checkpoint(child)
@@ -268,13 +268,13 @@ class WorkflowActions:
                                                   else " (from scratch)"),
                     title=f"remedy {finding.get('rule')} → child run", timeout=10)
 
-    # --- budget (engine.budget: the over-time-budget rule's own projection) -------------------
+    # --- budget (engine.diagnosis.projection: the over-time-budget rule's own projection) -------------------
     @work(thread=True, exclusive=True, group="budget", exit_on_error=False)
     def _project_budget(self, run_dir: Path) -> None:
-        from nanxi_tune.engine import budget
+        from nanxi_tune.engine.diagnosis import projection
 
         try:
-            proj = budget.latest(run_dir)
+            proj = projection.latest(run_dir)
         except Exception:  # noqa: BLE001 - a half-written run: keep the last projection
             return
         self.call_from_thread(self._show_projection, run_dir, proj)

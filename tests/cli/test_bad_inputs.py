@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import data as D
+from nanxi_tune.engine.data import dataset as D
 from nanxi_tune.cli.exitcodes import ExitCode
 from nanxi_tune.cli.main import main
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from nanxi_tune.engine import rundir
+from nanxi_tune.engine.run import rundir
 from nanxi_tune.cli.main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")

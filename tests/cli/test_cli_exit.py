@@ -17,7 +17,7 @@ import pytest
 
 from nanxi_tune.engine import config as C
 from conftest import REPO
-from nanxi_tune.engine import rundir
+from nanxi_tune.engine.run import rundir
 from nanxi_tune.cli.exitcodes import ExitCode
 from nanxi_tune.cli.main import _parser, main
 
@@ -171,7 +171,7 @@ def test_readme_lists_the_exit_codes_and_relative_paths():
 
 
 def test_a_run_owned_by_a_live_process_exits_4(tmp_path, capsys, one_thread):
-    from nanxi_tune.engine import runctl
+    from nanxi_tune.engine.run import runctl
 
     run = tmp_path / "r"
     assert main(["train", "--quiet", "--run-dir", str(run), "--max-steps", "1", "--set", *SETS]) == ExitCode.STOPPED
@@ -204,7 +204,7 @@ def test_refused_resumes_answer_before_torch_loads(tmp_path):
     """A key that may not change mid-run and a folder a live process owns are refused in a fraction of a second:
     torch is never imported for them (issue 22)."""
     from nanxi_tune.engine import config as C
-    from nanxi_tune.engine import runctl
+    from nanxi_tune.engine.run import runctl
 
     run = tmp_path / "r"
     (run / rundir.CHECKPOINTS).mkdir(parents=True)

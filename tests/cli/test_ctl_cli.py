@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from nanxi_tune.engine import rundir, runctl
-from nanxi_tune.engine.runctl import RunState
+from nanxi_tune.engine.run import rundir, runctl
+from nanxi_tune.engine.run.runctl import RunState
 
 from conftest import TINY
 
@@ -112,8 +112,8 @@ def test_two_resumes_of_one_run_and_a_killed_owner(tmp_path):
 def test_status_of_a_run_dead_before_its_first_checkpoint_says_resume_starts_over(tmp_path):
     """Issue 22: "dead at step 64" and a resume from step 0 without a word."""
     from nanxi_tune.engine import config as C
-    from nanxi_tune.engine import recorder
-    from nanxi_tune.engine.events import RunState, StateChanged
+    from nanxi_tune.engine.run import recorder
+    from nanxi_tune.engine.run.events import RunState, StateChanged
     from conftest import tiny
 
     run = tmp_path / "r"

@@ -5,8 +5,9 @@ import shlex
 
 from nanxi_tune.cli.main import main
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir, watcher
-from nanxi_tune.engine.diagnostics import Finding, remedy
+from nanxi_tune.engine.run import rundir
+from nanxi_tune.engine.diagnosis import watcher
+from nanxi_tune.engine.diagnosis.rulebook import Finding, remedy
 
 MESSAGE = ("training loss has been flat since the 2nd epoch (relative drop 0.4% over 120 steps against the 5% the "
            "notes expect); the lr is most likely too large for this batch size")

@@ -40,5 +40,5 @@ def test_wheel_carries_packages_and_presets(tmp_path):
         assert f"nanxi_tune/{pkg}/__init__.py" in names
     for preset in ("demo", "coco-640", "bccd"):
         assert f"nanxi_tune/presets/{preset}.toml" in names
-    assert "nanxi_tune/engine/trainer.py" in names and "nanxi_tune/cli/main.py" in names
+    assert "nanxi_tune/engine/train/trainer.py" in names and "nanxi_tune/cli/main.py" in names
     assert any(n.endswith("entry_points.txt") for n in names)

@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import tiny
 from nanxi_tune.cli.main import main
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir
+from nanxi_tune.engine.run import rundir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,7 +21,7 @@ TRAIN = {"train.epochs": 5, "train.base_lr": 0.01, "eval.online": False, "prepro
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from nanxi_tune.engine.trainer import Trainer
+    from nanxi_tune.engine.train.trainer import Trainer
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -34,11 +34,11 @@ def run(tmp_path_factory):
 
 
 def evaluation(run):
-    """The detections and metrics of `nanxi-tune eval RUN --checkpoint last`, through engine.evaluate itself."""
-    from nanxi_tune.engine.data import make_loader
-    from nanxi_tune.engine.decode import decode
-    from nanxi_tune.engine.evaluate import evaluate, to_coco_results
-    from nanxi_tune.engine.evaluate_run import load_ema_model
+    """The detections and metrics of `nanxi-tune eval RUN --checkpoint last`, through engine.evaluation.evaluate itself."""
+    from nanxi_tune.engine.data.dataset import make_loader
+    from nanxi_tune.engine.model.decode import decode
+    from nanxi_tune.engine.evaluation.evaluate import evaluate, to_coco_results
+    from nanxi_tune.engine.evaluation.evaluate_run import load_ema_model
 
     cfg, model, ds = load_ema_model(run, "last", C.load(run / rundir.CONFIG))
     model.eval()
@@ -61,8 +61,8 @@ def same(got: list[dict], ref: list[dict], key: str = "image_id", tol: float = 1
 
 
 def test_predict_on_val_is_evaluations_detections(run):
-    from nanxi_tune.engine.evaluate import coco_map
-    from nanxi_tune.engine.predict import Predictor
+    from nanxi_tune.engine.evaluation.evaluate import coco_map
+    from nanxi_tune.engine.inference.predict import Predictor
 
     ref, metrics, pads, ds = evaluation(run)
     assert ref, "the tiny run detects nothing: the comparison would be empty"
@@ -89,7 +89,7 @@ def test_predict_on_val_is_evaluations_detections(run):
 
 
 def test_predict_command_writes_drawn_images_and_results(run, tmp_path, capsys):
-    from nanxi_tune.engine.data import eval_dataset
+    from nanxi_tune.engine.data.dataset import eval_dataset
 
     ds = eval_dataset(C.load(run / rundir.CONFIG), 0)
     src = tmp_path / "wide.png"  # a user's image: another size and shape than the training canvas
@@ -143,9 +143,9 @@ def test_predict_refuses_missing_or_bad_images_by_name(run, tmp_path, capsys):
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_runs_outside_torch_like_pytorch(run, tmp_path, capsys, fmt):
-    from nanxi_tune.engine.decode import decode
-    from nanxi_tune.engine.evaluate import to_coco_results
-    from nanxi_tune.engine.evaluate_run import load_ema_model
+    from nanxi_tune.engine.model.decode import decode
+    from nanxi_tune.engine.evaluation.evaluate import to_coco_results
+    from nanxi_tune.engine.evaluation.evaluate_run import load_ema_model
 
     path = tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt")
     assert main(["export", str(run), "--format", fmt, "--out", str(path), "--checkpoint", "last"]) == 0

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from nanxi_tune.engine import checkpoint as ck
-from nanxi_tune.engine import rundir
+from nanxi_tune.engine.run import checkpoint as ck
+from nanxi_tune.engine.run import rundir
 
 TINY = ["preprocess.input_size=64", "data.synthetic_train=32", "data.synthetic_val=8", "data.batch_size=8",
         "backbone.width=8", "head.channels=16", "train.max_steps=400", "eval.interval=1000",

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from nanxi_tune.engine import rundir, runctl
-from nanxi_tune.engine import sweep as S
-from nanxi_tune.engine.study import JOURNAL_FILE, list_studies
+from nanxi_tune.engine.run import rundir, runctl
+from nanxi_tune.engine.workflows import sweep as S
+from nanxi_tune.engine.workflows.study import JOURNAL_FILE, list_studies
 
 from conftest import TINY
 

@@ -1,4 +1,4 @@
-"""Who may read and control a run (engine.access, issue 22): run folders private to their owner by default, shared
+"""Who may read and control a run (engine.run.access, issue 22): run folders private to their owner by default, shared
 with a group on request; another user gets a clear refusal, never a traceback, and cannot block a resume."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from contextlib import redirect_stderr
 
 import pytest
 
-from nanxi_tune.engine import access, rundir, runctl
-from nanxi_tune.engine.trainer import Trainer
+from nanxi_tune.engine.run import access, rundir, runctl
+from nanxi_tune.engine.train.trainer import Trainer
 
 from conftest import tiny
 

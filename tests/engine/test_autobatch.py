@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nanxi_tune.engine import autobatch as AB
+from nanxi_tune.engine.workflows import autobatch as AB
 from conftest import tiny as base_tiny
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine.backbones import TORCHVISION, WeightsError
-from nanxi_tune.engine.model import build_model
-from nanxi_tune.engine.targets import build_targets
-from nanxi_tune.engine.trainer import param_groups
+from nanxi_tune.engine.model.backbones import TORCHVISION, WeightsError
+from nanxi_tune.engine.model.detector import build_model
+from nanxi_tune.engine.model.targets import build_targets
+from nanxi_tune.engine.train.trainer import param_groups
 
 S = 64
 # torch_default: trunc_normal's sampler costs ~0.1 µs a parameter, seconds on a ResNet
@@ -131,7 +131,7 @@ def test_unknown_backbone_name_is_refused():
 def test_trainer_runs_and_resumes_a_torchvision_backbone(tmp_path, one_thread):
     from conftest import tiny
 
-    from nanxi_tune.engine.trainer import Trainer
+    from nanxi_tune.engine.train.trainer import Trainer
 
     cfg = tiny(**{"backbone.name": "mobilenet_v3_large", "train.epochs": 1, "data.synthetic_train": 16})
     assert Trainer(cfg, tmp_path / "run", max_steps=1).run() == "stopped"
@@ -139,8 +139,8 @@ def test_trainer_runs_and_resumes_a_torchvision_backbone(tmp_path, one_thread):
 
 
 def test_a_run_with_a_missing_weights_file_fails_naming_it_and_resumes_without_it(tmp_path, one_thread):
-    from nanxi_tune.engine import rundir
-    from nanxi_tune.engine.trainer import Trainer
+    from nanxi_tune.engine.run import rundir
+    from nanxi_tune.engine.train.trainer import Trainer
     from conftest import tiny
 
     gone = tmp_path / "imagenet.pt"

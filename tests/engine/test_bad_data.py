@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from nanxi_tune.engine import checkpoint as ck
+from nanxi_tune.engine.run import checkpoint as ck
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir
-from nanxi_tune.engine.trainer import Trainer
+from nanxi_tune.engine.run import rundir
+from nanxi_tune.engine.train.trainer import Trainer
 
 N_IMAGES = 16
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from nanxi_tune.engine import budget as B
+from nanxi_tune.engine.diagnosis import projection as B
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine.rules import RULES
+from nanxi_tune.engine.diagnosis.rules import RULES
 
 
 def lines(sps: float, total: int, n: int = 60, eval_every: int = 20, eval_s: float = 5.0):

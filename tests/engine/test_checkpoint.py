@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from nanxi_tune.engine import checkpoint as ck
-from nanxi_tune.engine import recorder, rundir
-from nanxi_tune.engine.events import StepMetrics
+from nanxi_tune.engine.run import checkpoint as ck
+from nanxi_tune.engine.run import recorder, rundir
+from nanxi_tune.engine.run.events import StepMetrics
 
 
 def test_rng_state_roundtrip_through_weights_only_file(tmp_path):

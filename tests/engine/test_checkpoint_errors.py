@@ -13,9 +13,9 @@ import pickle
 import pytest
 import torch
 
-from nanxi_tune.engine import checkpoint as ck
-from nanxi_tune.engine import rundir
-from nanxi_tune.engine.trainer import Trainer
+from nanxi_tune.engine.run import checkpoint as ck
+from nanxi_tune.engine.run import rundir
+from nanxi_tune.engine.train.trainer import Trainer
 from nanxi_tune.cli.main import main
 
 from conftest import tiny
@@ -142,7 +142,7 @@ class Killed(BaseException):
 
 
 def test_best_left_behind_by_a_kill_is_repaired_on_resume(tmp_path, monkeypatch):
-    from nanxi_tune.engine import trainer as T
+    from nanxi_tune.engine.train import trainer as T
 
     def rising(model, *args, **kwargs):  # every evaluation better than the last: each one moves best.pt
         step = holder["t"].step

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from nanxi_tune.engine import rundir, runctl
-from nanxi_tune.engine.runctl import Command, Inbox, Op, Rejected
+from nanxi_tune.engine.run import rundir, runctl
+from nanxi_tune.engine.run.runctl import Command, Inbox, Op, Rejected
 
 
 def _name(i: int = 0) -> str:
@@ -83,7 +83,7 @@ def test_a_command_with_wrong_types_is_refused(inbox):
 def test_a_live_run_keeps_training_beside_a_hostile_control_folder(tmp_path, one_thread):
     """The attacks of issue 22 against a live trainer: it warns once per file, keeps training, and stops with a
     checkpoint when asked; the next resume is not tripped by what was left."""
-    from nanxi_tune.engine.trainer import Trainer
+    from nanxi_tune.engine.train.trainer import Trainer
     from conftest import tiny
 
     run = tmp_path / "run"

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from nanxi_tune.engine.config import Config, with_updates
-from nanxi_tune.engine.data import (CocoDetection, DataError, EpochSampler, collate, eval_dataset, make_loader,
+from nanxi_tune.engine.data.dataset import (CocoDetection, DataError, EpochSampler, collate, eval_dataset, make_loader,
                                     resolve, to_original, train_dataset)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine.data import EpochSampler, make_loader, resolve_workers, train_dataset
+from nanxi_tune.engine.data.dataset import EpochSampler, make_loader, resolve_workers, train_dataset
 
 from conftest import tiny
 

@@ -1,4 +1,4 @@
-"""engine/decode.py and engine/evaluate.py: peaks → boxes → NMS; canvas → COCO; COCOeval; evaluate()."""
+"""engine/model/decode.py and engine/evaluation/evaluate.py: peaks → boxes → NMS; canvas → COCO; COCOeval; evaluate()."""
 
 import json
 import sys
@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from nanxi_tune.engine import encoding
+from nanxi_tune.engine.model import encoding
 from nanxi_tune.engine.config import Config, with_updates
-from nanxi_tune.engine.decode import decode
-from nanxi_tune.engine.evaluate import coco_map, evaluate, to_coco_results
+from nanxi_tune.engine.model.decode import decode
+from nanxi_tune.engine.evaluation.evaluate import coco_map, evaluate, to_coco_results
 
 S = 128
 
@@ -249,7 +249,7 @@ class PerfectModel(nn.Module):
 
     def __init__(self, outputs: list[dict], cfg: Config):
         super().__init__()
-        from nanxi_tune.engine.loss import DetectionLoss
+        from nanxi_tune.engine.model.loss import DetectionLoss
 
         self.outs, self.i, self.num_classes, self.cfg = outputs, 0, 2, cfg
         self.criterion = DetectionLoss(cfg)
@@ -267,9 +267,9 @@ class PerfectModel(nn.Module):
 
 @pytest.mark.parametrize("start_training", [True, False])
 def test_evaluate_perfect_model(coco_gt, monkeypatch, start_training):
-    stub = types.ModuleType("nanxi_tune.engine.targets")
+    stub = types.ModuleType("nanxi_tune.engine.model.targets")
     stub.build_targets = _hand_build_targets
-    monkeypatch.setitem(sys.modules, "nanxi_tune.engine.targets", stub)
+    monkeypatch.setitem(sys.modules, "nanxi_tune.engine.model.targets", stub)
     cfg = cfg_with()
     targets = gt_targets()
     batches = [(torch.zeros(1, 3, S, S), [t]) for t in targets]  # one image per batch
@@ -286,10 +286,10 @@ def test_evaluate_perfect_model(coco_gt, monkeypatch, start_training):
 
 
 def test_evaluate_real_model_runs(coco_gt, monkeypatch):
-    stub = types.ModuleType("nanxi_tune.engine.targets")
+    stub = types.ModuleType("nanxi_tune.engine.model.targets")
     stub.build_targets = _hand_build_targets
-    monkeypatch.setitem(sys.modules, "nanxi_tune.engine.targets", stub)
-    from nanxi_tune.engine.model import build_model
+    monkeypatch.setitem(sys.modules, "nanxi_tune.engine.model.targets", stub)
+    from nanxi_tune.engine.model.detector import build_model
 
     cfg = cfg_with(**{"backbone.width": 8, "head.channels": 8, "head.depth": 1})
     model = build_model(cfg, 2)

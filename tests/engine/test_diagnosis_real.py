@@ -7,7 +7,7 @@ per epoch, a 10-epoch schedule); the bench runs them over more seeds and scores 
   ends the 4th epoch (or ``non-finite-loss`` / ``loss-spikes`` if it diverges);
 * val drawn from another distribution (``data.synthetic_val_style = "shifted"``) → ``train-val-gap``;
 * healthy demo settings (base_lr 0.003, 0.01) → no warning-level finding over the whole run;
-* the flat-loss remedy applied (engine.remedy.apply, then Trainer.resume of the child) → the child's loss
+* the flat-loss remedy applied (engine.workflows.remedy.apply, then Trainer.resume of the child) → the child's loss
   falls again, well below the parent's flat level; the child's events.jsonl names its parent and the finding.
 
 Findings are the live watcher's Diagnosis events, as the TUI sees them. One torch thread throughout.
@@ -21,10 +21,11 @@ import statistics
 import pytest
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import remedy, rundir
-from nanxi_tune.engine.diagnostics import lower_lr, raw_loss
-from nanxi_tune.engine.watcher import diagnose_run
-from nanxi_tune.engine.trainer import Trainer
+from nanxi_tune.engine.workflows import remedy
+from nanxi_tune.engine.run import rundir
+from nanxi_tune.engine.diagnosis.rulebook import lower_lr, raw_loss
+from nanxi_tune.engine.diagnosis.watcher import diagnose_run
+from nanxi_tune.engine.train.trainer import Trainer
 
 SPE = 12  # steps per epoch
 SMALL = {"preprocess.input_size": 64, "data.synthetic_train": 96, "data.synthetic_val": 16, "data.batch_size": 8,

@@ -16,10 +16,10 @@ import sys
 import pytest
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine.diagnostics import Finding, History, lower_lr
-from nanxi_tune.engine.watcher import Watcher, diagnose_run, run_rules
-from nanxi_tune.engine.events import Diagnosis
-from nanxi_tune.engine.rules import RULES
+from nanxi_tune.engine.diagnosis.rulebook import Finding, History, lower_lr
+from nanxi_tune.engine.diagnosis.watcher import Watcher, diagnose_run, run_rules
+from nanxi_tune.engine.run.events import Diagnosis
+from nanxi_tune.engine.diagnosis.rules import RULES
 
 SPE = 32  # steps per epoch
 SHARE = {"loss_map": 0.37, "loss_offset": 0.10, "loss_shape": 0.53}
@@ -545,8 +545,8 @@ def test_diagnose_command(tmp_path, capsys):
 
 
 def test_engine_never_imports_textual():
-    code = ("import sys; import nanxi_tune.engine.diagnostics, nanxi_tune.engine.rules; "
-            "from nanxi_tune.engine.watcher import diagnose_run; "
+    code = ("import sys; import nanxi_tune.engine.diagnosis.rulebook, nanxi_tune.engine.diagnosis.rules; "
+            "from nanxi_tune.engine.diagnosis.watcher import diagnose_run; "
             "assert not [m for m in sys.modules if m.split('.')[0] in ('textual', 'torch')], 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -556,7 +556,7 @@ def test_engine_never_imports_textual():
 def with_errors(lines: list[dict], delta: dict[str, float], ap75_of_ap50: float = 0.7,
                 by_size: dict | None = None) -> list[dict]:
     """``lines`` with every evaluation carrying a TIDE breakdown (``delta``: dAP50 per kind) and AP75 = ratio × AP50."""
-    from nanxi_tune.engine.errors import ERROR_KINDS
+    from nanxi_tune.engine.evaluation.errors import ERROR_KINDS
 
     out = []
     for line in lines:

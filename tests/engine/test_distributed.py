@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanxi_tune.engine import checkpoint as ck
-from nanxi_tune.engine import rundir, runctl
-from nanxi_tune.engine.data import EpochSampler, eval_indices
-from nanxi_tune.engine.events import MEASURED
+from nanxi_tune.engine.run import checkpoint as ck
+from nanxi_tune.engine.run import rundir, runctl
+from nanxi_tune.engine.data.dataset import EpochSampler, eval_indices
+from nanxi_tune.engine.run.events import MEASURED
 
 from conftest import TINY
 
@@ -119,7 +119,7 @@ def test_two_ranks_match_one_process_with_twice_the_batch(tmp_path, one_thread):
 
     # (e) the evaluation at step 3 (3 batches of 8 over 20 images: rank 0 takes 2, rank 1 one) gathered on rank 0
     # equals a one-process evaluation of the same checkpoint, and the one-process run's own evaluation
-    from nanxi_tune.engine.evaluate_run import evaluate_run
+    from nanxi_tune.engine.evaluation.evaluate_run import evaluate_run
 
     val = [m for m in rundir.read_metrics(two) if m["split"] == "val"]
     assert [m["step"] for m in val] == [3] and val[0]["images"] == 20
@@ -259,7 +259,7 @@ def test_sigterm_to_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path):
 
 POISON = """
 import os, sys
-from nanxi_tune.engine import trainer as T
+from nanxi_tune.engine.train import trainer as T
 real, calls = T.build_targets, [0]
 def poisoned(*a, **k):
     calls[0] += 1
@@ -358,7 +358,7 @@ def test_train_devices_asks_for_torchrun_like_nproc_per_node(monkeypatch):
 
     from nanxi_tune.cli.train_cmd import _by_config
     from nanxi_tune.engine import config as C
-    from nanxi_tune.engine.distributed import devices
+    from nanxi_tune.engine.run.distributed import devices
 
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -378,11 +378,11 @@ real = C.save
 def save(cfg, path):
     # rank 0's disk fills once the run trains: the live edit's config.toml cannot be saved there
     if os.environ["RANK"] == "0" and str(path).endswith("config.toml") and os.environ.get("NANXI_FULL") == "1":
-        from nanxi_tune.engine.recorder import RecordError
+        from nanxi_tune.engine.files import RecordError
         raise RecordError(errno.ENOSPC, path, OSError(errno.ENOSPC, "No space left on device"))
     return real(cfg, path)
 C.save = save
-from nanxi_tune.engine import trainer as T
+from nanxi_tune.engine.train import trainer as T
 setup = T.Trainer._setup
 def after_setup(self):
     setup(self)

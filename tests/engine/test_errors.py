@@ -1,4 +1,4 @@
-"""TIDE-style error breakdown (engine.errors): each error kind on a hand-made case, edge cases, and map50 agreeing
+"""TIDE-style error breakdown (engine.evaluation.errors): each error kind on a hand-made case, edge cases, and map50 agreeing
 with pycocotools COCOeval's AP at IoU 0.5."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from nanxi_tune.engine.errors import BRANCH_OF, ERROR_KINDS, ErrorBreakdown, breakdown
+from nanxi_tune.engine.evaluation.errors import BRANCH_OF, ERROR_KINDS, ErrorBreakdown, breakdown
 
 
 def _gt(anns: list[tuple], n_images: int = 1, cats=(1, 2, 3)) -> dict:
@@ -202,7 +202,7 @@ def test_map50_agrees_with_pycocotools(seed, crowd):
 
 
 def test_match_image_counts_false_detections_and_missed_objects():
-    from nanxi_tune.engine.errors import match_image
+    from nanxi_tune.engine.evaluation.errors import match_image
 
     gt = [(0, 0, 10, 10), (20, 20, 30, 30)]
     m = match_image(gt, ["a", "b"], [(0, 0, 10, 10), (0, 0, 10, 9), (20, 20, 30, 30), (50, 50, 60, 60)],

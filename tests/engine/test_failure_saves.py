@@ -8,9 +8,9 @@ import errno
 import os
 
 
-from nanxi_tune.engine import checkpoint as ck
-from nanxi_tune.engine import recorder, rundir
-from nanxi_tune.engine.trainer import Trainer
+from nanxi_tune.engine.run import checkpoint as ck
+from nanxi_tune.engine.run import recorder, rundir
+from nanxi_tune.engine.train.trainer import Trainer
 
 from conftest import tiny
 
@@ -56,7 +56,7 @@ def test_a_full_disk_while_writing_metrics_says_so_and_keeps_the_weights(tmp_pat
 
 
 def test_an_unexpected_failure_mid_run_saves_an_emergency_checkpoint(tmp_path, monkeypatch, one_thread):
-    import nanxi_tune.engine.trainer as T
+    import nanxi_tune.engine.train.trainer as T
 
     real = T.build_targets
     calls = {"n": 0}
@@ -82,7 +82,7 @@ def test_a_folder_killed_before_its_config_is_trained_again_and_a_live_one_is_bu
     """A kill between the folder's creation and its config.toml leaves owner files only: `train --run-dir` takes
     it (it is not "already a run"); a folder a live trainer owns answers 4 (busy), not 2."""
     from nanxi_tune.cli import main as cli
-    from nanxi_tune.engine import runctl
+    from nanxi_tune.engine.run import runctl
     from conftest import TINY
 
     sets = [f"{k}={v}" for k, v in TINY.items()]
@@ -105,7 +105,7 @@ def test_a_full_disk_while_saving_a_live_edit_refuses_the_edit_and_keeps_trainin
     from pathlib import Path
 
     from nanxi_tune.engine import config as C
-    from nanxi_tune.engine import runctl
+    from nanxi_tune.engine.run import runctl
 
     import builtins
 

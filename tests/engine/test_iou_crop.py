@@ -7,7 +7,7 @@ from torchvision import tv_tensors
 from torchvision.ops import box_iou
 from torchvision.transforms import v2
 
-from nanxi_tune.engine.iou_crop import MinIoURandomCrop
+from nanxi_tune.engine.data.iou_crop import MinIoURandomCrop
 
 BOXES = torch.tensor([[10.0, 12, 40, 50], [60, 20, 90, 44], [30, 70, 70, 110], [100, 90, 118, 118]])
 

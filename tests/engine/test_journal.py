@@ -3,9 +3,10 @@
 import pytest
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import remedy, rundir
-from nanxi_tune.engine import runs_index as journal
-from nanxi_tune.engine.trainer import Trainer
+from nanxi_tune.engine.workflows import remedy
+from nanxi_tune.engine.run import rundir
+from nanxi_tune.engine.workflows import records as journal
+from nanxi_tune.engine.train.trainer import Trainer
 from conftest import tiny as base_tiny
 
 
@@ -60,9 +61,9 @@ def test_records_survive_a_broken_folder(tmp_path):
 
 def test_the_timeline_tells_starts_pauses_continues_stops_and_resumes(tmp_path):
     """Issue 22: the timeline left out continue and resume and printed "stopped stopped by request"."""
-    from nanxi_tune.engine import journal as J
-    from nanxi_tune.engine import recorder
-    from nanxi_tune.engine.events import RunState, StateChanged
+    from nanxi_tune.engine.run import journal as J
+    from nanxi_tune.engine.run import recorder
+    from nanxi_tune.engine.run.events import RunState, StateChanged
 
     run = tmp_path / "r"
     run.mkdir()

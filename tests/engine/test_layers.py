@@ -11,40 +11,43 @@ from pathlib import Path
 from conftest import REPO
 ENGINE = REPO / "engine"
 
+# The engine's packages from the bottom up: a module imports only modules of its own package or of one below.
+ENGINE_LAYERS = ("files", "config", "metric_keys", "grid", "run", "data", "model", "evaluation", "inference",
+                 "diagnosis", "train", "workflows")
 
-def engine_imports(path: Path) -> set[str]:
-    """Engine modules ``path`` imports, at any depth of the file (a deferred import is still an edge)."""
+
+def modules(top: str) -> dict[str, Path]:
+    """Every module of the package ``top`` (engine, cli, tui) by its dotted name inside it: "run.rundir"."""
+    base = REPO / top
+    return {".".join(p.relative_to(base).with_suffix("").parts): p for p in base.rglob("*.py")}
+
+
+def imports_of(top: str, name: str, path: Path, mods: dict[str, Path]) -> set[str]:
+    """Modules of ``top`` that ``path`` (module ``name``) imports, at any depth of the file (a deferred import is
+    still an edge), relative or absolute; ``from pkg import x`` is an edge to pkg.x when x is a module."""
+    package = name.split(".")[:-1]
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            mod = node.module or ""
-            if node.level == 1:
-                out |= {mod.split(".")[0]} if mod else {a.name for a in node.names}
-            elif mod.startswith("nanxi_tune.engine"):
-                rest = mod[len("nanxi_tune.engine"):].lstrip(".")
-                out |= {rest.split(".")[0]} if rest else {a.name for a in node.names}
+            if node.level:
+                base = package[:len(package) - node.level + 1]
+                target = base + (node.module.split(".") if node.module else [])
+            elif (node.module or "") == f"nanxi_tune.{top}" or (node.module or "").startswith(f"nanxi_tune.{top}."):
+                target = node.module.split(".")[2:]
+            else:
+                continue
+            dotted = ".".join(target)
+            for a in node.names:
+                full = f"{dotted}.{a.name}" if dotted else a.name
+                out.add(full if full in mods else dotted if dotted in mods else f"{dotted}.__init__")
         elif isinstance(node, ast.Import):
-            out |= {a.name.split(".")[2] for a in node.names if a.name.startswith("nanxi_tune.engine.")}
-    return out
+            out |= {".".join(a.name.split(".")[2:]) for a in node.names if a.name.startswith(f"nanxi_tune.{top}.")}
+    return (out & set(mods)) - {name}
 
 
-def graph() -> dict[str, set[str]]:
-    mods = {p.stem: p for p in ENGINE.glob("*.py") if p.stem != "__init__"}
-    return {m: engine_imports(p) & set(mods) - {m} for m, p in mods.items()}
-
-
-def cli_graph() -> dict[str, set[str]]:
-    """cli/'s modules and the cli modules each imports, deferred imports included."""
-    mods = {p.stem for p in (REPO / "cli").glob("*.py") if p.stem not in ("__init__", "__main__")}
-    out: dict[str, set[str]] = {}
-    for m in mods:
-        deps = set()
-        for node in ast.walk(ast.parse((REPO / "cli" / f"{m}.py").read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nanxi_tune.cli"):
-                rest = node.module[len("nanxi_tune.cli"):].lstrip(".")
-                deps |= {rest.split(".")[0]} if rest else {a.name for a in node.names}
-        out[m] = deps & mods - {m}
-    return out
+def graph(top: str = "engine") -> dict[str, set[str]]:
+    mods = modules(top)
+    return {m: imports_of(top, m, p, mods) for m, p in mods.items()}
 
 
 def cycle(g: dict[str, set[str]]) -> list[str] | None:
@@ -69,12 +72,25 @@ def cycle(g: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_no_import_circle_in_the_command_line():
-    assert cycle(cli_graph()) is None, " → ".join(cycle(cli_graph()))
+def test_no_import_circle_in_any_package():
+    for top in ("engine", "cli", "tui"):
+        found = cycle(graph(top))
+        assert found is None, f"{top}/: " + " → ".join(found)
 
 
-def test_no_import_circle_in_the_engine():
-    assert cycle(graph()) is None, " → ".join(cycle(graph()))
+def test_engine_packages_import_only_downward():
+    up = [f"{m} → {d}" for m, deps in graph().items() for d in deps
+          if m.split(".")[0] in ENGINE_LAYERS and d.split(".")[0] in ENGINE_LAYERS
+          and ENGINE_LAYERS.index(d.split(".")[0]) > ENGINE_LAYERS.index(m.split(".")[0])]
+    assert not up, up
+    packages = {m.split(".")[0] for m in modules("engine") if "." in m or m != "__init__"}
+    assert packages == set(ENGINE_LAYERS), packages ^ set(ENGINE_LAYERS)  # a new package takes its place here
+
+
+def test_the_graph_sees_relative_and_deferred_imports():
+    g = graph()
+    assert "run.rundir" in g["train.trainer"] and "config" in g["train.trainer"]
+    assert "run.rundir" in g["run.runctl"]  # from . import rundir, inside run/
 
 
 def test_the_cycle_finder_finds_one():
@@ -83,19 +99,19 @@ def test_the_cycle_finder_finds_one():
 
 
 def test_one_import_style_in_the_engine():
-    absolute = [f"{p.name}: {n.module}" for p in ENGINE.glob("*.py") for n in ast.walk(ast.parse(p.read_text()))
+    absolute = [f"{p.name}: {n.module}" for p in ENGINE.rglob("*.py") for n in ast.walk(ast.parse(p.read_text()))
                 if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("nanxi_tune.engine")]
     assert not absolute, "the engine imports itself relatively (from .x import y): " + ", ".join(absolute)
 
 
 def test_engine_never_imports_the_ui_or_the_command_line():
-    upward = [f"{p.name}: {name}" for p in ENGINE.glob("*.py") for n in ast.walk(ast.parse(p.read_text()))
+    upward = [f"{p.name}: {name}" for p in ENGINE.rglob("*.py") for n in ast.walk(ast.parse(p.read_text()))
               for name in ([n.module or ""] if isinstance(n, ast.ImportFrom) else
                            [a.name for a in n.names] if isinstance(n, ast.Import) else [])
               if name.split(".")[0] in ("textual", "rich") or name.startswith(("nanxi_tune.tui", "nanxi_tune.cli"))]
     assert not upward, upward
     code = ("import sys, pkgutil, importlib, nanxi_tune.engine as E\n"
-            "for m in pkgutil.iter_modules(E.__path__): importlib.import_module('nanxi_tune.engine.' + m.name)\n"
+            "for m in pkgutil.walk_packages(E.__path__, 'nanxi_tune.engine.'): importlib.import_module(m.name)\n"
             "bad = [m for m in sys.modules if m.split('.')[0] == 'textual' or m.startswith(('nanxi_tune.tui', "
             "'nanxi_tune.cli'))]\n"
             "assert not bad, bad")
@@ -118,3 +134,13 @@ def test_the_command_line_lives_in_cli_and_keeps_its_shape():
              for name, sp in sub.choices.items()}
     shape["(main)"] = sorted(f"{'/'.join(a.option_strings) or a.dest}:{a.default!r}" for a in p._actions if a is not sub)
     assert shape == json.loads((REPO / "tests" / "cli" / "cli_shape.json").read_text())
+
+
+def test_the_tui_never_imports_the_command_line_and_the_command_line_only_launches_it():
+    def named(path: Path) -> set[str]:
+        return {n.module for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom) and n.module}
+
+    tui_to_cli = [f"tui/{m}: {x}" for m, p in modules("tui").items() for x in named(p) if x.startswith("nanxi_tune.cli")]
+    assert not tui_to_cli, tui_to_cli
+    cli_to_tui = {(f"cli/{m}", x) for m, p in modules("cli").items() for x in named(p) if x.startswith("nanxi_tune.tui")}
+    assert cli_to_tui == {("cli/main", "nanxi_tune.tui.app")}, cli_to_tui

@@ -3,8 +3,8 @@
 import pytest
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir
-from nanxi_tune.engine.trainer import Trainer
+from nanxi_tune.engine.run import rundir
+from nanxi_tune.engine.train.trainer import Trainer
 
 
 @pytest.mark.slow

@@ -1,19 +1,19 @@
-"""engine/loss.py: focal heatmap loss, L1 / GIoU regressions, uncertainty-weighted total."""
+"""engine/model/loss.py: focal heatmap loss, L1 / GIoU regressions, uncertainty-weighted total."""
 
 import math
 
 import pytest
 import torch
 
-from nanxi_tune.engine import encoding
+from nanxi_tune.engine.model import encoding
 from nanxi_tune.engine.config import Config, with_updates
-from nanxi_tune.engine.loss import DetectionLoss, focal_loss
+from nanxi_tune.engine.model.loss import DetectionLoss, focal_loss
 
 S = 64
 
 
 def make_targets(boxes: list[torch.Tensor], labels: list[torch.Tensor], c: int, cfg: Config) -> dict:
-    """build_targets' format, built by hand from encoding.py (independent of engine/targets.py)."""
+    """build_targets' format, built by hand from encoding.py (independent of engine/model/targets.py)."""
     st = cfg.neck.out_stride
     h = w = S // st
     k = encoding.shape_channels(cfg.encode.shape)
@@ -187,7 +187,7 @@ def test_log_weights_frozen_or_learned_same_state_dict():
 @pytest.mark.parametrize("use_logits", [True, False])
 def test_sparse_focal_equals_dense_in_value_and_gradient(use_logits):
     """build_targets hands the loss a sparse heatmap; the sparse focal loss must be the dense one."""
-    from nanxi_tune.engine.loss import focal_loss_sparse
+    from nanxi_tune.engine.model.loss import focal_loss_sparse
 
     t = make_targets(BOXES, LABELS, 3, cfg_with())
     gt = t["heatmap"]
@@ -207,7 +207,7 @@ def test_sparse_focal_equals_dense_in_value_and_gradient(use_logits):
 
 
 def test_detection_loss_reads_build_targets_sparse_heatmap():
-    from nanxi_tune.engine.targets import build_targets
+    from nanxi_tune.engine.model.targets import build_targets
 
     cfg = cfg_with()
     batch = [{"boxes": b, "labels": lb} for b, lb in zip(BOXES, LABELS)]

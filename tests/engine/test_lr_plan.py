@@ -1,4 +1,4 @@
-"""engine/lr_plan.py on a simulated clock: the end and the milestones fall inside the budget, the plan follows
+"""engine/train/lr_plan.py on a simulated clock: the end and the milestones fall inside the budget, the plan follows
 a change of speed, never ends behind the current step, and survives a checkpoint round trip."""
 
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine.lr_plan import BudgetPlan, budget_seconds, lr_at
+from nanxi_tune.engine.train.lr_plan import BudgetPlan, budget_seconds, lr_at
 
 
 def cfg_of(**upd) -> C.Config:

@@ -1,12 +1,12 @@
-"""engine/model.py: shapes for every option, head norm, gradients, init, SPP, range_norm_act, devices."""
+"""engine/model/detector.py: shapes for every option, head norm, gradients, init, SPP, range_norm_act, devices."""
 
 import pytest
 import torch
 from torch import nn
 
-from nanxi_tune.engine import encoding
+from nanxi_tune.engine.model import encoding
 from nanxi_tune.engine.config import Config, load_preset, with_updates
-from nanxi_tune.engine.model import build_model, count_parameters, prior_bias, range_norm
+from nanxi_tune.engine.model.detector import build_model, count_parameters, prior_bias, range_norm
 
 S = 64
 TINY = {"preprocess.input_size": S, "backbone.width": 8, "head.channels": 8, "head.depth": 1}

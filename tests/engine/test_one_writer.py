@@ -1,5 +1,5 @@
 """One writer of the run record (DESIGN.md): every line of metrics.jsonl / events.jsonl is a typed event appended
-through engine.recorder; nothing in engine/, cli/ or tui/ else writes, copies over or deletes those files.
+through engine.run.recorder; nothing in engine/, cli/ or tui/ else writes, copies over or deletes those files.
 
 The check reads the source with ``ast``: a write-mode open(), Path.write_text / write_bytes / unlink / rename /
 replace / touch, shutil.copy* / move / rmtree or os.remove / unlink / replace / rename whose expression names
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from nanxi_tune.engine import events as E
-from nanxi_tune.engine import recorder, rundir
+from nanxi_tune.engine.run import events as E
+from nanxi_tune.engine.run import recorder, rundir
 
 ROOT = Path(__file__).resolve().parents[2]
-WRITER = "engine/recorder.py"
-# Files that still write the record themselves while they are being moved onto the recorder (engine/sweep.py was,
+WRITER = "engine/run/recorder.py"
+# Files that still write the record themselves while they are being moved onto the recorder (engine/workflows/sweep.py was,
 # until its rewrite); test_pending_files_still_offend fails once a listed file is clean, so the list stays short.
 PENDING: set[str] = set()
 
@@ -127,7 +127,7 @@ def _sources() -> dict[str, str]:
 def test_only_the_recorder_writes_the_run_record():
     found = [o for path, src in _sources().items() if path != WRITER and path not in PENDING
              for o in offences(src, path)]
-    assert found == [], "write metrics.jsonl / events.jsonl through engine.recorder only:\n" + "\n".join(found)
+    assert found == [], "write metrics.jsonl / events.jsonl through engine.run.recorder only:\n" + "\n".join(found)
 
 
 def test_pending_files_still_offend():
@@ -148,7 +148,7 @@ OFFENDING = [
     "os.remove(str(run_dir / EVENTS))",
     "shutil.rmtree(run / rundir.EVENTS)",
     "rundir.JsonlWriter(run / rundir.EVENTS).write({})",
-    "from nanxi_tune.engine.recorder import _JsonlWriter",
+    "from nanxi_tune.engine.run.recorder import _JsonlWriter",
     "Path(run, 'metrics.jsonl').open('w')",
 ]
 BENIGN = [

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine.watcher import run_rules
-from nanxi_tune.engine.data import eval_dataset, make_loader, resolve, train_dataset
-from nanxi_tune.engine.decode import decode
-from nanxi_tune.engine.model import build_model, count_parameters
-from nanxi_tune.engine.targets import build_targets
-from nanxi_tune.engine.lr_plan import lr_at
-from nanxi_tune.engine.device import pick_device
-from nanxi_tune.engine.trainer import Trainer, ema_avg_fn
+from nanxi_tune.engine.diagnosis.watcher import run_rules
+from nanxi_tune.engine.data.dataset import eval_dataset, make_loader, resolve, train_dataset
+from nanxi_tune.engine.model.decode import decode
+from nanxi_tune.engine.model.detector import build_model, count_parameters
+from nanxi_tune.engine.model.targets import build_targets
+from nanxi_tune.engine.train.lr_plan import lr_at
+from nanxi_tune.engine.run.device import pick_device
+from nanxi_tune.engine.train.trainer import Trainer, ema_avg_fn
 
 BASE = {"preprocess.input_size": 64, "data.synthetic_train": 24, "data.synthetic_val": 12, "data.batch_size": 4,
         "backbone.width": 8, "head.channels": 16}
@@ -69,7 +69,7 @@ def lrs(cfg, total=100):
 
 
 def plan_text(cfg):
-    from nanxi_tune.engine.lr_plan import BudgetPlan
+    from nanxi_tune.engine.train.lr_plan import BudgetPlan
 
     return BudgetPlan(cfg, 10).describe()
 
@@ -211,7 +211,7 @@ def test_optimiser_and_ema_options(tmp_path):
 def test_device_option():
     assert pick_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
-        from nanxi_tune.engine.device import StopRun
+        from nanxi_tune.engine.run.device import StopRun
 
         assert pick_device("auto").type == "cpu"
         with pytest.raises(StopRun, match="CUDA is not available"):

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from nanxi_tune.engine import rundir
+from nanxi_tune.engine.run import rundir
 
 from conftest import TINY
 
 
 def test_a_listener_that_raises_never_stops_the_run(tmp_path, one_thread):
-    from nanxi_tune.engine.trainer import Trainer
+    from nanxi_tune.engine.train.trainer import Trainer
     from conftest import tiny
 
     calls = []

@@ -8,12 +8,14 @@ import json
 import pytest
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import checkpoint as ckpt_io
-from nanxi_tune.engine import pins, remedy, rundir
-from nanxi_tune.engine.diagnostics import Finding
-from nanxi_tune.engine.watcher import Watcher, material_change
-from nanxi_tune.engine.rules import RULES, Rule
-from nanxi_tune.engine.trainer import Trainer
+from nanxi_tune.engine.run import checkpoint as ckpt_io
+from nanxi_tune.engine.diagnosis import pins
+from nanxi_tune.engine.workflows import remedy
+from nanxi_tune.engine.run import rundir
+from nanxi_tune.engine.diagnosis.rulebook import Finding
+from nanxi_tune.engine.diagnosis.watcher import Watcher, material_change
+from nanxi_tune.engine.diagnosis.rules import RULES, Rule
+from nanxi_tune.engine.train.trainer import Trainer
 from nanxi_tune.cli.main import main
 from conftest import tiny
 from test_diagnostics import blown_up, trace
@@ -67,7 +69,7 @@ def test_a_fired_rule_does_not_refire_as_a_drifting_series():
 @pytest.fixture
 def rewind_rule():
     """A rule that fires once the 4th epoch is complete and rewinds to the end of the 2nd."""
-    from nanxi_tune.engine.diagnostics import remedy as make_remedy
+    from nanxi_tune.engine.diagnosis.rulebook import remedy as make_remedy
 
     def fn(cfg, h, stats):
         if h.last_step < 4 * SPE:
@@ -211,7 +213,7 @@ def test_lr_trials_are_ranked_on_held_out_data_and_one_upturn_does_not_end_the_d
                                                                                       monkeypatch):
     """Issue 21: short trials ranked by their own train loss favour large lrs. The score is the trial's online
     weights' val loss; the descent goes on past one noisy upturn and stops after PATIENCE worse trials in a row."""
-    from nanxi_tune.engine import evaluate_run
+    from nanxi_tune.engine.evaluation import evaluate_run
 
     parent = tmp_path / "p"
     assert Trainer(small(**{"train.epochs": 5, "train.base_lr": 0.1}), parent).run() == "finished"

@@ -10,10 +10,10 @@ import random
 import numpy as np
 import torch
 
-from nanxi_tune.engine import checkpoint as ck
-from nanxi_tune.engine import rundir
-from nanxi_tune.engine.data import EpochSampler, make_loader, train_dataset
-from nanxi_tune.engine.trainer import Trainer
+from nanxi_tune.engine.run import checkpoint as ck
+from nanxi_tune.engine.run import rundir
+from nanxi_tune.engine.data.dataset import EpochSampler, make_loader, train_dataset
+from nanxi_tune.engine.train.trainer import Trainer
 
 from conftest import tiny
 

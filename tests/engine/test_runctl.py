@@ -5,12 +5,12 @@ import threading
 import pytest
 import torch
 
-from nanxi_tune.engine import checkpoint as ckpt_io
+from nanxi_tune.engine.run import checkpoint as ckpt_io
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir, runctl
-from nanxi_tune.engine.runctl import Op, RunState
-from nanxi_tune.engine.events import MEASURED
-from nanxi_tune.engine.trainer import Trainer
+from nanxi_tune.engine.run import rundir, runctl
+from nanxi_tune.engine.run.runctl import Op, RunState
+from nanxi_tune.engine.run.events import MEASURED
+from nanxi_tune.engine.train.trainer import Trainer
 
 from conftest import tiny
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import stats as ST
-from nanxi_tune.engine.data import EpochSampler, sample_seed, train_dataset
-from nanxi_tune.engine.rules import RULES
+from nanxi_tune.engine.workflows import normalization as ST
+from nanxi_tune.engine.data.dataset import EpochSampler, sample_seed, train_dataset
+from nanxi_tune.engine.diagnosis.rules import RULES
 from conftest import tiny as base_tiny
 
 

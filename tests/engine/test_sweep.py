@@ -1,7 +1,7 @@
 """Seven-stars sweep as a study: the grid, refusals, a real small sweep whose best lr clearly beats its worst,
 stop/resume, a minutes budget, a diverging trial, control of an owner running in a thread, and two workers.
 
-A ``Sweep`` is a study folder (engine.study); ``Sweep.run`` makes this process its owner and every trial runs as
+A ``Sweep`` is a study folder (engine.workflows.study); ``Sweep.run`` makes this process its owner and every trial runs as
 its own process (``nanxi-tune study trial FOLDER N``), so the tests watch the trials through their run folders
 and the Optuna study, not through in-process step events."""
 
@@ -11,10 +11,10 @@ import time
 import pytest
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir, runctl
-from nanxi_tune.engine import runs_index as journal
-from nanxi_tune.engine import sweep as S
-from nanxi_tune.engine.study import STUDY_KEYS, Study, StudyError, read_spec, trial_config
+from nanxi_tune.engine.run import rundir, runctl
+from nanxi_tune.engine.workflows import records as journal
+from nanxi_tune.engine.workflows import sweep as S
+from nanxi_tune.engine.workflows.study import STUDY_KEYS, Study, StudyError, read_spec, trial_config
 from conftest import tiny as base_tiny
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nanxi_tune.engine.synthetic import CATEGORIES, ensure_synthetic
+from nanxi_tune.engine.data.synthetic import CATEGORIES, ensure_synthetic
 
 
 def _bytes(images_dir):
@@ -122,7 +122,7 @@ def test_bad_arguments():
 
 def test_large_style_has_few_objects_filling_the_frame(tmp_path):
     from nanxi_tune.engine import config as C
-    from nanxi_tune.engine.data import resolve
+    from nanxi_tune.engine.data.dataset import resolve
 
     _img, ann = ensure_synthetic("train", 40, 0, 128, "large", cache_dir=tmp_path)
     d = json.loads(ann.read_text())

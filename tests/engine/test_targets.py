@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from nanxi_tune.engine import encoding
+from nanxi_tune.engine.model import encoding
 from nanxi_tune.engine.config import Config, with_updates
-from nanxi_tune.engine.targets import MIN_SIGMA, build_targets_loop, sparsify
-from nanxi_tune.engine.targets import build_targets as build_sparse
+from nanxi_tune.engine.model.targets import MIN_SIGMA, build_targets_loop, sparsify
+from nanxi_tune.engine.model.targets import build_targets as build_sparse
 
 
 def dense_heatmap_of(sparse, like):

@@ -1,4 +1,4 @@
-"""TensorBoard beside the record (engine.tboard): the same values as metrics.jsonl at the same steps, pictures at
+"""TensorBoard beside the record (engine.train.tboard): the same values as metrics.jsonl at the same steps, pictures at
 evaluations, no folder when off, no duplicate steps across resumes, and a failing writer never stops a run."""
 
 import io
@@ -8,10 +8,11 @@ import sys
 import pytest
 from PIL import Image
 
-from nanxi_tune.engine import rundir, tboard
-from nanxi_tune.engine.errors import ERROR_KINDS
-from nanxi_tune.engine.predict import Predictor
-from nanxi_tune.engine.trainer import Trainer
+from nanxi_tune.engine.run import rundir
+from nanxi_tune.engine.train import tboard
+from nanxi_tune.engine.evaluation.errors import ERROR_KINDS
+from nanxi_tune.engine.inference.predict import Predictor
+from nanxi_tune.engine.train.trainer import Trainer
 
 from conftest import tiny as base_tiny
 
@@ -45,7 +46,7 @@ def same(tb, record):
 
 
 def test_a_run_writes_the_records_values_and_pictures(tmp_path, one_thread, monkeypatch):
-    from nanxi_tune.engine import draw
+    from nanxi_tune.engine.inference import draw
 
     drawn = []
     real_draw = draw.draw

@@ -5,10 +5,10 @@ import threading
 import pytest
 import torch
 
-from nanxi_tune.engine import checkpoint as ck
+from nanxi_tune.engine.run import checkpoint as ck
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir, runctl
-from nanxi_tune.engine.trainer import Trainer
+from nanxi_tune.engine.run import rundir, runctl
+from nanxi_tune.engine.train.trainer import Trainer
 
 from conftest import tiny as base_tiny
 
@@ -115,7 +115,7 @@ def test_warmup_ramps_lr(tmp_path):
 
 
 def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path, monkeypatch):
-    from nanxi_tune.engine import trainer as T
+    from nanxi_tune.engine.train import trainer as T
 
     real = T.build_targets
     calls = {"n": 0}

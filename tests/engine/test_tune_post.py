@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir
-from nanxi_tune.engine import tune_post as TP
-from nanxi_tune.engine.evaluate_run import evaluate_run
-from nanxi_tune.engine.trainer import Trainer
+from nanxi_tune.engine.run import rundir
+from nanxi_tune.engine.workflows import tune_post as TP
+from nanxi_tune.engine.evaluation.evaluate_run import evaluate_run
+from nanxi_tune.engine.train.trainer import Trainer
 from conftest import tiny as base_tiny
 
 

@@ -203,7 +203,7 @@ def test_tui_modules_do_not_import_torch():
     import subprocess
 
     code = ("import sys, nanxi_tune.tui.app, nanxi_tune.tui.monitor, nanxi_tune.tui.dialogs;"
-            "print('torch' in sys.modules, 'nanxi_tune.engine.trainer' in sys.modules)")
+            "print('torch' in sys.modules, 'nanxi_tune.engine.train.trainer' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 
@@ -339,7 +339,7 @@ def test_live_edit_prefills_only_the_config_tabs_own_edits(tmp_path):
     a live key edited on the Config tab is offered."""
     from textual.widgets import Input
 
-    from nanxi_tune.engine import runctl
+    from nanxi_tune.engine.run import runctl
     from nanxi_tune.tui.dialogs import LiveEditDialog
 
     run_dir = tmp_path / "runs" / "other"
@@ -376,7 +376,7 @@ def test_runs_tab_shows_a_live_runs_mark_whole(tmp_path):
     column cut the ● off every running run)."""
     from rich.cells import cell_len
 
-    from nanxi_tune.engine import runctl
+    from nanxi_tune.engine.run import runctl
 
     run_dir = tmp_path / "runs" / "live-one"
     run_dir.mkdir(parents=True)

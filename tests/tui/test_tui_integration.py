@@ -8,7 +8,7 @@ import json
 import pytest
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir
+from nanxi_tune.engine.run import rundir
 from nanxi_tune.tui.app import NanxiTuneApp
 from nanxi_tune.tui.palette import ACTIONS
 from nanxi_tune.tui.sweep_view import ConfigApplied
@@ -108,7 +108,7 @@ def test_stats_and_autobatch_write_into_the_form(tmp_path, one_thread):
 @pytest.mark.slow
 def test_finding_remedy_with_one_key(tmp_path, one_thread):
     """A live finding on a real run with ring checkpoints: select it, press r → child run, parent recorded."""
-    from nanxi_tune.engine.events import Diagnosis
+    from nanxi_tune.engine.run.events import Diagnosis
 
     runs = tmp_path / "runs"
     preset = C.save(tiny(**{"train.epochs": 100, "train.base_lr": 0.003}), tmp_path / "tiny.toml")  # outlasts the test
@@ -165,8 +165,8 @@ def test_finding_remedy_with_one_key(tmp_path, one_thread):
 
 @pytest.mark.slow
 def test_budget_projection_and_compare_two_runs(tmp_path, one_thread):
-    from nanxi_tune.engine import budget
-    from nanxi_tune.engine.trainer import Trainer
+    from nanxi_tune.engine.diagnosis import projection
+    from nanxi_tune.engine.train.trainer import Trainer
     from nanxi_tune.tui.compare_view import CompareScreen
 
     runs = tmp_path / "runs"
@@ -181,7 +181,7 @@ def test_budget_projection_and_compare_two_runs(tmp_path, one_thread):
             await ready(pilot)
             app.open_run(a)
             await wait_for(pilot, lambda: app.monitor.projection is not None, timeout=30)
-            want = budget.latest(a)
+            want = projection.latest(a)
             assert app.monitor.projection.projected_days == want.projected_days
             text = str(app.query_one("#budget").render())
             assert "projected" in text and "of 4 d" in text

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import recorder, rundir
+from nanxi_tune.engine.run import recorder, rundir
 from nanxi_tune.tui.app import NanxiTuneApp
 from conftest import TINY, wait_for
 
@@ -51,9 +51,9 @@ def test_live_fields_apply_to_the_running_run_and_the_rest_are_read_only(tmp_pat
 
 
 def test_d_dismisses_the_selected_finding(tmp_path: Path):
-    from nanxi_tune.engine.events import Diagnosis
-    from nanxi_tune.engine.remedy import open_findings
-    from nanxi_tune.engine.trainer import Trainer
+    from nanxi_tune.engine.run.events import Diagnosis
+    from nanxi_tune.engine.workflows.remedy import open_findings
+    from nanxi_tune.engine.train.trainer import Trainer
 
     run = tmp_path / "runs" / "r"
     assert Trainer(C.with_updates(C.load_preset("demo"), TINY | {"train.epochs": 1}), run).run() == "finished"

@@ -14,8 +14,8 @@ pytestmark = [pytest.mark.slow, NEEDS_TMUX]
 
 
 def test_predictions_in_a_real_terminal(tmp_path, one_thread):
-    from nanxi_tune.engine import rundir
-    from nanxi_tune.engine.trainer import Trainer
+    from nanxi_tune.engine.run import rundir
+    from nanxi_tune.engine.train.trainer import Trainer
 
     run = rundir.new_run_dir(tmp_path / "runs", "trained")
     cfg = tiny(**{"train.epochs": 3, "eval.online": False, "postprocess.score_threshold": 0.05})

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import recorder, runctl
-from nanxi_tune.engine.events import Diagnosis
+from nanxi_tune.engine.run import recorder, runctl
+from nanxi_tune.engine.run.events import Diagnosis
 from nanxi_tune.tui.app import NanxiTuneApp
 from conftest import TINY, notices, wait_for
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def _parent(runs):
     """A stopped run with ring checkpoints and an open lr finding that rewinds to step 6 (planned 1200 steps, so
     each lr trial trains 120 steps: long enough to stop one in the middle)."""
-    from nanxi_tune.engine.trainer import Trainer
+    from nanxi_tune.engine.train.trainer import Trainer
 
     parent = runs / "parent"
     cfg = C.with_updates(C.load_preset("demo"), TINY | {"train.epochs": 200, "eval.interval": 1,
@@ -72,7 +72,7 @@ def test_f7_stops_a_remedy_descent_started_from_the_tui(tmp_path, one_thread):
     child = asyncio.run(go())
     assert not child.exists()  # no half-made child is left
     assert _snapshot(parent) == before  # the parent is untouched: same files, sizes and times
-    from nanxi_tune.engine.remedy import open_findings
+    from nanxi_tune.engine.workflows.remedy import open_findings
 
     assert "flat-loss-after-epoch-2" in [f["rule"] for f in open_findings(parent)]  # still open
 

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir, runctl
+from nanxi_tune.engine.run import rundir, runctl
 from nanxi_tune.tui.app import NanxiTuneApp
 from nanxi_tune.tui.dialogs import LiveEditDialog
 from conftest import notices, wait_for

@@ -32,7 +32,7 @@ def test_bridge_thins_steps_when_the_ui_falls_behind():
     from dataclasses import MISSING, fields
     from types import SimpleNamespace
 
-    from nanxi_tune.engine import events as E
+    from nanxi_tune.engine.run import events as E
     from nanxi_tune.tui.bridge import RunBridge
 
     def event(cls, step):  # the bridge sorts by class: real events, zeros where a field has no default

@@ -56,7 +56,7 @@ async def show_monitor(pilot):
     mon._rate_start, mon._rate_last = (0.0, 0), (30.0, 60)  # 2 steps/s, fixed for the snapshot
     mon.set_state("running")
     mon._rate_start, mon._rate_last = (0.0, 0), (30.0, 60)
-    from nanxi_tune.engine.budget import Projection
+    from nanxi_tune.engine.diagnosis.projection import Projection
 
     mon.set_projection(Projection(step=60, total_steps=240, seconds_per_step=0.5, projected_days=120 / 86400,
                                   projected_days_with_evals=150 / 86400, eval_seconds=3.0, evals_planned=12,
@@ -186,7 +186,7 @@ async def show_predictions(pilot):
     """The Predictions view on a fabricated image (no model: the worker's result is handed in as it would be)."""
     from PIL import Image, ImageDraw
 
-    from nanxi_tune.engine.predict import Prediction
+    from nanxi_tune.engine.inference.predict import Prediction
     from nanxi_tune.tui.predictions_view import PredictionsScreen
 
     img = Image.new("RGB", (160, 120), (40, 60, 90))
@@ -234,7 +234,7 @@ def test_a_new_score_threshold_keeps_the_image_shown():
 
     from PIL import Image
 
-    from nanxi_tune.engine.predict import Prediction
+    from nanxi_tune.engine.inference.predict import Prediction
 
     async def go():
         app = NanxiTuneApp()

@@ -13,8 +13,8 @@ import pytest
 from conftest import NEEDS_TMUX, TmuxScreen, tmux
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import runctl
-from nanxi_tune.engine.study import list_studies
+from nanxi_tune.engine.run import runctl
+from nanxi_tune.engine.workflows.study import list_studies
 
 pytestmark = [pytest.mark.slow, NEEDS_TMUX]
 

@@ -151,7 +151,7 @@ class Term:
 
 
 def train_rows(run_dir) -> list[dict]:
-    from nanxi_tune.engine import rundir
+    from nanxi_tune.engine.run import rundir
 
     return [r for r in rundir.read_metrics(run_dir) if r.get("split", "train") == "train"]
 
@@ -173,7 +173,7 @@ def wait_until(cond, timeout: float, what: str):
 
 def stop_run(run_dir) -> None:
     """`nanxi-tune ctl RUN stop` (checkpoint, then stop), then wait for its owner to go."""
-    from nanxi_tune.engine import runctl
+    from nanxi_tune.engine.run import runctl
 
     if runctl.status(run_dir).alive:
         out = subprocess.run(CLI + ["ctl", str(run_dir), "stop"], capture_output=True, text=True, timeout=120)
@@ -185,7 +185,7 @@ def test_tui_attaches_to_a_headless_run_pauses_it_and_edits_its_lr(tmp_path):
     """`nanxi-tune train --run-dir RUN` in its own process; `nanxi-tune open RUN` in a terminal attaches: F6 pauses
     the headless process (its steps stop), F8 shows the live keys' current values and applies an lr change,
     which the headless trainer's metrics show from the next step."""
-    from nanxi_tune.engine import rundir, runctl
+    from nanxi_tune.engine.run import rundir, runctl
 
     preset = C.save(C.with_updates(C.load_preset("demo"), TINY_LONG), tmp_path / "tiny.toml")
     run = tmp_path / "runs" / "headless"
@@ -246,7 +246,7 @@ def test_tui_attaches_to_a_headless_run_pauses_it_and_edits_its_lr(tmp_path):
 def test_detached_run_keeps_training_after_the_terminal_is_gone(tmp_path):
     """Alt+D (ESC d in a terminal) starts the run as its own process; killing the TUI's tmux session (SIGHUP, as a
     dropped SSH link) leaves it training; `nanxi-tune ctl RUN stop` then stops it with a checkpoint."""
-    from nanxi_tune.engine import runctl
+    from nanxi_tune.engine.run import runctl
 
     preset = C.save(C.with_updates(C.load_preset("demo"), TINY_LONG), tmp_path / "tiny.toml")
     runs = tmp_path / "runs"

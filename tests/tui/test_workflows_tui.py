@@ -12,9 +12,9 @@ import torch
 from textual.app import App
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine import rundir, runctl
-from nanxi_tune.engine import sweep as S
-from nanxi_tune.engine.trainer import Trainer
+from nanxi_tune.engine.run import rundir, runctl
+from nanxi_tune.engine.workflows import sweep as S
+from nanxi_tune.engine.train.trainer import Trainer
 from nanxi_tune.cli import main as cli
 from nanxi_tune.tui.post_view import TunePostScreen
 from nanxi_tune.tui.schedule_view import ScheduleScreen

@@ -1,0 +1,65 @@
+"""后处理 post-processing: heatmap peaks → boxes → (optional) NMS.
+
+Peaks are cells equal to the max-pool of their neighbourhood (``postprocess.pool_kernel``);
+the ``top_k`` highest over C×H×W per image are decoded with the offset and shape at their
+cell (encoding.decode_offset / decode_shape), scores below ``score_threshold`` dropped, then
+``torchvision.ops.batched_nms`` runs once over the whole batch (per image and class).
+Boxes are xyxy in canvas pixels, not clipped (evaluate.to_coco_results clips them to the
+original image).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import batched_nms
+
+from . import encoding
+from ..config import Config
+
+
+def peaks(heat: torch.Tensor, pool_kernel: int) -> torch.Tensor:
+    """The heatmap with every non-peak cell set to 0."""
+    if pool_kernel <= 1:
+        return heat
+    hmax = F.max_pool2d(heat, pool_kernel, stride=1, padding=pool_kernel // 2)
+    return heat * (hmax == heat).to(heat.dtype)
+
+
+def _gather(t: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
+    """t (B, K', H, W), pix (B, N) flat cell indices → (B, N, K')."""
+    b, k = t.shape[:2]
+    flat = t.reshape(b, k, -1)
+    return flat.gather(2, pix.unsqueeze(1).expand(b, k, pix.shape[1])).permute(0, 2, 1)
+
+
+@torch.no_grad()
+def decode(outputs: dict, cfg: Config) -> list[dict[str, torch.Tensor]]:
+    """Detections per image: {"boxes" (K, 4) xyxy canvas px, "scores" (K,), "labels" (K,) int64}."""
+    pp, enc = cfg.postprocess, cfg.encode
+    heat = outputs["map"].float()
+    b, c, h, w = heat.shape
+    scores_map = peaks(heat, pp.pool_kernel).reshape(b, -1)
+    k = min(pp.top_k, scores_map.shape[1])
+    scores, idx = scores_map.topk(k, dim=1)  # (B, K), sorted
+    labels = idx // (h * w)
+    pix = idx % (h * w)
+    ys, xs = pix // w, pix % w
+    cell = torch.stack([xs, ys], dim=-1)  # (B, K, 2)
+    off = _gather(outputs["offset"].float(), pix)
+    shp = _gather(outputs["shape"].float(), pix)
+    centre = encoding.decode_offset(cell, off, enc.offset)
+    boxes = encoding.decode_shape(centre, shp, cfg.neck.out_stride, enc.shape)  # (B, K, 4)
+
+    image = torch.arange(b, device=heat.device).unsqueeze(1).expand(b, k)
+    keep = scores >= pp.score_threshold
+    boxes, scores, labels, image = boxes[keep], scores[keep], labels[keep], image[keep]
+    if pp.nms and scores.numel():
+        sel = batched_nms(boxes, scores, image * c + labels, pp.nms_iou)
+        boxes, scores, labels, image = boxes[sel], scores[sel], labels[sel], image[sel]
+    out = []
+    for i in range(b):
+        m = image == i
+        s, order = scores[m].sort(descending=True)
+        out.append({"boxes": boxes[m][order], "scores": s, "labels": labels[m][order].long()})
+    return out

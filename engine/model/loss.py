@@ -1,0 +1,154 @@
+"""loss函数: the three branch losses and their uncertainty-weighted sum.
+
+* map: CenterNet's penalty-reduced focal loss on the heatmap, normalised by the number of
+  objects (``num_pos``). Targets may come dense or sparse (``engine/model/targets.py``); the losses read
+  the sparse form, touching only the cells with ground truth.
+* offset: L1 on the centre cells, summed over the 2 channels, divided by ``num_pos``.
+* shape: L1 on the centre cells in the encoding's own units (cells, or log-cells for
+  ``log_wh``), summed over channels, / ``num_pos``; or GIoU between the box decoded at the
+  ground-truth centre and the ground-truth box, summed over centre cells, / ``num_pos``
+  (so it lies in [0, 2], independent of box size and stride).
+* total = loss_scale × Σ_i (exp(−s_i)·L_i + s_i), with s_map, s_offset, s_shape the log
+  weights (uncertainty weighting). They are always ``nn.Parameter``s, so the state_dict
+  has the same keys whatever ``loss.learn_log_weights`` says; when it is false they are
+  frozen (``requires_grad=False``) and never receive a gradient.
+
+Everything is computed in float32, whatever dtype the outputs arrive in (AMP).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import generalized_box_iou_loss
+
+from . import encoding
+from ..config import Config
+from .targets import sparsify
+from ..metric_keys import BRANCHES
+
+EPS = 1e-4
+POS_THRESHOLD = 1.0 - 1e-4  # heatmap cells at (or numerically at) 1.0 are the object centres
+
+
+def _focal_terms(pred: torch.Tensor, logits: torch.Tensor | None, alpha: float, eps: float, pos: bool = True
+                 ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(pos_loss, neg_loss) elementwise, before the neg weight (1 − gt)^beta; pos_loss is None if not ``pos``.
+
+    ``pred`` is the heatmap after its range-normalising activation; it is clamped into (eps, 1 − eps)
+    so activations that reach 0 or 1 (hsigmoid) or leave [0, 1] (softskim) cannot produce inf/NaN.
+    With ``logits`` (sigmoid heads) the log terms come from logsigmoid: exact, a gradient everywhere."""
+    if logits is not None:
+        logits = logits.float()
+        # floors keep pow(·, alpha < 1) differentiable where the sigmoid saturates to exactly 0 or 1
+        p = torch.sigmoid(logits).clamp(min=1e-12)
+        neg = -F.logsigmoid(-logits) * torch.pow(p, alpha)
+        if not pos:
+            return None, neg
+        return -F.logsigmoid(logits) * torch.pow(torch.sigmoid(-logits).clamp(min=1e-12), alpha), neg
+    p = pred.float().clamp(eps, 1.0 - eps)
+    neg = -torch.log1p(-p) * torch.pow(p, alpha)
+    return (-torch.log(p) * torch.pow(1.0 - p, alpha) if pos else None), neg
+
+
+def focal_loss(pred: torch.Tensor, gt: torch.Tensor, num_pos: torch.Tensor | float, alpha: float = 2.0,
+               beta: float = 4.0, logits: torch.Tensor | None = None, eps: float = EPS) -> torch.Tensor:
+    """Penalty-reduced focal loss (CenterNet) against a dense heatmap, summed and divided by ``num_pos``."""
+    gt = gt.float()
+    pos_loss, neg_loss = _focal_terms(pred, logits, alpha, eps)
+    neg_loss = neg_loss * torch.pow((1.0 - gt).clamp(min=0.0), beta)
+    return torch.where(gt >= POS_THRESHOLD, pos_loss, neg_loss).sum() / num_pos
+
+
+def focal_loss_sparse(pred: torch.Tensor, index: torch.Tensor, value: torch.Tensor,
+                      num_pos: torch.Tensor | float, alpha: float = 2.0, beta: float = 4.0,
+                      logits: torch.Tensor | None = None, eps: float = EPS) -> torch.Tensor:
+    """``focal_loss`` with the heatmap given sparse (flat ``index`` into pred, ``value`` there, 0 elsewhere).
+
+    Where gt = 0 the neg weight is 1, so the loss is the plain neg term summed over every cell, corrected
+    on the touched cells only: no dense ground truth, and fewer dense temporaries than ``focal_loss``."""
+    _, neg_all = _focal_terms(pred, logits, alpha, eps, pos=False)
+    at = (lambda x: x.reshape(-1)[index])
+    pos_s, neg_s = _focal_terms(at(pred), None if logits is None else at(logits), alpha, eps)
+    value = value.float()
+    here = torch.where(value >= POS_THRESHOLD, pos_s, neg_s * torch.pow((1.0 - value).clamp(min=0.0), beta))
+    return (neg_all.sum() + (here - neg_s).sum()) / num_pos
+
+
+def at_centres(pred: torch.Tensor, pos_index: torch.Tensor) -> torch.Tensor:
+    """(P, channels) of a (B, channels, H, W) map at the flat (B, H, W) indices ``pos_index``."""
+    H, W = pred.shape[-2:]
+    b, cell = pos_index // (H * W), pos_index % (H * W)
+    return pred[b, :, cell // W, cell % W]
+
+
+def _l1(pred: torch.Tensor, target: torch.Tensor, pos_index: torch.Tensor,
+        num_pos: torch.Tensor | float) -> torch.Tensor:
+    """Σ over centre cells and channels of |pred − target|, / num_pos."""
+    return (at_centres(pred, pos_index).float() - target.float()).abs().sum() / num_pos
+
+
+def decode_at_centres(shape_pred: torch.Tensor, targets: dict, cfg: Config) -> torch.Tensor:
+    """Boxes (P, 4, pixels) decoded from the predicted shape at every centre cell, placed at the
+    ground-truth centre (cell + gt offset)."""
+    W = shape_pred.shape[-1]
+    cell = targets["pos_index"] % (shape_pred.shape[-2] * W)
+    xy = torch.stack([cell % W, cell // W], dim=1)
+    centre = encoding.decode_offset(xy, targets["pos_offset"].float(), cfg.encode.offset)
+    shp = at_centres(shape_pred, targets["pos_index"]).float()
+    return encoding.decode_shape(centre, shp, cfg.neck.out_stride, cfg.encode.shape)
+
+
+def giou_shape_loss(shape_pred: torch.Tensor, targets: dict, cfg: Config) -> torch.Tensor:
+    boxes = decode_at_centres(shape_pred, targets, cfg)
+    if boxes.numel() == 0:
+        return shape_pred.float().sum() * 0.0
+    return generalized_box_iou_loss(boxes, targets["pos_box"].float(), reduction="none").sum() / targets["num_pos"]
+
+
+class DetectionLoss(nn.Module):
+    """Per-branch losses and their uncertainty-weighted total.
+
+    forward(outputs, targets) → {"loss", "loss_map", "loss_offset", "loss_shape" (raw,
+    unweighted), "s_map", "s_offset", "s_shape" (detached)}.
+    """
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        learn = cfg.loss.learn_log_weights
+        for name in ("s_map", "s_offset", "s_shape"):
+            init = torch.tensor(float(getattr(cfg.loss, name)))
+            self.register_parameter(name, nn.Parameter(init, requires_grad=learn))
+
+    def branch_losses(self, outputs: dict, targets: dict) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        num_pos = targets["num_pos"]
+        if not torch.is_tensor(num_pos):
+            num_pos = torch.tensor(float(num_pos), device=outputs["map"].device)
+        num_pos = num_pos.float().clamp(min=1.0)
+        targets = {**sparsify(targets), "num_pos": num_pos}
+        logits = outputs.get("map_logits") if cfg.head.range_norm_act == "sigmoid" else None
+        loss_map = focal_loss_sparse(outputs["map"], targets["heat_index"], targets["heat_value"], num_pos,
+                                     cfg.loss.focal_alpha, cfg.loss.focal_beta, logits=logits)
+        loss_offset = _l1(outputs["offset"], targets["pos_offset"], targets["pos_index"], num_pos)
+        if cfg.loss.shape_loss == "giou":
+            loss_shape = giou_shape_loss(outputs["shape"], targets, cfg)
+        else:
+            loss_shape = _l1(outputs["shape"], targets["pos_shape"], targets["pos_index"], num_pos)
+        return {"loss_map": loss_map, "loss_offset": loss_offset, "loss_shape": loss_shape}
+
+    def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = 0.0
+        for branch in BRANCHES:
+            s = getattr(self, f"s_{branch}")
+            total = total + torch.exp(-s) * losses[f"loss_{branch}"] + s
+        return self.cfg.loss.loss_scale * total
+
+    def forward(self, outputs: dict, targets: dict) -> dict[str, torch.Tensor]:
+        losses = self.branch_losses(outputs, targets)
+        out = {"loss": self.combine(losses), **losses}
+        for name in ("s_map", "s_offset", "s_shape"):
+            out[name] = getattr(self, name).detach().clone()
+        return out
