@@ -22,10 +22,12 @@ from textual.widgets._tabbed_content import ContentTabs
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.tui.config_actions import ConfigActions
-from nanxi_tune.tui.config_form import ConfigForm, key_of
+from nanxi_tune.tui.config_form import ConfigForm
+from nanxi_tune.tui.field_row import key_of
 from nanxi_tune.tui.monitor import Monitor
 from nanxi_tune.tui.palette import TIP, RunCommands, SteadyFooter
 from nanxi_tune.tui.run_actions import RunActions
+from nanxi_tune.tui.run_events import RunEvents
 from nanxi_tune.tui.runs_view import RunsPane
 from nanxi_tune.tui.workflow_actions import WorkflowActions
 
@@ -58,7 +60,7 @@ class SteadyTabs(TabbedContent):
             self.active = event.tab_pane.id
 
 
-class NanxiTuneApp(RunActions, WorkflowActions, ConfigActions, App):
+class NanxiTuneApp(RunActions, RunEvents, WorkflowActions, ConfigActions, App):
     """The cheat-sheet as live panels; runs launched (here or detached), attached, driven and resumed from the
     keyboard. The actions live in the mixins' modules; this class is the composition and the bindings."""
 

@@ -14,7 +14,12 @@ from nanxi_tune.tui.dialogs import Confirm, DiffView, PresetPicker, SaveAs, diff
 
 
 class ConfigActions:
-    """Mixed into the app (tui.app.NanxiTuneApp); handlers follow Textual's on_<message> naming."""
+    """Mixed into the app (tui.app.NanxiTuneApp); handlers follow Textual's on_<message> naming.
+
+    What it needs of the app: the form it composes (below), ``running`` (RunActions), ``action_tab`` (the app);
+    Textual's App gives ``notify``, ``push_screen``, ``query_one``."""
+
+    form: ConfigForm  # the app's property
 
     # --- config ------------------------------------------------------------------------------
     def on_config_form_validated(self, event: ConfigForm.Validated) -> None:

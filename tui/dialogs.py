@@ -16,7 +16,7 @@ from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.tui.config_form import OrderedInput
+from nanxi_tune.tui.field_row import OrderedInput
 
 
 class Dialog(ModalScreen):

@@ -4,8 +4,6 @@ Events reach it through tui.bridge (the trainer's callback, with back-pressure).
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -13,12 +11,14 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
-from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
 from nanxi_tune.engine.metric_keys import LOG_WEIGHTS, LOSSES
 if TYPE_CHECKING:
     from textual_plotext import PlotextPlot
+from nanxi_tune.tui.monitor_widgets import (LatestTable, SystemStrip, value_of, errors_text, finding_detail, finding_of,
+                                          fmt_duration, fmt_num, rank_memory)
+from nanxi_tune.tui.plots import Series, thin, visible, wants_log, cached_plot_class
 
 PLOTS = [  # id, title, train key, val key
     ("branches", "loss_map • · offset + · shape x (train)", None, None),  # narrow terminals: the three at once
@@ -31,190 +31,6 @@ PLOTS = [  # id, title, train key, val key
 ]
 TABLE_ROWS = [*LOSSES, "lr", "grad_norm", *LOG_WEIGHTS, "images_per_s", "mAP", "AP50"]
 BRANCH_MARKERS = (("loss_map", "•"), ("loss_offset", "+"), ("loss_shape", "x"))  # told apart without colour
-MAX_PLOT_POINTS = 240  # points per series on screen; a plot is at most ~80 braille columns wide
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "—"
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
-def fmt_num(v: Any) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        if v == 0:
-            return "0"
-        if abs(v) < 1e-3 or abs(v) >= 1e5:
-            return f"{v:.3e}"
-        return f"{v:.4f}"
-    return str(v)
-
-
-def _get(ev: Any, key: str) -> Any:
-    return ev.get(key) if isinstance(ev, dict) else getattr(ev, key, None)
-
-
-class LatestTable(Widget):
-    """The latest train / val values: a fixed-size text table.
-
-    Repainting it costs one small Text (no DataTable row machinery, no re-layout), so the values
-    can follow a run at several updates a second without taking the GIL from the trainer.
-    ``get_cell(metric, "train" | "val")`` reads a cell (tests, tmux).
-    """
-
-    def __init__(self, rows: list[str], **kw: Any) -> None:
-        super().__init__(**kw)
-        self.rows = list(rows)
-        self.cells: dict[tuple[str, str], str] = {(r, c): "—" for r in rows for c in ("train", "val")}
-
-    def get_cell(self, row: str, col: str) -> str:
-        return self.cells[(row, col)]
-
-    def update_cell(self, row: str, col: str, value: str) -> None:
-        if self.cells.get((row, col)) != value:
-            self.cells[(row, col)] = value
-            self.refresh()
-
-    def render(self) -> Text:
-        name_w = 12
-        val_w = max(8, (self.size.width - name_w) // 2)
-        t = Text(no_wrap=True, overflow="crop")
-        t.append(f"{'metric':<{name_w}}{'train':>{val_w}}{'val':>{val_w}}\n", style="bold")
-        for i, name in enumerate(self.rows):
-            t.append(f"{name:<{name_w}}", style="bold" if name.startswith("loss") or name == "mAP" else "")
-            t.append(f"{self.cells[(name, 'train')]:>{val_w}}{self.cells[(name, 'val')]:>{val_w}}")
-            if i < len(self.rows) - 1:
-                t.append("\n")
-        return t
-
-
-def rank_memory(held: Any, total: float, of: str, width: int = 50) -> str:
-    """The run's memory, every rank's: "GPU/rank 3.1 3.0/80 GiB" (RSS/rank in MiB on the CPU). Past what fits in
-    ``width`` the ranks fold to their range and the fullest rank."""
-    held = [float(m) for m in held or ()]
-    if not held:
-        return ""
-    if of == "cuda":
-        label, unit, fmt = "GPU", "GiB", lambda m: f"{m / 1024:.1f}"
-        tot = f"{total / 1024:.0f}"
-    else:
-        label, unit, fmt = "RSS", "MiB", lambda m: f"{m:.0f}"
-        tot = ""
-    label = f"{label}/rank" if len(held) > 1 else f"run {label}"
-    text = f"{label} {' '.join(fmt(m) for m in held)}{'/' + tot if tot else ''} {unit}"
-    if len(text) > width:
-        top = max(range(len(held)), key=held.__getitem__)
-        text = f"{label} {fmt(min(held))}–{fmt(max(held))}{'/' + tot if tot else ''} {unit} ×{len(held)} (max r{top})"
-    return text
-
-
-class SystemStrip(Static):
-    """CPU and RAM of this machine; every rank's memory of the shown run (from its logged steps), else this
-    process's RSS and, when torch is imported and CUDA is present, the GPU's memory."""
-
-    run_memory = ""  # rank_memory() of the shown run's last logged step
-
-    def on_mount(self) -> None:
-        import psutil
-
-        self._psutil = psutil
-        self._proc = psutil.Process(os.getpid())
-        psutil.cpu_percent(None)
-        self.sample()
-        self.set_interval(2.0, self.sample)
-
-    def show_run(self, text: str) -> None:
-        if text != self.run_memory:
-            self.run_memory = text
-            self.sample()
-
-    def sample(self) -> None:
-        ps = self._psutil
-        vm = ps.virtual_memory()
-        parts = [f"CPU {ps.cpu_percent(None):3.0f}%",
-                 f"RAM {vm.used / 2**30:.1f}/{vm.total / 2**30:.1f} GiB"]
-        if self.run_memory:
-            parts.append(self.run_memory)
-        else:
-            parts.append(f"RSS {self._proc.memory_info().rss / 2**20:.0f} MiB")
-            torch = sys.modules.get("torch")
-            gpu = "GPU —"
-            try:
-                if torch is not None and torch.cuda.is_available():
-                    free, total = torch.cuda.mem_get_info()
-                    gpu = f"GPU {(total - free) / 2**30:.1f}/{total / 2**30:.1f} GiB"
-            except Exception:  # noqa: BLE001 - a broken driver must not break the UI
-                gpu = "GPU ?"
-            parts.append(gpu)
-        self.update("  ".join(parts), layout=False)
-
-
-def errors_text(errors: dict[str, Any]) -> Text:
-    """The last evaluation's TIDE breakdown: what each error kind costs in AP50 and the branch the notes tune."""
-    from nanxi_tune.engine.evaluation.errors import BRANCH_OF, ERROR_KINDS
-
-    t = Text()
-    t.append(f"What costs AP50 (val AP50 {errors.get('map50', 0):.3f})\n", style="bold")
-    t.append(f"  {'error':<14} {'dAP50':>6} {'count':>6}  tune\n", style="dim")
-    delta, counts = errors.get("delta", {}), errors.get("counts", {})
-    ranked = sorted(ERROR_KINDS, key=lambda k: -delta.get(k, 0.0))
-    top = delta.get(ranked[0], 0.0)
-    for kind in ranked:
-        d = delta.get(kind, 0.0)
-        bar = "█" * min(20, round(d * 100))
-        t.append(f"  {kind:<14} {d:6.3f} {counts.get(kind, 0):6d}  {BRANCH_OF[kind]:<15} {bar}\n",
-                 style="bold" if d == top and d > 0.005 else "")  # the largest error(s)
-    sizes = errors.get("missed_by_size") or {}
-    if any(total for _m, total in sizes.values()):
-        t.append("  missed by size: " + " · ".join(f"{k} {m}/{n}" for k, (m, n) in sizes.items() if n) + "\n",
-                 style="dim")
-    return t
-
-
-def finding_detail(f: dict[str, Any]) -> Text:
-    """A finding's evidence (the numbers that made it fire) and its remedy, for the detail pane."""
-    t = Text()
-    t.append(f"{f.get('rule', '?')}", style="bold")
-    if f.get("section"):
-        t.append(f"  §{f['section']}")
-    t.append(f"  step {f.get('step', '?')}  [{f.get('severity', '')}]\n")
-    t.append(str(f.get("message", "")) + "\n")
-    ev = f.get("evidence") or {}
-    if ev:
-        t.append("evidence: ", style="bold")
-        t.append(", ".join(f"{k} = {f'{v:.4g}' if isinstance(v, float) else v}" for k, v in ev.items()) + "\n")
-    rem = f.get("remedy") or {}
-    changes = rem.get("set") or {}
-    t.append("remedy: ", style="bold")
-    if changes:
-        t.append(", ".join(f"{k} = {v}" for k, v in changes.items()), style="bold green")
-        frm = rem.get("resume_from_step")
-        t.append(f" — from the checkpoint at/before step {frm}" if frm is not None else " — from the last checkpoint")
-        t.append("  (r applies: stop, rewind, child run)", style="dim")
-    else:
-        t.append(rem.get("text") or "no config change to apply", style="italic")
-        return t
-    if rem.get("text"):
-        t.append("\n" + str(rem["text"]), style="italic")
-    return t
-
-
-def finding_of(step: Any, severity: str = "", rule: str = "", section: str = "", message: str = "",
-               evidence: dict | None = None, remedy: dict | None = None) -> dict[str, Any]:
-    if isinstance(step, dict):
-        return step
-    if hasattr(step, "to_json"):
-        return step.to_json()
-    return {"kind": "diagnosis", "step": step, "severity": severity, "rule": rule, "section": section,
-            "message": message, "evidence": evidence or {}, "remedy": remedy or {}}
 
 
 class Monitor(VerticalScroll):
@@ -357,12 +173,12 @@ class Monitor(VerticalScroll):
         if not rows:
             return
         last = self._collect(rows, "train", 2, self.latest_train)
-        self.step = _get(last, "step") or self.step
-        self.epoch = _get(last, "epoch") or self.epoch
-        self.total_steps = _get(last, "total_steps") or self.total_steps
-        self.images_per_s = _get(last, "images_per_s") or self.images_per_s
-        self.query_one(SystemStrip).show_run(rank_memory(_get(last, "memory_mib"), _get(last, "memory_total_mib") or 0,
-                                                         _get(last, "memory_of") or ""))
+        self.step = value_of(last, "step") or self.step
+        self.epoch = value_of(last, "epoch") or self.epoch
+        self.total_steps = value_of(last, "total_steps") or self.total_steps
+        self.images_per_s = value_of(last, "images_per_s") or self.images_per_s
+        self.query_one(SystemStrip).show_run(rank_memory(value_of(last, "memory_mib"), value_of(last, "memory_total_mib") or 0,
+                                                         value_of(last, "memory_of") or ""))
         if live:
             now = time.monotonic()
             if self._rate_start is None:
@@ -373,7 +189,7 @@ class Monitor(VerticalScroll):
     def add_val(self, rows: list[Any]) -> None:
         if rows:
             last = self._collect(rows, "val", 3, self.latest_val)
-            errors = _get(last, "errors")
+            errors = value_of(last, "errors")
             if errors:
                 self.last_errors = errors
                 self.query_one("#errors", Static).update(errors_text(errors))
@@ -382,13 +198,13 @@ class Monitor(VerticalScroll):
         """Plot points of one split (its key in column ``col`` of PLOTS) and the latest values for the table;
         returns the last row."""
         for ev in rows:
-            step = _get(ev, "step") or 0
+            step = value_of(ev, "step") or 0
             for plot in PLOTS:
                 if plot[col]:
-                    self._point(f"{split}:{plot[col]}", step, _get(ev, plot[col]))
+                    self._point(f"{split}:{plot[col]}", step, value_of(ev, plot[col]))
         last = rows[-1]
         for name in TABLE_ROWS:
-            v = _get(last, name)
+            v = value_of(last, name)
             if v is not None:
                 latest[name] = v
         self._dirty_plots.update(p[0] for p in PLOTS if p[col])
@@ -543,7 +359,7 @@ class Monitor(VerticalScroll):
             order = sorted(order, key=lambda p: (PLOTS.index(p) - start) % len(PLOTS))
         for pid, title, tkey, vkey in order:
             plot = self.query_one(f"#plot-{pid}")
-            if not force and not _visible(plot):
+            if not force and not visible(plot):
                 continue
             self._draw(plot, title, tkey, vkey, pid)
             self._dirty_plots.discard(pid)
@@ -559,17 +375,17 @@ class Monitor(VerticalScroll):
         if pid == "branches":
             for key, marker in BRANCH_MARKERS:
                 if f"train:{key}" in self.series:
-                    plt.plot(*_thin(*self.series[f"train:{key}"]), marker=marker)
+                    plt.plot(*thin(*self.series[f"train:{key}"]), marker=marker)
                     drawn = True
         if tkey and f"train:{tkey}" in self.series:
-            xs, ys = _thin(*self.series[f"train:{tkey}"])
+            xs, ys = thin(*self.series[f"train:{tkey}"])
             plt.plot(xs, ys, label="train", marker="braille")
             drawn = True
         if vkey and f"val:{vkey}" in self.series:
-            xs, ys = _thin(*self.series[f"val:{vkey}"])
+            xs, ys = thin(*self.series[f"val:{vkey}"])
             plt.plot(xs, ys, label="val", marker="dot")  # never braille: train and val read apart without colour
             drawn = True
-        if pid == "lr" and drawn and _wants_log(self.series.get("train:lr")):
+        if pid == "lr" and drawn and wants_log(self.series.get("train:lr")):
             plt.yscale("log")
         if not drawn:
             plt.xlim(0, 1)
@@ -582,106 +398,3 @@ class Monitor(VerticalScroll):
             return self.display and self.is_on_screen
         except Exception:  # noqa: BLE001
             return True
-
-
-_CACHED_PLOT: Any = None
-
-
-def cached_plot_class() -> Any:
-    """PlotextPlot that rebuilds its figure only when the data (``version``), size or theme changed.
-
-    The stock widget runs plotext's build (~50 ms of pure Python) on every render, e.g. each time
-    the Monitor tab is shown again; this one keeps the last Text.
-    """
-    global _CACHED_PLOT
-    if _CACHED_PLOT is None:
-        from textual_plotext import PlotextPlot
-
-        class CachedPlot(PlotextPlot):
-            version = 0
-            _cache: tuple[Any, Any] | None = None
-
-            cost = 0.0  # seconds the last build took (the Monitor paces redraws by it)
-
-            def render(self) -> Any:
-                key = (self.version, self.size, self.app.theme)
-                if self._cache is None or self._cache[0] != key:
-                    t0 = time.perf_counter()
-                    self._cache = (key, super().render())
-                    CachedPlot.cost = time.perf_counter() - t0
-                return self._cache[1]
-
-        _CACHED_PLOT = CachedPlot
-    return _CACHED_PLOT
-
-
-def _wants_log(series: Any) -> bool:
-    """A log y-axis only for a curve that spans a real range of positive values (a decay, a warmup).
-
-    plotext's log scale breaks on a flat curve: the degenerate range comes out inverted (small values at
-    the top) and the line lands on the wrong label. A flat or nearly flat lr reads right on a linear axis.
-    """
-    if series is None:
-        return False
-    ys = series[1]
-    if not ys:
-        return False
-    lo, hi = min(ys), max(ys)
-    return lo > 0 and hi / lo >= 2.0
-
-
-def _visible(widget: Any) -> bool:
-    """Whether any of the widget is inside its scrolling parent's viewport (narrow layouts scroll plots)."""
-    try:
-        geo = widget.screen.find_widget(widget)
-    except Exception:  # noqa: BLE001 - not laid out yet / not on the compositor's map
-        return False
-    return bool(geo.region.intersection(geo.clip))
-
-
-class Series:
-    """A curve's history in bounded memory: past ``cap`` points it keeps every other one and from then on
-    samples every ``stride``-th new point (doubling as it fills), so a million logged steps cost what a few
-    thousand do. The newest point is always kept. Reads as (xs, ys): ``series[0]``, ``series[1]``, ``*series``."""
-
-    __slots__ = ("_xs", "_ys", "_stride", "_seen", "_last", "cap")
-
-    def __init__(self, cap: int = 4096):
-        self._xs: list[float] = []
-        self._ys: list[float] = []
-        self._stride, self._seen, self._last = 1, 0, None
-        self.cap = cap
-
-    def add(self, x: float, y: float) -> None:
-        self._seen += 1
-        self._last = (x, y)
-        if self._seen % self._stride:
-            return
-        self._xs.append(x)
-        self._ys.append(y)
-        if len(self._xs) > self.cap:
-            self._xs, self._ys = self._xs[::2], self._ys[::2]
-            self._stride *= 2
-
-    def _with_last(self, seq: list[float], i: int) -> list[float]:
-        if self._last is None or (self._xs and self._xs[-1] == self._last[0]):
-            return seq
-        return seq + [self._last[i]]
-
-    def __getitem__(self, i: int) -> list[float]:
-        return self._with_last(self._xs if i == 0 else self._ys, i)
-
-    def __iter__(self):
-        return iter((self[0], self[1]))
-
-    def __len__(self) -> int:
-        return len(self[0])
-
-
-def _thin(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
-    n = len(xs)
-    if n <= MAX_PLOT_POINTS:
-        return xs, ys
-    stride = n / MAX_PLOT_POINTS
-    idx = [int(i * stride) for i in range(MAX_PLOT_POINTS)] + [n - 1]
-    return [xs[i] for i in idx], [ys[i] for i in idx]

@@ -56,7 +56,7 @@ class RunCommands(Provider):
                 for b in type(self.app).BINDINGS if isinstance(b, Binding)}
         out = [(f"{name}  [{keys[action]}]" if action in keys else name, partial(self.app.run_action, action), help_)
                for action, name, help_ in ACTIONS]
-        from nanxi_tune.tui.config_form import all_keys, group_title
+        from nanxi_tune.tui.field_row import all_keys, group_title
 
         for group in C.GROUPS:
             out.append((f"Config group: {group}", partial(self.app.show_config_group, group), group_title(group)))

@@ -30,7 +30,7 @@ from nanxi_tune.engine import config as C
 from nanxi_tune.engine.run import rundir, runctl
 from nanxi_tune.engine.workflows import sweep as S
 from nanxi_tune.engine.run.runctl import Op, RunState
-from nanxi_tune.tui.config_form import OrderedInput as Input
+from nanxi_tune.tui.field_row import OrderedInput as Input
 
 FOLLOW_S = 0.5
 SPARK = "▁▂▃▄▅▆▇█"

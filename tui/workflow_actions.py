@@ -13,6 +13,8 @@ from textual.widgets import ProgressBar, Static, TabbedContent
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine.run import rundir
 from nanxi_tune.engine.run.runctl import Op
+from nanxi_tune.tui.config_form import ConfigForm
+from nanxi_tune.tui.monitor import Monitor
 from nanxi_tune.tui.runs_view import RunsPane
 from nanxi_tune.tui.session import RunSession
 from nanxi_tune.tui.sweep_view import ConfigApplied
@@ -30,7 +32,22 @@ def _descent_progress(child: Path) -> str:
 
 
 class WorkflowActions:
-    """Mixed into the app (tui.app.NanxiTuneApp); handlers follow Textual's on_<message> naming."""
+    """Mixed into the app (tui.app.NanxiTuneApp); handlers follow Textual's on_<message> naming.
+
+    What it needs of the app is declared below: its state, the form and monitor it composes, and the other
+    actions' ``running`` / ``run_dir`` / ``trainer_class`` / ``_show`` (RunActions) and ``first_error``
+    (ConfigActions); Textual's App gives ``notify``, ``push_screen``, ``query_one``, ``call_from_thread``."""
+
+    form: ConfigForm  # the app's properties
+    monitor: Monitor
+    runs_root: Path  # set in NanxiTuneApp.__init__
+    session: RunSession | None
+    busy_task: str | None
+    stats_samples: int
+    autobatch_cap_gb: float | None
+    max_steps: int | None
+    remedy_child: Path | None
+    _remedy_pending: tuple[Path, dict] | None
 
     # --- workflows (issue 5): sweep, NMS tuning, schedule, stats, autobatch ------------------
     def _config_or_refuse(self, what: str) -> C.Config | None:

@@ -484,3 +484,15 @@ def eval_dataset(cfg, seed: int) -> CocoDetection:
 def describe(ds: CocoDetection) -> dict[str, Any]:
     """A small summary for logs / the TUI."""
     return {"images": len(ds), "classes": ds.class_names, "skipped": ds.skipped, "ann_file": str(ds.ann_file)}
+
+
+def first_skips(targets: list[dict], seen: set[str]) -> list[str]:
+    """data.skip_bad: a warning with the running count for each bad image in ``targets`` met for the first time
+    (``seen`` remembers them)."""
+    out = []
+    for t in targets:
+        for msg in t.get("skipped", ()):
+            if msg not in seen:
+                seen.add(msg)
+                out.append(f"data.skip_bad: skipped {len(seen)} bad image(s) so far; latest: {msg}")
+    return out

@@ -113,3 +113,17 @@ def _collect(run_dir: Path, pins: dict[str, dict[str, Any]]) -> None:
     for p in pinned_dir(run_dir).glob("step-*.pt"):
         if p.name not in keep:
             p.unlink(missing_ok=True)
+
+
+def pin_rewind(run_dir: Path, finding: Any) -> str | None:
+    """Keep the checkpoint a finding's remedy rewinds to outside the ring until the finding is applied or
+    dismissed; the remedy records the pinned step (None: none was left, the child starts at 0). Returns what went
+    wrong, if anything."""
+    rem = finding.remedy
+    if rem.get("resume_from_step") is None or not rem.get("set"):
+        return None
+    try:
+        rem["checkpoint_step"] = pin(run_dir, finding.rule, int(rem["resume_from_step"]))
+    except OSError as err:
+        return f"could not pin the rewind checkpoint of {finding.rule}: {err}"
+    return None

@@ -1,13 +1,12 @@
-"""Where a run computes: the device chosen from train.device, and StopRun, the way a run ends early with a
-reason (a device that is not there, a non-finite loss, a full disk), and the memory a process holds on it."""
+"""Where a run computes: the device chosen from train.device, and the memory a process holds on it."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
-
-class StopRun(Exception):
-    """Raised inside the loop to end it early with a reason (non-finite loss, OOM)."""
+from .stop import StopRun
 
 
 def pick_device(name: str) -> torch.device:
@@ -27,3 +26,19 @@ def memory_mib(device: torch.device) -> tuple[float, float]:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20, psutil.virtual_memory().total / 2**20
+
+
+def reserved_memory(device: torch.device) -> dict:
+    """What the rules read of the device's memory (the CUDA caching allocator's peak against the card); {} on the
+    CPU."""
+    if device.type != "cuda":
+        return {}
+    _free, total = torch.cuda.mem_get_info(device)
+    return {"memory": {"used": torch.cuda.max_memory_reserved(device), "total": total}}
+
+
+def group_memory(device: torch.device, per_rank: Callable[[float], list[float]]) -> dict:
+    """Every rank's memory for the system strip (``per_rank``: one small collective at a logged step)."""
+    held, total = memory_mib(device)
+    return {"memory_mib": tuple(round(m, 1) for m in per_rank(held)), "memory_total_mib": round(total, 1),
+            "memory_of": device.type}

@@ -59,7 +59,7 @@ def _fmt_s(s: float) -> str:
     return f"{s / 3600:.1f} h" if s < 172800 else f"{s / 86400:.2f} days"
 
 
-class BudgetPlan:
+class LrPlan:
     def __init__(self, cfg: C.Config, steps_per_epoch: int):
         if steps_per_epoch < 1:
             raise ValueError("steps_per_epoch must be at least 1")
@@ -70,6 +70,11 @@ class BudgetPlan:
         self.planned = False  # budget mode: a projection from measured speed exists
         self._t = self._n = 0.0  # decayed sums of seconds and steps: seconds per step = _t / _n
         self._mark: tuple[int, float] | None = None  # start of the interval being measured
+        self.cfg = cfg
+        self._key: tuple | None = None  # what the end and the milestones were placed from
+        self.budget_s = 0.0
+        self.total_steps = 0
+        self.milestones: list[int] = []
         self.reconfigure(cfg)
 
     # --- the plan ------------------------------------------------------------------------------
@@ -92,9 +97,9 @@ class BudgetPlan:
 
     def reconfigure(self, cfg: C.Config) -> bool:
         """Take a (live-edited) config; True when the end or a milestone moved."""
-        old = (getattr(self, "total_steps", None), list(getattr(self, "milestones", [])))
+        old = (self.total_steps if self._key else None, list(self.milestones))
         key = (sorted(cfg.train.milestones), cfg.train.max_steps, cfg.train.epochs, budget_seconds(cfg))
-        same = key == getattr(self, "_key", None)
+        same = key == self._key
         self.cfg, self._key = cfg, key
         self.budget_s = budget_seconds(cfg)
         if self.on and self.planned and same:

@@ -46,7 +46,7 @@ def open_board(trainer) -> Board | None:
     """Rank 0's Board for ``trainer`` after its setup (so a resume knows its step), or None when off."""
     if not trainer.dist.is_main or not trainer.cfg.train.tensorboard:
         return None
-    return Board(trainer.run_dir, trainer._emit, trainer.step, lambda: _val_pictures(trainer))
+    return Board(trainer.run_dir, trainer.emit, trainer.step, lambda: _val_pictures(trainer))
 
 
 class Board:

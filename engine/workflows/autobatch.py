@@ -88,7 +88,7 @@ class _Step:
 
         from ..data.dataset import train_dataset
         from ..model.detector import build_model
-        from ..train.trainer import param_groups
+        from ..train.optim import param_groups
 
         self.cfg, self.device = cfg, device
         self.ds = train_dataset(cfg, cfg.train.seed)

@@ -10,7 +10,7 @@ from nanxi_tune.engine import config as C
 from nanxi_tune.engine.model.backbones import TORCHVISION, WeightsError
 from nanxi_tune.engine.model.detector import build_model
 from nanxi_tune.engine.model.targets import build_targets
-from nanxi_tune.engine.train.trainer import param_groups
+from nanxi_tune.engine.train.optim import param_groups
 
 S = 64
 # torch_default: trunc_normal's sampler costs ~0.1 µs a parameter, seconds on a ResNet

@@ -142,6 +142,7 @@ class Killed(BaseException):
 
 
 def test_best_left_behind_by_a_kill_is_repaired_on_resume(tmp_path, monkeypatch):
+    from nanxi_tune.engine.train import state as S
     from nanxi_tune.engine.train import trainer as T
 
     def rising(model, *args, **kwargs):  # every evaluation better than the last: each one moves best.pt
@@ -149,15 +150,15 @@ def test_best_left_behind_by_a_kill_is_repaired_on_resume(tmp_path, monkeypatch)
         return {"images": 8, "mAP": step / 100, "AP50": step / 50, "AP75": 0.0, "APs": 0.0, "APm": 0.0,
                 "APl": 0.0, "loss": 1.0, "loss_map": 1.0, "loss_offset": 0.1, "loss_shape": 0.1}
 
-    real_best = T.Trainer._save_best
+    real_best = S.save_best
 
-    def kill_before_second_best(self):
-        if self.step == 12:
+    def kill_before_second_best(t):
+        if t.step == 12:
             raise Killed()
-        real_best(self)
+        real_best(t)
 
     monkeypatch.setattr(T, "evaluate", rising)
-    monkeypatch.setattr(T.Trainer, "_save_best", kill_before_second_best)
+    monkeypatch.setattr(S, "save_best", kill_before_second_best)
     run = tmp_path / "r"
     holder = {"t": Trainer(tiny(**{"train.epochs": 3, "eval.interval": 1, "eval.online": False}), run)}
     with pytest.raises(Killed):
@@ -165,7 +166,7 @@ def test_best_left_behind_by_a_kill_is_repaired_on_resume(tmp_path, monkeypatch)
     last, best = ck.load(rundir.last_checkpoint(run)), ck.load(rundir.best_checkpoint(run))
     assert (last["step"], last["best_map"], best["step"]) == (12, 0.12, 6)  # the inconsistent pair
 
-    monkeypatch.setattr(T.Trainer, "_save_best", real_best)
+    monkeypatch.setattr(S, "save_best", real_best)
     events = []
     holder["t"] = Trainer.resume(run, events.append, max_steps=13)
     assert holder["t"].run() == "stopped"

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine.train.lr_plan import BudgetPlan, budget_seconds, lr_at
+from nanxi_tune.engine.train.lr_plan import LrPlan, budget_seconds, lr_at
 
 
 def cfg_of(**upd) -> C.Config:
@@ -36,16 +36,16 @@ def test_off_is_the_config_plan():
     for upd in ({}, {"train__milestones": [0.5, 0.8, 0.95]}, {"train__max_steps": 77}, {"train__warmup_steps": 5},
                 {"train__schedule": "constant"}):
         cfg = cfg_of(**upd)
-        plan = BudgetPlan(cfg, 30)
+        plan = LrPlan(cfg, 30)
         assert not plan.on and plan.total_steps == (cfg.train.max_steps or 12 * 30)
         assert all(plan.lr_at(s) == lr_at(cfg, s, plan.total_steps) for s in range(plan.total_steps + 2))
         assert not any(plan.observe(s, s * 0.1) for s in range(1, 50))
         assert plan.total_steps == (cfg.train.max_steps or 360)
-    assert BudgetPlan(cfg_of(), 30).describe() == "fixed plan: 360 steps (12 epochs × 30); lr ×0.1 at step 252, 324"
+    assert LrPlan(cfg_of(), 30).describe() == "fixed plan: 360 steps (12 epochs × 30); lr ×0.1 at step 252, 324"
 
 
 def test_constant_speed_fits_end_and_milestones_in_the_budget():
-    plan = BudgetPlan(cfg_of(train__time_budget_min=1.0, train__epochs=1), 20)  # config says 20 steps
+    plan = LrPlan(cfg_of(train__time_budget_min=1.0, train__epochs=1), 20)  # config says 20 steps
     assert plan.on and plan.budget_s == 60 and "measuring" in plan.describe()
     end, lrs, times = simulate(plan, lambda s: 0.05)
     assert 59.4 <= end <= 60.0
@@ -58,14 +58,14 @@ def test_constant_speed_fits_end_and_milestones_in_the_budget():
 
 
 def test_evaluations_are_paid_for():
-    plan = BudgetPlan(cfg_of(train__time_budget_min=2.0), 50)
+    plan = LrPlan(cfg_of(train__time_budget_min=2.0), 50)
     end, lrs, _ = simulate(plan, lambda s: 0.05, eval_every=300, eval_s=3.0)
     assert 0.97 * 120 <= end <= 120.5  # without counting evals it would overrun by ~10 s
 
 
 @pytest.mark.parametrize("factor", [2.0, 0.5])
 def test_replans_when_the_speed_changes(factor):
-    plan = BudgetPlan(cfg_of(train__time_budget_min=1.0), 100)
+    plan = LrPlan(cfg_of(train__time_budget_min=1.0), 100)
     end1, _, _ = simulate(plan, lambda s: 0.05, limit=400)  # 20 s in
     before, m_before = plan.total_steps, list(plan.milestones)
     replanned = []
@@ -81,7 +81,7 @@ def test_replans_when_the_speed_changes(factor):
 
 
 def test_lr_never_climbs_back_and_reached_milestones_stay():
-    plan = BudgetPlan(cfg_of(train__time_budget_min=1.0), 100)
+    plan = LrPlan(cfg_of(train__time_budget_min=1.0), 100)
     speed = lambda s: 0.05 if s < 900 else 0.01  # five times faster after the first decay  # noqa: E731
     _, lrs, _ = simulate(plan, speed)
     assert all(b <= a for a, b in zip(lrs, lrs[1:]))
@@ -89,7 +89,7 @@ def test_lr_never_climbs_back_and_reached_milestones_stay():
 
 
 def test_never_ends_behind_the_current_step():
-    plan = BudgetPlan(cfg_of(train__time_budget_min=0.1), 10)  # 6 s, steps of 2.5 s
+    plan = LrPlan(cfg_of(train__time_budget_min=0.1), 10)  # 6 s, steps of 2.5 s
     end, lrs, _ = simulate(plan, lambda s: 2.5)
     assert plan.total_steps == len(lrs) >= plan.step and end <= 6.0 + 2.5
     plan.observe(plan.step + 1, 100.0)  # far past the budget: the end is now, not earlier
@@ -97,7 +97,7 @@ def test_never_ends_behind_the_current_step():
 
 
 def test_short_config_does_not_end_the_run_before_the_first_projection():
-    plan = BudgetPlan(cfg_of(train__time_budget_min=0.5, train__epochs=1), 5)
+    plan = LrPlan(cfg_of(train__time_budget_min=0.5, train__epochs=1), 5)
     end, lrs, _ = simulate(plan, lambda s: 0.01, first=0.01)
     assert len(lrs) > 1000 and end <= 30.0 + 1e-6
 
@@ -105,17 +105,17 @@ def test_short_config_does_not_end_the_run_before_the_first_projection():
 def test_max_days_is_the_ceiling_and_max_steps_caps():
     assert budget_seconds(cfg_of(train__time_budget_min=600.0, budget__max_days=0.001)) == pytest.approx(86.4)
     assert budget_seconds(cfg_of()) == 0
-    plan = BudgetPlan(cfg_of(train__time_budget_min=1.0, train__max_steps=300), 50)
+    plan = LrPlan(cfg_of(train__time_budget_min=1.0, train__max_steps=300), 50)
     _, lrs, _ = simulate(plan, lambda s: 0.05)
     assert plan.total_steps == len(lrs) == 300
 
 
 def test_state_round_trip_resumes_the_plan():
     cfg = cfg_of(train__time_budget_min=1.0)
-    plan = BudgetPlan(cfg, 100)
+    plan = LrPlan(cfg, 100)
     simulate(plan, lambda s: 0.05, limit=500)
     state = json.loads(json.dumps(plan.state_dict()))  # plain data
-    again = BudgetPlan(cfg, 100)
+    again = LrPlan(cfg, 100)
     again.load_state_dict(state)
     assert again.state_dict() == plan.state_dict() and again.describe() == plan.describe()
     assert all(again.lr_at(s) == plan.lr_at(s) for s in range(0, plan.total_steps + 5))
@@ -125,13 +125,13 @@ def test_state_round_trip_resumes_the_plan():
 
 
 def test_state_of_another_version_is_refused():
-    plan = BudgetPlan(cfg_of(), 10)
+    plan = LrPlan(cfg_of(), 10)
     with pytest.raises(ValueError, match="version"):
         plan.load_state_dict(plan.state_dict() | {"version": 99})
 
 
 def test_live_edit_of_the_milestones_replans():
-    plan = BudgetPlan(cfg_of(train__time_budget_min=1.0), 100)
+    plan = LrPlan(cfg_of(train__time_budget_min=1.0), 100)
     simulate(plan, lambda s: 0.05, limit=100)
     assert plan.reconfigure(cfg_of(train__time_budget_min=1.0, train__milestones=[0.5]))
     assert plan.milestones == [pytest.approx(0.5 * plan.total_steps, abs=1)]
@@ -139,11 +139,11 @@ def test_live_edit_of_the_milestones_replans():
 
 def test_live_edit_of_other_keys_keeps_the_plan_and_resume_is_exact():
     cfg = cfg_of(train__time_budget_min=1.0)
-    plan = BudgetPlan(cfg, 100)
+    plan = LrPlan(cfg, 100)
     simulate(plan, lambda s: 0.05, limit=300)
     state = plan.state_dict()
     assert not plan.reconfigure(cfg_of(train__time_budget_min=1.0, train__base_lr=0.01, train__gamma=0.5))
     assert plan.state_dict() == state and plan.lr_at(0) == pytest.approx(0.01)
-    again = BudgetPlan(cfg, 100)
+    again = LrPlan(cfg, 100)
     again.load_state_dict(state)
     assert not again.reconfigure(cfg) and again.state_dict() == state  # what the trainer does at resume

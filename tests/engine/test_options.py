@@ -21,7 +21,8 @@ from nanxi_tune.engine.model.detector import build_model, count_parameters
 from nanxi_tune.engine.model.targets import build_targets
 from nanxi_tune.engine.train.lr_plan import lr_at
 from nanxi_tune.engine.run.device import pick_device
-from nanxi_tune.engine.train.trainer import Trainer, ema_avg_fn
+from nanxi_tune.engine.train.optim import ema_avg_fn
+from nanxi_tune.engine.train.trainer import Trainer
 
 BASE = {"preprocess.input_size": 64, "data.synthetic_train": 24, "data.synthetic_val": 12, "data.batch_size": 4,
         "backbone.width": 8, "head.channels": 16}
@@ -69,9 +70,9 @@ def lrs(cfg, total=100):
 
 
 def plan_text(cfg):
-    from nanxi_tune.engine.train.lr_plan import BudgetPlan
+    from nanxi_tune.engine.train.lr_plan import LrPlan
 
-    return BudgetPlan(cfg, 10).describe()
+    return LrPlan(cfg, 10).describe()
 
 
 def seeded_init(cfg):
@@ -211,7 +212,7 @@ def test_optimiser_and_ema_options(tmp_path):
 def test_device_option():
     assert pick_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
-        from nanxi_tune.engine.run.device import StopRun
+        from nanxi_tune.engine.run.stop import StopRun
 
         assert pick_device("auto").type == "cpu"
         with pytest.raises(StopRun, match="CUDA is not available"):

@@ -7,7 +7,7 @@ import sys
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.tui.app import NanxiTuneApp
-from nanxi_tune.tui.config_form import parse_text
+from nanxi_tune.tui.field_row import parse_text
 from conftest import notices, palette, wait_for
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from nanxi_tune.tui import monitor as M
+from nanxi_tune.tui import plots as M
 from nanxi_tune.tui.app import NanxiTuneApp
 from conftest import wait_for
 
@@ -90,13 +90,13 @@ def test_wants_log_only_for_a_real_range():
     s = M.Series()
     for i, y in enumerate([0.003] * 5):
         s.add(i, y)
-    assert not M._wants_log(s)
+    assert not M.wants_log(s)
     s.add(6, 0.0003)
-    assert M._wants_log(s)
+    assert M.wants_log(s)
     z = M.Series()
     z.add(0, 0.0)
     z.add(1, 0.003)  # warmup from zero: no log of 0
-    assert not M._wants_log(z)
+    assert not M.wants_log(z)
 
 
 # --- (b) keys typed in a burst into a config field ----------------------------------------------------------------

@@ -3,7 +3,8 @@ strip's memory line of every rank fits its width."""
 
 import tracemalloc
 
-from nanxi_tune.tui.monitor import Series, rank_memory
+from nanxi_tune.tui.monitor_widgets import rank_memory
+from nanxi_tune.tui.plots import Series
 
 
 def test_million_points_in_bounded_memory():
