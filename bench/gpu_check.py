@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from nanxi_tune.engine import config as C
     from nanxi_tune.engine.model.detector import build_model
     from nanxi_tune.engine.model.targets import build_targets
-    from nanxi_tune.engine.train.trainer import ema_avg_fn, param_groups
+    from nanxi_tune.engine.train.optim import ema_avg_fn, param_groups
 
     if a.cpu_smoke:
         device = torch.device("cpu")

@@ -22,11 +22,13 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine.data.dataset import EpochSampler, collate, sample_seed, train_dataset
+from nanxi_tune.engine.data.dataset import train_dataset
+from nanxi_tune.engine.data.loader import sample_seed
+from nanxi_tune.engine.data.loader import EpochSampler, collate
 from nanxi_tune.engine.model.detector import build_model, count_parameters
 from nanxi_tune.engine.model.targets import build_targets
 from nanxi_tune.engine.run.device import pick_device
-from nanxi_tune.engine.train.trainer import ema_avg_fn, param_groups
+from nanxi_tune.engine.train.optim import ema_avg_fn, param_groups
 
 DATA_PHASES = ("decode", "augment", "resize", "collate")
 PHASES = DATA_PHASES + ("targets", "forward", "backward", "optimiser", "ema", "logging")

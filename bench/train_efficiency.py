@@ -17,11 +17,13 @@ from pathlib import Path
 import torch
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine.data.dataset import EpochSampler, make_loader, train_dataset
+from nanxi_tune.engine.data.dataset import train_dataset
+from nanxi_tune.engine.data.loader import EpochSampler, make_loader
 from nanxi_tune.engine.model.detector import build_model
 from nanxi_tune.engine.model.targets import build_targets
 from nanxi_tune.engine.run.device import pick_device
-from nanxi_tune.engine.train.trainer import Trainer, param_groups
+from nanxi_tune.engine.train.trainer import Trainer
+from nanxi_tune.engine.train.optim import param_groups
 
 
 def bare_loop(cfg: C.Config, steps: int, warmup: int) -> float:

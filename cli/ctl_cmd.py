@@ -59,9 +59,9 @@ def ctl(args) -> int:
 
 def _status(run_dir: Path, as_json: bool) -> int:
     from nanxi_tune.engine import config as C
-    from nanxi_tune.engine.run import rundir, runctl
+    from nanxi_tune.engine.run import listing, rundir, runctl
 
-    info = runctl.run_info(run_dir)
+    info = listing.run_info(run_dir)
     st = info.status
     if not (run_dir / rundir.CONFIG).exists():  # a job's folder (a remedy's lr trials): its state alone
         if as_json:

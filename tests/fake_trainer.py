@@ -15,6 +15,7 @@ from typing import Any
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine.run import rundir, runctl
+from nanxi_tune.engine.run import control
 from nanxi_tune.engine.run.events import CheckpointSaved, CommandAck, EvalMetrics, StateChanged, StepMetrics
 from nanxi_tune.engine.run.recorder import Recorder
 from nanxi_tune.engine.run.runctl import Command, Op
@@ -48,7 +49,7 @@ class FakeTrainer:
         owner = runctl.RunOwner.acquire(self.run_dir)
         C.save(self.cfg, self.run_dir / rundir.CONFIG)
         self._rec = Recorder(self.run_dir)
-        self._owner, self._inbox = owner, runctl.Inbox(self.run_dir)
+        self._owner, self._inbox = owner, control.Inbox(self.run_dir)
         try:
             self._state("running")
             while self.step < self.total_steps:

@@ -12,6 +12,7 @@ from textual.widgets import TabbedContent
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine.run import rundir, runctl
+from nanxi_tune.engine.run import listing
 from nanxi_tune.engine.workflows.study import is_study
 from nanxi_tune.engine.run.runctl import Op
 from nanxi_tune.tui.config_form import ConfigForm
@@ -233,7 +234,7 @@ class RunActions:
             return Path(key)
         if self.run_dir is not None:
             return self.run_dir
-        runs = runctl.list_runs(self.runs_root)
+        runs = listing.list_runs(self.runs_root)
         return Path(runs[0].path) if runs else None
 
     def live_prefill(self, ran: C.Config) -> str:

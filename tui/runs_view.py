@@ -83,10 +83,10 @@ class RunsPane(Vertical):
 
     @work(thread=True, exclusive=True, group="runs-list", exit_on_error=False)
     def _list_runs(self, root: Path) -> None:
-        from nanxi_tune.engine.run import runctl
+        from nanxi_tune.engine.run import listing
 
         try:
-            runs = runctl.list_runs(root)
+            runs = listing.list_runs(root)
         except Exception as err:  # noqa: BLE001
             self.app.call_from_thread(self.app.notify, f"cannot list runs: {err}", severity="error")
             return

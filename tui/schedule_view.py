@@ -18,14 +18,15 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, Static
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine.run import rundir, runctl
+from nanxi_tune.engine.run import rundir
+from nanxi_tune.engine.run import listing
 from nanxi_tune.engine.workflows import schedule as SCH
 from nanxi_tune.tui.post_view import TunePostScreen
 from nanxi_tune.tui.sweep_view import ConfigApplied, SweepScreen
 
 
 def newest_trained_run(root: Path) -> Path | None:
-    runs = [r.path for r in runctl.list_runs(root) if rundir.best_checkpoint(r.path).exists()
+    runs = [r.path for r in listing.list_runs(root) if rundir.best_checkpoint(r.path).exists()
             or rundir.last_checkpoint(r.path).exists()]
     return runs[0] if runs else None
 

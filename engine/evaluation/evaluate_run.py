@@ -10,7 +10,8 @@ import torch
 from ..run import checkpoint as ckpt_io
 from .. import config as C
 from ..run import rundir
-from ..data.dataset import eval_dataset, make_loader
+from ..data.dataset import eval_dataset
+from ..data.loader import make_loader
 from .evaluate import evaluate
 from ..model.detector import build_model
 from ..run.device import pick_device

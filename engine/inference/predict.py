@@ -17,7 +17,8 @@ import torch
 from .. import config as C
 from ..run import rundir
 from ..run.checkpoint import CheckpointError
-from ..data.dataset import UNREADABLE, CocoDetection, collate, load_rgb, make_loader
+from ..data.dataset import UNREADABLE, CocoDetection, load_rgb
+from ..data.loader import collate, make_loader
 from ..model.decode import decode
 from ..run.device import pick_device
 from ..evaluation.evaluate import to_coco_results

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import recorder, runctl
+from . import control
 from .events import CommandAck, RunState, StateChanged
 from .runctl import Command, Op
 
@@ -20,7 +21,7 @@ class Job:
     def __init__(self, folder: Path | str, what: str):
         self.folder, self.what = Path(folder), what
         self.owner = runctl.RunOwner.acquire(self.folder)
-        self.inbox = runctl.Inbox(self.folder)
+        self.inbox = control.Inbox(self.folder)
         self.stopped = threading.Event()
         self.acked_stop = False
         self._trainer: Any = None
@@ -52,7 +53,7 @@ class Job:
     def _serve(self) -> None:
         while not self._done.wait(POLL_S):
             for cmd in self.inbox.take():
-                if isinstance(cmd, runctl.Rejected):
+                if isinstance(cmd, control.Rejected):
                     recorder.append(self.folder, cmd.event(self.owner.info.step))
                     continue
                 applied, message = self._apply(cmd)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from .. import config as C
 from ..files import RecordError
 from ..run import rundir, runctl
+from ..run import control
 from ..run.events import CommandAck, RunState
 from ..run.runctl import Command, Op
 
@@ -28,7 +29,7 @@ class Commands:
         self.stop = threading.Event()
         self.paused = threading.Event()
         self.wake = threading.Event()  # cuts a paused wait short
-        self.inbox = runctl.Inbox(trainer.run_dir)
+        self.inbox = control.Inbox(trainer.run_dir)
         self.deferred: list[Command] = []  # commands met during an evaluation, applied after it
 
     # --- in-process requests (signals, the TUI's thread): thread-safe --------------------------------------------
@@ -74,7 +75,7 @@ class Commands:
         t = self.t
         pending, self.deferred = self.deferred + self.take(), []
         for cmd in pending:
-            if isinstance(cmd, runctl.Rejected):  # never guessed at
+            if isinstance(cmd, control.Rejected):  # never guessed at
                 t.emit(cmd.event(t.step))
                 continue
             try:

@@ -111,7 +111,7 @@ def _val_pictures(trainer) -> list[np.ndarray]:
     engine.inference.predict's own resize → model → decode → original-pixel path, on the weights in memory."""
     from PIL import Image
 
-    from ..data.dataset import collate
+    from ..data.loader import collate
     from ..inference.draw import draw
     from ..inference.predict import Predictor
 

@@ -20,7 +20,8 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from .. import config as C
-from ..data.dataset import EpochSampler, eval_dataset, eval_indices, first_skips, make_loader, train_dataset
+from ..data.dataset import eval_dataset, train_dataset
+from ..data.loader import EpochSampler, eval_indices, first_skips, make_loader
 from ..diagnosis import pins
 from ..diagnosis.rulebook import lower_lr
 from ..diagnosis.watcher import Watcher

@@ -73,7 +73,7 @@ def search(fits: Callable[[int], bool], start: int = 1, limit: int = MAX_BATCH) 
 def _sample_batch(ds, n: int):
     import torch
 
-    from ..data.dataset import collate
+    from ..data.loader import collate
 
     base = [ds[(0, i % len(ds))] for i in range(min(n, len(ds)))]
     items = [base[i % len(base)] for i in range(n)]

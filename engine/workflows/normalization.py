@@ -31,7 +31,7 @@ class ChannelStats:
 
 def sample_keys(n_images: int, seed: int, samples: int) -> Iterator[tuple[int, int]]:
     """The (epoch, index) keys a run draws, in order: epoch 0's shuffled order, then epoch 1's, …"""
-    from ..data.dataset import EpochSampler
+    from ..data.loader import EpochSampler
 
     epoch, left = 0, samples
     while left > 0:

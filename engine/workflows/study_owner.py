@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..run import rundir, runctl
+from ..run import control
 from ..run.events import Callback, CommandAck, Error, Event, RunState, StateChanged, null_callback
 from ..run.runctl import Command, Op
 from .study import STUDY_KEYS, Study, StudyError, StudySpec, value_name
@@ -107,7 +108,7 @@ class StudyOwner:
 
         self.owner = runctl.RunOwner.acquire(self.folder)
         self.recorder = Recorder(self.folder)
-        self.inbox = runctl.Inbox(self.folder)
+        self.inbox = control.Inbox(self.folder)
         try:
             self._set_state(RunState.RUNNING, "started")
             self.study.set_control("running")
@@ -235,7 +236,7 @@ class StudyOwner:
     # --- control ----------------------------------------------------------------------------------------------------
     def _apply_commands(self) -> None:
         for cmd in self.inbox.take():
-            if isinstance(cmd, runctl.Rejected):
+            if isinstance(cmd, control.Rejected):
                 self._emit(cmd.event(self._done()))
                 continue
             try:

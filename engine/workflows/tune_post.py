@@ -68,7 +68,7 @@ def cache_outputs(run_dir: Path | str, which: str = "best", device: str | None =
     """Run the checkpoint's EMA model once over the val data and keep map/offset/shape per batch."""
     import torch
 
-    from ..data.dataset import make_loader
+    from ..data.loader import make_loader
     from ..evaluation.evaluate_run import load_ema_model
     from ..run.device import pick_device
 

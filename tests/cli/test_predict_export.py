@@ -35,7 +35,7 @@ def run(tmp_path_factory):
 
 def evaluation(run):
     """The detections and metrics of `nanxi-tune eval RUN --checkpoint last`, through engine.evaluation.evaluate itself."""
-    from nanxi_tune.engine.data.dataset import make_loader
+    from nanxi_tune.engine.data.loader import make_loader
     from nanxi_tune.engine.model.decode import decode
     from nanxi_tune.engine.evaluation.evaluate import evaluate, to_coco_results
     from nanxi_tune.engine.evaluation.evaluate_run import load_ema_model

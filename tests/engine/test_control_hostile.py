@@ -11,7 +11,9 @@ import time
 import pytest
 
 from nanxi_tune.engine.run import rundir, runctl
-from nanxi_tune.engine.run.runctl import Command, Inbox, Op, Rejected
+from nanxi_tune.engine.run import control
+from nanxi_tune.engine.run.runctl import Command, Op
+from nanxi_tune.engine.run.control import Inbox, Rejected
 
 
 def _name(i: int = 0) -> str:
@@ -64,9 +66,9 @@ def test_oversized_commands_and_senders_are_bounded(inbox):
     big = Command(Op.PAUSE, sender="x" * 1000)
     (inbox.dir / _name()).write_text(json.dumps(big.to_json()))
     (got,) = _take(inbox)
-    assert isinstance(got, Command) and len(got.sender) <= runctl.MAX_SENDER
+    assert isinstance(got, Command) and len(got.sender) <= control.MAX_SENDER
     huge = inbox.dir / _name(1)
-    huge.write_text(json.dumps(Command(Op.PAUSE, sender="y" * (2 * runctl.MAX_COMMAND_BYTES)).to_json()))
+    huge.write_text(json.dumps(Command(Op.PAUSE, sender="y" * (2 * control.MAX_COMMAND_BYTES)).to_json()))
     (got,) = _take(inbox)
     assert isinstance(got, Rejected) and "too large" in got.problem
 

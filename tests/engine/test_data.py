@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from nanxi_tune.engine.config import Config, with_updates
-from nanxi_tune.engine.data.dataset import (CocoDetection, DataError, EpochSampler, collate, eval_dataset, make_loader,
-                                    resolve, to_original, train_dataset)
+from nanxi_tune.engine.data.dataset import CocoDetection, DataError, eval_dataset, resolve, to_original, train_dataset
+from nanxi_tune.engine.data.loader import EpochSampler, collate, make_loader
 
 
 def _cfg(**updates):

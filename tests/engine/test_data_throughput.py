@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine.data.dataset import EpochSampler, make_loader, resolve_workers, train_dataset
+from nanxi_tune.engine.data.dataset import train_dataset
+from nanxi_tune.engine.data.loader import EpochSampler, make_loader, resolve_workers
 
 from conftest import tiny
 

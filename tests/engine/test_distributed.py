@@ -17,7 +17,7 @@ import torch
 
 from nanxi_tune.engine.run import checkpoint as ck
 from nanxi_tune.engine.run import rundir, runctl
-from nanxi_tune.engine.data.dataset import EpochSampler, eval_indices
+from nanxi_tune.engine.data.loader import EpochSampler, eval_indices
 from nanxi_tune.engine.run.events import MEASURED
 
 from conftest import TINY

@@ -37,9 +37,10 @@ def imports_of(top: str, name: str, path: Path, mods: dict[str, Path]) -> set[st
             else:
                 continue
             dotted = ".".join(target)
-            for a in node.names:
+            for a in node.names:  # a module, a package (its __init__), or a name of a module / package
                 full = f"{dotted}.{a.name}" if dotted else a.name
-                out.add(full if full in mods else dotted if dotted in mods else f"{dotted}.__init__")
+                init = f"{dotted}.__init__" if dotted else "__init__"
+                out.add(next((m for m in (full, f"{full}.__init__", dotted, init) if m in mods), full))
         elif isinstance(node, ast.Import):
             out |= {".".join(a.name.split(".")[2:]) for a in node.names if a.name.startswith(f"nanxi_tune.{top}.")}
     return (out & set(mods)) - {name}
@@ -89,7 +90,7 @@ def test_engine_packages_import_only_downward():
 
 def test_the_graph_sees_relative_and_deferred_imports():
     g = graph()
-    assert "run.rundir" in g["train.trainer"] and "config" in g["train.trainer"]
+    assert "run.rundir" in g["train.trainer"] and "config.__init__" in g["train.trainer"]
     assert "run.rundir" in g["run.runctl"]  # from . import rundir, inside run/
 
 
@@ -144,3 +145,33 @@ def test_the_tui_never_imports_the_command_line_and_the_command_line_only_launch
     assert not tui_to_cli, tui_to_cli
     cli_to_tui = {(f"cli/{m}", x) for m, p in modules("cli").items() for x in named(p) if x.startswith("nanxi_tune.tui")}
     assert cli_to_tui == {("cli/main", "nanxi_tune.tui.app")}, cli_to_tui
+
+
+def test_no_module_over_400_lines_and_the_trainer_reads_in_one_sitting():
+    long = [f"{top}/{m.replace('.', '/')}.py: {n}" for top in ("engine", "cli", "tui") for m, p in modules(top).items()
+            if (n := len(p.read_text().splitlines())) > 400]
+    assert not long, long
+    tree = ast.parse((ENGINE / "train" / "trainer.py").read_text())
+    (trainer,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer"]
+    assert trainer.end_lineno - trainer.lineno + 1 <= 350
+
+
+def test_every_trainer_attribute_is_set_in_init():
+    """No attribute created lazily: what the Trainer's methods, its commands (``self.t``) and its train state
+    (``t``) assign on it, __init__ set first; and nothing probes it with hasattr / getattr."""
+    def assigned(node: ast.AST, owner: str) -> set[str]:
+        return {t.attr for n in ast.walk(node) if isinstance(n, (ast.Assign, ast.AugAssign, ast.AnnAssign))
+                for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+                for t in (t.elts if isinstance(t, ast.Tuple) else [t])
+                if isinstance(t, ast.Attribute) and ast.unparse(t.value) == owner}
+
+    tree = ast.parse((ENGINE / "train" / "trainer.py").read_text())
+    (trainer,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer"]
+    init = next(f for f in trainer.body if isinstance(f, ast.FunctionDef) and f.name == "__init__")
+    in_init = assigned(init, "self")
+    later = assigned(trainer, "self") | assigned(ast.parse((ENGINE / "train" / "state.py").read_text()), "t")
+    later |= assigned(ast.parse((ENGINE / "train" / "commands.py").read_text()), "t")
+    assert later <= in_init, sorted(later - in_init)
+    probes = [ast.unparse(n) for n in ast.walk(trainer) if isinstance(n, ast.Call)
+              and ast.unparse(n.func) in ("hasattr", "getattr") and ast.unparse(n.args[0]) == "self"]
+    assert not probes, probes

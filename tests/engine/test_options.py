@@ -15,7 +15,8 @@ import torch
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine.diagnosis.watcher import run_rules
-from nanxi_tune.engine.data.dataset import eval_dataset, make_loader, resolve, train_dataset
+from nanxi_tune.engine.data.dataset import eval_dataset, resolve, train_dataset
+from nanxi_tune.engine.data.loader import make_loader
 from nanxi_tune.engine.model.decode import decode
 from nanxi_tune.engine.model.detector import build_model, count_parameters
 from nanxi_tune.engine.model.targets import build_targets

@@ -10,7 +10,7 @@ import pytest
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine.run import checkpoint as ckpt_io
 from nanxi_tune.engine.diagnosis import pins
-from nanxi_tune.engine.workflows import remedy
+from nanxi_tune.engine.workflows import lr_trial, remedy
 from nanxi_tune.engine.run import rundir
 from nanxi_tune.engine.diagnosis.rulebook import Finding
 from nanxi_tune.engine.diagnosis.watcher import Watcher, material_change
@@ -142,7 +142,7 @@ def test_lr_trial_descends_and_the_child_continues_from_the_best_trial(tmp_path,
     assert [t.value for t in seen] == values and all(t["steps"] == 3 for t in rec["trial"]["trials"])
     best = rec["trial"]["best"]
     done = {t["value"]: t["score"] for t in rec["trial"]["trials"] if t["status"] == "done"}
-    assert done[best] <= min(done.values()) * (1 + remedy.TIE)
+    assert done[best] <= min(done.values()) * (1 + lr_trial.TIE)
     assert C.load(child / rundir.CONFIG).train.base_lr == best and rec["set"] == {"train.base_lr": best}
     # the child goes on from the end of its trial: 2 epochs of the parent, then 3 trial steps, not redone
     assert ckpt_io.peek(rundir.last_checkpoint(child), "step") == 2 * SPE + 3
@@ -159,7 +159,7 @@ def test_lr_trial_descends_and_the_child_continues_from_the_best_trial(tmp_path,
     assert Trainer.resume(child).run() == "finished"
 
     # every value blowing up (the pruner cuts each): refused, nothing left behind
-    monkeypatch.setattr(remedy, "BLOWUP", 1e-6)
+    monkeypatch.setattr(lr_trial, "BLOWUP", 1e-6)
     before = set(tmp_path.iterdir())
     f2 = {**f, "step": f["step"] + 1}
     with pytest.raises(remedy.RemedyError, match="without blowing up"):

@@ -12,7 +12,8 @@ import torch
 
 from nanxi_tune.engine.run import checkpoint as ck
 from nanxi_tune.engine.run import rundir
-from nanxi_tune.engine.data.dataset import EpochSampler, make_loader, train_dataset
+from nanxi_tune.engine.data.dataset import train_dataset
+from nanxi_tune.engine.data.loader import EpochSampler, make_loader
 from nanxi_tune.engine.train.trainer import Trainer
 
 from conftest import tiny

@@ -6,7 +6,9 @@ import torch
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine.workflows import normalization as ST
-from nanxi_tune.engine.data.dataset import EpochSampler, sample_seed, train_dataset
+from nanxi_tune.engine.data.dataset import train_dataset
+from nanxi_tune.engine.data.loader import sample_seed
+from nanxi_tune.engine.data.loader import EpochSampler
 from nanxi_tune.engine.diagnosis.rules import RULES
 from conftest import tiny as base_tiny
 

@@ -8,6 +8,7 @@ import torch
 from nanxi_tune.engine.run import checkpoint as ck
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine.run import rundir, runctl
+from nanxi_tune.engine.run import listing
 from nanxi_tune.engine.train.trainer import Trainer
 
 from conftest import tiny as base_tiny
@@ -76,7 +77,7 @@ def test_run_directory_and_events(tmp_path):
     assert {"mAP", "AP50", "loss_map", "online_mAP"} <= set(val)
     assert rundir.last_checkpoint(r).exists() and rundir.best_checkpoint(r).exists()
     assert "## Results" in (r / "journal.md").read_text()
-    info = runctl.list_runs(tmp_path)[0]
+    info = listing.list_runs(tmp_path)[0]
     assert info.status.state == runctl.RunState.FINISHED and not info.status.alive and info.step == 6 and info.preset == "demo"
 
 
