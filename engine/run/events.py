@@ -187,7 +187,7 @@ class Traceback(Event):
 
 
 # Notes that readers (and the TUI's log) take as "log" lines: each is a Log with fields of its own, told apart in
-# a line by its ``tag`` field, so the line shapes that journal, runs_index and remedy read stay as they were.
+# a line by its ``tag`` field, so the line shapes that journal, records and remedy read stay as they were.
 
 @dataclass(frozen=True, kw_only=True)
 class Lineage(Log):
