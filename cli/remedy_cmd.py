@@ -126,6 +126,7 @@ def remedy(args) -> int:
         plan = R.plan(run_dir, finding, args.from_scratch, args.trial_steps)
         if args.no_trial:
             plan.pop("trial", None)
+            plan.pop("proof", None)
         if args.json:
             print(json.dumps(plan, allow_nan=True, ensure_ascii=False))
         else:
@@ -137,6 +138,10 @@ def remedy(args) -> int:
                 t = plan["trial"]
                 print(f"  trial: {R.LR} = {', '.join(f'{v:g}' for v in t['values'])} (downward, stopping once the "
                       f"loss turns worse), {t['steps']} steps each")
+            if "proof" in plan:
+                p = plan["proof"]
+                print(f"  trial: {p['steps']} steps with the change and {p['steps']} without, from the same "
+                      f"checkpoint; applied when it raises val {p['metric']}")
             if "start" in plan:
                 print(f"  child starts {plan['start']}")
         if "error" in plan:
@@ -147,6 +152,11 @@ def remedy(args) -> int:
         return _busy(run_dir)
 
     def on_trial(t) -> None:
+        if isinstance(t, R.Arm):  # a change proven against the unchanged run
+            metric = finding["remedy"].get("proof", "score")
+            s = f"val {metric} {t.score:.3f} (mAP {t.mAP:.3f})" if t.status == "done" else t.status
+            _say(f"trial {'with' if t.name == 'remedy' else 'without'} the change: {s} after {t.steps} steps")
+            return
         s = (f"held-out val loss {t.score:.4f} (mAP {t.mAP:.3f}; train loss {t.train_score:.4f})"
              if t.status == "done" else t.status)
         _say(f"trial {R.LR} = {t.value:g}: {s} after {t.steps} steps")

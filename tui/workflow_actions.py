@@ -21,14 +21,18 @@ from nanxi_tune.tui.sweep_view import ConfigApplied
 
 
 def _descent_progress(child: Path) -> str:
-    """"lr 0.0003 step 12 (trial 2)": the lr trial training now, read from the child's trials folder."""
+    """"lr trial 0.0003 step 12 (trial 2)" or "trial with the change step 12": the remedy's trial training now,
+    read from the child's trials folder."""
     from nanxi_tune.engine.run import runctl
 
-    trials = sorted((child / "trials").glob("lr-*"), key=lambda p: p.stat().st_mtime)
+    trials = sorted((p for p in (child / "trials").glob("*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
     if not trials:
         return "preparing the child…"
     st = runctl.status(trials[-1])
-    return f"lr trial {trials[-1].name.removeprefix('lr-')} step {st.step} (trial {len(trials)})"
+    name = trials[-1].name
+    if name.startswith("lr-"):
+        return f"lr trial {name.removeprefix('lr-')} step {st.step} (trial {len(trials)})"
+    return f"trial {'with' if name == 'remedy' else 'without'} the change step {st.step}"
 
 
 class WorkflowActions:

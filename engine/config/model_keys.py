@@ -68,6 +68,8 @@ class Loss(Strict):
     s_offset: float = F(0.0, "Initial log weight of the offset loss.", zh="s_offset 对数权重", ge=-10, le=10)
     s_shape: float = F(0.0, "Initial log weight of the shape loss.", zh="s_shape 对数权重", ge=-10, le=10)
     learn_log_weights: bool = F(True, "Learn s_map/s_offset/s_shape (uncertainty weighting) or keep them fixed.")
-    shape_loss: Literal["l1", "giou"] = F("l1", "Regression loss of the shape branch.")
+    shape_loss: Literal["l1", "giou"] = F("l1", "Regression loss of the shape branch (live: the weights fit either "
+                                          "loss, so a run may switch to GIoU mid-way, as the localisation-bound "
+                                          "remedy does).", live=True)
     focal_alpha: float = F(2.0, "Focal loss exponent on the prediction (CenterNet's alpha).", gt=0, le=8)
     focal_beta: float = F(4.0, "Focal loss penalty reduction exponent near peaks (CenterNet's beta).", gt=0, le=16)

@@ -56,14 +56,20 @@ def localisation_bound(cfg, h, stats):
     ap50, ap75 = last[-1].get("AP50"), last[-1].get("AP75")
     if not (finite(ap50) and finite(ap75)) or ap50 <= 0.05 or ap75 / ap50 >= cfg.diagnose.loc_ap75_ratio:
         return None
-    if cfg.loss.shape_loss != "giou":
-        set_, how = {"loss.shape_loss": "giou"}, ("start a new run with loss.shape_loss = giou: it trains the box's "
-                                                  "overlap, which AP75 measures, not each side on its own")
+    step = int(last[-1]["step"])
+    if cfg.loss.shape_loss != "giou":  # live: the run continues from this evaluation's checkpoint, proven first
+        how = (f"continue from step {step} with loss.shape_loss = giou: it trains the box's overlap, which AP75 "
+               "measures, not each side on its own (a short trial against the unchanged run proves it on AP75 first)")
+        rem = remedy({"loss.shape_loss": "giou"}, step, how, proof="AP75")
     else:
         s = round(cfg.loss.s_shape - 1.0, 3)
-        set_, how = {"loss.s_shape": s}, (f"start a new run with loss.s_shape = {s} (the shape branch weighted "
-                                          "e≈2.7× more), or a larger preprocess.input_size for objects near the "
-                                          "input's size")
+        how = (f"start a new run with loss.s_shape = {s} (the shape branch weighted e≈2.7× more), or a larger "
+               "preprocess.input_size for objects near the input's size")
+        rem = remedy({"loss.s_shape": s}, None, how)
+    return _localisation(cfg, last, ap50, ap75, rem, how)
+
+
+def _localisation(cfg, last: list[dict[str, Any]], ap50: float, ap75: float, rem: dict, how: str) -> Finding:
     ev = _evidence(last, "localisation")
     return Finding(
         "localisation-bound", "warning", TIDE,
@@ -72,7 +78,7 @@ def localisation_bound(cfg, h, stats):
         f"detections) in the last {len(last)} evaluations. The notes tune this in the shape branch (编码 shape "
         f"encoding, loss): {how}.",
         {**ev, "ratio": r(ap75 / ap50, 3), "shape_loss": cfg.loss.shape_loss, "s_shape": cfg.loss.s_shape},
-        remedy(set_, None, how), int(last[-1]["step"]))
+        rem, int(last[-1]["step"]))
 
 
 @rule("background-detections", TIDE)

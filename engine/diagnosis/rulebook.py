@@ -70,12 +70,16 @@ class Finding:
 
 
 def remedy(set_: dict[str, Any] | None = None, resume_from_step: int | None = None, text: str = "",
-           command: str = "") -> dict:
+           command: str = "", proof: str = "") -> dict:
     """What a finding proposes: config changes (``set``), where a child starts, in words, and for a remedy that is a
-    workflow rather than a config change the command that does it (``{run}``: the run folder)."""
+    workflow rather than a config change the command that does it (``{run}``: the run folder). ``proof``: the val
+    metric (a COCO key, e.g. AP75) a short trial of the change must raise against the unchanged run before the
+    remedy is applied (engine.workflows.arm_trial)."""
     out = {"set": dict(set_ or {}), "resume_from_step": resume_from_step, "text": text}
     if command:
         out["command"] = command
+    if proof:
+        out["proof"] = proof
     return out
 
 

@@ -233,6 +233,11 @@ class Detector(nn.Module):
             self.weights_source = load(self.backbone.net if tv else self.backbone, cfg.backbone.weights,
                                        cfg.backbone.name, "backbone.net." if tv else "backbone.")
 
+    def reconfigure(self, cfg: Config) -> None:
+        """A live edit: the loss reads the new config from the next step (the layers keep their weights)."""
+        self.cfg = cfg
+        self.criterion.cfg = cfg
+
     def forward(self, images: torch.Tensor, targets: dict | None = None) -> dict[str, torch.Tensor]:
         f = self.neck(self.backbone(self.input_bn(images)))
         logits = self.head_map(f)

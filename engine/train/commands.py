@@ -4,7 +4,7 @@ commands (engine.run.runctl), applied at step boundaries and between evaluation 
 ``Commands(trainer)`` needs of its Trainer: ``step``, ``run_dir``, ``dist``, ``owner``, ``emit``, ``set_state``,
 ``save``, ``evaluate_now``, ``restart_clock`` (paused time is not training time); a live edit replaces its
 ``cfg``, tells its ``watcher`` and ``plan`` (``plan_changed``) and drops its ``eval_set`` when the eval images
-change."""
+change; the model and its EMA take the new config (``reconfigure``: the loss reads it)."""
 
 from __future__ import annotations
 
@@ -128,6 +128,9 @@ class Commands:
         if t.dist.from_main(str(refused) if refused else None):  # every rank makes rank 0's choice
             raise refused or EditNotSaved("rank 0 could not save config.toml")
         t.cfg = new
+        for model in (t.model, t.ema.module if t.ema is not None else None):  # the loss of train and val steps
+            if model is not None:
+                model.reconfigure(new)
         t.watcher.set_config(new)
         if t.plan is not None and t.plan.reconfigure(new):
             t.plan_changed()

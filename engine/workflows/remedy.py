@@ -37,7 +37,8 @@ from ..run import recorder, rundir
 from ..diagnosis.rulebook import SEVERITY_RANK
 from ..run.events import Lineage, RemedyClosed, RunState
 from ..run.job import Job
-from .lr_trial import LR, Trial, TrialRun, default_trial_steps, lr_trial, trial_values, planned_steps, prepare_run
+from .arm_trial import Arm, ArmProof, prove  # noqa: F401 - remedy.Arm: what callbacks hear
+from .lr_trial import LR, TrialRun, default_trial_steps, lr_trial, trial_values, planned_steps, prepare_run
 from .rewind import RemedyError, RemedyStopped, Rewind, rewind_point, checkpoint_step
 
 REMEDY_JSON = "remedy.json"
@@ -78,13 +79,16 @@ def dismiss(run_dir: Path, finding: dict[str, Any]) -> None:
 
 def apply(run_dir: Path, finding: dict[str, Any], root: Path | None = None, *, trial: bool = True,
           trial_steps: int | None = None, allow_scratch: bool = False,
-          callback: Callable[[Trial], None] = lambda t: None, child: Path | None = None) -> Path:
+          callback: Callable[[Any], None] = lambda t: None, child: Path | None = None) -> Path:
     """Create the child run for ``finding`` (a Diagnosis event as a dict) and return its directory.
 
     An lr change is proven first by ``lr_trial`` (``trial=False`` applies the finding's own value); the child then
-    continues from the end of the best trial. The finding is closed in the parent (its pin released).
+    continues from the end of the best trial. A live change whose finding names a ``proof`` metric is tried against
+    the unchanged run (engine.workflows.arm_trial) and applied only when it wins; the child continues from the end
+    of its trial. ``callback`` hears each lr trial (Trial) or arm (Arm). The finding is closed in the parent (its
+    pin released).
 
-    While the lr trials train, this process owns the child's folder (engine.run.job): ``nanxi-tune ctl CHILD pause|
+    While the trials train, this process owns the child's folder (engine.run.job): ``nanxi-tune ctl CHILD pause|
     continue|stop`` reach the trial in progress, and a stop ends the descent (RemedyStopped) with nothing applied
     and the child's folder removed. ``child``: the folder to use (new or empty), else runs/<run>-<rule>.
     """
@@ -104,45 +108,35 @@ def apply(run_dir: Path, finding: dict[str, Any], root: Path | None = None, *, t
         raise RemedyError(f"{child} already holds a run; pick a new folder for the child")
     child = Path(child)
     proof: TrialRun | None = None
+    arms: ArmProof | None = None
     start = where
-    job: Job | None = None
+    live = all(C.is_live(k) for k in changes)
     try:
-        if trial and LR in changes and all(C.is_live(k) for k in changes):
+        if trial and LR in changes and live:
             others = {k: v for k, v in changes.items() if k != LR}
             base = C.with_updates(parent_cfg, others, f"remedy {rule}") if others else parent_cfg
-            job = Job(child, "remedy's lr trial descent")
-            try:
-                proof = lr_trial(run_dir, base, where, child / "trials", trial_steps, callback, job)
-                if job.stopped.is_set():
-                    raise RemedyStopped(f"the lr trial descent was stopped by request; nothing was applied and "
-                                        f"{run_dir.name} is as it was")
-            except BaseException as err:
-                job.close(RunState.STOPPED if isinstance(err, RemedyStopped) else RunState.FAILED, str(err))
-                if job.acked_stop:
-                    time.sleep(1.0)  # the client that asked reads its answer before the folder goes
-                raise
-            job.close(RunState.FINISHED, f"best lr {proof.best}")
-            with recorder.Recorder(child) as rec:  # the job's states and answers were for the descent, not the child
-                rec.reset()
+            proof = _in_job(child, "remedy's lr trial descent", run_dir, lambda job: lr_trial(
+                run_dir, base, where, child / "trials", trial_steps, callback, job), lambda p: f"best lr {p.best}")
             if proof.best is None:
                 tried = ", ".join(f"{t.value:g} {t.status}" for t in proof.trials)
                 raise RemedyError(f"{rule}: no lr below {parent_cfg.train.base_lr:g} trained from step {where.step} "
                                   f"without blowing up ({tried}); the run is broken before that step: start it "
                                   "again with a lower train.base_lr")
             changes[LR] = proof.best
+        elif trial and rem.get("proof") and live and where.source is not None:
+            arms = _in_job(child, "remedy's trial", run_dir, lambda job: prove(
+                run_dir, parent_cfg, changes, where, child / "trials", str(rem["proof"]), trial_steps,
+                callback, job), lambda a: a.summary())
+            if not arms.won():
+                raise RemedyError(f"{rule}: not proven, nothing was applied ({run_dir.name} is as it was): "
+                                  f"{arms.summary()}. Apply it untried with --no-trial")
         cfg = C.with_updates(parent_cfg, changes, f"remedy {rule}")
         C.save(cfg, child / rundir.CONFIG)
-        if proof is not None:
-            win = child / "trials" / f"lr-{proof.best:g}"
-            if rundir.last_checkpoint(win).exists():
-                (child / rundir.CHECKPOINTS).mkdir(exist_ok=True)
-                shutil.copyfile(rundir.last_checkpoint(win), rundir.last_checkpoint(child))
-                with recorder.Recorder(child) as rec:
-                    rec.copy_metrics(win)
-                start = Rewind(checkpoint_step(rundir.last_checkpoint(child)), where.source,
-                               where.note + f", then its best trial's {proof.trial_steps} steps")
-            for t in (child / "trials").glob("lr-*"):  # the curves stay (remedy.json); the weights go
-                shutil.rmtree(t / rundir.CHECKPOINTS, ignore_errors=True)
+        winner = (child / "trials" / f"lr-{proof.best:g}" if proof is not None else
+                  child / "trials" / "remedy" if arms is not None else None)
+        if winner is not None:
+            steps = proof.trial_steps if proof is not None else arms.steps
+            start = _continue_from(child, winner, where, f", then its {'best ' if proof else ''}trial's {steps} steps")
         else:
             prepare_run(child, cfg, where, run_dir)
     except BaseException:
@@ -152,13 +146,52 @@ def apply(run_dir: Path, finding: dict[str, Any], root: Path | None = None, *, t
     message = f"child of {run_dir.name} for {rule}: {said}, {start.note}"
     if proof is not None:
         message += f" (seven stars downward: {trial_summary(proof)})"
+    if arms is not None:
+        message += f" (proven: {arms.summary()})"
     record = {"parent": str(run_dir), "reason": rule, "finding": finding, "set": changes, "from_step": where.step,
-              "start_step": start.step, "start": start.note, "trial": proof.to_json() if proof else None}
+              "start_step": start.step, "start": start.note, "trial": proof.to_json() if proof else None,
+              "proof": arms.to_json() if arms else None}
     (child / REMEDY_JSON).write_text(json.dumps(record, indent=1, allow_nan=True), encoding="utf-8")
     recorder.append(child, Lineage(message, parent=record["parent"], reason=rule,
                                    details={k: v for k, v in record.items() if k not in ("parent", "reason")}))
     _close(run_dir, finding, "applied", f"{rule} applied: child {child.name}")
     return child
+
+
+def _in_job(child: Path, what: str, parent: Path, work: Callable[[Job], Any], done: Callable[[Any], str]) -> Any:
+    """``work(job)`` while this process owns the child's folder as a job (``ctl CHILD pause|continue|stop`` reach the
+    trial in progress); a stop ends it with nothing applied (RemedyStopped). The job's record is then cleared: its
+    states and answers were for the trials, not the child."""
+    job = Job(child, what)
+    try:
+        result = work(job)
+        if job.stopped.is_set():
+            raise RemedyStopped(f"the {what} was stopped by request; nothing was applied and {parent.name} is as it "
+                                "was")
+    except BaseException as err:
+        job.close(RunState.STOPPED if isinstance(err, RemedyStopped) else RunState.FAILED, str(err))
+        if job.acked_stop:
+            time.sleep(1.0)  # the client that asked reads its answer before the folder goes
+        raise
+    job.close(RunState.FINISHED, done(result))
+    with recorder.Recorder(child) as rec:
+        rec.reset()
+    return result
+
+
+def _continue_from(child: Path, trial: Path, where: Rewind, note: str) -> Rewind:
+    """The child continues from the end of its winning trial: its checkpoint and curve; the trials keep their curves
+    (remedy.json), not their weights."""
+    if rundir.last_checkpoint(trial).exists():
+        (child / rundir.CHECKPOINTS).mkdir(exist_ok=True)
+        shutil.copyfile(rundir.last_checkpoint(trial), rundir.last_checkpoint(child))
+        with recorder.Recorder(child) as rec:
+            rec.copy_metrics(trial)
+        where = Rewind(checkpoint_step(rundir.last_checkpoint(child)), where.source, where.note + note)
+    for t in (child / "trials").iterdir():
+        if t.is_dir():
+            shutil.rmtree(t / rundir.CHECKPOINTS, ignore_errors=True)
+    return where
 
 
 def trial_summary(proof: TrialRun) -> str:
@@ -187,10 +220,13 @@ def plan(run_dir: Path, finding: dict[str, Any], allow_scratch: bool = False,
     except RemedyError as err:
         out["error"] = str(err)
         return out
-    if LR in changes and all(C.is_live(k) for k in changes):
-        total = planned_steps(run_dir)
-        steps = trial_steps or default_trial_steps(total)
-        out["trial"] = {"values": trial_values(cfg.train.base_lr), "steps": max(1, min(steps, total - out["from_step"]))}
+    live = all(C.is_live(k) for k in changes)
+    total = planned_steps(run_dir)
+    steps = max(1, min(trial_steps or default_trial_steps(total), total - out["from_step"]))
+    if LR in changes and live:
+        out["trial"] = {"values": trial_values(cfg.train.base_lr), "steps": steps}
+    elif rem.get("proof") and live and where.source is not None:
+        out["proof"] = {"metric": rem["proof"], "steps": steps}
     return out
 
 

@@ -218,3 +218,29 @@ def test_detection_loss_reads_build_targets_sparse_heatmap():
     crit = DetectionLoss(cfg)
     a, b = crit(out, sparse), crit(out, dense)
     assert a["loss_map"].item() > 0.1 and torch.allclose(a["loss_map"], b["loss_map"], rtol=1e-5)
+
+
+def test_a_live_edit_of_the_shape_loss_reaches_the_model_and_its_ema(tmp_path, one_thread):
+    """loss.shape_loss is live: the layers fit either loss, so the localisation remedy continues a run with GIoU."""
+    from conftest import tiny
+    from nanxi_tune.engine import config as C
+    from nanxi_tune.engine.run import rundir
+    from nanxi_tune.engine.train.trainer import Trainer
+
+    assert C.is_live("loss.shape_loss")
+    t = Trainer(tiny(), tmp_path / "run")
+    t.run_dir.mkdir()
+    t._setup()
+    images = torch.rand(2, 3, t.cfg.preprocess.input_size, t.cfg.preprocess.input_size)
+    boxes = [{"boxes": torch.tensor([[4.0, 4.0, 40.0, 30.0]]), "labels": torch.tensor([0])}] * 2
+    from nanxi_tune.engine.model.targets import build_targets
+
+    targets = build_targets(boxes, t.model.num_classes, t.cfg, t.device)
+    with torch.no_grad():
+        before = float(t.model(images, targets)["loss_shape"])
+    assert t.commands.live_edit({"loss.shape_loss": "giou"}) == [["loss.shape_loss", "l1", "giou"]]
+    with torch.no_grad():
+        after = float(t.model(images, targets)["loss_shape"])
+    assert after != before and 0 <= after <= 2  # a GIoU loss per object lies in [0, 2]
+    assert t.ema.module.criterion.cfg.loss.shape_loss == "giou"  # val losses follow too
+    assert C.load(t.run_dir / rundir.CONFIG).loss.shape_loss == "giou"  # a resume continues with it

@@ -233,3 +233,60 @@ def test_lr_trials_are_ranked_on_held_out_data_and_one_upturn_does_not_end_the_d
     assert [t["value"] for t in trials] == [0.03, 0.01, 0.003, 0.001, 0.0003]  # past the upturn, not to 0.0001
     assert rec["trial"]["best"] == 0.003 and C.load(child / rundir.CONFIG).train.base_lr == 0.003
     assert all(t["score"] == held[t["value"]] and t["train_score"] is not None for t in trials)
+
+
+# --- a change proven against the unchanged run (the localisation remedy) -------------------------------------------
+
+@pytest.fixture
+def giou_rule():
+    """A rule that proposes the localisation remedy (loss.shape_loss = giou, proven on AP75) from the 2nd epoch."""
+    from nanxi_tune.engine.diagnosis.rulebook import remedy as make_remedy
+
+    def fn(cfg, h, stats):
+        if h.last_step < 4 * SPE or cfg.loss.shape_loss == "giou":
+            return None
+        return Finding("test-giou", "warning", "test", "loose boxes", {}, make_remedy(
+            {"loss.shape_loss": "giou"}, 2 * SPE, "continue with GIoU", proof="AP75"), h.last_step)
+
+    RULES["test-giou"] = Rule("test-giou", fn, "test", None)
+    yield
+    del RULES["test-giou"]
+
+
+def scored(ap75_with_giou: float, ap75_without: float):
+    """evaluate_online for the arms: AP75 by the trial's shape loss (what a real evaluation would say is the
+    question the trial answers; here each arm's answer is fixed so that either outcome is tested)."""
+    def evaluate_online(run_dir):
+        cfg = C.load(run_dir / rundir.CONFIG)
+        ap75 = ap75_with_giou if cfg.loss.shape_loss == "giou" else ap75_without
+        return {"mAP": ap75 / 2, "AP75": ap75, "loss_map": 1.0, "loss_offset": 1.0, "loss_shape": 1.0}
+    return evaluate_online
+
+
+def test_a_proven_remedy_continues_from_its_trial_and_an_unproven_one_is_refused(tmp_path, giou_rule, monkeypatch):
+    from nanxi_tune.engine.evaluation import evaluate_run
+
+    parent = tmp_path / "p"
+    assert Trainer(small(**{"train.epochs": 5}), parent).run() == "finished"
+    f = next(f for f in remedy.open_findings(parent) if f["rule"] == "test-giou")
+    plan = remedy.plan(parent, f, trial_steps=4)
+    assert plan["proof"] == {"metric": "AP75", "steps": 4} and plan["from_step"] == 2 * SPE
+
+    monkeypatch.setattr(evaluate_run, "evaluate_online", scored(0.30, 0.40))  # the change loses: nothing applied
+    before = set(tmp_path.iterdir())
+    with pytest.raises(remedy.RemedyError, match="not proven.*AP75 0.300 with the change vs 0.400 without"):
+        remedy.apply(parent, f, tmp_path, trial_steps=4)
+    assert set(tmp_path.iterdir()) == before and "test-giou" in {x["rule"] for x in remedy.open_findings(parent)}
+
+    heard = []
+    monkeypatch.setattr(evaluate_run, "evaluate_online", scored(0.45, 0.40))  # the change wins
+    child = remedy.apply(parent, f, tmp_path, trial_steps=4, callback=heard.append)
+    assert [(a.name, a.status, a.steps, a.score) for a in heard] == [("control", "done", 4, 0.40),
+                                                                     ("remedy", "done", 4, 0.45)]
+    rec = json.loads((child / remedy.REMEDY_JSON).read_text())
+    assert rec["proof"]["won"] and rec["start_step"] == 2 * SPE + 4 and "trial's 4 steps" in rec["start"]
+    assert C.load(child / rundir.CONFIG).loss.shape_loss == "giou"
+    assert ckpt_io.peek(rundir.last_checkpoint(child), "step") == 2 * SPE + 4  # the remedy arm's end
+    assert not list((child / "trials").glob("*/checkpoints/*.pt"))  # the trials keep their curves, not weights
+    t = Trainer.resume(child, max_steps=2 * SPE + 6)
+    assert t.run() == "stopped" and t.model.criterion.cfg.loss.shape_loss == "giou"
