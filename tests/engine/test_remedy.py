@@ -263,7 +263,8 @@ def scored(ap75_with_giou: float, ap75_without: float):
     return evaluate_online
 
 
-def test_a_proven_remedy_continues_from_its_trial_and_an_unproven_one_is_refused(tmp_path, giou_rule, monkeypatch):
+def test_a_proven_remedy_continues_from_its_trial_and_an_unproven_one_is_refused(tmp_path, giou_rule, monkeypatch,
+                                                                                  capsys):
     from nanxi_tune.engine.evaluation import evaluate_run
 
     parent = tmp_path / "p"
@@ -271,6 +272,9 @@ def test_a_proven_remedy_continues_from_its_trial_and_an_unproven_one_is_refused
     f = next(f for f in remedy.open_findings(parent) if f["rule"] == "test-giou")
     plan = remedy.plan(parent, f, trial_steps=4)
     assert plan["proof"] == {"metric": "AP75", "steps": 4} and plan["from_step"] == 2 * SPE
+    assert main(["remedy", str(parent), "test-giou", "--dry-run", "--trial-steps", "4"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "trial: 4 steps with the change and 4 without, from the same checkpoint; applied when it raises val AP75" in out
 
     monkeypatch.setattr(evaluate_run, "evaluate_online", scored(0.30, 0.40))  # the change loses: nothing applied
     before = set(tmp_path.iterdir())
