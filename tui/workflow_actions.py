@@ -221,8 +221,9 @@ class WorkflowActions:
 
     @work(thread=True, exclusive=True, group="remedy", exit_on_error=False)
     def _remedy_worker(self, parent: Path, finding: dict) -> None:
-        """The remedy as its own process (`nanxi-tune remedy … --no-train`): its lr trials go on if the TUI quits,
-        and F7 / `nanxi-tune ctl CHILD stop` stop them. Once the child is made, it trains here as before."""
+        """The remedy as its own process (`nanxi-tune remedy … --no-train`): its trials (the lr's, or the change
+        against the unchanged run) go on if the TUI quits, and F7 / `nanxi-tune ctl CHILD stop` stop them. Once the
+        child is made, it trains here as before."""
         import json
         import tempfile
 
@@ -250,7 +251,7 @@ class WorkflowActions:
             log.unlink(missing_ok=True)
             self.call_from_thread(self._start_child, child, finding)
         elif proc.returncode == 3:
-            self.call_from_thread(self.notify, f"{rule}: the lr trials were stopped; nothing was applied and "
+            self.call_from_thread(self.notify, f"{rule}: the remedy's trials were stopped; nothing was applied and "
                                   f"{parent.name} is as it was", title="remedy stopped", timeout=8)
         else:
             self.call_from_thread(self.notify, (said[-1] if said else f"exit {proc.returncode}") + f" (log: {log})",
