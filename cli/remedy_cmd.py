@@ -1,7 +1,8 @@
 """`nanxi-tune remedy RUN_DIR [RULE]`: apply a finding's remedy from any shell, as **r** does in the TUI.
 
-The same engine call (engine.workflows.remedy.apply): an lr change is proven by a short seven-stars trial downward from the
-run's lr before it is applied; the child run starts from the checkpoint pinned for the finding and trains in the
+The same engine call (engine.workflows.remedy.apply): an lr change is proven by a short seven-stars trial downward from
+the run's lr before it is applied, a change whose finding names a proof metric (localisation-bound: AP75) by a trial
+against the unchanged run; the child run starts from the checkpoint pinned for the finding and trains in the
 foreground to the parent's planned end (cli.drive: progress, signals, exit statuses).
 """
 
@@ -29,11 +30,12 @@ def add_parsers(sub) -> None:
     c.add_argument("--list", action="store_true", help="list the open findings and their proposals")
     c.add_argument("--dry-run", action="store_true", help="show what would change and where the child would "
                                                           "start; train and write nothing")
-    c.add_argument("--no-train", action="store_true", help="create the child (running any lr trial) but do not "
+    c.add_argument("--no-train", action="store_true", help="create the child (running any trial) but do not "
                                                            "train it; `nanxi-tune resume CHILD` trains it")
-    c.add_argument("--no-trial", action="store_true", help="apply the finding's own lr value without the trial")
-    c.add_argument("--trial-steps", type=int, metavar="N", help="steps per lr trial (default: a tenth of the run, "
-                                                                "10 to 300)")
+    c.add_argument("--no-trial", action="store_true", help="apply the finding's own change untried (no lr descent, "
+                                                           "no trial against the unchanged run)")
+    c.add_argument("--trial-steps", type=int, metavar="N", help="steps per trial, lr or change (default: a tenth of "
+                                                                "the run, 10 to 300)")
     c.add_argument("--from-scratch", action="store_true", help="when the finding's rewind checkpoint is gone, "
                                                                "start the child from step 0 instead of refusing")
     c.add_argument("--dismiss", action="store_true", help="close the finding without applying it (its pinned "
