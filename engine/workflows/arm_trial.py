@@ -14,7 +14,7 @@ from typing import Any, Callable
 from .. import config as C
 from ..diagnosis.rulebook import finite
 from ..run.job import Job
-from .lr_trial import FOREVER, default_trial_steps, planned_steps, prepare_run
+from .lr_trial import FOREVER, prepare_run, trial_length
 from .rewind import RemedyStopped, Rewind
 from .trial import train_trial
 
@@ -59,8 +59,7 @@ def prove(parent: Path, cfg: C.Config, changes: dict[str, Any], rewind: Rewind, 
           steps: int | None = None, callback: Callable[[Arm], None] = lambda a: None,
           job: Job | None = None) -> ArmProof:
     """Both arms from ``rewind`` in ``root``/control and ``root``/remedy; ``cfg`` is the parent's config."""
-    total = planned_steps(parent)
-    steps = max(1, min(steps or default_trial_steps(total), total - rewind.step))
+    steps = trial_length(parent, rewind.step, steps)
     proof = ArmProof(metric, rewind.step, steps)
     for name in ARMS:
         if job is not None and job.stopped.is_set():

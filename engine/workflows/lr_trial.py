@@ -57,6 +57,12 @@ def default_trial_steps(total_steps: int) -> int:
     return int(max(10, min(300, round(total_steps / 10))))
 
 
+def trial_length(parent: Path, from_step: int, steps: int | None = None) -> int:
+    """Steps of each remedy trial from ``from_step``: ``steps`` or the default, never past the parent's planned end."""
+    total = planned_steps(parent)
+    return max(1, min(steps or default_trial_steps(total), total - from_step))
+
+
 def trial_values(current: float, n: int = STARS) -> list[float]:
     out, v = [], current
     for _ in range(n):
@@ -136,9 +142,7 @@ def run_trial(parent: Path, cfg: C.Config, rewind: Rewind, value: float, steps: 
 def lr_trial(parent: Path, cfg: C.Config, rewind: Rewind, root: Path, steps: int | None = None,
              callback: Callable = lambda t: None, job: Job | None = None) -> TrialRun:
     """The seven stars downward from ``cfg``'s lr, from ``rewind``: trials in ``root``/lr-<value>/."""
-    total = planned_steps(parent)
-    steps = steps or default_trial_steps(total)
-    steps = max(1, min(steps, total - rewind.step))
+    steps = trial_length(parent, rewind.step, steps)
     trials: list[Trial] = []
     best: Trial | None = None
     worse = 0  # trials in a row that scored worse than the best

@@ -38,7 +38,7 @@ from ..diagnosis.rulebook import SEVERITY_RANK
 from ..run.events import Lineage, RemedyClosed, RunState
 from ..run.job import Job
 from .arm_trial import Arm, ArmProof, prove  # noqa: F401 - remedy.Arm: what callbacks hear
-from .lr_trial import LR, TrialRun, default_trial_steps, lr_trial, trial_values, planned_steps, prepare_run
+from .lr_trial import LR, TrialRun, lr_trial, prepare_run, trial_length, trial_values
 from .rewind import RemedyError, RemedyStopped, Rewind, rewind_point, checkpoint_step
 
 REMEDY_JSON = "remedy.json"
@@ -110,9 +110,9 @@ def apply(run_dir: Path, finding: dict[str, Any], root: Path | None = None, *, t
     proof: TrialRun | None = None
     arms: ArmProof | None = None
     start = where
-    live = all(C.is_live(k) for k in changes)
+    kind = trial_kind(changes, rem, where) if trial else None
     try:
-        if trial and LR in changes and live:
+        if kind == "lr":
             others = {k: v for k, v in changes.items() if k != LR}
             base = C.with_updates(parent_cfg, others, f"remedy {rule}") if others else parent_cfg
             proof = _in_job(child, "remedy's lr trial descent", run_dir, lambda job: lr_trial(
@@ -123,7 +123,7 @@ def apply(run_dir: Path, finding: dict[str, Any], root: Path | None = None, *, t
                                   f"without blowing up ({tried}); the run is broken before that step: start it "
                                   "again with a lower train.base_lr")
             changes[LR] = proof.best
-        elif trial and rem.get("proof") and live and where.source is not None:
+        elif kind == "proof":
             arms = _in_job(child, "remedy's trial", run_dir, lambda job: prove(
                 run_dir, parent_cfg, changes, where, child / "trials", str(rem["proof"]), trial_steps,
                 callback, job), lambda a: a.summary())
@@ -156,6 +156,17 @@ def apply(run_dir: Path, finding: dict[str, Any], root: Path | None = None, *, t
                                    details={k: v for k, v in record.items() if k not in ("parent", "reason")}))
     _close(run_dir, finding, "applied", f"{rule} applied: child {child.name}")
     return child
+
+
+def trial_kind(changes: dict[str, Any], rem: dict[str, Any], where: Rewind) -> str | None:
+    """Which trial proves a remedy before it is applied: "lr" (the seven stars downward) for a live change of the lr,
+    "proof" (against the unchanged run) for a live change whose finding names a metric and that resumes from a
+    checkpoint, else None (applied as it is)."""
+    if not all(C.is_live(k) for k in changes):
+        return None
+    if LR in changes:
+        return "lr"
+    return "proof" if rem.get("proof") and where.source is not None else None
 
 
 def _in_job(child: Path, what: str, parent: Path, work: Callable[[Job], Any], done: Callable[[Any], str]) -> Any:
@@ -220,13 +231,13 @@ def plan(run_dir: Path, finding: dict[str, Any], allow_scratch: bool = False,
     except RemedyError as err:
         out["error"] = str(err)
         return out
-    live = all(C.is_live(k) for k in changes)
-    total = planned_steps(run_dir)
-    steps = max(1, min(trial_steps or default_trial_steps(total), total - out["from_step"]))
-    if LR in changes and live:
-        out["trial"] = {"values": trial_values(cfg.train.base_lr), "steps": steps}
-    elif rem.get("proof") and live and where.source is not None:
-        out["proof"] = {"metric": rem["proof"], "steps": steps}
+    kind = trial_kind(changes, rem, where)
+    if kind is not None:
+        steps = trial_length(run_dir, where.step, trial_steps)
+        if kind == "lr":
+            out["trial"] = {"values": trial_values(cfg.train.base_lr), "steps": steps}
+        else:
+            out["proof"] = {"metric": rem["proof"], "steps": steps}
     return out
 
 

@@ -260,13 +260,18 @@ class Study:
         for t in self.trials():
             if t.state != TrialState.RUNNING or t.number in local_live:
                 continue
-            host, run = t.user_attrs.get("host"), t.user_attrs.get("run_dir")
-            if host == socket.gethostname() or host is None:
+            run = t.user_attrs.get("run_dir")
+            if ran_here(t.user_attrs):
                 if not run or not runctl.status(Path(run)).alive:
                     out.append(t)
             elif time.time() - float(t.user_attrs.get("heartbeat", 0)) > STALE_S:
                 out.append(t)
         return out
+
+
+def ran_here(attrs: dict[str, Any]) -> bool:
+    """A trial this machine ran (or that no worker marked yet); a worker elsewhere has its own heartbeat."""
+    return attrs.get("host") in (None, socket.gethostname())
 
 
 # --- reading a study folder (no Optuna import: the Runs tab lists many) ---------------------------------------------

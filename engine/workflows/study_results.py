@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..run import rundir, runctl
 from ..grid import slid_window
-from .study import Study
+from .study import Study, ran_here
 from ..metric_keys import BRANCH_LOSSES
 
 
@@ -73,18 +72,13 @@ def rows(study: Study) -> list[TrialResult]:
                 r.steps = max(r.steps, st.step, rundir.last_step(Path(run_dir)))
             else:
                 r.steps = max(r.steps, summarize_trial(Path(run_dir))["steps"])
-        if r.status == "running" and _local(a) and study.folder is not None:
+        if r.status == "running" and ran_here(a) and study.folder is not None:
             if owner_alive is None:
                 owner_alive = runctl.status(study.folder).alive
             if not owner_alive:  # its process died with the owner: it starts again, or resumes from a checkpoint
                 r.status = "stopped" if run_dir and rundir.last_checkpoint(Path(run_dir)).exists() else "pending"
         out.append(r)
     return sorted(out, key=lambda r: r.value)
-
-
-def _local(attrs: dict[str, Any]) -> bool:
-    """A trial this machine ran (a worker elsewhere has its own heartbeat: ``Study.orphans``)."""
-    return attrs.get("host") in (None, socket.gethostname())
 
 
 def best_row(results: list[TrialResult]) -> TrialResult | None:
