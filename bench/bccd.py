@@ -6,9 +6,15 @@ batch 16, imgsz 320, time=0.25) reached val mAP50-95 0.559, AP50 0.853 (0.30 aft
 The run is planned to fit the budget (train.time_budget_min: the end and the piecewise lr decay placed on
 the measured step time); ``--no-plan`` gives the old behaviour (decay placed on train.epochs, the wall clock
 cutting the run before it decays), for the ablation. It prints the ratio to YOLOv8n at every point of its
-curve (0.30 at 4 min, 0.50 at 10, 0.559 at 15).
+curve (0.30 at 4 min, 0.50 at 10, 0.559 at 15, by ultralytics' own val).
+
+With ``--yolo PY`` (a Python with ultralytics, in its own venv) the peers named by ``--yolo-model`` (default
+yolov8n.yaml yolo11n.yaml yolo26n.yaml) then train from scratch on the same split for the same minutes, one
+after the other, each with the whole CPU, and are scored by the same pycocotools code (``bench/peers.py``); the
+ratio to the best of them is printed at 4, 10 and the last minute.
 
     python bench/bccd.py [--minutes 15] [--no-plan] [--data ../shared/datasets/bccd] [--set key=value ...]
+                         [--yolo PY [--yolo-model yolov8n.yaml ...]]
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+import peers
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine.evaluation.evaluate_run import evaluate_run
 from nanxi_tune.engine.train.trainer import Trainer
@@ -34,6 +41,8 @@ def main() -> int:
     ap.add_argument("--run-dir", help="keep the run here (default: a temp folder)")
     ap.add_argument("--set", dest="sets", nargs="*", default=[])
     ap.add_argument("--no-plan", action="store_true", help="no time budget plan: the wall clock cuts the run")
+    ap.add_argument("--yolo", help="a Python with ultralytics: also train the peers from scratch, same minutes")
+    ap.add_argument("--yolo-model", nargs="+", default=list(peers.MODELS), help="the peers (ultralytics yaml)")
     args = ap.parse_args()
     data = Path(args.data)
     if not (data / "annotations/instances_train.json").exists():
@@ -72,8 +81,16 @@ def main() -> int:
     for at, ref in YOLO.items():
         got = max((mAP for m, _s, mAP, _a in curve if m <= at + 0.25), default=0.0)
         print(f"ratio to YOLOv8n at {at:2d} min: {got / ref:.2f} (mAP {got:.3f} vs {ref})")
-    print(f"final val mAP50-95 {final['mAP']:.3f} (AP50 {final['AP50']:.3f}) vs YOLOv8n 0.559 (AP50 0.853) "
-          f"at 15 min: ratio {final['mAP'] / 0.559:.2f}")
+    print(f"final val mAP50-95 {final['mAP']:.3f} (AP50 {final['AP50']:.3f}, AP75 {final['AP75']:.3f}) vs YOLOv8n "
+          f"0.559 (AP50 0.853) at 15 min: ratio {final['mAP'] / 0.559:.2f}", flush=True)
+    if not args.yolo:
+        return 0
+    tmp = run_dir.parent / "yolo"
+    data_yaml, val_list = peers.layout((data / "images", data / "annotations/instances_train.json"),
+                                       (data / "images", data / "annotations/instances_val.json"), tmp / "data")
+    found = {m: peers.run_peer(args.yolo, m, data_yaml, val_list, data / "annotations/instances_val.json", 320,
+                               args.minutes, tmp / m.removesuffix(".yaml")) for m in args.yolo_model}
+    peers.report([(m, {"mAP": mAP}) for m, _s, mAP, _a in curve], found, (4, 10, args.minutes))
     return 0
 
 

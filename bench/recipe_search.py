@@ -34,15 +34,17 @@ from nanxi_tune.engine.workflows.study import FOREVER
 from nanxi_tune.engine.train.trainer import Trainer
 
 
-def split_train(train_json: Path, out: Path, holdout: float, seed: int = 0) -> tuple[Path, Path]:
-    """(fit, held-out) COCO files from one COCO file: whole images, seeded, categories kept."""
+def split_train(train_json: Path, out: Path, holdout: float, seed: int = 0,
+                images: Path | None = None) -> tuple[Path, Path]:
+    """(fit, held-out) COCO files from one COCO file: whole images, seeded, categories kept. ``images``: the
+    images folder (default: ``images/`` beside the annotations' folder, the COCO layout)."""
     d = json.loads(train_json.read_text())
     ids = sorted(im["id"] for im in d["images"])
     random.Random(seed).shuffle(ids)
     held = set(ids[: max(1, round(len(ids) * holdout))])
-    images = out / "images"  # the loader looks for the images beside the annotations' folder
+    src, images = images, out / "images"  # the loader looks for the images beside the annotations' folder
     if not images.exists():
-        images.symlink_to(train_json.resolve().parents[1] / "images", target_is_directory=True)
+        images.symlink_to(Path(src or train_json.resolve().parents[1] / "images").resolve(), target_is_directory=True)
     out = out / "annotations"
     out.mkdir(exist_ok=True)
     paths = []

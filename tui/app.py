@@ -251,6 +251,9 @@ class NanxiTuneApp(RunActions, RunEvents, WorkflowActions, ConfigActions, App):
 
 def run_app(preset: str = "demo", open_run: Path | None = None, runs_root: Path = Path("runs")) -> Any:
     """Entry point used by ``nanxi-tune`` (cli/main.py opens the app through it)."""
+    from nanxi_tune.tui import pixels
+
+    pixels.detect()  # before the app owns the terminal: only then does it answer
     app = NanxiTuneApp(preset=preset, open_run=open_run, runs_root=runs_root)
     result = app.run()
     if app.exit_text:  # plain print after the screen is restored: the terminal wraps, paths copy whole

@@ -1,7 +1,8 @@
 """Predictions on screen: a run's val images with ground truth and predicted boxes, worst images first.
 
-Pixels are drawn with half blocks (▀: the top pixel as foreground, the bottom one as background), so any SSH
-terminal with colours shows the image at 80×24; the boxes' meaning is also listed in words beside it (✓ hit,
+Real pixels where the terminal draws them (Sixel or Kitty graphics, ``tui/pixels.py``), half blocks elsewhere
+(▀: the top pixel as foreground, the bottom one as background), so any SSH terminal with colours shows the
+image at 80×24; the boxes are drawn on the pixels the terminal shows; their meaning is also listed in words beside it (✓ hit,
 ✗ false, ○ missed) so nothing depends on colour alone. ←/→ move through the images, +/− the score threshold.
 Torch loads only in the worker thread that predicts.
 """
@@ -20,38 +21,20 @@ from textual.screen import Screen
 from textual.widgets import Footer, Label, Static
 
 from nanxi_tune.engine.evaluation.errors import match_image
+from nanxi_tune.tui import pixels
 
 GT_COLOUR = (255, 255, 255)  # ground truth: white, dotted; predictions: their class's colour, solid
 
 
-def half_blocks(image: Any, cols: int, rows: int) -> Text:
-    """A PIL image as ``rows`` lines of ``cols`` half-block cells (aspect kept, centred on black)."""
-    from PIL import Image
-
-    w, h = image.size
-    scale = min(cols / w, 2 * rows / h)
-    small = image.convert("RGB").resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
-    canvas = Image.new("RGB", (cols, 2 * rows))
-    canvas.paste(small, ((cols - small.width) // 2, (2 * rows - small.height) // 2))
-    px = canvas.load()
-    out = Text()
-    for y in range(rows):
-        for x in range(cols):
-            top, bottom = px[x, 2 * y], px[x, 2 * y + 1]
-            out.append("▀", style=f"rgb({top[0]},{top[1]},{top[2]}) on rgb({bottom[0]},{bottom[1]},{bottom[2]})")
-        if y < rows - 1:
-            out.append("\n")
-    return out
-
-
-def boxed(image: Any, cols: int, rows: int, gt: list, preds: list, classes: list[str]) -> Any:
-    """The image scaled to the cells' pixels with 1-pixel boxes on it (a box drawn before scaling would vanish)."""
+def boxed(image: Any, px_w: int, px_h: int, gt: list, preds: list, classes: list[str]) -> Any:
+    """The image scaled to fit ``px_w × px_h`` (the cells' pixels) with 1-pixel boxes on it (a box drawn before
+    scaling would vanish)."""
     from PIL import Image, ImageDraw
 
     from nanxi_tune.engine.inference.draw import colour
 
     w, h = image.size
-    scale = min(cols / w, 2 * rows / h)
+    scale = min(px_w / w, px_h / h)
     small = image.convert("RGB").resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
     d = ImageDraw.Draw(small)
     for box in gt:
@@ -89,7 +72,7 @@ class PredictionsScreen(Screen):
         yield Label(f"[b]Predictions[/b] — {self.run_dir.name} ({self.which}.pt, val): worst images first", id="pred-title")
         yield Static("predicting on the val images…", id="pred-info")
         with Horizontal(id="pred-body"):
-            yield Static("", id="pred-image")
+            yield pixels.image_widget("pred-image")
             yield Static("", id="pred-list")
         yield Footer(compact=True)
 
@@ -154,8 +137,9 @@ class PredictionsScreen(Screen):
         image_w = max(20, self.app.size.width - 34)
         image_h = max(6, self.app.size.height - 5)
         preds = [(pr.boxes[i], pr.names[i]) for i in m.kept]
-        small = boxed(item["image"], image_w, image_h, item["gt"], preds, self.class_names)
-        self.query_one("#pred-image", Static).update(half_blocks(small, image_w, image_h))
+        cw, ch = pixels.cell_pixels()
+        small = boxed(item["image"], image_w * cw, image_h * ch, item["gt"], preds, self.class_names)
+        pixels.show(self.query_one("#pred-image"), small, image_w, image_h)
         lines = Text()
         for i, ok in zip(m.kept, m.hit):
             lines.append(f"{'✓' if ok else '✗'} {pr.names[i]} {pr.scores[i]:.2f}\n",

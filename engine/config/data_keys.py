@@ -109,6 +109,12 @@ class Augment(Strict):
     min_iou_set: tuple[float, ...] = F((0.1, 0.3, 0.5, 0.7, 0.9), "IoU thresholds the crop samples from.")
     random_flip: float = F(0.5, "Horizontal flip probability.", zh="随机翻转 RandomFlip",
                            note="Record 1: TTFNet without RandomFlip dropped to 0.342", ge=0, le=1)
+    zoom_out: float = F(1.0, "Scale jitter: half the samples are placed at a random spot of a canvas up to this "
+                        "many times their side (torchvision RandomZoomOut, the mean colour around), so objects "
+                        "shrink by up to 1/zoom_out; 1 = off.", zh="随机缩小 RandomZoomOut", ge=1, le=4)
+    clean_last: float = F(0.0, "The last fraction of the planned steps trains without augmentation (as "
+                          "Ultralytics closes mosaic for its last epochs), from the first epoch that starts there.",
+                          zh="最后阶段不增广", ge=0, le=1)
 
     @field_validator("min_iou_set")
     @classmethod

@@ -308,6 +308,9 @@ class CocoDetection(torch.utils.data.Dataset):
             steps.append(MinIoURandomCrop(sampler_options=[0.0, *a.min_iou_set, 1.0]))
         if a.random_flip > 0:
             steps.append(v2.RandomHorizontalFlip(p=a.random_flip))
+        if a.zoom_out > 1:
+            fill = [round(255 * m) for m in self.cfg.normalize.mean]  # 0 after normalisation, as the padding
+            steps.append(v2.RandomZoomOut(fill={tv_tensors.Image: fill, "others": 0}, side_range=(1.0, a.zoom_out)))
         if not steps:
             return img, boxes, labels
         steps.append(v2.SanitizeBoundingBoxes(min_size=1.0))

@@ -34,13 +34,14 @@ class EpochSampler(torch.utils.data.Sampler):
     sees with N× the batch. ``start`` counts global samples."""
 
     def __init__(self, n: int, seed: int, epoch: int = 0, start: int = 0, shuffle: bool = True,
-                 rank: int = 0, world: int = 1, batch: int = 1):
+                 rank: int = 0, world: int = 1, batch: int = 1, augment: bool = True):
         if not 0 <= start <= n:
             raise ValueError(f"start must be between 0 and n = {n}, got {start}")
         if not 0 <= rank < world:
             raise ValueError(f"rank must be between 0 and world - 1 = {world - 1}, got {rank}")
         self.n, self.seed, self.epoch, self.start, self.shuffle = n, seed, epoch, start, shuffle
         self.rank, self.world, self.batch = rank, world, batch
+        self.augment = augment  # False: plain indices, which the dataset reads without augmentation
 
     def order(self) -> list[int]:
         if not self.shuffle:
@@ -61,7 +62,7 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         epoch = self.epoch
-        return iter([(epoch, i) for i in self._indices()])
+        return iter([(epoch, i) if self.augment else i for i in self._indices()])
 
     def __len__(self) -> int:
         if self.world == 1:

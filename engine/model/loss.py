@@ -8,6 +8,9 @@
   ``log_wh``), summed over channels, / ``num_pos``; or GIoU between the box decoded at the
   ground-truth centre and the ground-truth box, summed over centre cells, / ``num_pos``
   (so it lies in [0, 2], independent of box size and stride).
+* ``loss.shape_samples = gaussian`` (TTFNet): the shape loss also reads every cell of each object's Gaussian
+  window, weighted by the Gaussian (summing to 1 an object), each decoded around the object's centre; still
+  / ``num_pos``, so its scale is the centre-only loss's.
 * total = loss_scale × Σ_i (exp(−s_i)·L_i + s_i), with s_map, s_offset, s_shape the log
   weights (uncertainty weighting). They are always ``nn.Parameter``s, so the state_dict
   has the same keys whatever ``loss.learn_log_weights`` says; when it is false they are
@@ -101,10 +104,23 @@ def decode_at_centres(shape_pred: torch.Tensor, targets: dict, cfg: Config) -> t
 
 
 def giou_shape_loss(shape_pred: torch.Tensor, targets: dict, cfg: Config) -> torch.Tensor:
-    boxes = decode_at_centres(shape_pred, targets, cfg)
+    if "reg_index" in targets:  # loss.shape_samples = gaussian
+        shp = at_centres(shape_pred, targets["reg_index"]).float()
+        boxes = encoding.decode_shape(targets["reg_centre"], shp, cfg.neck.out_stride, cfg.encode.shape)
+        target, weight = targets["reg_box"].float(), targets["reg_weight"]
+    else:
+        boxes, target, weight = decode_at_centres(shape_pred, targets, cfg), targets["pos_box"].float(), None
     if boxes.numel() == 0:
         return shape_pred.float().sum() * 0.0
-    return generalized_box_iou_loss(boxes, targets["pos_box"].float(), reduction="none").sum() / targets["num_pos"]
+    loss = generalized_box_iou_loss(boxes, target, reduction="none")
+    return (loss if weight is None else loss * weight).sum() / targets["num_pos"]
+
+
+def l1_shape_loss(shape_pred: torch.Tensor, targets: dict) -> torch.Tensor:
+    if "reg_index" not in targets:
+        return _l1(shape_pred, targets["pos_shape"], targets["pos_index"], targets["num_pos"])
+    diff = (at_centres(shape_pred, targets["reg_index"]).float() - targets["reg_shape"]).abs().sum(1)
+    return (diff * targets["reg_weight"]).sum() / targets["num_pos"]
 
 
 class DetectionLoss(nn.Module):
@@ -136,7 +152,7 @@ class DetectionLoss(nn.Module):
         if cfg.loss.shape_loss == "giou":
             loss_shape = giou_shape_loss(outputs["shape"], targets, cfg)
         else:
-            loss_shape = _l1(outputs["shape"], targets["pos_shape"], targets["pos_index"], num_pos)
+            loss_shape = l1_shape_loss(outputs["shape"], targets)
         return {"loss_map": loss_map, "loss_offset": loss_offset, "loss_shape": loss_shape}
 
     def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -9,6 +9,11 @@
   **When several objects share a centre cell, the one with the smaller box area wins** (ties: the
   first in batch order) — small objects have no other cell, large ones are still found by their heatmap.
 * ``num_pos``: number of positive cells (clamped >= 1), a float scalar.
+* ``reg_*`` (only with ``loss.shape_samples = gaussian``, TTFNet's regression samples): every cell of an
+  object's Gaussian window also learns its shape, as seen from the object's centre (so decoding at the peak
+  is unchanged): ``reg_index`` (flat into (B, H, W)), ``reg_centre`` (the object's centre, cells),
+  ``reg_shape``, ``reg_box`` and ``reg_weight`` (the Gaussian, summing to 1 over each object's cells, so the
+  shape loss stays a mean over objects). A cell shared by objects goes to the smaller one, as above.
 
 ``build_targets`` is vectorised over all objects of the batch (Gaussians as a ragged list of window
 cells, deduplicated with ``unique`` and combined with ``scatter_reduce(amax)``) and returns everything
@@ -153,7 +158,26 @@ def _build(targets: list[dict], num_classes: int, cfg, device) -> dict[str, torc
     out["pos_index"] = pos[win]
     out["pos_offset"], out["pos_shape"], out["pos_box"] = off[win].float(), shp[win].float(), boxes[win]
     out["num_pos"] = torch.tensor(float(max(len(win), 1)), device=device)
+    if cfg.loss.shape_samples == "gaussian":
+        cell_at = torch.stack([x0.index_select(0, obj) + col, y0.index_select(0, obj) + row], 1)
+        out.update(_gaussian_samples(obj, bidx.index_select(0, obj) * HW + cell_at[:, 1] * H + cell_at[:, 0],
+                                     val, rank.index_select(0, obj), N, boxes, shp, stride))
     return out
+
+
+def _gaussian_samples(obj: torch.Tensor, cells: torch.Tensor, val: torch.Tensor, rank: torch.Tensor, N: int,
+                      boxes: torch.Tensor, shp: torch.Tensor, stride: int) -> dict[str, torch.Tensor]:
+    """The ``reg_*`` samples from the heatmap's window cells (``obj``: their object, ``cells``: flat (B, H, W),
+    ``val``: the Gaussian there, ``rank``: the object's area rank, smallest first)."""
+    key = torch.sort(cells * N + rank)  # by cell, then rank: the smallest object of each cell wins
+    first = torch.ones_like(key.values, dtype=torch.bool)
+    first[1:] = key.values[1:] // N != key.values[:-1] // N
+    keep = key.indices[first]
+    o = obj[keep]
+    g = val[keep]
+    total = torch.zeros(N, device=g.device).index_add_(0, o, g)
+    return {"reg_index": cells[keep], "reg_centre": encoding.centres(boxes, stride)[o].float(),
+            "reg_shape": shp[o].float(), "reg_box": boxes[o], "reg_weight": g / total[o].clamp(min=1e-12)}
 
 
 def build_targets_loop(targets: list[dict], num_classes: int, cfg, device) -> dict[str, torch.Tensor]:

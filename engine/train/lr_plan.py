@@ -44,6 +44,11 @@ def lr_for(cfg: C.Config, step: int, milestones: list[int]) -> float:
     return lr
 
 
+def clean_from(cfg: C.Config, total_steps: int) -> int:
+    """The first step of augment.clean_last's stretch without augmentation (``total_steps`` when it is off)."""
+    return math.ceil((1.0 - cfg.augment.clean_last) * total_steps)
+
+
 def budget_seconds(cfg: C.Config) -> float:
     """The run's time budget in seconds (0 = off), never above budget.max_days."""
     if not cfg.train.time_budget_min:

@@ -41,7 +41,7 @@ from ..run.recorder import Recorder
 from . import state, tboard
 from .commands import Commands
 from .failures import classify
-from .lr_plan import LrPlan
+from .lr_plan import LrPlan, clean_from
 from .optim import ema_and_optimizer, ema_l2
 
 
@@ -220,9 +220,15 @@ class Trainer:
             self.evaluate_now()  # the evaluation a stop interrupted: redone before training on
         while self.step < self.total_steps:
             self.epoch, position = divmod(self.step, self.steps_per_epoch)
+            # augment.clean_last: an epoch that starts in the run's last stretch trains on plain samples
+            clean = clean_from(self.cfg, self.total_steps)
+            augment = self.epoch * self.steps_per_epoch < clean
+            if not augment and position == 0 and (self.epoch - 1) * self.steps_per_epoch < clean:
+                self.emit(Log(f"augment.clean_last: from step {self.step} to the end ({self.total_steps}) the "
+                              "samples are not augmented"))
             sampler = EpochSampler(len(self.train_set), self.cfg.train.seed, self.epoch,
                                    start=position * bs * self.dist.world, rank=self.dist.rank,
-                                   world=self.dist.world, batch=bs)
+                                   world=self.dist.world, batch=bs, augment=augment)
             loader = make_loader(self.train_set, sampler, bs, self.cfg.data.workers, self.device.type,
                                  drop_last=True)
             for images, targets in loader:

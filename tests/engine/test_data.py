@@ -372,3 +372,27 @@ def test_eval_dataset_modes(tmp_path, monkeypatch):
     img, tgt = rsr[0]
     assert img.shape == (3, 64, 64) and tgt["image_id"] == rsr.ids[0]
     assert rsr.class_names == ["circle", "square", "triangle"]
+
+
+def test_zoom_out_shrinks_some_samples_never_grows_and_fills_with_the_mean(shapes):
+    img_dir, ann = shapes
+    base = {"augment.min_iou_random_crop": False, "augment.random_flip": 0.0}
+    zoom = CocoDetection(ann, img_dir, _cfg(**base, **{"augment.zoom_out": 3.0}), train=True)
+    plain = CocoDetection(ann, img_dir, _cfg(**base), train=True)
+    ratios = []
+    for epoch in range(4):
+        for i in range(4):
+            _, tz = zoom[(epoch, i)]
+            _, tp = plain[(epoch, i)]
+            side = lambda t: (t["boxes"][:, 2:] - t["boxes"][:, :2]).clamp(min=0).prod(1).sqrt()
+            if len(tz["boxes"]) == len(tp["boxes"]):
+                ratios += (side(tz) / side(tp)).tolist()
+    assert max(ratios) <= 1.0 + 1e-4 and min(ratios) < 0.7  # shrunk by up to 1/3, never grown
+    assert sum(r > 0.999 for r in ratios) > 0  # about half the samples are left as they were
+    off = CocoDetection(ann, img_dir, _cfg(**base, **{"augment.zoom_out": 1.0}), train=True)
+    assert torch.equal(off[(1, 2)][0], plain[(1, 2)][0])
+
+
+def test_epoch_sampler_without_augmentation_yields_plain_indices():
+    keys = list(EpochSampler(10, seed=5, epoch=3, augment=False))
+    assert keys == [i for _, i in EpochSampler(10, seed=5, epoch=3)]  # same order, int keys: not augmented

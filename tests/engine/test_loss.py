@@ -244,3 +244,31 @@ def test_a_live_edit_of_the_shape_loss_reaches_the_model_and_its_ema(tmp_path, o
     assert after != before and 0 <= after <= 2  # a GIoU loss per object lies in [0, 2]
     assert t.ema.module.criterion.cfg.loss.shape_loss == "giou"  # val losses follow too
     assert C.load(t.run_dir / rundir.CONFIG).loss.shape_loss == "giou"  # a resume continues with it
+
+
+@pytest.mark.parametrize("shape_loss", ["l1", "giou"])
+def test_gaussian_samples_zero_when_every_cell_is_right_and_scale_of_centre_loss(shape_loss):
+    """With loss.shape_samples = gaussian the shape loss reads each object's window cells: zero when every
+    cell predicts its object's shape, a Gaussian-weighted mean over objects otherwise (the centre loss's scale)."""
+    from nanxi_tune.engine.model.targets import build_targets
+
+    boxes = [torch.tensor([[4.0, 4.0, 60.0, 56.0]])]
+    cfgs = {s: cfg_with(**{"loss.shape_loss": shape_loss, "loss.shape_samples": s, "encode.shape": "wh"})
+            for s in ("centre", "gaussian")}
+    batch = [{"boxes": boxes[0], "labels": torch.tensor([0])}]
+    t = {s: build_targets(batch, 2, c, "cpu") for s, c in cfgs.items()}
+    H = cfgs["centre"].preprocess.input_size // cfgs["centre"].neck.out_stride
+    wh = t["centre"]["pos_shape"][0]
+    right = torch.zeros(1, 2, H, H) + wh.view(1, 2, 1, 1)  # every cell predicts the object's size
+    outs = {"map": torch.full((1, 2, H, H), 0.5), "offset": torch.zeros(1, 2, H, H), "shape": right}
+    for s, c in cfgs.items():
+        assert DetectionLoss(c)(outs, t[s])["loss_shape"].item() == pytest.approx(0.0, abs=1e-5)
+    # only the centre cell right: the centre loss is zero, the Gaussian one is not
+    wrong = right * 0.5
+    cell = t["centre"]["pos_index"][0]
+    wrong.view(1, 2, -1)[0, :, cell] = wh
+    out2 = {**outs, "shape": wrong}
+    assert DetectionLoss(cfgs["centre"])(out2, t["centre"])["loss_shape"].item() == pytest.approx(0.0, abs=1e-5)
+    g = DetectionLoss(cfgs["gaussian"])(out2, t["gaussian"])["loss_shape"].item()
+    half = DetectionLoss(cfgs["centre"])({**outs, "shape": right * 0.5}, t["centre"])["loss_shape"].item()
+    assert 0 < g < half  # a weighted mean of zero (centre) and the half-size error elsewhere

@@ -170,3 +170,27 @@ def test_targets_move_to_device_and_keep_inputs():
     t = build_targets(batch, 1, cfg, torch.device("cpu"))
     assert all(v.device.type == "cpu" for v in t.values())
     assert torch.equal(batch[0]["boxes"], boxes)
+
+
+def test_gaussian_samples_cover_each_window_once_smaller_object_first():
+    """loss.shape_samples = gaussian (TTFNet): every window cell is a sample of one object, the smaller one where
+    windows meet; each object's weights sum to 1; its centre cell is one of its samples."""
+    cfg = with_updates(_cfg(128, 4), {"loss.shape_samples": "gaussian"})
+    big, small = [8.0, 8.0, 120.0, 100.0], [40.0, 40.0, 56.0, 52.0]  # small sits inside big's window
+    t = build_sparse([{"boxes": torch.tensor([big, small]), "labels": torch.tensor([0, 1])}], 2, cfg, "cpu")
+    assert len(torch.unique(t["reg_index"])) == len(t["reg_index"])
+    heat_cells = torch.unique(t["heat_index"] % (32 * 32))
+    assert torch.equal(torch.sort(t["reg_index"]).values, heat_cells)  # one image: the union of the windows
+    for box in (big, small):
+        mine = (t["reg_box"] == torch.tensor(box)).all(1)
+        assert t["reg_weight"][mine].sum().item() == pytest.approx(1.0, abs=1e-5)
+        centre = ((box[0] + box[2]) / 8, (box[1] + box[3]) / 8)
+        assert torch.allclose(t["reg_centre"][mine], torch.tensor(centre))
+        cell = int(centre[1]) * 32 + int(centre[0])
+        assert cell in t["reg_index"][mine].tolist()
+    small_cells = set(t["reg_index"][(t["reg_box"] == torch.tensor(small)).all(1)].tolist())
+    small_window = {int(i) for i in t["heat_index"] if i // (32 * 32) == 1}  # class 1 is the small one's
+    assert small_cells == {i % (32 * 32) for i in small_window}
+    # the centre-only targets are unchanged, and carry no reg_* samples
+    plain = build_sparse([{"boxes": torch.tensor([big, small]), "labels": torch.tensor([0, 1])}], 2, _cfg(128, 4), "cpu")
+    assert "reg_index" not in plain and torch.equal(plain["pos_index"], t["pos_index"])

@@ -166,3 +166,22 @@ def test_a_finding_reported_before_a_resume_is_not_reported_again(tmp_path):
     assert len(fired()) == 1 and fired()[0]["step"] <= 8
     assert Trainer.resume(run).run() == "finished"
     assert len(fired()) == 1
+
+
+def test_clean_last_trains_the_last_stretch_on_plain_samples(tmp_path, monkeypatch):
+    """augment.clean_last = 0.34 on 3 epochs of 6 steps: the last epoch (from step 12) reads int keys only."""
+    from nanxi_tune.engine.data import dataset as D
+
+    seen: list = []
+    real = D.CocoDetection.__getitem__
+    monkeypatch.setattr(D.CocoDetection, "__getitem__",
+                        lambda self, key: (self.train and seen.append(key), real(self, key))[1])
+    logs = []
+    cfg = tiny(**{"augment.clean_last": 0.34, "eval.interval": 100})
+    t = Trainer(cfg, tmp_path / "run", lambda e: logs.append(e.message) if e.kind == "log" else None)
+    assert t.run() == "finished"
+    augmented = [k for k in seen if isinstance(k, tuple)]
+    bs = cfg.data.batch_size
+    assert {e for e, _ in augmented} == {0, 1} and len(augmented) == 12 * bs
+    assert len(seen) - len(augmented) == 6 * bs  # the last epoch: int keys, no augmentation
+    assert any("augment.clean_last: from step 12" in m for m in logs)

@@ -258,3 +258,42 @@ def test_a_new_score_threshold_keeps_the_image_shown():
             assert "image 1/2 000002.png" in info and "score ≥ 0.25" in info and "8 errors" in info, info
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("found", ["sixel", "kitty"])
+def test_predictions_use_real_pixels_where_the_terminal_draws_them(found, monkeypatch):
+    """A terminal that answered Sixel / Kitty graphics at start-up gets textual-image's widget, fed the boxed image at
+    the cells' pixel size (here 10×20 px a cell); the list in words is the same."""
+    import asyncio
+
+    from textual_image.widget import SixelImage, TGPImage
+
+    from nanxi_tune.tui import pixels
+
+    monkeypatch.setattr(pixels, "cell_pixels", lambda: (10, 20))
+    pixels.set_found(pixels.Pixels(found))
+
+    async def go():
+        app = NanxiTuneApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await show_predictions(pilot)
+            widget = app.screen.query_one("#pred-image")
+            assert isinstance(widget, SixelImage if found == "sixel" else TGPImage)
+            cols, rows = 80 - 34, 24 - 5
+            assert max(widget.image.width / (cols * 10), widget.image.height / (rows * 20)) == pytest.approx(1, abs=0.01)
+            assert "✓ circle 0.91" in str(app.screen.query_one("#pred-list").render())
+
+    try:
+        asyncio.run(go())
+    finally:
+        pixels.set_found(pixels.Pixels.HALF_BLOCKS)
+
+
+def test_pixels_are_half_blocks_without_a_terminal_or_when_asked(monkeypatch):
+    """No terminal to ask (tests, pipes) or NANXI_TUNE_PIXELS=halfblocks: half blocks, and no query is written."""
+    from nanxi_tune.tui import pixels
+
+    assert pixels.detect() is pixels.Pixels.HALF_BLOCKS  # pytest's stdout is not a terminal
+    monkeypatch.setenv(pixels.ENV, "halfblocks")
+    monkeypatch.setattr("sys.__stdout__.isatty", lambda: True, raising=False)
+    assert pixels.detect() is pixels.Pixels.HALF_BLOCKS and pixels.cell_pixels() == (1, 2)
