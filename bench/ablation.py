@@ -1,8 +1,9 @@
 """One lever at a time, at the full wall-clock budget, scored on a held-out slice of train (never val).
 
 The bccd preset trains for ``--minutes`` (planned on the budget, as ``bench/bccd.py`` does) once unchanged and
-once per lever (``--lever NAME:key=value,key=value``; default: the levers of the detector issue — TTFNet's
-Gaussian-area shape samples, zoom-out scale jitter, a clean last stretch without augmentation). The train split
+once per lever (``--lever "NAME:key=value;key=value"``; default: the levers of the detector issue — TTFNet's
+Gaussian-area shape samples, zoom-out scale jitter, a clean last stretch without augmentation, the lr decay placed
+later for a run still improving). The train split
 is cut once, seeded, into a fit part and a held-out part (``bench/recipe_search.split_train``); every run fits
 on the first and is scored with pycocotools on the second, so a lever can be kept without looking at val.
 
@@ -11,7 +12,7 @@ written as COCO and cut the same way); ``--set-name bccd``: BCCD's train split. 
 with the whole CPU: run it alone on a quiet machine. It prints one table: held-out mAP50-95, AP50, AP75,
 AP75/AP50, steps, and each lever's ratio to the unchanged run.
 
-    python bench/ablation.py [--set-name large|bccd] [--minutes 15] [--holdout 0.2] [--lever NAME:k=v,k=v ...]
+    python bench/ablation.py [--set-name large|bccd] [--minutes 15] [--holdout 0.2] [--lever "NAME:k=v;k=v" ...]
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ from nanxi_tune.engine.evaluation.evaluate_run import evaluate_run
 from nanxi_tune.engine.train.trainer import Trainer
 
 LEVERS = ["gaussian samples:loss.shape_samples=gaussian", "zoom-out 2:augment.zoom_out=2.0",
-          "clean last 15%:augment.clean_last=0.15"]
+          "clean last 15%:augment.clean_last=0.15", "late decay:train.milestones=[0.85, 0.95]"]
 
 
 def parse_lever(text: str) -> tuple[str, dict]:
     name, _, sets = text.partition(":")
-    return name, C.parse_sets([s for s in sets.split(",") if s]) if sets else {}
+    return name, C.parse_sets([s for s in sets.split(";") if s]) if sets else {}
 
 
 def main() -> int:
@@ -45,7 +46,7 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--holdout", type=float, default=0.2)
     ap.add_argument("--size", type=int, default=320)
-    ap.add_argument("--lever", dest="levers", action="append", help=f"NAME:key=value,... (default: {LEVERS})")
+    ap.add_argument("--lever", dest="levers", action="append", help=f"NAME:key=value;... (default: {LEVERS})")
     ap.add_argument("--no-baseline", action="store_true", help="skip the unchanged run")
     ap.add_argument("--set", dest="sets", nargs="*", default=[], help="applies to every run")
     a = ap.parse_args()

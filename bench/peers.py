@@ -31,25 +31,26 @@ snaps = []
 def on_fit_epoch_end(tr):
     elapsed = (time.time() - tr.train_time_start) / 60
     while marks and elapsed >= marks[0] and tr.last.exists():
-        dst = f"{out}/mark-{marks.pop(0):g}.pt"
+        mark = marks.pop(0)
+        dst = f"{out}/mark-{mark:g}.pt"
         shutil.copy(tr.last, dst)
-        snaps.append((elapsed, dst))
+        snaps.append((elapsed, dst, mark))
 
 m = YOLO(model)
 m.add_callback("on_fit_epoch_end", on_fit_epoch_end)
 m.train(data=data, imgsz=size, epochs=10000, time=minutes / 60, batch=16, workers=0, device="cpu", project=out,
         name="y", pretrained=False, amp=False, plots=False, verbose=False, exist_ok=True, val=False)
 end = (time.time() - m.trainer.train_time_start) / 60
-snaps.append((end, str(m.trainer.last)))
+snaps.append((end, str(m.trainer.last), minutes))
 images = [line for line in open(val_list).read().splitlines() if line]
-for elapsed, ckpt in snaps:
+for elapsed, ckpt, mark in snaps:
     dets = []
     for r in YOLO(ckpt).predict(images, imgsz=size, conf=0.001, iou=0.7, max_det=300, device="cpu",
                                 verbose=False, stream=True, batch=16):
         b = r.boxes
         for (x1, y1, x2, y2), s, c in zip(b.xyxy.tolist(), b.conf.tolist(), b.cls.tolist()):
             dets.append([r.path, int(c), x1, y1, x2 - x1, y2 - y1, s])
-    print("PEER " + json.dumps({"minutes": elapsed, "epochs": m.trainer.epoch + 1, "dets": dets}), flush=True)
+    print("PEER " + json.dumps({"minutes": elapsed, "mark": mark, "dets": dets}), flush=True)
 own = YOLO(snaps[-1][1]).val(data=data, imgsz=size, batch=16, device="cpu", plots=False, verbose=False)
 print(f"OWNVAL {own.box.map:.4f} {own.box.map50:.4f}", flush=True)
 """
@@ -57,8 +58,9 @@ print(f"OWNVAL {own.box.map:.4f} {own.box.map50:.4f}", flush=True)
 
 @dataclass
 class PeerPoint:
-    minutes: float
+    minutes: float  # when the weights were copied: the first epoch end past the mark
     metrics: dict[str, float]
+    mark: float  # the minute it stands for (the budget for the last)
     own_val: str = ""  # ultralytics' own val of the last weights: a check on the scoring, not the figure used
 
 
@@ -126,14 +128,19 @@ def run_peer(python: str, model: str, data: Path, val_list: Path, val_ann: Path,
     if p.returncode or not points:
         raise RuntimeError(f"{model} in {python} failed (exit {p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
     own = next((line.split()[1:] for line in p.stdout.splitlines() if line.startswith("OWNVAL ")), ["?", "?"])
-    found = [PeerPoint(pt["minutes"], score(pt["dets"], val_ann, cat_ids)) for pt in points]
+    found = [PeerPoint(pt["minutes"], score(pt["dets"], val_ann, cat_ids), pt["mark"]) for pt in points]
     found[-1].own_val = f"ultralytics' own val of the last weights: mAP50-95 {own[0]} AP50 {own[1]}"
     return found
 
 
 def at(curve: list[tuple[float, float]], minute: float) -> float:
-    """The best figure reached by ``minute`` (a quarter-minute of grace for an epoch or an eval ending late)."""
+    """nanxi-tune's best figure reached by ``minute`` (a quarter-minute of grace for an evaluation ending late)."""
     return max((v for m, v in curve if m <= minute + 0.25), default=0.0)
+
+
+def peer_at(points: list[PeerPoint], mark: float) -> float:
+    """A peer's figure at ``mark``: its copy for that mark (taken at the first epoch end past it)."""
+    return max((p.metrics["mAP"] for p in points if p.mark <= mark + 1e-9), default=0.0)
 
 
 def report(ours: list[tuple[float, dict]], peers: dict[str, list[PeerPoint]], marks: tuple[float, ...]) -> None:
@@ -148,7 +155,7 @@ def report(ours: list[tuple[float, dict]], peers: dict[str, list[PeerPoint]], ma
     print()
     for mark in sorted({m for m in marks if m <= marks[-1]}):
         got = at(mine, mark)
-        theirs = {name: at([(p.minutes, p.metrics["mAP"]) for p in pts], mark) for name, pts in peers.items()}
+        theirs = {name: peer_at(pts, mark) for name, pts in peers.items()}
         best_name = max(theirs, key=theirs.get)
         parts = "  ".join(f"{n.removesuffix('.yaml')} {v:.3f}" for n, v in theirs.items())
         print(f"at {mark:4g} min: nanxi-tune {got:.3f}  {parts}  ratio to the best ({best_name.removesuffix('.yaml')}) "

@@ -326,12 +326,13 @@ class CocoDetection(torch.utils.data.Dataset):
             scale = min(S / h, S / w)
         else:  # same_padding: unscaled, downscale only when a side is larger than the canvas
             scale = min(1.0, S / h, S / w)
-        x = img.float().div_(255.0)
+        x = img
         if scale != 1.0:
             # scale_factor with recompute_scale_factor=False samples at exactly src = (dst + 0.5)/scale − 0.5,
             # so the image follows the same affine map as the boxes; output side = floor(side × scale).
+            # On uint8 (the decoded image) PyTorch's vectorised kernel is ~4× the float one's speed.
             x = TF.interpolate(x[None], scale_factor=scale, mode="bilinear", align_corners=False,
-                               antialias=scale < 1.0, recompute_scale_factor=False)[0].clamp_(0, 1)
+                               antialias=scale < 1.0, recompute_scale_factor=False)[0]
         nh, nw = x.shape[-2:]
         nh, nw = min(nh, S), min(nw, S)
         if self.cfg.preprocess.resize == "letterbox":
@@ -341,7 +342,7 @@ class CocoDetection(torch.utils.data.Dataset):
         mean = torch.tensor(self.cfg.normalize.mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(self.cfg.normalize.std, dtype=torch.float32).view(3, 1, 1)
         canvas = torch.zeros(3, S, S, dtype=torch.float32)  # padding = 0 after normalisation (the mean colour)
-        canvas[:, py:py + nh, px:px + nw] = (x[:, :nh, :nw] - mean) / std
+        canvas[:, py:py + nh, px:px + nw] = (x[:, :nh, :nw].float().div_(255.0) - mean) / std
         boxes = boxes.float() * scale
         boxes[:, 0::2] += px
         boxes[:, 1::2] += py

@@ -71,8 +71,8 @@ def sidecar(cfg, class_names: list[str], cat_ids: list[int], fmt: str, which: st
             "mean": list(cfg.normalize.mean), "std": list(cfg.normalize.std),
             "steps": ["decode to RGB uint8 (no EXIF rotation)",
                       "scale = min(S/h, S/w) for letterbox; min(1, S/h, S/w) for same_padding",
-                      ("resize by scale: bilinear, align_corners=False, antialias when shrinking; new side = "
-                       "floor(side × scale)"),
+                      ("resize the uint8 image by scale: bilinear, align_corners=False, antialias when shrinking, "
+                       "rounded to uint8; new side = floor(side × scale)"),
                       ("pad: letterbox centres the image (pad_x = (S - new_w) // 2, pad_y = (S - new_h) // 2); "
                        "same_padding puts it top-left (pad 0, 0)"),
                       "normalise, then fill the padding with 0 (the mean colour after normalisation)"]},
