@@ -79,7 +79,7 @@ def main() -> int:
         print(f"  {name}: {state}, {trainer.step} steps, {rows[-1][4]:.1f} min: held-out mAP {m['mAP']:.4f} "
               f"AP50 {m['AP50']:.4f} AP75 {m['AP75']:.4f}", flush=True)
     ref = rows[0][2]["mAP"] if not a.no_baseline else None
-    print(f"\n| lever | set | held-out mAP50-95 | AP50 | AP75 | AP75/AP50 | steps | ratio to unchanged |")
+    print("\n| lever | set | held-out mAP50-95 | AP50 | AP75 | AP75/AP50 | steps | ratio to unchanged |")
     print("|---|---|---|---|---|---|---|---|")
     for name, updates, m, steps, _ in rows:
         keys = ", ".join(f"{k} = {v}" for k, v in updates.items()) or "—"
