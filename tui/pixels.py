@@ -43,10 +43,6 @@ def detect() -> Pixels:
     return _found
 
 
-def found() -> Pixels:
-    return _found
-
-
 def set_found(p: Pixels) -> None:
     """For tests: pretend the terminal answered ``p``."""
     global _found

@@ -151,10 +151,7 @@ def _build(targets: list[dict], num_classes: int, cfg, device) -> dict[str, torc
     order = torch.argsort(area, stable=True)
     rank = torch.empty_like(order)
     rank[order] = torch.arange(N, device=device)
-    key = torch.sort(pos * N + rank).values  # by cell, then rank: the first of each cell wins
-    first = torch.ones_like(key, dtype=torch.bool)
-    first[1:] = key[1:] // N != key[:-1] // N
-    win = order[key[first] % N]
+    win = _smallest_per_cell(pos, rank, N)
     out["pos_index"] = pos[win]
     out["pos_offset"], out["pos_shape"], out["pos_box"] = off[win].float(), shp[win].float(), boxes[win]
     out["num_pos"] = torch.tensor(float(max(len(win), 1)), device=device)
@@ -165,14 +162,20 @@ def _build(targets: list[dict], num_classes: int, cfg, device) -> dict[str, torc
     return out
 
 
+def _smallest_per_cell(cells: torch.Tensor, rank: torch.Tensor, N: int) -> torch.Tensor:
+    """Positions into ``cells`` (flat cell of each entry) of one entry per cell, the one of the smallest ``rank``
+    (the object's area rank, ties to the first object); ordered by cell."""
+    key = torch.sort(cells * N + rank)  # by cell, then rank: the first of each cell wins
+    first = torch.ones_like(key.values, dtype=torch.bool)
+    first[1:] = key.values[1:] // N != key.values[:-1] // N
+    return key.indices[first]
+
+
 def _gaussian_samples(obj: torch.Tensor, cells: torch.Tensor, val: torch.Tensor, rank: torch.Tensor, N: int,
                       boxes: torch.Tensor, shp: torch.Tensor, stride: int) -> dict[str, torch.Tensor]:
     """The ``reg_*`` samples from the heatmap's window cells (``obj``: their object, ``cells``: flat (B, H, W),
     ``val``: the Gaussian there, ``rank``: the object's area rank, smallest first)."""
-    key = torch.sort(cells * N + rank)  # by cell, then rank: the smallest object of each cell wins
-    first = torch.ones_like(key.values, dtype=torch.bool)
-    first[1:] = key.values[1:] // N != key.values[:-1] // N
-    keep = key.indices[first]
+    keep = _smallest_per_cell(cells, rank, N)
     o = obj[keep]
     g = val[keep]
     total = torch.zeros(N, device=g.device).index_add_(0, o, g)
