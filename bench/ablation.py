@@ -4,7 +4,7 @@ The bccd preset trains for ``--minutes`` (planned on the budget, as ``bench/bccd
 once per lever (``--lever "NAME:key=value;key=value"``; default: the levers of the detector issue — TTFNet's
 Gaussian-area shape samples, zoom-out scale jitter, a clean last stretch without augmentation, the lr decay placed
 later for a run still improving). The train split
-is cut once, seeded, into a fit part and a held-out part (``bench/recipe_search.split_train``); every run fits
+is cut once, seeded, into a fit part and a held-out part (``engine.data.split``); every run fits
 on the first and is scored with pycocotools on the second, so a lever can be kept without looking at val.
 
 ``--set-name large``: the embedded few-large-objects set (``data.synthetic_objects = large``, its train split
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from recipe_search import split_train
+from nanxi_tune.engine.data.split import split_train
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine.data.dataset import resolve

@@ -22,39 +22,15 @@ at once on the CPU (or one per GPU); stopped or killed, it goes on where it was 
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import sys
 import time
 from pathlib import Path
 
 from nanxi_tune.engine import config as C
+from nanxi_tune.engine.data.split import split_train
 from nanxi_tune.engine.workflows import sweep as S
 from nanxi_tune.engine.workflows.study import FOREVER
 from nanxi_tune.engine.train.trainer import Trainer
-
-
-def split_train(train_json: Path, out: Path, holdout: float, seed: int = 0,
-                images: Path | None = None) -> tuple[Path, Path]:
-    """(fit, held-out) COCO files from one COCO file: whole images, seeded, categories kept. ``images``: the
-    images folder (default: ``images/`` beside the annotations' folder, the COCO layout)."""
-    d = json.loads(train_json.read_text())
-    ids = sorted(im["id"] for im in d["images"])
-    random.Random(seed).shuffle(ids)
-    held = set(ids[: max(1, round(len(ids) * holdout))])
-    src, images = images, out / "images"  # the loader looks for the images beside the annotations' folder
-    if not images.exists():
-        images.symlink_to(Path(src or train_json.resolve().parents[1] / "images").resolve(), target_is_directory=True)
-    out = out / "annotations"
-    out.mkdir(exist_ok=True)
-    paths = []
-    for name, keep in (("fit", lambda i: i not in held), ("holdout", lambda i: i in held)):
-        part = {**d, "images": [im for im in d["images"] if keep(im["id"])],
-                "annotations": [a for a in d["annotations"] if keep(a["image_id"])]}
-        p = out / f"instances_{name}.json"
-        p.write_text(json.dumps(part))
-        paths.append(p)
-    return paths[0], paths[1]
 
 
 def trial(cfg: C.Config, run_dir: Path, steps: int) -> dict:

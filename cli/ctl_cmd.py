@@ -32,6 +32,12 @@ def ctl(args) -> int:
     from nanxi_tune.engine.workflows.study import is_study
 
     run_dir = Path(args.run_dir)
+    from nanxi_tune.engine.workflows.autopilot_plan import is_autopilot
+
+    if args.verb == "status" and is_autopilot(run_dir):
+        from nanxi_tune.cli.autopilot_cmd import print_status
+
+        return print_status(run_dir, args.json)
     if args.verb == "status":
         return _study_status(run_dir, args.json) if is_study(run_dir) else _status(run_dir, args.json)
     if (args.verb == "set") != bool(args.sets):

@@ -44,12 +44,13 @@ class _Accumulate(argparse.Action):
 
 def families() -> list:
     """The command modules, each with ``add_parsers(sub)`` and ``COMMANDS`` (name → function of the args)."""
-    from nanxi_tune.cli import ctl_cmd, diagnose_cmd, predict_cmd, remedy_cmd, study_cmd, train_cmd, workflows_cmd
+    from nanxi_tune.cli import (autopilot_cmd, ctl_cmd, diagnose_cmd, predict_cmd, remedy_cmd, study_cmd, train_cmd,
+                                workflows_cmd)
 
-    return [train_cmd, diagnose_cmd, ctl_cmd, remedy_cmd, workflows_cmd, study_cmd, predict_cmd]
+    return [train_cmd, diagnose_cmd, ctl_cmd, remedy_cmd, workflows_cmd, study_cmd, autopilot_cmd, predict_cmd]
 
 
-RUNS = ("train", "resume")  # commands that train: stop signals are theirs from the first instant
+RUNS = ("train", "resume", "autopilot")  # commands that train: stop signals are theirs from the first instant
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,10 +95,12 @@ def _main(argv: list[str] | None) -> int:
     if run_dir and not Path(run_dir).exists() and (Path(args.runs) / run_dir).exists():
         run_dir = args.run_dir = str(Path(args.runs) / run_dir)  # a run's bare name: looked up under --runs
     from nanxi_tune.engine.run.rundir import CONFIG, OWNER
+    from nanxi_tune.engine.workflows.autopilot_plan import is_autopilot
     from nanxi_tune.engine.workflows.study import is_study
 
-    # a study (resume, ctl, open), or a job's folder such as a remedy's lr trials (ctl)
-    study_ok = run_dir and ((args.command in ("resume", "ctl", "open") and is_study(run_dir))
+    # a study or an autopilot (resume, ctl, open), or a job's folder such as a remedy's lr trials (ctl)
+    study_ok = run_dir and ((args.command in ("resume", "ctl", "open") and (is_study(run_dir)
+                                                                            or is_autopilot(run_dir)))
                             or (args.command == "ctl" and (Path(run_dir) / OWNER).exists()))
     if args.command != "train" and run_dir and not (Path(run_dir) / CONFIG).exists() and not study_ok:
         what = "not a run directory (no config.toml)" if Path(run_dir).exists() else "no such file or folder"
@@ -134,6 +137,7 @@ def _main(argv: list[str] | None) -> int:
 # Errors whose message names the file or key and the fix (engine.data.dataset, checkpoint, remedy, sweep, runctl), with
 # the exit status each gives. Matched by name so the CLI need not import the engine (and torch) to catch them.
 USER_ERRORS = {"DataError": 1, "CheckpointError": 1, "RemedyError": 1, "SweepError": 1, "StudyError": 2,
+               "AutopilotError": 2,
                "RunBusy": 4}  # RunBusy: the run folder is owned by another live process (ExitCode.BUSY)
 
 

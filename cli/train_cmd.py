@@ -132,6 +132,12 @@ def resume(args) -> int:
     from nanxi_tune.cli import launch
     from nanxi_tune.engine.workflows.study import is_study
 
+    from nanxi_tune.engine.workflows.autopilot_plan import is_autopilot
+
+    if is_autopilot(args.run_dir):  # an autopilot: this process owns it again (or starts one detached)
+        from nanxi_tune.cli.autopilot_cmd import own as own_autopilot
+
+        return own_autopilot(Path(args.run_dir), args)
     if is_study(args.run_dir):  # a study: this process becomes its owner (or starts one detached)
         from nanxi_tune.cli.study_cmd import own
 

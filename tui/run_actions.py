@@ -13,6 +13,7 @@ from textual.widgets import TabbedContent
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine.run import rundir, runctl
 from nanxi_tune.engine.run import listing
+from nanxi_tune.engine.workflows.autopilot_plan import is_autopilot
 from nanxi_tune.engine.workflows.study import is_study
 from nanxi_tune.engine.run.runctl import Op
 from nanxi_tune.tui.config_form import ConfigForm
@@ -167,6 +168,11 @@ class RunActions:
         run_dir = Path(run_dir)
         if is_study(run_dir):  # a sweep: its own screen follows and drives the study
             self.open_study(run_dir)
+            return
+        if is_autopilot(run_dir):
+            from nanxi_tune.tui.autopilot_view import AutopilotScreen
+
+            self.push_screen(AutopilotScreen(run_dir))
             return
         if not (run_dir / rundir.CONFIG).exists():
             self.notify(f"{run_dir}: no such run folder", severity="error")

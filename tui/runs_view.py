@@ -31,7 +31,8 @@ def _grouped(runs: list) -> list[tuple[Any, str]]:
     out: list[tuple[Any, str]] = []
     for r in (r for r in runs if "/" not in r.name):
         study = r.preset == "study"
-        out.append((r, "◆ " + r.name.removeprefix("sweep-") if study else r.name))
+        mark = "◆ " if study else "▲ " if r.preset == "autopilot" else ""
+        out.append((r, mark + r.name.removeprefix("sweep-") if study else mark + r.name))
         out += [(c, "└ " + c.name.split("/", 1)[1]) for c in sorted(children.pop(r.name, []), key=lambda c: c.name)]
     for rest in children.values():  # a folder of runs that is not a study
         out += [(c, c.name) for c in rest]

@@ -46,6 +46,8 @@ class ScheduleScreen(Screen):
         # F8 applies, as on the sweep screen; F7 is Stop everywhere
         Binding("f8", "apply", "Apply result", tooltip="Apply the stats / autobatch result to the config"),
         Binding("a", "apply", "Apply result", show=False),
+        Binding("u", "unattended", "Run unattended", id="run_unattended",
+                tooltip="The whole schedule on this config's data within a budget, detached (the autopilot)"),
         Binding("r", "refresh", "Refresh"),
         Binding("escape", "close", "Close"),
     ]
@@ -182,6 +184,30 @@ class ScheduleScreen(Screen):
         self.proposal = None
         self.notify(f"{source} applied: " + ", ".join(f"{k} = {v}" for k, v in upd.items()))
         self._detail()
+
+    def action_unattended(self) -> None:
+        from nanxi_tune.tui.autopilot_view import BudgetDialog
+
+        self.app.push_screen(BudgetDialog(), self._start_autopilot)
+
+    def _start_autopilot(self, minutes: float | None) -> None:
+        """A new autopilot on this config, its owner detached (closing the TUI never stops it); its screen follows."""
+        if minutes is None:
+            return
+        from nanxi_tune.engine.data.datapaths import DataError, check
+        from nanxi_tune.engine.workflows import autopilot_plan as P
+        from nanxi_tune.engine.workflows.autopilot import create, spawn_detached
+        from nanxi_tune.tui.autopilot_view import AutopilotScreen
+
+        try:
+            check(self.cfg)
+            folder = rundir.new_run_dir(self.runs_root, rundir.run_name(f"autopilot-{self.cfg.preset or 'config'}"))
+            create(folder, self.cfg.preset or "config", self.cfg, minutes)
+        except (DataError, P.AutopilotError) as err:
+            self.notify(str(err), severity="error")
+            return
+        spawn_detached(folder)
+        self.app.push_screen(AutopilotScreen(folder))
 
     def _take(self, cfg: C.Config) -> None:
         self.cfg = cfg

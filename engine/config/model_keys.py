@@ -38,9 +38,12 @@ class Neck(Strict):
     """neck"""
     spp_kernels: tuple[StrictInt, ...] = F((5, 9, 13), "Max-pool kernels of the SPP block (odd).",
                                      note="yolov5x's SPP instead of a costly stride search")
-    out_stride: Literal[4, 8, 16] = F(4, "Output stride of the head's feature map.", zh="步长设置",
-                                      note="few large objects: 8 or 16 (15-min held-out mAP 0.86 / 0.88 vs 0.60 at "
-                                      "4, bench/ablation.py); BCCD's small cells: 8 as good as 4 (0.596 vs 0.604)")
+    out_stride: Literal[4, 8, 16, "auto"] = F(
+        4, "Output stride of the head's feature map. auto: chosen from the train split when a run starts — the "
+        "coarsest stride on which the 5th-percentile object's short side still spans 4 cells (BCCD: 4; a few large "
+        "objects: 16); the run's config.toml records the choice.", zh="步长设置",
+        note="few large objects: 8 or 16 (15-min held-out mAP 0.86 / 0.88 vs 0.60 at 4, bench/ablation.py); "
+        "BCCD's small cells: 8 as good as 4 (0.596 vs 0.604)")
 
     @field_validator("spp_kernels")
     @classmethod

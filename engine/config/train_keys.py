@@ -33,8 +33,8 @@ class Train(Strict):
     time_budget_min: float = F(0.0, "Wall-clock budget of the run in minutes (0 = off: the length is train.epochs). "
                                "On, the run measures its step time, projects the steps that fit (evaluations "
                                "included, budget.max_days the ceiling) and places the end and train.milestones "
-                               "there, re-planning as the speed changes; train.max_steps still caps it.",
-                               ge=0, le=525600)
+                               "there, re-planning as the speed changes (and when the budget is edited live); "
+                               "train.max_steps still caps it.", ge=0, le=525600, live=True)
     checkpoint_every: int = F(0, "Also write last.pt every N steps between evaluations (0 = only at evaluations "
                               "and stops); a killed run loses at most N steps.", ge=0, live=True)
     keep_checkpoints: int = F(5, "Per-evaluation checkpoints kept (checkpoints/step-N.pt) for rewinding a remedy to "

@@ -210,6 +210,9 @@ class Detector(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError("num_classes must be at least 1")
+        if cfg.neck.out_stride == "auto":  # engine.data.profile chooses it from the train split first
+            raise ValueError("neck.out_stride = auto is chosen from the train split when a run starts; resolve it "
+                             "with engine.data.profile.resolve_for_training before building the model")
         self.cfg = cfg
         self.num_classes = num_classes
         self.stride = cfg.neck.out_stride

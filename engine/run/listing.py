@@ -52,6 +52,18 @@ def study_info(folder: Path, trials: list[RunInfo]) -> RunInfo:
     return RunInfo(folder.name, folder, status(folder), max(maps) if maps else None, started, done, preset)
 
 
+def autopilot_info(folder: Path, runs: list[RunInfo]) -> RunInfo:
+    """An autopilot as a row: its owner's state, its final run's best mAP, step = rounds done."""
+    try:
+        d = json.loads((folder / rundir.AUTOPILOT).read_text(encoding="utf-8"))
+        started, preset = float(d["spec"]["created"]), "autopilot"
+        done = sum(r["status"] in ("done", "skipped") for r in d["rounds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        started, preset, done = None, "autopilot?", 0
+    final = [r.best_map for r in runs if r.name.endswith("/final") and r.best_map is not None]
+    return RunInfo(folder.name, folder, status(folder), final[0] if final else None, started, done, preset)
+
+
 def list_runs(root: Path | str = Path("runs")) -> list[RunInfo]:
     """Every run folder under ``root``, newest first."""
     root = Path(root)
@@ -67,4 +79,6 @@ def list_runs(root: Path | str = Path("runs")) -> list[RunInfo]:
             runs += trials
             if (p / rundir.STUDY).is_file():
                 runs.append(study_info(p, trials))
+            elif (p / rundir.AUTOPILOT).is_file():
+                runs.append(autopilot_info(p, trials))
     return sorted(runs, key=lambda r: r.started or 0, reverse=True)

@@ -24,6 +24,7 @@ OWNER = "owner.json"  # who owns the run: pid, host, start, heartbeat, state
 CONTROL = "control"  # commands from clients, one file each (engine.run.runctl)
 STDOUT = "stdout.log"  # a detached run's own output
 STUDY = "study.json"  # a study's spec (engine.workflows.study): the folder is a study, its trials the run folders in it
+AUTOPILOT = "autopilot.json"  # an autopilot's spec and state (engine.workflows.autopilot): its rounds' folders in it
 
 
 def run_name(preset: str) -> str:

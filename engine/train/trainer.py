@@ -24,6 +24,7 @@ from ..data.dataset import eval_dataset, train_dataset
 from ..data.loader import EpochSampler, eval_indices, first_skips, make_loader
 from ..diagnosis import pins
 from ..diagnosis.rulebook import lower_lr
+from ..data.profile import resolve_for_training
 from ..diagnosis.watcher import Watcher
 from ..evaluation.evaluate import EvalInterrupted, evaluate
 from ..files import RecordError
@@ -177,7 +178,12 @@ class Trainer:
         return self.state
 
     def _setup(self) -> None:
-        cfg = self.cfg
+        cfg, chosen = resolve_for_training(self.cfg)  # "auto" keys from the train split, before anything reads them
+        if chosen:
+            self.cfg = cfg
+            self.watcher.set_config(cfg)
+            for x in chosen:
+                self.emit(Log(f"{x.key} = auto → {x.value}: {x.why}"))
         self.device = self.dist.device(cfg.train.device) if self.dist.active else pick_device(cfg.train.device)
         if self.dist.is_main:
             C.save(cfg, self.run_dir / rundir.CONFIG)

@@ -90,6 +90,9 @@ class _Step:
         from ..model.detector import build_model
         from ..train.optim import param_groups
 
+        from ..data.profile import resolve_for_training
+
+        cfg = resolve_for_training(cfg)[0]  # the stride the run will choose
         self.cfg, self.device = cfg, device
         self.ds = train_dataset(cfg, cfg.train.seed)
         self.model = build_model(cfg, self.ds.num_classes).to(device)

@@ -19,9 +19,10 @@ Optuna with status "stopped"; the owner hands it out again and it resumes from i
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,8 @@ class StudyError(ValueError):
 
 @dataclass
 class StudySpec:
-    kind: str  # "sweep": a seven-stars sweep of ``key``
-    key: str
+    kind: str  # "sweep": a seven-stars sweep of ``key``; "arms": the named configs of ``arms``, value i = arms[i - 1]
+    key: str  # the swept key ("arm" for arms)
     values: list[float]
     trial_steps: int | None
     trial_minutes: float | None
@@ -59,10 +60,18 @@ class StudySpec:
     devices: list[str] = field(default_factory=list)  # e.g. ["cuda:0", "cuda:1"]; [] = every visible GPU / cpu
     created: float = field(default_factory=time.time)
     format: int = 2
+    arms: list[dict[str, Any]] = field(default_factory=list)  # [{"name": "giou", "set": {key: value}}], kind "arms"
 
     @property
     def cfg(self) -> C.Config:
         return C.validate(self.config, f"{self.name}: base config")
+
+    def label(self, value: float) -> str:
+        """How a trial is named: its arm's name, or the swept value."""
+        return self.arms[int(value) - 1]["name"] if self.arms else value_name(value)
+
+    def run_name(self, value: float) -> str:
+        return f"trial-{self.label(value)}"
 
     def budget_text(self) -> str:
         return f"{self.trial_steps} steps" if self.trial_steps else f"{self.trial_minutes:g} min"
@@ -72,20 +81,17 @@ def value_name(value: float) -> str:
     return f"{value:g}"
 
 
-def trial_name(value: float) -> str:
-    return f"trial-{value_name(value)}"
-
-
 def trial_config(spec: StudySpec, value: float, device: str | None = None) -> C.Config:
     """The config of the trial at ``value``: one evaluation at its end, its budget as its own length."""
-    updates: dict[str, Any] = {spec.key: _typed(spec, value), "eval.interval": FOREVER, "train.devices": 1}
+    chosen = dict(spec.arms[int(value) - 1]["set"]) if spec.arms else {spec.key: _typed(spec, value)}
+    updates: dict[str, Any] = chosen | {"eval.interval": FOREVER, "train.devices": 1}
     if spec.trial_steps:
         updates["train.max_steps"] = spec.trial_steps
     else:  # planned to end in the trial's minutes, its lr decay placed there (engine.train.lr_plan)
         updates["train.time_budget_min"] = spec.trial_minutes
     if device:
         updates["train.device"] = device
-    return C.with_updates(spec.cfg, updates, f"{spec.kind} trial {spec.key}={value_name(value)}")
+    return C.with_updates(spec.cfg, updates, f"{spec.kind} trial {spec.key}={spec.label(value)}")
 
 
 def _typed(spec: StudySpec, value: float) -> Any:
@@ -147,7 +153,14 @@ class Study:
         folder = Path(folder)
         if (folder / STUDY_JSON).exists():
             raise StudyError(f"{folder} already holds a study; resume it: nanxi-tune resume {folder}")
-        check_key(spec.cfg, spec.key)
+        if spec.arms:
+            spec = replace(spec, kind="arms", key="arm", values=[float(i + 1) for i in range(len(spec.arms))],
+                           slides=0)
+            names = [str(arm.get("name", "")) for arm in spec.arms]
+            if len(set(names)) != len(names) or not all(re.fullmatch(r"[A-Za-z0-9_.+-]+", n) for n in names):
+                raise StudyError(f"arms {names}: give each arm a distinct name of letters, digits, _ . + -")
+        else:
+            check_key(spec.cfg, spec.key)
         if (spec.trial_steps is None) == (spec.trial_minutes is None):
             raise StudyError("give exactly one trial budget: trial steps or trial minutes")
         if spec.trial_steps is not None and spec.trial_steps < 1:
@@ -217,7 +230,8 @@ class Study:
             if float(v) in seen:
                 continue
             template = create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": {self.spec.key: v}},
-                                    user_attrs={"value": float(v), "run": trial_name(v), "status": "pending"})
+                                    user_attrs={"value": float(v), "run": self.spec.run_name(v),
+                                                "status": "pending"})
             self.storage.create_new_trial(self.id, template)
             added.append(float(v))
         return added

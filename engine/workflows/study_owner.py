@@ -177,8 +177,9 @@ class StudyOwner:
         slot.trial = trial.number
         value = float(trial.user_attrs["value"])
         again = " (resumed)" if trial.user_attrs.get("status") in ("stopped", "running") else ""
-        self._emit(StudyProgress("trial_started", trial.number, value, f"{self.study.spec.key} = "
-                                 f"{value_name(value)} on {slot.device or 'its device'}{again}"))
+        spec = self.study.spec
+        self._emit(StudyProgress("trial_started", trial.number, value, f"{spec.key} = {spec.label(value)} on "
+                                 f"{slot.device or 'its device'}{again}"))
 
     def _reap(self) -> None:
         for slot in self.slots:
@@ -189,7 +190,8 @@ class StudyOwner:
             status = t.user_attrs.get("status", "?")
             if slot.process.returncode not in (0, 3) and t.state.name == "RUNNING" and status == "running":
                 status = self._crashed(t, slot.process.returncode)
-            self._emit(StudyProgress("trial_done", t.number, value, f"{self.study.spec.key} = {value_name(value)}: "
+            self._emit(StudyProgress("trial_done", t.number, value, f"{self.study.spec.key} = "
+                                     f"{self.study.spec.label(value)}: "
                                      f"{status}", {k: v for k, v in t.user_attrs.items() if k != "run_dir"}))
             slot.process, slot.trial = None, None
 
@@ -230,7 +232,8 @@ class StudyOwner:
 
     def _best_text(self) -> str:
         best = best_row(rows(self.study))
-        return f"best {self.study.spec.key} = {value_name(best.value)} mAP {best.mAP:.4f}" if best else \
+        spec = self.study.spec
+        return f"best {spec.key} = {spec.label(best.value)} mAP {best.mAP:.4f}" if best else \
             "no trial finished"
 
     # --- control ----------------------------------------------------------------------------------------------------

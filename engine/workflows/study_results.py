@@ -100,7 +100,9 @@ def table(study: Study) -> list[dict[str, Any]]:
     """Rows for tables and charts: value, mAP, AP50, losses, status, steps, seconds, device, best (bool)."""
     results = rows(study)
     b = best_row(results)
-    return [{"value": r.value, "mAP": r.mAP, "AP50": r.AP50, "train_loss": r.train_loss, "raw_loss": r.raw_loss,
+    spec = study.spec
+    return [{"value": r.value, "label": spec.label(r.value), "mAP": r.mAP, "AP50": r.AP50, "train_loss": r.train_loss,
+             "raw_loss": r.raw_loss,
              "status": r.status, "steps": r.steps, "seconds": r.seconds, "error": r.error, "device": r.device,
              "number": r.number, "best": b is not None and r.value == b.value, "run_dir": r.run_dir}
             for r in results]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..run.events import Callback, Lineage, null_callback
-from .study import HEARTBEAT_S, Study, trial_config, value_name
+from .study import HEARTBEAT_S, Study, trial_config
 from .study_results import summarize_trial
 from .trial import train_trial
 
@@ -43,7 +43,7 @@ def run_claimed(study: Study, trial, runs_root: Path, device: str | None = None,
     t0 = time.time()
     used = float(trial.user_attrs.get("seconds", 0.0))
     parent = str(study.folder) if study.folder else f"{spec.storage}#{spec.name}"
-    lineage = Lineage(message=f"trial {spec.key} = {value_name(value)} of {spec.kind} {spec.name}", parent=parent,
+    lineage = Lineage(message=f"trial {spec.key} = {spec.label(value)} of {spec.kind} {spec.name}", parent=parent,
                       reason=spec.kind, details={"sweep_key": spec.key, "sweep_value": value, "study": spec.name})
     watcher.start()
     try:
@@ -106,7 +106,7 @@ def work(study: Study, runs_root: Path, device: str | None = None, callback: Cal
         if trial is None:
             say(f"no trial left to claim in {study.name}")
             return n
-        say(f"trial {trial.number}: {study.spec.key} = {value_name(float(trial.user_attrs['value']))}")
+        say(f"trial {trial.number}: {study.spec.key} = {study.spec.label(float(trial.user_attrs['value']))}")
         status = run_claimed(study, trial, runs_root / study.name, device, callback, stop)
         say(f"trial {trial.number}: {status}")
         n += 1

@@ -23,7 +23,7 @@ def text_chart(rows: list[dict[str, Any]], metric: str = "mAP", width: int = 48,
         return "(no trials)"
     top = max(ys) if ys and max(ys) > 0 else 1.0
     n = len(pts)
-    names = [value_name(v) for v, _ in pts]
+    names = [r.get("label") or value_name(v) for r, (v, _) in zip(rows, pts)]
     col = max(3, min(8, width // max(n, 1)), max(map(len, names)) + 1)  # a space between the value labels
     grid = [[" "] * (n * col) for _ in range(height)]
     for j, (r, (_, y)) in enumerate(zip(rows, pts)):
@@ -50,13 +50,14 @@ def summary_line(study: Study, results: list | None = None) -> str:
     """The notes' record style: "train.base_lr seven stars 0.0001…0.1 (40 steps each, qmv): best 0.01 mAP 0.21 (…)"."""
     spec = study.spec
     results = rows(study) if results is None else results
-    parts = [f"{value_name(r.value)}: {_fmt(r.mAP) if r.status == 'finished' else r.status}" for r in results]
+    parts = [f"{spec.label(r.value)}: {_fmt(r.mAP) if r.status == 'finished' else r.status}" for r in results]
     b = best_row(results)
     values = [r.value for r in results] or spec.values
-    head = (f"{spec.key} seven stars {value_name(values[0])}…{value_name(values[-1])} "
-            f"({spec.budget_text()} each, {spec.cfg.eval.val_data_mode})")
-    best = f"best {value_name(b.value)} mAP {_fmt(b.mAP)}" if b else "no finished trial"
-    edge = " — best at the window's edge: slide" if next_window_of(results) else ""
+    what = (f"arms {', '.join(spec.label(v) for v in values)}" if spec.arms else
+            f"{spec.key} seven stars {value_name(values[0])}…{value_name(values[-1])}")
+    head = f"{what} ({spec.budget_text()} each, {spec.cfg.eval.val_data_mode})"
+    best = f"best {spec.label(b.value)} mAP {_fmt(b.mAP)}" if b else "no finished trial"
+    edge = " — best at the window's edge: slide" if not spec.arms and next_window_of(results) else ""
     return f"{head}: {best}{edge} ({'; '.join(parts)})"
 
 
@@ -65,15 +66,16 @@ def render_journal(study: Study) -> str:
     results = rows(study)
     data = table(study)
     state = runctl.status(study.folder).state.value if study.folder else "?"
-    lines = [f"# {spec.name}", "", f"- seven stars (七星连珠法) over `{spec.key}`, preset "
+    over = "arms (one config each, equal budgets)" if spec.arms else f"seven stars (七星连珠法) over `{spec.key}`"
+    lines = [f"# {spec.name}", "", f"- {over}, preset "
              f"`{spec.cfg.preset or '(none)'}`, status {state}", f"- {summary_line(study, results)}", "",
              "| value | mAP | AP50 | train loss | status | device |", "|---|---|---|---|---|---|"]
     for r in data:
         star = " ★" if r["best"] else ""
-        lines.append(f"| {value_name(r['value'])}{star} | {_fmt(r['mAP'])} | {_fmt(r['AP50'])} | "
+        lines.append(f"| {r['label']}{star} | {_fmt(r['mAP'])} | {_fmt(r['AP50'])} | "
                      f"{_fmt(r['train_loss'])} | {r['status']}{' ' + r['error'] if r['error'] else ''} | "
                      f"{r['device']} |")
-    nxt = next_window_of(results)
+    nxt = None if spec.arms else next_window_of(results)
     if nxt:
         lines += ["", f"The best sits at the window's edge: slide to {', '.join(value_name(v) for v in nxt)}."]
     lines += ["", "```", text_chart(data), "```", ""]

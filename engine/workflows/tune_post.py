@@ -64,8 +64,10 @@ class PostResult:
         return asdict(self)
 
 
-def cache_outputs(run_dir: Path | str, which: str = "best", device: str | None = None) -> Cached:
-    """Run the checkpoint's EMA model once over the val data and keep map/offset/shape per batch."""
+def cache_outputs(run_dir: Path | str, which: str = "best", device: str | None = None,
+                  updates: dict[str, Any] | None = None) -> Cached:
+    """Run the checkpoint's EMA model once over the val data and keep map/offset/shape per batch. ``updates``
+    change the run's config first (the autopilot points data.val at its held-out part)."""
     import torch
 
     from ..data.loader import make_loader
@@ -74,6 +76,8 @@ def cache_outputs(run_dir: Path | str, which: str = "best", device: str | None =
 
     run_dir = Path(run_dir)
     cfg = C.load(run_dir / rundir.CONFIG)
+    if updates:
+        cfg = C.with_updates(cfg, updates, "tune-post")
     cfg, model, ds = load_ema_model(run_dir, which, cfg)
     dev = pick_device(device or cfg.train.device)
     model.to(dev).eval()

@@ -1,0 +1,230 @@
+"""The autopilot's rounds (engine.workflows.autopilot walks them in order): each reads the record so far, does its
+work — a cut, a reading, a probe, a study, a computation, a run — and leaves its choice, table and reason in its
+``RoundState``. A mixin of ``AutopilotOwner``, which supplies the record (``ap``, ``folder``), the control
+(``_wait``, ``_check``, ``_stop``) and the events."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import config as C
+from ..run import rundir
+from ..run.events import Event
+from . import autopilot_plan as P
+
+PROBE_STEPS = 12
+PROBE_IMAGES = 8  # held-out images the probe evaluates (its step time is what counts)
+NORMALIZE_SAMPLES = 300
+
+
+@dataclass(frozen=True)
+class AutopilotProgress(Event):
+    """A round started, done or skipped; the plan made; the final figures."""
+    kind = "autopilot"
+    what: str  # round_started, round_done, round_skipped, planned, finished
+    round: str
+    message: str
+    time: float = field(default_factory=time.time)
+
+
+class Stopped(Exception):
+    """A stop (command or signal) ended the walk inside a round; resume goes on from it."""
+
+
+class Rounds:
+    # --- configs ----------------------------------------------------------------------------------------------------
+    def recipe_config(self) -> C.Config:
+        """The base with every choice so far (the user's data)."""
+        return C.with_updates(self.base, self.ap.recipe, "autopilot recipe")
+
+    def search_config(self) -> C.Config:
+        """What trials train: the recipe on the fit part, scored on the held-out part (never on val)."""
+        return C.with_updates(self.recipe_config(), {"data.train": self.ap.fit, "data.val": self.ap.holdout,
+                                                     "eval.val_data_mode": "full"}, "autopilot search")
+
+    # --- rounds -----------------------------------------------------------------------------------------------------
+    def _split(self, r: P.RoundState) -> None:
+        from ..data.dataset import resolve
+        from ..data.split import split_train
+
+        base = self.base
+        images, ann = resolve(base.data.train, "train", base)
+        fit, held = split_train(ann, self.folder / "data", self.ap.spec.holdout, self.ap.spec.seed, images)
+        self.ap.fit, self.ap.holdout, self.ap.train_images = str(fit.resolve()), str(held.resolve()), str(images)
+        r.folder = "data"
+        r.why = (f"{ann.name} cut once (seed {self.ap.spec.seed}): {_count(fit)} images to fit, {_count(held)} "
+                 f"held out ({self.ap.spec.holdout:.0%}); every trial is scored on the held-out part")
+
+    def _profile(self, r: P.RoundState) -> None:
+        from ..data.profile import proposals, profile
+
+        cfg = self.recipe_config()
+        p = profile(self.ap.fit, cfg.preprocess.input_size)
+        self.ap.profile = p.to_json()
+        chosen = proposals(p, cfg)
+        r.choice = {x.key: x.value for x in chosen}
+        r.rows = [{"label": x.key, "value": x.value, "why": x.why} for x in chosen]
+        r.why = p.text() + (". Starting values: " + "; ".join(f"{x.key} = {x.value}" for x in chosen) if chosen
+                            else ". The preset's starting values fit it")
+
+    def _probe(self, r: P.RoundState) -> None:
+        cfg = C.with_updates(self.search_config(), {"train.max_steps": PROBE_STEPS, "train.time_budget_min": 0,
+                                                    "eval.interval": 1_000_000_000, "eval.val_data_mode": "qmv",
+                                                    "eval.qmv": PROBE_IMAGES}, "autopilot probe")
+        run = self.folder / "probe"
+        r.folder = "probe"
+        self._train(run, cfg)
+        times = [(m["step"], m["time"]) for m in rundir.read_metrics(run) if m.get("split") == "train"]
+        if len(times) < 3:
+            raise P.AutopilotError(f"{run}: the probe logged {len(times)} steps; see its events.jsonl")
+        (s0, t0), (s1, t1) = times[1], times[-1]  # the first step warms caches: not a speed
+        step_s = (t1 - t0) / max(1, s1 - s0)
+        self._replan(step_s)
+        r.why = f"{step_s:.3f} s a step ({s1 - s0} steps measured). {self.ap.plan['why']}"
+
+    def _lr(self, r: P.RoundState) -> None:
+        from ..grid import grid_index, grid_value
+
+        lr = self.recipe_config().train.base_lr
+        i = grid_index(lr)
+        values = [grid_value(i + j - P.LR_WINDOW // 2) for j in range(P.LR_WINDOW)]
+        best = self._study(r, dict(kind="sweep", key="train.base_lr", values=values, slides=1))
+        r.choice = {"train.base_lr": best["value"]}
+
+    def _shape(self, r: P.RoundState) -> None:
+        cfg = self.recipe_config()
+        other = "l1" if cfg.loss.shape_loss == "giou" else "giou"
+        arms = [{"name": "as-is", "set": {}}, {"name": other, "set": {"loss.shape_loss": other}}]
+        if cfg.loss.shape_samples == "centre":
+            arms.append({"name": "gaussian", "set": {"loss.shape_samples": "gaussian"}})
+        best = self._study(r, dict(kind="arms", key="arm", values=[], arms=arms))
+        r.choice = dict(arms[int(best["value"]) - 1]["set"])
+
+    def _capacity(self, r: P.RoundState) -> None:
+        b = self.recipe_config().backbone
+        arms = [{"name": "as-is", "set": {}}]
+        if b.name == "nanxi":
+            arms.append({"name": f"width-{min(512, 2 * b.width)}", "set": {"backbone.width": min(512, 2 * b.width)}})
+            arms.append({"name": "resnet18", "set": {"backbone.name": "resnet18"}})
+        else:
+            arms.append({"name": "nanxi", "set": {"backbone.name": "nanxi"}})
+        best = self._study(r, dict(kind="arms", key="arm", values=[], arms=arms))
+        r.choice = dict(arms[int(best["value"]) - 1]["set"])
+
+    def _normalize(self, r: P.RoundState) -> None:
+        from . import normalization
+
+        cfg = self.search_config()
+        if cfg.normalize.source == "computed":
+            r.why = "normalize.mean/std were computed already (normalize.source = computed): kept"
+            return
+        stats = normalization.compute(cfg, NORMALIZE_SAMPLES, cfg.train.seed)
+        if not normalization.finite(stats):
+            r.why = "the statistics were not finite: the defaults kept"
+            return
+        r.choice = normalization.updates(stats)
+        r.why = (f"over {stats.samples} augmented fit samples: mean {r.choice['normalize.mean']}, std "
+                 f"{r.choice['normalize.std']}")
+
+    def _final(self, r: P.RoundState) -> None:
+        plan = self.ap.plan
+        updates: dict[str, Any] = {}
+        if self.ap.spec.final_steps:
+            updates = {"train.max_steps": self.ap.spec.final_steps, "train.time_budget_min": 0,
+                       "train.epochs": 100000}
+        else:
+            minutes = max(0.1, (self.ap.spec.budget_min * 60 - self.ap.used_s - plan.get("post_s", 0)) / 60)
+            updates = {"train.time_budget_min": round(minutes, 3), "train.epochs": 100000}
+        cfg = C.with_updates(self.recipe_config(), updates, "autopilot final run")
+        r.folder = "final"
+        self._train(self.folder / "final", cfg)
+        vals = [m for m in rundir.read_metrics(self.folder / "final") if m.get("split") == "val"]
+        r.rows = [{"label": f"step {m['step']}", "mAP": m.get("mAP"), "AP50": m.get("AP50"), "AP75": m.get("AP75")}
+                  for m in vals[-5:]]
+        r.why = (f"the recipe on the whole train split for {updates.get('train.time_budget_min', '')} min"
+                 if "train.time_budget_min" in updates and updates["train.time_budget_min"] else
+                 f"the recipe on the whole train split for {self.ap.spec.final_steps} steps")
+
+    def _post(self, r: P.RoundState) -> None:
+        from ..evaluation.evaluate_run import evaluate_run
+        from . import tune_post
+
+        run = self.folder / "final"
+        cache = tune_post.cache_outputs(run, "last", updates={"data.val": self.ap.holdout,
+                                                              "eval.val_data_mode": "full"})
+        result = tune_post.tune(run, which="last", cache=cache, stop=self._stop)
+        self._check()
+        r.choice = result.best_updates()
+        self.ap.recipe.update(r.choice)  # before the recipe is saved below
+        tune_post.apply(result)  # the final run's config.toml: its val figures below use them
+        m = evaluate_run(run, "last", {"eval.val_data_mode": "full"})
+        keep = ("mAP", "AP50", "AP75", "APs", "APm", "APl")
+        self.ap.final = {k: float(m[k]) for k in keep if k in m}
+        C.save(self._recipe_preset(), self.folder / "recipe.toml")
+        r.rows = [{"label": "held-out, the run's values", "mAP": result.default["mAP"]},
+                  {"label": "held-out, tuned", "mAP": result.best["mAP"]},
+                  {"label": "val (last weights, tuned post-processing)", **self.ap.final}]
+        r.why = (f"{tune_post.fmt_point(result.best)} on the held-out part; val mAP {self.ap.final['mAP']:.4f} "
+                 f"AP50 {self.ap.final['AP50']:.4f}; the recipe: {self.folder / 'recipe.toml'}")
+
+    # --- helpers ----------------------------------------------------------------------------------------------------
+    def _recipe_preset(self) -> C.Config:
+        return self.recipe_config().model_copy(update={"preset": f"autopilot-{self.folder.name}"})
+
+    def _replan(self, step_s: float | None = None) -> None:
+        step_s = step_s or float(self.ap.plan.get("step_s", 0)) or 1.0
+        left = [x.name for x in self.ap.rounds if x.name in P.SEARCH and x.status in ("pending", "running")]
+        post_s = max(30.0, 0.03 * self.ap.spec.budget_min * 60)
+        plan = P.make_plan(self.ap.spec, self.ap.used_s, step_s, left, post_s)
+        done = [x for x in self.ap.plan.get("rounds", []) if x not in left]
+        self.ap.plan = {**asdict(plan), "rounds": done + plan.rounds, "post_s": post_s}
+        self._emit(AutopilotProgress("planned", "", plan.why))
+
+    def _study(self, r: P.RoundState, what: dict[str, Any]) -> dict[str, Any]:
+        """Run the round's study (created once; resumed as it is after a stop or a kill) and return its best row."""
+        from .study import Study, StudySpec, is_study
+        from .study_owner import StudyOwner
+        from .study_results import table
+
+        folder = self.folder / f"round-{r.name}"
+        r.folder = folder.name
+        if not is_study(folder):
+            spec = StudySpec(what["kind"], what["key"], what["values"], self.ap.spec.trial_steps or None,
+                             None if self.ap.spec.trial_steps else round(self.ap.plan["trial_s"] / 60, 4),
+                             f"{self.folder.name}-{r.name}", self.search_config().model_dump(mode="json"),
+                             slides=what.get("slides", 0), workers=self.ap.spec.workers, arms=what.get("arms", []))
+            Study.create(folder, spec)
+        owner = StudyOwner(folder, callback=self.callback)
+        self._current = {"study": folder, "owner": owner}
+        self._wait(owner.run)
+        study = Study.open(folder)
+        rows = table(study)
+        r.rows = [{k: x[k] for k in ("label", "mAP", "AP50", "steps", "status")} for x in rows]
+        best = next((x for x in rows if x["best"]), None)
+        if best is None:
+            raise P.AutopilotError(f"{folder}: no trial finished; see its journal.md and the trials' events")
+        r.why = (f"best {best['label']} (held-out mAP {best['mAP']:.4f}) of "
+                 f"{', '.join(str(x['label']) for x in rows)}")
+        return best
+
+    def _train(self, run: Path, cfg: C.Config) -> None:
+        from .trial import train_trial
+
+        box: dict[str, Any] = {}
+        self._current = {"run": run, "box": box}
+        end: dict[str, Any] = {}
+        self._wait(lambda: end.setdefault("end", train_trial(run, cfg, on_trainer=lambda t: box.update(trainer=t))))
+        e = end.get("end")
+        if e is None or e.state == "stopped":
+            raise Stopped()
+        if e.state == "failed":
+            raise P.AutopilotError(f"{run}: {e.error}")
+
+
+def _count(coco_json: Path) -> int:
+    import json
+
+    return len(json.loads(Path(coco_json).read_text(encoding="utf-8"))["images"])

@@ -1,0 +1,169 @@
+"""The autopilot (engine.workflows.autopilot): the budget shared from the step time, val untouched before the final
+run, the recipe saved as a preset, a kill -9 mid-round resumed to the same journal, a live budget change."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from nanxi_tune.engine import config as C
+from nanxi_tune.engine.run import rundir, runctl
+from nanxi_tune.engine.workflows import autopilot_plan as P
+from nanxi_tune.engine.workflows.autopilot import AutopilotOwner, create
+from tests.conftest import tiny
+
+FAST = {"train.epochs": 1, "eval.interval": 1, "data.synthetic_train": 40}
+
+
+def test_budget_text_in_minutes_hours_days():
+    assert [P.parse_budget(x) for x in ("90m", "12h", "2d", "45", "1.5h")] == [90, 720, 2880, 45, 90]
+    for bad in ("", "0", "-3h", "12 hours", "h"):
+        with pytest.raises(P.AutopilotError, match="90m, 12h or 2d"):
+            P.parse_budget(bad)
+
+
+def spec(budget_min, **kw):
+    return P.AutopilotSpec("bccd", {}, budget_min, **kw)
+
+
+def test_the_plan_gives_the_final_run_half_and_shares_the_rest_per_trial():
+    plan = P.make_plan(spec(30), 0.0, 0.5, list(P.SEARCH), post_s=60)
+    assert plan.rounds == ["lr", "shape", "capacity"]
+    assert plan.final_s == pytest.approx(15 * 60)
+    assert plan.trial_s == pytest.approx((30 * 60 - 60 - 15 * 60) / 10)  # 4 lr (a slide) + 3 + 3 trials
+    assert plan.search_s + plan.final_s == pytest.approx(30 * 60 - 60)
+
+
+def test_a_short_budget_drops_the_last_rounds_first_and_says_why():
+    plan = P.make_plan(spec(10), 0.0, 1.0, list(P.SEARCH), post_s=30)  # 270 s of search, 60-step trials: 4 fit
+    assert plan.rounds == ["lr"] and "capacity dropped" in plan.why and "shape dropped" in plan.why
+    none = P.make_plan(spec(2), 0.0, 1.0, list(P.SEARCH))
+    assert none.rounds == [] and none.final_s == pytest.approx(120) and "no search" in none.why
+
+
+def test_a_long_budget_caps_the_trials_and_gives_the_rest_to_the_final_run():
+    plan = P.make_plan(spec(2 * 1440), 0.0, 0.1, list(P.SEARCH))
+    assert plan.trial_s == pytest.approx(P.MAX_TRIAL_STEPS * 0.1)
+    assert plan.final_s > 0.99 * (2 * 86400 - plan.search_s) - 1
+
+
+def _make(tmp_path, **options):
+    base = tiny(**FAST)
+    folder = tmp_path / "ap"
+    create(folder, "demo", base, 30, trial_steps=2, final_steps=3, **options)
+    return folder
+
+
+@pytest.mark.slow
+def test_an_autopilot_scores_only_the_held_out_part_before_its_final_run_and_saves_a_preset(tmp_path):
+    folder = _make(tmp_path, rounds=["shape"], holdout=0.25)
+    assert AutopilotOwner(folder).run() == "finished"
+    ap = P.load(folder)
+    assert [r.status for r in ap.rounds] == ["done", "done", "done", "skipped", "done", "skipped", "done", "done",
+                                             "done"]
+    val = tiny(**FAST).data.val
+    searched = [d for d in folder.rglob(rundir.CONFIG) if d.parent.name != "final"]
+    assert len(searched) >= 4  # the probe and the shape round's three arms
+    for path in searched:  # every trial fit on the fit part and was scored on the held-out part
+        cfg = C.load(path)
+        assert (cfg.data.train, cfg.data.val) == (ap.fit, ap.holdout) and cfg.data.val != val
+        evals = [m for m in rundir.read_metrics(path.parent) if m.get("split") == "val"]
+        assert len(evals) <= 1
+    final = C.load(folder / "final" / rundir.CONFIG)
+    assert final.data.val == val and final.data.train == "synthetic"  # the whole train split
+    assert set(ap.final) >= {"mAP", "AP50", "AP75"}
+    recipe = C.load_preset(str(folder / "recipe.toml"))  # the recipe loads as a preset
+    for k, v in ap.recipe.items():
+        got = C.flatten(recipe)[k]
+        assert (list(got) if isinstance(got, tuple) else got) == v
+    journal = (folder / rundir.JOURNAL).read_text()
+    assert "## [x] 5. shape branch: loss and samples" in journal and "## [-] 4. learning rate" in journal
+    assert "| as-is" in journal and "val (the final run's last weights)" in journal
+
+
+def _tables(folder):
+    return [(r.name, r.status, r.choice if r.name != "normalize" else sorted(r.choice), r.rows)
+            for r in P.load(folder).rounds if r.name not in ("probe", "final", "post", "split")]
+
+
+def _wait(cond, timeout=240.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.slow
+def test_a_kill_9_in_the_middle_of_a_round_resumes_to_the_same_journal(tmp_path):
+    reference = _make(tmp_path / "a", rounds=["lr"])
+    assert AutopilotOwner(reference).run() == "finished"
+
+    folder = _make(tmp_path / "b", rounds=["lr"])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    owner = subprocess.Popen([sys.executable, "-m", "nanxi_tune.cli", "resume", str(folder)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        def one_trial_done():
+            study = folder / "round-lr"
+            return any((d / rundir.CONFIG).exists() and rundir.recorded_state(d) == "finished"
+                       for d in study.glob("trial-*")) if study.is_dir() else False
+
+        assert _wait(one_trial_done), "no lr trial finished"
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(timeout=30)
+        assert P.load(folder).round("lr").status == "running"
+        assert _wait(lambda: not runctl.status(folder).alive, 30)
+        assert _wait(lambda: not any(runctl.status(d).alive for d in (folder / "round-lr").glob("trial-*")), 60)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+    done = subprocess.run([sys.executable, "-m", "nanxi_tune.cli", "resume", str(folder)], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _tables(folder) == _tables(reference)
+    assert P.load(folder).final == P.load(reference).final
+
+
+@pytest.mark.slow
+def test_a_live_budget_change_re_plans(tmp_path):
+    folder = _make(tmp_path, rounds=["lr"])
+    owner = AutopilotOwner(folder)
+    th = threading.Thread(target=owner.run)
+    th.start()
+    try:
+        assert _wait(lambda: P.load(folder).round("lr").status == "running")
+        before = P.load(folder).plan
+        ack = runctl.request(folder, runctl.Op.SET, {"autopilot.budget_min": 90}, "test", 60)
+        assert ack is not None and ack["applied"], ack
+        assert "autopilot.budget_min 30 → 90" in ack["message"] and "re-planned" in ack["message"]
+        after = P.load(folder)
+        assert after.spec.budget_min == 90 and after.plan["final_s"] > before["final_s"] + 50 * 60
+        bad = runctl.request(folder, runctl.Op.SET, {"train.base_lr": 0.1}, "test", 60)
+        assert bad is not None and not bad["applied"] and "autopilot.budget_min" in bad["message"]
+    finally:
+        owner.request_stop()
+        th.join(300)
+    assert json.loads((folder / P.AUTOPILOT_JSON).read_text())["spec"]["budget_min"] == 90
+
+
+def test_a_study_of_arms_names_its_trials_and_gives_each_its_config(tmp_path):
+    from nanxi_tune.engine.workflows.study import Study, StudyError, StudySpec, trial_config
+
+    base = tiny().model_dump(mode="json")
+    arms = [{"name": "as-is", "set": {}}, {"name": "giou", "set": {"loss.shape_loss": "giou"}}]
+    study = Study.create(tmp_path / "s", StudySpec("arms", "arm", [], 2, None, "s", base, arms=arms))
+    spec = study.spec
+    assert (spec.kind, spec.values, spec.slides) == ("arms", [1.0, 2.0], 0)
+    assert sorted(t.user_attrs["run"] for t in study.trials()) == ["trial-as-is", "trial-giou"]
+    assert trial_config(spec, 2.0).loss.shape_loss == "giou" and trial_config(spec, 1.0).loss.shape_loss == "l1"
+    assert trial_config(spec, 2.0).train.max_steps == 2
+    for bad in ([{"name": "a b", "set": {}}], [{"name": "x", "set": {}}, {"name": "x", "set": {}}]):
+        with pytest.raises(StudyError, match="distinct name"):
+            Study.create(tmp_path / f"bad{len(bad)}", StudySpec("arms", "arm", [], 2, None, "b", base, arms=bad))
