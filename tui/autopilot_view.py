@@ -22,6 +22,7 @@ from nanxi_tune.engine.run import rundir, runctl
 from nanxi_tune.engine.run.runctl import Op
 from nanxi_tune.engine.workflows import autopilot_plan as P
 from nanxi_tune.tui.dialogs import Dialog
+from nanxi_tune.tui.field_row import format_value
 
 REFRESH_S = 1.0
 MARKS = {"done": "✓", "skipped": "–", "running": "▶", "pending": " "}
@@ -30,13 +31,15 @@ MARKS = {"done": "✓", "skipped": "–", "running": "▶", "pending": " "}
 class BudgetDialog(Dialog):
     """The autopilot's whole budget: minutes, hours or days."""
 
-    def __init__(self, prefill: str = "30m", title: str = "Run unattended: the whole budget") -> None:
+    def __init__(self, prefill: str = "30m", title: str = "Run unattended: the whole budget",
+                 enter: str = "start") -> None:
         super().__init__()
-        self.prefill, self.title_text = prefill, title
+        self.prefill, self.title_text, self.enter = prefill, title, enter
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(f"{self.title_text} (90m, 12h, 2d), Enter to start, Esc to cancel", classes="dialog-title")
+            yield Label(f"{self.title_text} (90m, 12h, 2d), Enter to {self.enter}, Esc to cancel",
+                        classes="dialog-title")
             yield Input(self.prefill, id="budget-input")
             yield Static("", id="budget-error", classes="dialog-error")
 
@@ -46,6 +49,29 @@ class BudgetDialog(Dialog):
             self.dismiss(P.parse_budget(event.value))
         except P.AutopilotError as err:
             self.query_one("#budget-error", Static).update(str(err))
+
+
+def ask_and_start(app, cfg, runs_root: Path) -> None:
+    """Ask for a budget, then start an autopilot on ``cfg`` with its owner detached (closing the TUI never stops
+    it) and show its screen."""
+
+    def start(minutes: float | None) -> None:
+        if minutes is None:
+            return
+        from nanxi_tune.engine.data.datapaths import DataError, check
+        from nanxi_tune.engine.workflows.autopilot import create, spawn_detached
+
+        try:
+            check(cfg)
+            folder = rundir.new_run_dir(Path(runs_root), rundir.run_name(f"autopilot-{cfg.preset or 'config'}"))
+            create(folder, cfg.preset or "config", cfg, minutes)
+        except (DataError, P.AutopilotError) as err:
+            app.notify(str(err), severity="error")
+            return
+        spawn_detached(folder)
+        app.push_screen(AutopilotScreen(folder))
+
+    app.push_screen(BudgetDialog(), start)
 
 
 class AutopilotScreen(Screen):
@@ -71,7 +97,7 @@ class AutopilotScreen(Screen):
         yield Label(f"[b]自动调参 autopilot[/b] {self.folder.name}", id="ap-title")
         yield DataTable(id="ap-rounds", cursor_type="row", zebra_stripes=True)
         with VerticalScroll(id="ap-scroll"):
-            yield Static("reading…", id="ap-detail")
+            yield Static("reading…", id="ap-detail", markup=False)
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -128,13 +154,13 @@ class AutopilotScreen(Screen):
         left = max(0.0, ap.spec.budget_min - ap.used_s / 60)
         best = f" · val mAP {ap.final['mAP']:.4f}" if ap.final else ""
         self.query_one("#ap-title", Label).update(
-            f"[b]自动调参 autopilot[/b] {self.folder.name} · {state}{'' if alive else ' (no owner)'} · budget "
-            f"{P.budget_text(ap.spec.budget_min)} · {left:.1f} min left{best}")
+            f"[b]自动调参 autopilot[/b] {self.folder.name}\n{state}{'' if alive else ' (no owner)'} · "
+            f"{left:.1f} min left of {P.budget_text(ap.spec.budget_min)}{best}")
         t = self.query_one("#ap-rounds", DataTable)
         row = t.cursor_row
         t.clear()
         for i, r in enumerate(ap.rounds, start=1):
-            chosen = ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in r.choice.items())
+            chosen = ", ".join(f"{k.rsplit('.', 1)[-1]}={format_value(v)}" for k, v in r.choice.items())
             t.add_row(MARKS.get(r.status, "?"), f"{i}. {P.TITLES[r.name]}"[:44], chosen[:27], key=r.name)
         t.move_cursor(row=min(max(row, 0), len(ap.rounds) - 1))
         self.query_one("#ap-detail", Static).update(detail)
@@ -148,12 +174,15 @@ class AutopilotScreen(Screen):
 
     def action_budget(self) -> None:
         now = f"{self.ap.spec.budget_min:g}m" if self.ap else "30m"
-        self.app.push_screen(BudgetDialog(now, "A new whole budget"),
+        self.app.push_screen(BudgetDialog(now, "A new whole budget", "re-plan"),
                              lambda m: m is not None and self._send(Op.SET, {P.BUDGET_KEY: m}))
 
     def action_resume(self) -> None:
         if runctl.status(self.folder).alive:
             self.notify("it is running; F6 pauses or continues it")
+            return
+        if self.ap is not None and all(r.status in ("done", "skipped") for r in self.ap.rounds):
+            self.notify(f"finished: the recipe is {self.folder / 'recipe.toml'}")
             return
         from nanxi_tune.engine.workflows.autopilot import spawn_detached
 
@@ -187,11 +216,3 @@ def _study_rows(folder: Path) -> list[dict[str, Any]]:
         return table(Study.open(folder))
     except Exception:  # noqa: BLE001 - a study being created: shown at the next refresh
         return []
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_short(x) for x in v) + "]"
-    return str(v)

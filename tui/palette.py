@@ -28,6 +28,9 @@ ACTIONS = [  # action, palette name, help
     ("tune_post", "NMS tuning (post-processing)", "Search nms_iou / score_threshold / top_k on the selected or "
                                                   "last trained run, without retraining"),
     ("open_schedule", "Tuning schedule (rounds)", "The notes' order: round 1 QMV, round 2 RSR, after training"),
+    ("run_unattended", "Run unattended (autopilot)", "The notes' whole schedule on the config's data within a budget "
+                                                      "(90m, 12h, 2d), detached: rounds, journal and recipe in its "
+                                                      "folder; u on the tuning schedule too"),
     ("compute_stats", "Mean/std after augmentation", "Compute normalize.mean/std over augmented training "
                                                      "samples and write them into the config"),
     ("autobatch", "Largest batch (autobatch)", "Find the largest data.batch_size that fits in memory and write "

@@ -186,28 +186,9 @@ class ScheduleScreen(Screen):
         self._detail()
 
     def action_unattended(self) -> None:
-        from nanxi_tune.tui.autopilot_view import BudgetDialog
+        from nanxi_tune.tui.autopilot_view import ask_and_start
 
-        self.app.push_screen(BudgetDialog(), self._start_autopilot)
-
-    def _start_autopilot(self, minutes: float | None) -> None:
-        """A new autopilot on this config, its owner detached (closing the TUI never stops it); its screen follows."""
-        if minutes is None:
-            return
-        from nanxi_tune.engine.data.datapaths import DataError, check
-        from nanxi_tune.engine.workflows import autopilot_plan as P
-        from nanxi_tune.engine.workflows.autopilot import create, spawn_detached
-        from nanxi_tune.tui.autopilot_view import AutopilotScreen
-
-        try:
-            check(self.cfg)
-            folder = rundir.new_run_dir(self.runs_root, rundir.run_name(f"autopilot-{self.cfg.preset or 'config'}"))
-            create(folder, self.cfg.preset or "config", self.cfg, minutes)
-        except (DataError, P.AutopilotError) as err:
-            self.notify(str(err), severity="error")
-            return
-        spawn_detached(folder)
-        self.app.push_screen(AutopilotScreen(folder))
+        ask_and_start(self.app, self.cfg, self.runs_root)
 
     def _take(self, cfg: C.Config) -> None:
         self.cfg = cfg

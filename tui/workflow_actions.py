@@ -106,6 +106,13 @@ class WorkflowActions:
             return
         self.push_screen(PredictionsScreen(run))
 
+    def action_run_unattended(self) -> None:
+        from nanxi_tune.tui.autopilot_view import ask_and_start
+
+        cfg = self._config_or_refuse("start the autopilot")
+        if cfg is not None:
+            ask_and_start(self, cfg, self.runs_root)
+
     def action_open_schedule(self) -> None:
         from nanxi_tune.tui.schedule_view import ScheduleScreen
 

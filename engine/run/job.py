@@ -11,10 +11,28 @@ from typing import Any
 
 from . import recorder, runctl
 from . import control
-from .events import CommandAck, RunState, StateChanged
+from .events import CommandAck, Event, RunState, StateChanged
 from .runctl import Command, Op
 
 POLL_S = 0.1
+
+
+class OwnerRecord:
+    """The record side of a job's owner (a study's, an autopilot's): its state in owner.json and events.jsonl, and
+    every event to its listener too. Needs ``state``, ``owner`` (runctl.RunOwner), ``recorder``, ``callback`` and
+    ``_done()`` (the progress count owner.json shows as its step)."""
+
+    def _set_state(self, state: RunState, message: str = "") -> None:
+        self.state = state
+        self.owner.update(state=state.value, step=self._done())
+        self._emit(StateChanged(state, self._done(), message))
+
+    def _emit(self, event: Event) -> None:
+        self.recorder.record(event)
+        try:
+            self.callback(event)
+        except Exception:  # noqa: BLE001 - a listener must never break the job
+            pass
 
 
 class Job:

@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 from .. import config as C
 from ..run import control, rundir, runctl
-from ..run.events import Callback, CommandAck, Error, Event, RunState, StateChanged, null_callback
+from ..run.job import OwnerRecord
+from ..run.events import Callback, CommandAck, Error, RunState, null_callback
 from ..run.runctl import Command, Op
 from . import autopilot_plan as P
 from .autopilot_journal import write_journal
@@ -45,7 +46,7 @@ def create(folder: Path | str, preset: str, base: C.Config, budget_min: float, *
     return ap
 
 
-class AutopilotOwner(Rounds):
+class AutopilotOwner(Rounds, OwnerRecord):
     def __init__(self, folder: Path | str, callback: Callback = null_callback):
         self.folder = Path(folder)
         self.ap = P.load(self.folder)
@@ -241,18 +242,6 @@ class AutopilotOwner(Rounds):
     def _final_text(self) -> str:
         f = self.ap.final
         return f"finished: val mAP {f['mAP']:.4f} AP50 {f['AP50']:.4f}" if f else "finished"
-
-    def _set_state(self, state: RunState, message: str = "") -> None:
-        self.state = state
-        self.owner.update(state=state.value, step=self._done())
-        self._emit(StateChanged(state, self._done(), message))
-
-    def _emit(self, event: Event) -> None:
-        self.recorder.record(event)
-        try:
-            self.callback(event)
-        except Exception:  # noqa: BLE001 - a listener must never break the walk
-            pass
 
 
 def spawn_detached(folder: Path | str) -> Any:

@@ -22,7 +22,8 @@ from typing import Any
 
 from ..run import rundir, runctl
 from ..run import control
-from ..run.events import Callback, CommandAck, Error, Event, RunState, StateChanged, null_callback
+from ..run.job import OwnerRecord
+from ..run.events import Callback, CommandAck, Error, Event, RunState, null_callback
 from ..run.runctl import Command, Op
 from .study import STUDY_KEYS, Study, StudyError, StudySpec, value_name
 from .study_results import best_row, next_window_of, rows
@@ -80,7 +81,7 @@ def parse_devices(text: str) -> list[str]:
     return out
 
 
-class StudyOwner:
+class StudyOwner(OwnerRecord):
     def __init__(self, folder: Path | str, workers: int | None = None, devices: list[str] | None = None,
                  callback: Callback = null_callback):
         self.folder = Path(folder)
@@ -331,19 +332,6 @@ class StudyOwner:
                     s.process.wait(timeout=300)
                 except (OSError, subprocess.TimeoutExpired):
                     pass
-
-    # --- the record ---------------------------------------------------------------------------------------------------
-    def _set_state(self, state: RunState, message: str = "") -> None:
-        self.state = state
-        self.owner.update(state=state.value, step=self._done())
-        self._emit(StateChanged(state, self._done(), message))
-
-    def _emit(self, event: Event) -> None:
-        self.recorder.record(event)
-        try:
-            self.callback(event)
-        except Exception:  # noqa: BLE001 - a listener must never break the study
-            pass
 
 
 def spawn_detached(folder: Path | str, workers: int | None = None, devices: str | None = None) -> subprocess.Popen:

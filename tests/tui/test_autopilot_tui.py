@@ -50,7 +50,7 @@ def test_the_autopilot_screen_shows_rounds_trials_time_left_and_the_journal(tmp_
         async with app.run_test(size=(80, 24), notifications=True) as pilot:
             await wait_for(pilot, lambda: screen.ap is not None, timeout=10)
             title = str(screen.query_one("#ap-title").render())
-            assert "budget 30.0 min" in title and "24.0 min left" in title
+            assert "24.0 min left of 30.0 min" in title
             table = screen.query_one("#ap-rounds", DataTable)
             assert table.row_count == len(P.ROUNDS)
             cells = [str(c) for c in table.get_row("profile")]
@@ -91,3 +91,24 @@ def test_run_unattended_asks_a_budget_and_starts_a_detached_autopilot_on_the_con
     assert len(started) == 1
     ap = P.load(started[0])
     assert ap.spec.budget_min == 120 and ap.spec.config == cfg.model_dump(mode="json")
+
+
+def test_the_runs_tab_lists_an_autopilot_and_enter_opens_its_screen(tmp_path):
+    from nanxi_tune.engine.run import listing
+    from nanxi_tune.tui.app import NanxiTuneApp
+    from nanxi_tune.tui.runs_view import _grouped
+
+    runs = tmp_path / "runs"
+    create(runs / "ap", "demo", tiny(), 30)
+    rows = listing.list_runs(runs)
+    assert [(r.name, r.preset, r.step) for r in rows] == [("ap", "autopilot", 0)]
+    assert [name for _, name in _grouped(rows)] == ["▲ ap"]
+
+    async def go():
+        app = NanxiTuneApp(runs_root=runs)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            app.open_run(runs / "ap")
+            await wait_for(pilot, lambda: isinstance(app.screen, AutopilotScreen), 10)
+
+    asyncio.run(go())
