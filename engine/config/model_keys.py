@@ -79,6 +79,6 @@ class Loss(Strict):
     shape_samples: Literal["centre", "gaussian"] = F(
         "centre", "Cells the shape branch learns from: each object's centre cell (CenterNet), or every cell of its "
         "Gaussian window weighted by the Gaussian (TTFNet: more samples, tighter boxes on large objects).",
-        zh="回归样本")
+        zh="回归样本", live=True)
     focal_alpha: float = F(2.0, "Focal loss exponent on the prediction (CenterNet's alpha).", gt=0, le=8)
     focal_beta: float = F(4.0, "Focal loss penalty reduction exponent near peaks (CenterNet's beta).", gt=0, le=16)

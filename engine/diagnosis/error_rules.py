@@ -61,6 +61,11 @@ def localisation_bound(cfg, h, stats):
         how = (f"continue from step {step} with loss.shape_loss = giou: it trains the box's overlap, which AP75 "
                "measures, not each side on its own (a short trial against the unchanged run proves it on AP75 first)")
         rem = remedy({"loss.shape_loss": "giou"}, step, how, proof="AP75")
+    elif cfg.loss.shape_samples == "centre":  # live as well: more cells learn each box (TTFNet)
+        how = (f"continue from step {step} with loss.shape_samples = gaussian: every cell of an object's Gaussian "
+               "window learns its box, not only the centre cell (a short trial against the unchanged run proves it "
+               "on AP75 first)")
+        rem = remedy({"loss.shape_samples": "gaussian"}, step, how, proof="AP75")
     else:
         s = round(cfg.loss.s_shape - 1.0, 3)
         how = (f"start a new run with loss.s_shape = {s} (the shape branch weighted e≈2.7× more), or a larger "

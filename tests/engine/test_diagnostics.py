@@ -578,8 +578,12 @@ def test_localisation_bound_fires_on_loose_boxes_only():
     # a live change: the run continues from the last evaluation's checkpoint, once a trial proves it on AP75
     assert f.remedy["resume_from_step"] == f.step == f.evidence["evals"][-1] and f.remedy["proof"] == "AP75"
     giou = check_rule("localisation-bound", cfg_with(**{"loss.shape_loss": "giou"}), loose)
-    assert giou.remedy["set"] == {"loss.s_shape": -1.0}  # GIoU already on: the shape branch weighted more
-    assert giou.remedy["resume_from_step"] is None and "proof" not in giou.remedy  # not live: a new run
+    assert giou.remedy["set"] == {"loss.shape_samples": "gaussian"}  # GIoU on: more cells learn each box (live)
+    assert giou.remedy["resume_from_step"] == giou.step and giou.remedy["proof"] == "AP75"
+    both = check_rule("localisation-bound", cfg_with(**{"loss.shape_loss": "giou", "loss.shape_samples": "gaussian"}),
+                      loose)
+    assert both.remedy["set"] == {"loss.s_shape": -1.0}  # both on: the shape branch weighted more
+    assert both.remedy["resume_from_step"] is None and "proof" not in both.remedy  # not live: a new run
     # healthy: AP75 is 70% of AP50, or localisation is not the largest error, or too early in the run
     assert check_rule("localisation-bound", C.Config(), with_errors(HEALTHY, {"localisation": 0.2})) is None
     assert check_rule("localisation-bound", C.Config(),

@@ -147,3 +147,13 @@ def test_live_edit_of_other_keys_keeps_the_plan_and_resume_is_exact():
     again = LrPlan(cfg, 100)
     again.load_state_dict(state)
     assert not again.reconfigure(cfg) and again.state_dict() == state  # what the trainer does at resume
+
+
+def test_a_live_edit_of_the_budget_replans_the_end_and_the_decay():
+    assert C.is_live("train.time_budget_min")  # the autopilot's budget change reaches its final run this way
+    plan = LrPlan(cfg_of(train__time_budget_min=1.0), 100)
+    simulate(plan, lambda s: 0.05, limit=300)
+    before = plan.total_steps
+    assert plan.reconfigure(cfg_of(train__time_budget_min=2.0))
+    assert plan.total_steps == pytest.approx(2 * before, rel=0.02)
+    assert plan.milestones[0] == pytest.approx(0.7 * plan.total_steps, abs=1)
