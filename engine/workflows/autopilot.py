@@ -199,8 +199,8 @@ class AutopilotOwner(Rounds, OwnerRecord):
         if set(updates) != {P.BUDGET_KEY}:
             raise P.AutopilotError(f"{', '.join(updates)}: an autopilot takes {P.BUDGET_KEY} (minutes)")
         v = updates[P.BUDGET_KEY]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-            raise P.AutopilotError(f"{P.BUDGET_KEY} = {v!r}: give a positive number of minutes")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= P.MAX_BUDGET_MIN:
+            raise P.AutopilotError(f"{P.BUDGET_KEY} = {v!r}: give a positive number of minutes (at most 365 days)")
         self._tick()
         old = self.ap.spec.budget_min
         self.ap.spec.budget_min = float(v)
@@ -213,7 +213,7 @@ class AutopilotOwner(Rounds, OwnerRecord):
                 said += f"; the final run re-plans to {minutes:.1f} min"
         elif self.ap.plan:
             self._replan()
-            if "study" in self._current and not self.ap.spec.trial_steps:
+            if "study" in self._current and not self.ap.spec.trial_steps and self.ap.plan["trial_s"] > 0:
                 self._forward(Op.SET, {"study.trial_minutes": round(self.ap.plan["trial_s"] / 60, 4)})
             said += f"; re-planned: {self.ap.plan['why']}"
         self._save()

@@ -38,7 +38,8 @@ FINAL_SHARE = 0.5  # of the whole budget, for the final run
 MIN_TRIAL_STEPS = 60  # a trial shorter than this cannot rank its values: the round is dropped instead
 MAX_TRIAL_STEPS = 3000  # a longer trial ranks no better: the rest goes to the final run
 LR_WINDOW = 3  # values of the first lr window (centred on the preset's); one slide may add one more
-BUDGET_KEY = "autopilot.budget_min"  # the study-level key `ctl AUTOPILOT set` takes
+BUDGET_KEY = "autopilot.budget_min"
+MAX_BUDGET_MIN = 525600.0  # the study-level key `ctl AUTOPILOT set` takes
 
 
 class AutopilotError(ValueError):
@@ -50,7 +51,10 @@ def parse_budget(text: str) -> float:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhd]?)\s*", str(text))
     if not m or float(m.group(1)) <= 0:
         raise AutopilotError(f"--budget {text!r}: give a duration such as 90m, 12h or 2d")
-    return float(m.group(1)) * {"": 1, "m": 1, "h": 60, "d": 1440}[m.group(2)]
+    minutes = float(m.group(1)) * {"": 1, "m": 1, "h": 60, "d": 1440}[m.group(2)]
+    if minutes > MAX_BUDGET_MIN:
+        raise AutopilotError(f"--budget {text!r}: at most 365 days (a run's train.time_budget_min ceiling)")
+    return minutes
 
 
 def budget_text(minutes: float) -> str:
