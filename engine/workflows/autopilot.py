@@ -27,6 +27,7 @@ from .autopilot_journal import write_journal
 from .autopilot_rounds import AutopilotProgress, Rounds, Stopped
 
 TICK_S = 0.2
+SAVE_S = 10.0
 
 
 def create(folder: Path | str, preset: str, base: C.Config, budget_min: float, **options: Any) -> P.Autopilot:
@@ -124,11 +125,15 @@ class AutopilotOwner(Rounds, OwnerRecord):
 
         th = threading.Thread(target=target, name="autopilot-round", daemon=True)
         th.start()
+        saved = time.monotonic()
         while th.is_alive():
             if self._stop.is_set():  # every tick: the trainer or the study may not exist yet at the first
                 self._forward(Op.STOP)
             self._commands()
             self._tick()
+            if time.monotonic() - saved > SAVE_S:  # the time used, for `ctl status` and the TUI
+                self._save()
+                saved = time.monotonic()
             th.join(TICK_S)
         self._current = {}
         if err:
