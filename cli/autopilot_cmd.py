@@ -54,7 +54,7 @@ def autopilot(args) -> int:
         base = C.with_updates(C.load_preset(args.ap_preset), C.parse_sets(args.sets))
         check(base)
     except (P.AutopilotError, DataError) as e:
-        err.print(f"nanxi-tune autopilot: {e}")
+        err.print(f"nanxi-tune autopilot: {e}", soft_wrap=True, markup=False, highlight=False)
         return ExitCode.BAD_INPUT
     from nanxi_tune.engine.workflows.autopilot import create
 
@@ -65,7 +65,7 @@ def autopilot(args) -> int:
                workers=max(1, args.workers), trial_steps=max(0, args.trial_steps),
                final_steps=max(0, args.final_steps), rounds=list(args.rounds))
     except P.AutopilotError as e:
-        err.print(f"nanxi-tune autopilot: {e}")
+        err.print(f"nanxi-tune autopilot: {e}", soft_wrap=True, markup=False, highlight=False)
         return ExitCode.BAD_INPUT
     err.print(f"{folder}: autopilot for {P.budget_text(budget)} on {base.data.train}", soft_wrap=True)
     return own(folder, args)
