@@ -130,23 +130,21 @@ class Rounds:
                  f"{r.choice['normalize.std']}")
 
     def _final(self, r: P.RoundState) -> None:
-        plan = self.ap.plan
-        updates: dict[str, Any] = {}
         if self.ap.spec.final_steps:
-            updates = {"train.max_steps": self.ap.spec.final_steps, "train.time_budget_min": 0,
-                       "train.epochs": 100000}
+            length = f"{self.ap.spec.final_steps} steps"
+            updates = {"train.max_steps": self.ap.spec.final_steps, "train.time_budget_min": 0}
         else:
-            minutes = max(0.1, (self.ap.spec.budget_min * 60 - self.ap.used_s - plan.get("post_s", 0)) / 60)
-            updates = {"train.time_budget_min": round(minutes, 3), "train.epochs": 100000}
-        cfg = C.with_updates(self.recipe_config(), updates, "autopilot final run")
+            left_s = self.ap.spec.budget_min * 60 - self.ap.used_s - self.ap.plan.get("post_s", 0)
+            minutes = round(max(0.1, left_s / 60), 3)
+            length = f"{minutes} min"
+            updates = {"train.time_budget_min": minutes}
+        cfg = C.with_updates(self.recipe_config(), updates | {"train.epochs": 100000}, "autopilot final run")
         r.folder = "final"
         self._train(self.folder / "final", cfg)
         vals = [m for m in rundir.read_metrics(self.folder / "final") if m.get("split") == "val"]
         r.rows = [{"label": f"step {m['step']}", "mAP": m.get("mAP"), "AP50": m.get("AP50"), "AP75": m.get("AP75")}
                   for m in vals[-5:]]
-        r.why = (f"the recipe on the whole train split for {updates.get('train.time_budget_min', '')} min"
-                 if "train.time_budget_min" in updates and updates["train.time_budget_min"] else
-                 f"the recipe on the whole train split for {self.ap.spec.final_steps} steps")
+        r.why = f"the recipe on the whole train split for {length}"
 
     def _post(self, r: P.RoundState) -> None:
         from ..evaluation.evaluate_run import evaluate_run
