@@ -4,10 +4,11 @@ host sync) — measured phase by phase in the training thread, the trainer's ste
 
 On BCCD (``../shared/datasets/bccd``, preset ``bccd``; the ``demo`` preset when BCCD is absent) it prints
 ms per step and the share of each phase, the data side's share (what loader workers could hide), and
-what a cached decode costs (data.cache_mb). Default run: 2 warm-up + 8 measured steps, under 2 minutes on
-a 2-core CPU.
+what a cached decode costs (data.cache_mb), then the same steps in the other memory layout side by side
+(train.channels_last: NHWC against contiguous NCHW) and the ratio. Default run: 2 warm-up + 8 measured steps a
+layout, under 3 minutes on a 2-core CPU.
 
-    python bench/step_breakdown.py [--steps 8] [--channels-last] [--data PATH] [--set key=value ...]
+    python bench/step_breakdown.py [--steps 8] [--data PATH] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from torch.optim.swa_utils import AveragedModel
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine.data.dataset import train_dataset
 from nanxi_tune.engine.data.loader import sample_seed
+from nanxi_tune.engine.data.profile import resolve_for_training
 from nanxi_tune.engine.data.loader import EpochSampler, collate
 from nanxi_tune.engine.model.detector import build_model, count_parameters
 from nanxi_tune.engine.model.targets import build_targets
-from nanxi_tune.engine.run.device import pick_device
+from nanxi_tune.engine.run.device import memory_format, pick_device
 from nanxi_tune.engine.train.optim import ema_avg_fn, param_groups
 
 DATA_PHASES = ("decode", "augment", "resize", "collate")
@@ -42,23 +44,14 @@ def config(args) -> tuple[C.Config, str]:
         name = "bccd"
     else:
         cfg, name = C.load_preset("demo"), f"demo (no BCCD at {data})"
-    return C.with_updates(cfg, {"data.cache_mb": 0} | C.parse_sets(args.sets)), name
+    cfg = C.with_updates(cfg, {"data.cache_mb": 0} | C.parse_sets(args.sets))
+    return resolve_for_training(cfg)[0], name  # neck.out_stride = auto: the stride a run would choose
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/datasets/bccd"))
-    ap.add_argument("--set", dest="sets", nargs="*", default=[])
-    ap.add_argument("--channels-last", action="store_true", help="model and batches in channels_last memory")
-    args = ap.parse_args()
-    cfg, name = config(args)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    device = pick_device(cfg.train.device)
+def measure(cfg: C.Config, ds, device: torch.device, fmt: torch.memory_format, steps: int, warmup: int):
+    """(ms per phase, wall s per step, the model) for ``steps`` steps after ``warmup``, model and batches in ``fmt``."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(cfg.train.seed)
-    ds = train_dataset(cfg, cfg.train.seed)
     model = build_model(cfg, ds.num_classes).to(device, memory_format=fmt)
     ema = AveragedModel(model, multi_avg_fn=ema_avg_fn(cfg.train.ema_decay, cfg.train.ema_ramp), use_buffers=True)
     opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.lr,
@@ -92,7 +85,7 @@ def main() -> None:
     def step(i: int) -> None:
         keys = order[i * bs:(i + 1) * bs]
         images, targets = timed("collate", collate, [sample(e, j) for e, j in keys])
-        images = images.to(device, memory_format=fmt)
+        images = timed("collate", lambda: images.to(device, memory_format=fmt))
         tmaps = timed("targets", build_targets, targets, ds.num_classes, cfg, device)
         losses = timed("forward", model, images, tmaps)
 
@@ -120,24 +113,38 @@ def main() -> None:
         timed("logging", lambda: torch.stack([losses[k].detach().float() for k in keys7]
                                              + [grad_norm.float(), l2]).tolist())
 
-    for i in range(args.warmup):
+    for i in range(warmup):
         step(i)
     times.clear()
     t0 = time.perf_counter()
-    for i in range(args.warmup, args.warmup + args.steps):
+    for i in range(warmup, warmup + steps):
         step(i)
-    wall = (time.perf_counter() - t0) / args.steps
-    per = {p: times[p] / args.steps for p in PHASES}
+    wall = (time.perf_counter() - t0) / steps
+    return {p: times[p] / steps for p in PHASES}, wall, model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/datasets/bccd"))
+    ap.add_argument("--set", dest="sets", nargs="*", default=[])
+    args = ap.parse_args()
+    cfg, name = config(args)
+    device = pick_device(cfg.train.device)
+    ds = train_dataset(cfg, cfg.train.seed)
+    layout = "channels_last" if cfg.train.channels_last else "contiguous"
+    per, wall, model = measure(cfg, ds, device, memory_format(cfg.train.channels_last), args.steps, args.warmup)
     total = sum(per.values())
-    print(f"step breakdown: {name}, {cfg.preprocess.input_size} px, batch {bs}, backbone {cfg.backbone.name} "
-          f"({count_parameters(model) / 1e6:.2f} M parameters), {device.type}, {torch.get_num_threads()} "
-          f"threads, {'channels_last, ' if args.channels_last else ''}{args.steps} steps after {args.warmup} warm-up")
+    print(f"step breakdown: {name}, {cfg.preprocess.input_size} px, stride {cfg.neck.out_stride}, batch "
+          f"{cfg.data.batch_size}, backbone {cfg.backbone.name} ({count_parameters(model) / 1e6:.2f} M parameters), "
+          f"{device.type}, {torch.get_num_threads()} threads, {layout}, {args.steps} steps after {args.warmup} warm-up")
     for p in PHASES:
         print(f"  {p:<10} {per[p] * 1000:8.1f} ms  {100 * per[p] / total:5.1f} %")
     data = sum(per[p] for p in DATA_PHASES)
     print(f"  {'step':<10} {wall * 1000:8.1f} ms  (phases sum {total * 1000:.1f} ms)")
     print(f"data side (decode + augment + resize + collate): {100 * data / total:.1f} % of the step")
-    hits = ds.ids[:bs]
+    hits = ds.ids[:cfg.data.batch_size]
     ds.cache_limit = 1 << 40  # what data.cache_mb buys: a decode becomes a dict lookup
     for i in hits:
         ds._read(i)
@@ -145,8 +152,15 @@ def main() -> None:
     for i in hits:
         ds._read(i)
     cached = (time.perf_counter() - t) * 1000
+    ds.cache_limit = 0
     print(f"decode per step: {per['decode'] * 1000:.1f} ms, cached: {cached:.2f} ms "
           f"(ratio {per['decode'] * 1000 / max(cached, 1e-6):.0f}x)")
+    # train.channels_last: the same steps in the other layout, side by side
+    other = not cfg.train.channels_last
+    _, wall_other, _ = measure(cfg, ds, device, memory_format(other), args.steps, args.warmup)
+    cl, co = (wall, wall_other) if cfg.train.channels_last else (wall_other, wall)
+    print(f"layout: channels_last {cl * 1000:.1f} ms a step, contiguous {co * 1000:.1f} ms "
+          f"(ratio {co / cl:.2f}x faster in channels_last)")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,11 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """train.channels_last as the layout the model and its batches are held in."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def memory_mib(device: torch.device) -> tuple[float, float]:
     """(held, total) MiB for the system strip: memory the caching allocator reserved on a GPU (what
     nvidia-smi shows per process), or this process's resident set and the machine's RAM on the CPU."""

@@ -33,7 +33,7 @@ from ..model.detector import build_model
 from ..model.targets import build_targets
 from ..run import checkpoint as ckpt_io
 from ..run import journal, rundir, runctl
-from ..run.device import group_memory, pick_device, reserved_memory
+from ..run.device import group_memory, memory_format, pick_device, reserved_memory
 from ..run.stop import StopRun
 from ..run.distributed import Dist, convert_sync_batchnorm, use_sync_bn
 from ..run.events import (Callback, Error, EvalMetrics, Event, Log, PlanChanged, RunState, StateChanged, StepMetrics,
@@ -75,6 +75,7 @@ class Trainer:
         self._skipped_images: set[str] = set()
         # built by _setup
         self.device: torch.device | None = None
+        self.layout = torch.contiguous_format  # train.channels_last, the model's and its batches' memory
         self.train_set: Any = None
         self.steps_per_epoch = 0
         self.plan: LrPlan | None = None
@@ -206,7 +207,8 @@ class Trainer:
         if self.dist.active and use_sync_bn(cfg.train.sync_bn, world, bs):
             self.model, n_bn = convert_sync_batchnorm(self.model, self.device.type)
             self.emit(Log(f"train.sync_bn: {n_bn} BatchNorm layers synchronised over {world} ranks"))
-        self.model.to(self.device)
+        self.layout = memory_format(cfg.train.channels_last)
+        self.model.to(self.device, memory_format=self.layout)  # before DDP, EMA and AdamW copy its parameters
         self.net = self.dist.wrap(self.model)  # DistributedDataParallel under torchrun; the model itself otherwise
         if self.dist.active:
             self.emit(Log(f"data-parallel: {world} ranks ({self.dist.backend}), {bs} images per device, global "
@@ -284,7 +286,7 @@ class Trainer:
         self.set_state(RunState.FINISHED, f"best mAP {max(self.best_map, 0):.4f}")
 
     def _train_step(self, images: torch.Tensor, targets: list[dict]) -> dict[str, float]:
-        images = images.to(self.device, non_blocking=True)
+        images = images.to(self.device, non_blocking=True, memory_format=self.layout)
         target_maps = build_targets(targets, self.model.num_classes, self.cfg, self.device)
         if self.dist.active:  # losses are divided by the objects of the global batch, as in one process
             num_pos = torch.as_tensor(target_maps["num_pos"], dtype=torch.float32, device=self.device)

@@ -88,6 +88,7 @@ class _Step:
 
         from ..data.dataset import train_dataset
         from ..model.detector import build_model
+        from ..run.device import memory_format
         from ..train.optim import param_groups
 
         from ..data.profile import resolve_for_training
@@ -95,14 +96,15 @@ class _Step:
         cfg = resolve_for_training(cfg)[0]  # the stride the run will choose
         self.cfg, self.device = cfg, device
         self.ds = train_dataset(cfg, cfg.train.seed)
-        self.model = build_model(cfg, self.ds.num_classes).to(device)
+        self.layout = memory_format(cfg.train.channels_last)
+        self.model = build_model(cfg, self.ds.num_classes).to(device, memory_format=self.layout)
         self.opt = torch.optim.AdamW(param_groups(self.model, cfg.train.weight_decay), lr=cfg.lr)
         self.pool = _sample_batch(self.ds, 8)
 
     def batch(self, n: int):
         images, targets = self.pool
         idx = [i % images.shape[0] for i in range(n)]
-        return images[idx].to(self.device), [targets[i] for i in idx]
+        return images[idx].to(self.device, memory_format=self.layout), [targets[i] for i in idx]
 
     def __call__(self, n: int, pack_hook=None) -> None:
         import torch
