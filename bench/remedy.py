@@ -24,6 +24,12 @@ where no rule fired has no child: its faulty run's own ratio is shown.
     python bench/remedy.py --quick --seeds 10  # the lr target's own size (≥ 90 % of seeds): ~10 min
     python bench/remedy.py                     # 5 faults × 5 seeds: ~11 min
     python bench/remedy.py --full              # 5 faults × 10 seeds: ~22 min
+    python bench/remedy.py --bccd --seeds 5    # a real set: BCCD at 256 px, lr ×100 and ×300 of the bccd preset
+
+With ``--bccd [DIR]`` the runs are the bccd preset at 256 px on BCCD's train split cut once into fit (80 %) and
+held-out (20 %) parts: the held-out part is the runs' val (the watcher's evidence, the lr trials' scores, the
+final mAP), so BCCD's val split is never read; the faults are the healthy lr ×100 and ×300 (issue 21's target:
+children >= 0.8 of the healthy run in >= 90 % of seeds).
 
 Measured (--quick --seeds 10, one thread, quiet 2-core CPU, 268 s; healthy final mAP 0.070-0.125): lr ×100 → 9/10
 seeds reach >= 0.8 of the healthy mAP within 2× its steps (flat-loss fired at step 48 on 9 seeds, children 0.93-1.63×
@@ -42,32 +48,62 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from nanxi_tune.engine import config as C
+from nanxi_tune.engine.data.split import split_train
 from nanxi_tune.engine.workflows import remedy
 from nanxi_tune.engine.run import rundir
 from nanxi_tune.engine.train.trainer import Trainer
 
-SPE = 12  # steps per epoch
+BCCD = Path(__file__).resolve().parents[2] / "shared/datasets/bccd"
+
+SPE = 12  # steps per epoch of the synthetic setup
 SMALL = {"preprocess.input_size": 64, "data.synthetic_train": 96, "data.synthetic_val": 32, "data.batch_size": 8,
          "backbone.width": 8, "head.channels": 16, "eval.interval": 1, "eval.online": False, "train.device": "cpu"}
+BCCD_SIZE = 256  # BCCD at 256 px: its cells still span 4 cells at stride 4, a step a third cheaper than 320
 
 
-def faults(base_lr: float, quick: bool) -> dict[str, dict]:
+@dataclass(frozen=True)
+class Setup:
+    """What every run of the bench trains: a base config and its steps per epoch."""
+    name: str
+    base: C.Config
+    spe: int
+
+    def config(self, seed: int, epochs: int, base_lr: float, updates: dict) -> C.Config:
+        return C.with_updates(self.base, {"train.epochs": epochs, "train.seed": seed, "data.synthetic_seed": seed,
+                                          "train.base_lr": base_lr} | updates)
+
+
+def synthetic() -> Setup:
+    return Setup("the embedded synthetic set (64 px, small model)", C.with_updates(C.load_preset("demo"), SMALL),
+                 SPE)
+
+
+def bccd(data: Path, root: Path) -> Setup:
+    """The bccd preset on BCCD's train split cut into fit / held-out (val is never read): the remedies' trials
+    and the figures score on the held-out part, as the autopilot and bench/recipe_search.py do."""
+    fit, held = split_train(data / "annotations/instances_train.json", root / "split", 0.2)
+    base = C.with_updates(C.load_preset("bccd"), {
+        "data.train": str(fit), "data.val": str(held), "preprocess.input_size": BCCD_SIZE, "eval.interval": 1,
+        "eval.online": False, "eval.val_data_mode": "full", "train.device": "cpu", "data.workers": 0})
+    n = len(json.loads(fit.read_text())["images"])
+    return Setup(f"BCCD at {BCCD_SIZE} px (bccd preset; fit {n} images, held-out scoring)", base,
+                 n // base.data.batch_size)
+
+
+def faults(base_lr: float, quick: bool, setup: Setup, real: bool) -> dict[str, dict]:
+    if real:  # issue 21: a real set at 100× and 300× its healthy lr
+        return {"lr x100": {"train.base_lr": base_lr * 100}, "lr x300": {"train.base_lr": base_lr * 300}}
     out = {"lr x100": {"train.base_lr": base_lr * 100}, "lr x10": {"train.base_lr": base_lr * 10}}
     if not quick:
-        out |= {"warmup on": {"train.warmup_steps": 3 * SPE}, "head BatchNorm": {"head.norm": "bn"},
+        out |= {"warmup on": {"train.warmup_steps": 3 * setup.spe}, "head BatchNorm": {"head.norm": "bn"},
                 "shifted val": {"data.synthetic_val_style": "shifted"}}
     return out
-
-
-def config(seed: int, epochs: int, base_lr: float, updates: dict) -> C.Config:
-    return C.with_updates(C.load_preset("demo"), SMALL | {"train.epochs": epochs, "train.seed": seed,
-                                                          "data.synthetic_seed": seed, "train.base_lr": base_lr}
-                          | updates)
 
 
 def final_map(run_dir: Path) -> float:
@@ -75,10 +111,10 @@ def final_map(run_dir: Path) -> float:
     return float(vals[-1]["mAP"]) if vals else 0.0
 
 
-def run_case(root: Path, seed: int, epochs: int, base_lr: float, fault: str, updates: dict,
+def run_case(setup: Setup, root: Path, seed: int, epochs: int, base_lr: float, fault: str, updates: dict,
              healthy: float) -> dict:
     parent = root / f"{fault.replace(' ', '-')}-s{seed}"
-    cfg = config(seed, epochs, base_lr, updates)
+    cfg = setup.config(seed, epochs, base_lr, updates)
     hit: dict = {}
     box: dict = {}
 
@@ -105,10 +141,10 @@ def run_case(root: Path, seed: int, epochs: int, base_lr: float, fault: str, upd
             rec = json.loads((child / remedy.REMEDY_JSON).read_text())
             trial = rec.get("trial") or {}
             trial_steps = trial.get("steps_used", 0)
-            child_steps = epochs * SPE - rec["start_step"]
+            child_steps = epochs * setup.spe - rec["start_step"]
             out |= {"child": final_map(child), "set": rec["set"], "from": rec["from_step"],
                     "trials": [(t["value"], t["status"], t["score"]) for t in trial.get("trials", [])],
-                    "cost": (stopped_at + trial_steps + child_steps) / (epochs * SPE)}
+                    "cost": (stopped_at + trial_steps + child_steps) / (epochs * setup.spe)}
         Trainer.resume(parent).run()  # the faulty run to its end, for its own final mAP
     out["faulty"] = final_map(parent)
     return out
@@ -127,25 +163,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base-lr", type=float, help="the healthy lr (default: the demo preset's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--keep", metavar="DIR", help="train into DIR and keep it")
+    ap.add_argument("--bccd", nargs="?", const=str(BCCD), metavar="DIR",
+                    help="a real set: the bccd preset on BCCD's train split (fit / held-out), lr ×100 and ×300")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    base_lr = a.base_lr or C.load_preset("demo").train.base_lr
-    seeds = range(a.seeds or (2 if a.quick else 10 if a.full else 5))
-    cases = faults(base_lr, a.quick)
     root = Path(a.keep or tempfile.mkdtemp(prefix="bench-remedy-"))
     root.mkdir(parents=True, exist_ok=True)
+    if a.bccd and not (Path(a.bccd) / "annotations/instances_train.json").exists():
+        print(f"--bccd: no {Path(a.bccd) / 'annotations/instances_train.json'}; give BCCD's folder", file=sys.stderr)
+        return 2
+    setup = bccd(Path(a.bccd), root) if a.bccd else synthetic()
+    base_lr = a.base_lr or setup.base.train.base_lr
+    seeds = range(a.seeds or (2 if a.quick else 10 if a.full else 5))
+    cases = faults(base_lr, a.quick, setup, bool(a.bccd))
     os.environ.setdefault("NANXI_TUNE_CACHE", str(Path(tempfile.gettempdir()) / "nanxi-tune-bench-cache"))
     t0 = time.perf_counter()
-    print(f"{len(cases)} faults × {len(seeds)} seeds, {a.epochs} epochs × {SPE} steps, healthy lr {base_lr:g}, "
-          f"in {root} ({a.threads} thread(s))", flush=True)
+    print(f"{setup.name}: {len(cases)} faults × {len(seeds)} seeds, {a.epochs} epochs × {setup.spe} steps, healthy "
+          f"lr {base_lr:g}, in {root} ({a.threads} thread(s))", flush=True)
     rows = []
     for seed in seeds:
         h = root / f"healthy-s{seed}"
-        Trainer(config(seed, a.epochs, base_lr, {}), h).run()
+        Trainer(setup.config(seed, a.epochs, base_lr, {}), h).run()
         healthy = final_map(h)
         print(f"seed {seed}: healthy final mAP {healthy:.3f}", flush=True)
         for fault, updates in cases.items():
-            r = run_case(root, seed, a.epochs, base_lr, fault, updates, healthy)
+            r = run_case(setup, root, seed, a.epochs, base_lr, fault, updates, healthy)
             rows.append(r)
             ratio = (r["child"] if "child" in r else r["faulty"]) / healthy if healthy > 0 else None
             r["ratio"] = ratio

@@ -110,7 +110,6 @@ def main() -> None:
     t_fd, t_fs = timed(lambda: focal(False), dev, a.repeats), timed(lambda: focal(True), dev, a.repeats)
     print(f"focal loss forward + backward: dense heatmap {t_fd * 1e3:.1f} ms, sparse {t_fs * 1e3:.1f} ms "
           f"({t_fd / t_fs:.2f}x)")
-    del heat, dense_t
 
     # --- share of one training step ---
     step_size = a.step_size or (a.size if dev.startswith("cuda") else 256)
