@@ -45,6 +45,13 @@ class Diagnose(Strict):
     flat_blowup: float = F(1.2, "Flat loss, no progress: only after a blow-up — some epoch-median raw train loss "
                            "above this many times the first step's (healthy runs at lr 0.001-0.1: ≤ 1.05×; lr 0.3: "
                            "1.34-3.1×, lr 1 and 3: 16-350×).", gt=1, le=1e6, live=True)
+    flat_severe_blowup: float = F(4.0, "Flat loss, no progress, after a severe blow-up: an epoch-median raw train "
+                                  "loss above this many times the first step's…", gt=1, le=1e6, live=True)
+    flat_severe_progress: float = F(0.5, "…needs the later epochs this fraction below the first step's loss, not "
+                                    "flat_min_progress: BCCD at 100× its lr blew up 5.3× and crawled back to 38% "
+                                    "below, where it stayed (mAP 0.017 against the healthy run's 0.306; healthy "
+                                    "BCCD: 56-68% below by the 4th-10th epoch, and never above the start).",
+                                    ge=0, lt=1, live=True)
     gap_min_evals: int = F(4, "Evaluations needed before the 'far' test of the train/val gap (val lags early: on "
                            "healthy runs it stays flat for the first 3-4 evals while train falls 25%); it "
                            "compares the first half of all evals with the last half.",
@@ -107,6 +114,9 @@ class Diagnose(Strict):
     loc_ap75_ratio: float = F(0.45, "Localisation-bound: AP75 / AP50 below this (boxes found but loosely fitted; a "
                               "15-minute run on a set of few large objects: 0.27; BCCD, healthy: 0.7).", gt=0,
                               lt=1, live=True)
+    loc_min_ap50: float = F(0.2, "Localisation-bound: only once AP50 reaches this (the boxes are found). Below it the "
+                            "run has not learned to find the objects and its loose boxes say nothing of the shape "
+                            "branch (BCCD at 100× its lr: AP50 0.06, AP75 0.003).", ge=0, lt=1, live=True)
     plateau_min_delta: float = F(0.005, "Val plateau: a new best must beat the old by this much mAP "
                                  "(64-image demo evals move by ~0.002 from noise).", ge=0, le=1, live=True)
     ema_drift_ratio: float = F(3.0, "EMA drift: epoch-median ema_l2 (EMA↔online weight distance, the notes' "

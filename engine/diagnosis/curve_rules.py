@@ -73,8 +73,9 @@ def flat_loss_after_epoch_2(cfg, h, stats):
       earlier half (the step bounces between the valley's walls at one level);
     * no progress: it is still less than ``flat_min_progress`` below the loss of the first logged step, after an
       epoch median rose above ``flat_blowup`` × that loss (the first steps blew the loss up and it is only
-      crawling back, often with the log weights s_* run away). The blow-up keeps a slow, too-small lr — which
-      also makes little progress — from being told to lower the lr.
+      crawling back, often with the log weights s_* run away); after a blow-up above ``flat_severe_blowup`` ×,
+      less than ``flat_severe_progress`` below it. The blow-up keeps a slow, too-small lr — which also makes
+      little progress — from being told to lower the lr.
     """
     d = cfg.diagnose
     eps = h.complete_epochs(start=1)
@@ -90,7 +91,9 @@ def flat_loss_after_epoch_2(cfg, h, stats):
     peak = max((e.median("raw") or 0.0) for e in h.complete_epochs(0))
     blew_up = progress is not None and peak > d.flat_blowup * start
     flat = drop is not None and drop < d.flat_min_drop
-    stuck = blew_up and progress < d.flat_min_progress
+    # the larger the blow-up, the more of the way back it must come: a plateau far above a healthy run's level
+    severe = blew_up and peak > d.flat_severe_blowup * start
+    stuck = blew_up and progress < (d.flat_severe_progress if severe else d.flat_min_progress)
     if not (flat or stuck):
         return None
     new = lower_lr(cfg.train.base_lr)

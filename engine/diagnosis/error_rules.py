@@ -49,12 +49,14 @@ def _evidence(last: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 @rule("localisation-bound", TIDE)
 def localisation_bound(cfg, h, stats):
-    """Boxes found but loosely fitted: AP75 / AP50 below ``loc_ap75_ratio`` and localisation the largest error."""
+    """Boxes found (AP50 at least ``loc_min_ap50``) but loosely fitted: AP75 / AP50 below ``loc_ap75_ratio`` and
+    localisation the largest error."""
     last = _streak(cfg, h, ("localisation",))
     if last is None:
         return None
     ap50, ap75 = last[-1].get("AP50"), last[-1].get("AP75")
-    if not (finite(ap50) and finite(ap75)) or ap50 <= 0.05 or ap75 / ap50 >= cfg.diagnose.loc_ap75_ratio:
+    d = cfg.diagnose
+    if not (finite(ap50) and finite(ap75)) or ap50 < d.loc_min_ap50 or ap75 / ap50 >= d.loc_ap75_ratio:
         return None
     step = int(last[-1]["step"])
     if cfg.loss.shape_loss != "giou":  # live: the run continues from this evaluation's checkpoint, proven first

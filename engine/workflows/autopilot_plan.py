@@ -145,13 +145,14 @@ def is_autopilot(path: Path | str) -> bool:
     return (Path(path) / AUTOPILOT_JSON).is_file()
 
 
-def trials_of(name: str, capacity_arms: int = 3, shape_arms: int = 3) -> int:
-    """Trials a search round may train (the lr round: its window and one slide)."""
-    return {"lr": LR_WINDOW + 1, "shape": shape_arms, "capacity": capacity_arms}[name]
+def trials_of(name: str, arms: dict[str, int] | None = None) -> int:
+    """Trials a search round may train (the lr round: its window and one slide; ``arms``: the shape and capacity
+    rounds' arm counts for the recipe at hand, three each by default)."""
+    return {"lr": LR_WINDOW + 1, "shape": 3, "capacity": 3, **(arms or {})}[name]
 
 
 def make_plan(spec: AutopilotSpec, used_s: float, step_s: float, search_left: list[str],
-              post_s: float = 0.0) -> Plan:
+              post_s: float = 0.0, arms: dict[str, int] | None = None) -> Plan:
     """Share what is left of the budget: the final run gets ``FINAL_SHARE`` of the whole budget (or what is left
     after the search, if more); the search the rest, equally per trial. A search round whose trials would be
     shorter than ``MIN_TRIAL_STEPS`` steps is dropped, the last first (capacity, then shape, then lr); a trial
@@ -165,12 +166,12 @@ def make_plan(spec: AutopilotSpec, used_s: float, step_s: float, search_left: li
            f"{post_s / 60:.1f} min kept for post-processing and the final evaluation; {step_s:.3f} s a step"]
     if spec.trial_steps:
         trial_s = spec.trial_steps * step_s
-        n = sum(trials_of(r) for r in rounds)
+        n = sum(trials_of(r, arms) for r in rounds)
         search_s = n * trial_s
         why.append(f"search trials {spec.trial_steps} steps each (set), {n} at most: {search_s / 60:.1f} min")
         return Plan(step_s, search_s, trial_s, max(0.0, left - search_s), rounds, "; ".join(why))
     while rounds:
-        n = sum(trials_of(r) for r in rounds)
+        n = sum(trials_of(r, arms) for r in rounds)
         trial_s = search_s / n
         if trial_s >= MIN_TRIAL_STEPS * step_s:
             break
@@ -180,7 +181,7 @@ def make_plan(spec: AutopilotSpec, used_s: float, step_s: float, search_left: li
     if not rounds:
         return Plan(step_s, 0.0, 0.0, left, [], "; ".join(why + ["no search: the whole budget trains the final "
                                                                   "run"]))
-    n = sum(trials_of(r) for r in rounds)
+    n = sum(trials_of(r, arms) for r in rounds)
     trial_s = min(search_s / n, MAX_TRIAL_STEPS * step_s)
     final_s = left - n * trial_s
     why.append(f"search {n * trial_s / 60:.1f} min: {n} trials ({', '.join(rounds)}) of {trial_s:.0f} s ≈ "

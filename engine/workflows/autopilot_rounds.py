@@ -94,16 +94,15 @@ class Rounds:
         best = self._study(r, dict(kind="sweep", key="train.base_lr", values=values, slides=1))
         r.choice = {"train.base_lr": best["value"]}
 
-    def _shape(self, r: P.RoundState) -> None:
+    def _shape_arms(self) -> list[dict[str, Any]]:
         cfg = self.recipe_config()
         other = "l1" if cfg.loss.shape_loss == "giou" else "giou"
         arms = [{"name": "as-is", "set": {}}, {"name": other, "set": {"loss.shape_loss": other}}]
         if cfg.loss.shape_samples == "centre":
             arms.append({"name": "gaussian", "set": {"loss.shape_samples": "gaussian"}})
-        best = self._study(r, dict(kind="arms", key="arm", values=[], arms=arms))
-        r.choice = dict(arms[int(best["value"]) - 1]["set"])
+        return arms
 
-    def _capacity(self, r: P.RoundState) -> None:
+    def _capacity_arms(self) -> list[dict[str, Any]]:
         b = self.recipe_config().backbone
         arms = [{"name": "as-is", "set": {}}]
         if b.name == "nanxi":
@@ -111,6 +110,19 @@ class Rounds:
             arms.append({"name": "resnet18", "set": {"backbone.name": "resnet18"}})
         else:
             arms.append({"name": "nanxi", "set": {"backbone.name": "nanxi"}})
+        return arms
+
+    def _arm_counts(self) -> dict[str, int]:
+        """The shape and capacity rounds' trials for the recipe as it stands (the plan shares the budget by them)."""
+        return {"shape": len(self._shape_arms()), "capacity": len(self._capacity_arms())}
+
+    def _shape(self, r: P.RoundState) -> None:
+        arms = self._shape_arms()
+        best = self._study(r, dict(kind="arms", key="arm", values=[], arms=arms))
+        r.choice = dict(arms[int(best["value"]) - 1]["set"])
+
+    def _capacity(self, r: P.RoundState) -> None:
+        arms = self._capacity_arms()
         best = self._study(r, dict(kind="arms", key="arm", values=[], arms=arms))
         r.choice = dict(arms[int(best["value"]) - 1]["set"])
 
@@ -176,7 +188,7 @@ class Rounds:
         step_s = step_s or float(self.ap.plan.get("step_s", 0)) or 1.0
         left = [x.name for x in self.ap.rounds if x.name in P.SEARCH and x.status in ("pending", "running")]
         post_s = max(30.0, 0.03 * self.ap.spec.budget_min * 60)
-        plan = P.make_plan(self.ap.spec, self.ap.used_s, step_s, left, post_s)
+        plan = P.make_plan(self.ap.spec, self.ap.used_s, step_s, left, post_s, self._arm_counts())
         done = [x for x in self.ap.plan.get("rounds", []) if x not in left]
         self.ap.plan = {**asdict(plan), "rounds": done + plan.rounds, "post_s": post_s}
         self._emit(AutopilotProgress("planned", "", plan.why))

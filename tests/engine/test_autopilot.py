@@ -37,6 +37,9 @@ def test_the_plan_gives_the_final_run_half_and_shares_the_rest_per_trial():
     assert plan.final_s == pytest.approx(15 * 60)
     assert plan.trial_s == pytest.approx((30 * 60 - 60 - 15 * 60) / 10)  # 4 lr (a slide) + 3 + 3 trials
     assert plan.search_s + plan.final_s == pytest.approx(30 * 60 - 60)
+    # a recipe already on Gaussian samples has two shape arms: the search shares its time among 9 trials
+    two = P.make_plan(spec(30), 0.0, 0.5, list(P.SEARCH), post_s=60, arms={"shape": 2})
+    assert two.trial_s == pytest.approx((30 * 60 - 60 - 15 * 60) / 9)
 
 
 def test_a_short_budget_drops_the_last_rounds_first_and_says_why():

@@ -174,6 +174,26 @@ def test_flat_loss_fires_when_loss_never_comes_down_from_its_start(seed):
     assert check_rule("flat-loss-after-epoch-2", C.Config(), slow) is None
 
 
+def bccd_x100(t: float) -> float:
+    """BCCD at 100x its lr (epoch medians 21, 29, 7.8, 3.9, 3.6, 3.4, 3.4 from a first step at 5.47): a 5x blow-up,
+    then a plateau only 38 % below the start, where the healthy run is 56-68 % below (mAP 0.017 against 0.306)."""
+    return 5.47 if t <= 1 / SPE else 3.4 + 26.0 * math.exp(-1.5 * max(0.0, t - 1.0)) if t > 1 else 25.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_flat_loss_fires_on_a_plateau_far_above_a_healthy_level_after_a_severe_blow_up(seed):
+    cfg = cfg_with(**{"train.base_lr": 0.1})
+    lines = trace(epochs=7, level=bccd_x100, seed=seed, noise=0.03, lr=0.1)
+    f = check_rule("flat-loss-after-epoch-2", cfg, lines)
+    assert f is not None and f.evidence["kind"] == "no-progress" and 0.2 < f.evidence["progress"] < 0.5
+    assert f.remedy["set"] == {"train.base_lr": 0.03} and f.remedy["resume_from_step"] == 0
+    # the same blow-up recovering to a healthy level (60 % below the start) is not a finding
+    back = trace(epochs=7, level=lambda t: bccd_x100(t) - 1.3 if t > 1 else bccd_x100(t), seed=seed, noise=0.03)
+    assert check_rule("flat-loss-after-epoch-2", cfg, back) is None
+    # a milder blow-up (under flat_severe_blowup) keeps the milder bar (flat_min_progress)
+    assert check_rule("flat-loss-after-epoch-2", cfg_with(**{"diagnose.flat_severe_blowup": 50.0}), lines) is None
+
+
 def test_flat_loss_judges_an_epoch_at_the_eval_that_ends_it():
     lines = trace(epochs=4, level=flat_level, val_every=1)  # an eval at every epoch end
     assert check_rule("flat-loss-after-epoch-2", C.Config(), lines[:-1]) is None  # the 4th epoch's eval not in
@@ -591,6 +611,11 @@ def test_localisation_bound_fires_on_loose_boxes_only():
     early = [x for x in loose if x["step"] <= 10 * SPE]  # a third of a 30-epoch run: evaluations still loose
     assert check_rule("localisation-bound", C.Config(), early) is None
     assert check_rule("localisation-bound", C.Config(), HEALTHY) is None  # no breakdown recorded: no judgement
+    # objects not found yet (BCCD at 100x its lr: AP50 0.06, AP75 0.003): its loose boxes are not the shape's fault
+    lost = [{**x, "AP50": x["AP50"] * 0.06 / loose[-1]["AP50"], "AP75": x["AP75"] * 0.06 / loose[-1]["AP50"]}
+            if x["split"] == "val" else x for x in loose]
+    assert check_rule("localisation-bound", C.Config(), lost) is None
+    assert check_rule("localisation-bound", cfg_with(**{"diagnose.loc_min_ap50": 0.05}), lost) is not None
     # one loose evaluation is noise: the last two must agree
     one = with_errors(HEALTHY, {"localisation": 0.2}, 0.27)
     vals = [i for i, x in enumerate(one) if x["split"] == "val"]
