@@ -80,7 +80,7 @@ def _sample_batch(ds, n: int):
     return collate(items) if items else (torch.zeros(0), [])
 
 
-class _Step:
+class ProbeStep:
     """One real training step (model + AdamW) at any batch size, data reused from a few real samples."""
 
     def __init__(self, cfg: C.Config, device):
@@ -123,7 +123,7 @@ class _Step:
         self.opt.step()
 
 
-def _saved_bytes(step: _Step, n: int) -> int:
+def _saved_bytes(step: ProbeStep, n: int) -> int:
     """Bytes of distinct storages autograd saves for backward in one step at batch ``n``."""
     seen: dict[tuple[int, str], int] = {}
     params = {p.untyped_storage().data_ptr() for p in step.model.parameters()}
@@ -159,7 +159,7 @@ def find_batch(cfg: C.Config, cap_gb: float | None = None, cap_fraction: float =
     say = progress or (lambda _m: None)
     dev = pick_device(device or cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    step = _Step(cfg, dev)
+    step = ProbeStep(cfg, dev)
     limit = min(limit, len(step.ds))  # a run needs at least one full batch per epoch
     probes: list[dict[str, Any]] = []
 

@@ -108,6 +108,8 @@ class Autopilot:
     holdout: str = ""
     train_images: str = ""
     profile: dict[str, Any] = field(default_factory=dict)
+    step_ratios: dict[str, float] = field(default_factory=dict)  # capacity arms' step time over the recipe's
+    left_out: dict[str, str] = field(default_factory=dict)  # capacity arms that cannot rank at equal time: why
     plan: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)  # the chosen updates over the base config
     final: dict[str, Any] = field(default_factory=dict)  # the final run's val figures
@@ -149,6 +151,23 @@ def trials_of(name: str, arms: dict[str, int] | None = None) -> int:
     """Trials a search round may train (the lr round: its window and one slide; ``arms``: the shape and capacity
     rounds' arm counts for the recipe at hand, three each by default)."""
     return {"lr": LR_WINDOW + 1, "shape": 3, "capacity": 3, **(arms or {})}[name]
+
+
+def rankable_arms(arms: list[dict[str, Any]], ratios: dict[str, float], trial_s: float,
+                  step_s: float) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The capacity round's arms that can rank at equal time, and why each other one is left out: an arm whose
+    step takes ``ratios[name]`` × the recipe's would train fewer than ``MIN_TRIAL_STEPS`` steps in ``trial_s`` — it
+    cannot change the answer, and its time goes to the arms that can. The first arm (the recipe as it is) stays."""
+    kept, why = arms[:1], {}
+    for arm in arms[1:]:
+        ratio = ratios.get(arm["name"], 1.0)
+        steps = trial_s / max(step_s * ratio, 1e-9)
+        if steps >= MIN_TRIAL_STEPS:
+            kept.append(arm)
+        else:
+            why[arm["name"]] = (f"{arm['name']} left out: a step {ratio:.1f}× the recipe's, {steps:.0f} steps in "
+                                f"the {trial_s:.0f} s trial (fewer than {MIN_TRIAL_STEPS} cannot rank)")
+    return kept, why
 
 
 def make_plan(spec: AutopilotSpec, used_s: float, step_s: float, search_left: list[str],

@@ -114,7 +114,8 @@ class Rounds:
 
     def _arm_counts(self) -> dict[str, int]:
         """The shape and capacity rounds' trials for the recipe as it stands (the plan shares the budget by them)."""
-        return {"shape": len(self._shape_arms()), "capacity": len(self._capacity_arms())}
+        capacity = [a for a in self._capacity_arms() if a["name"] not in self.ap.left_out]
+        return {"shape": len(self._shape_arms()), "capacity": len(capacity)}
 
     def _shape(self, r: P.RoundState) -> None:
         arms = self._shape_arms()
@@ -122,9 +123,21 @@ class Rounds:
         r.choice = dict(arms[int(best["value"]) - 1]["set"])
 
     def _capacity(self, r: P.RoundState) -> None:
-        arms = self._capacity_arms()
+        if not self.ap.spec.trial_steps and not self.ap.step_ratios and not (self.folder / "round-capacity").exists():
+            # equal time: an arm too slow to train enough steps in a trial cannot change the answer (decided once,
+            # on the plan as it stands; the trials of the arms kept then share the round's time)
+            self.ap.step_ratios = step_ratios(self.search_config(), self._capacity_arms())
+            _, self.ap.left_out = P.rankable_arms(self._capacity_arms(), self.ap.step_ratios,
+                                                  float(self.ap.plan["trial_s"]), float(self.ap.plan["step_s"]))
+            self._replan()
+        arms = [a for a in self._capacity_arms() if a["name"] not in self.ap.left_out]
+        left_out = list(self.ap.left_out.values())
+        if len(arms) < 2:
+            r.why = "; ".join(left_out) + ": the recipe's capacity kept, its time given to the final run"
+            return
         best = self._study(r, dict(kind="arms", key="arm", values=[], arms=arms))
         r.choice = dict(arms[int(best["value"]) - 1]["set"])
+        r.why = "; ".join([r.why] + left_out)
 
     def _normalize(self, r: P.RoundState) -> None:
         from . import normalization
@@ -232,6 +245,30 @@ class Rounds:
             raise Stopped()
         if e.state == "failed":
             raise P.AutopilotError(f"{run}: {e.error}")
+
+
+def step_ratios(cfg: C.Config, arms: list[dict[str, Any]], steps: int = 2) -> dict[str, float]:
+    """Each arm's training-step time over the first arm's, measured on the same real batch (a warm-up step, then
+    ``steps``) — the capacity round's trials run for equal time, so a slower arm trains fewer steps."""
+    import torch
+
+    from ..run.device import pick_device
+    from .autobatch import ProbeStep
+
+    device = pick_device(cfg.train.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = {}
+    for arm in arms:
+        step = ProbeStep(C.with_updates(cfg, arm["set"], "autopilot capacity arm"), device)
+        step(cfg.data.batch_size)
+        sync()
+        t = time.perf_counter()
+        for _ in range(steps):
+            step(cfg.data.batch_size)
+        sync()
+        times[arm["name"]] = (time.perf_counter() - t) / steps
+    first = times[arms[0]["name"]]
+    return {name: round(t / first, 3) for name, t in times.items()}
 
 
 def _count(coco_json: Path) -> int:

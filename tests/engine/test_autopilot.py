@@ -55,6 +55,27 @@ def test_a_long_budget_caps_the_trials_and_gives_the_rest_to_the_final_run():
     assert plan.final_s > 0.99 * (2 * 86400 - plan.search_s) - 1
 
 
+def test_capacity_arms_too_slow_to_rank_at_equal_time_are_left_out_with_the_reason():
+    arms = [{"name": "as-is", "set": {}}, {"name": "width-48", "set": {"backbone.width": 48}},
+            {"name": "resnet18", "set": {"backbone.name": "resnet18"}}]
+    # a 41 s trial at 0.5 s a step: the recipe trains 82 steps, width-48 (1.2x) 68, ResNet-18 (5.8x) 14
+    kept, why = P.rankable_arms(arms, {"as-is": 1.0, "width-48": 1.2, "resnet18": 5.8}, 41.0, 0.5)
+    assert [a["name"] for a in kept] == ["as-is", "width-48"]
+    assert list(why) == ["resnet18"] and "14 steps" in why["resnet18"] and "cannot rank" in why["resnet18"]
+    # longer trials: every arm can rank; the recipe itself always stays
+    assert P.rankable_arms(arms, {"as-is": 1.0, "width-48": 1.2, "resnet18": 5.8}, 600.0, 0.5) == (arms, {})
+    assert P.rankable_arms(arms, {"as-is": 1.0, "width-48": 9, "resnet18": 9}, 1.0, 0.5)[0] == arms[:1]
+
+
+def test_capacity_arms_step_times_are_measured_on_the_same_batch():
+    from nanxi_tune.engine.workflows.autopilot_rounds import step_ratios
+
+    cfg = tiny(**FAST)
+    arms = [{"name": "as-is", "set": {}}, {"name": "wide", "set": {"backbone.width": 4 * cfg.backbone.width}}]
+    ratios = step_ratios(cfg, arms, steps=1)  # (which arm is slower is a benchmark's business, not a test's)
+    assert list(ratios) == ["as-is", "wide"] and ratios["as-is"] == 1.0 and 0 < ratios["wide"] < float("inf")
+
+
 def _make(tmp_path, **options):
     base = tiny(**FAST)
     folder = tmp_path / "ap"
