@@ -109,10 +109,7 @@ def flat_loss_after_epoch_2(cfg, h, stats):
     # the end of a blown-up 1st epoch scored mAP 0.000), so rewind to before the epoch where it began.
     resume, where = max(first.first_step - 1, 0), "resume from the end of the 1st epoch, before the loss went flat"
     if stuck:
-        blew = next(e for e in h.complete_epochs(0) if (e.median("raw") or 0.0) > d.flat_blowup * start)
-        resume = max(blew.first_step - 1, 0) if blew.epoch > 0 else 0
-        where = ("start again from step 0: the loss blew up in the 1st epoch" if resume == 0 else
-                 f"resume from the end of epoch {blew.epoch}, before the loss blew up")
+        resume, where = before_blowup(h, d.flat_blowup)
     return Finding(
         "flat-loss-after-epoch-2", "warning", "13.1",
         f"From the 2nd epoch on the train loss stays flat (从第二个epoch开始loss就一直保持不变,不在下降): {how}. "
@@ -127,6 +124,24 @@ def flat_loss_after_epoch_2(cfg, h, stats):
                f"lower train.base_lr one step on the 0.001/0.003/0.01 grid ({cfg.train.base_lr:g} → {new:g}) and "
                f"{where}"),
         last_step(h))
+
+
+def blowup_epoch(h: History, factor: float):
+    """The first complete epoch whose median raw train loss rose above ``factor`` × the first step's, or None."""
+    start = raw_loss(h.first_train) if h.first_train else None
+    if not (finite(start) and start > 0):
+        return None
+    return next((e for e in h.complete_epochs(0) if (e.median("raw") or 0.0) > factor * start), None)
+
+
+def before_blowup(h: History, factor: float) -> tuple[int, str] | None:
+    """(step to resume from, how to say it) before the blow-up epoch: every checkpoint since carries its damage."""
+    blew = blowup_epoch(h, factor)
+    if blew is None:
+        return None
+    if blew.epoch == 0:
+        return 0, "start again from step 0: the loss blew up in the 1st epoch"
+    return max(blew.first_step - 1, 0), f"resume from the end of epoch {blew.epoch}, before the loss blew up"
 
 
 def _train_level(h: History, val_line: dict[str, Any]) -> float | None:

@@ -7,7 +7,7 @@ import math
 
 from .. import config as C
 from .rulebook import PLAYBOOK, Finding, finite, lower_lr, median, r, raw_loss, remedy, rule
-from .curve_rules import last_step, stabilise
+from .curve_rules import before_blowup, last_step, stabilise
 
 
 # --- generic rules --------------------------------------------------------------------------------
@@ -75,6 +75,10 @@ def loss_spikes(cfg, h, stats):
     if len(spikes) < d.spike_min_count:
         return None
     set_, how, window = stabilise(cfg, h, spikes[0][0])
+    resume, where = max(spikes[0][0] - 1, 0), "resume from before the first spike"
+    blown = before_blowup(h, d.flat_blowup)
+    if blown is not None and blown[0] < resume:
+        resume, where = blown  # the spikes go on from an earlier blow-up: a checkpoint after it is damaged
     return Finding(
         "loss-spikes", "warning", f"{PLAYBOOK} (training instability)",
         f"{len(spikes)} loss spikes (up to {max(x for _, x in spikes):.1f}× the running median) in the last "
@@ -82,7 +86,7 @@ def loss_spikes(cfg, h, stats):
         f"The Tuning Playbook's fixes, warmup excluded by the notes: {how}.",
         {"spikes": len(spikes), "steps": [s for s, _ in spikes][:10], "max_ratio": r(max(x for _, x in spikes)),
          "first_spike_step": spikes[0][0], "last_spike_step": spikes[-1][0], "factor": d.spike_factor, **window},
-        remedy(set_, max(spikes[0][0] - 1, 0), f"{how}; resume from before the first spike"),
+        remedy(set_, resume, f"{how}; {where}"),
         last_step(h))
 
 

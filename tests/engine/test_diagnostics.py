@@ -413,6 +413,17 @@ def test_loss_spikes():
         assert check_rule("loss-spikes", C.Config(), trace(epochs=30, seed=seed, noise=0.2)) is None
 
 
+def test_loss_spikes_after_a_blow_up_rewind_to_before_it():
+    """BCCD at 100x its lr: the loss blew up in the 1st epoch and the spikes went on; resumed from just before the
+    first spike of the window (step 14), every trial scored ~200 on held-out loss — that checkpoint was damaged."""
+    lines = trace(epochs=3, level=lambda t: 5.0 if t <= 1 / SPE else 25.0, seed=1, noise=0.05, lr=0.1)
+    for i in range(2 * SPE + 2, 3 * SPE, 3):  # spikes in the 3rd epoch, long after the blow-up
+        lines[i] = {**lines[i], **{k: lines[i][k] * 5 for k in ("loss_map", "loss_offset", "loss_shape")}}
+    f = check_rule("loss-spikes", cfg_with(**{"train.base_lr": 0.1}), lines)
+    assert f is not None and f.evidence["first_spike_step"] > 2 * SPE
+    assert f.remedy["resume_from_step"] == 0 and "blew up in the 1st epoch" in f.remedy["text"]
+
+
 def test_dead_activations():
     f = check_rule("dead-activations", cfg_with(**{"principles.act": "relu"}), HEALTHY,
                    {"dead_fraction": {"backbone.stage1": 0.82, "head.map": 0.1}})
