@@ -106,6 +106,7 @@ class SweepScreen(Screen):
         self.applied: C.Config | None = None
         self._rows: list[dict[str, Any]] = []
         self._shown: Any = None
+        self._replied = False  # the status line holds a command's answer: the next poll rewrites it
 
     # --- layout ------------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -156,9 +157,9 @@ class SweepScreen(Screen):
             self.query_one("#sweep-start", Input).value = S.value_name(min(r["value"] for r in rows))
         shown = (tuple((r["value"], r["mAP"], r["status"], r["steps"]) for r in rows), self.state)
         self.query_one("#sweep-live", Static).update("\n".join(live))
-        if shown == self._shown:
+        if shown == self._shown and not self._replied:
             return
-        self._shown = shown
+        self._shown, self._replied = shown, False
         table = self.query_one("#sweep-table", DataTable)
         table.clear()
         f = lambda x: "—" if x is None else f"{x:.4f}"  # noqa: E731
@@ -236,8 +237,14 @@ class SweepScreen(Screen):
             self._call(self.notify, str(err), severity="warning")
             return
         text = ack["message"] if ack else f"{op.value}: no answer yet (the study is busy); see the table"
-        self._call(self._status, f"{op.value}: {text}")
+        self._call(self._reply, f"{op.value}: {text}")
         self._call(self.notify, text, title=f"study {op.value}", timeout=5)
+
+    def _reply(self, text: str) -> None:
+        """A command's answer on the status line until the next poll puts the study's state back (a poll that saw
+        the new state before the answer came would otherwise leave the answer there for good)."""
+        self._status(text)
+        self._replied = True
 
     def action_pause(self) -> None:
         self._send(Op.CONTINUE if self.state == RunState.PAUSED.value else Op.PAUSE)
