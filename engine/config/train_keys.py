@@ -43,9 +43,9 @@ class Train(Strict):
     seed: int = F(0, "Run seed: model init, data order and augmentation derive from it.", ge=0)
     device: str = F("auto", "Device: auto (CUDA when present), cpu, cuda or cuda:N.")
     channels_last: bool = F(True, "Hold the model and its batches in channels_last memory (NHWC): the convolutions' "
-                            "fast path on CPUs and on GPUs' tensor cores — a training step 1.3× (BCCD) to 1.45× "
-                            "(stride 16) faster on a 2-core CPU (bench/step_breakdown.py --set "
-                            "train.channels_last=false for the other). The weights are the same either way.")
+                            "fast path on CPUs and on GPUs' tensor cores — a training step 1.56× (BCCD) and 1.45× "
+                            "(stride 16) faster on a 2-core CPU (bench/step_breakdown.py times both layouts). The "
+                            "weights are the same either way.")
     log_every: int = F(1, "Write a train metrics line every N steps.", ge=1, live=True)
     tensorboard: bool = F(True, "Also write TensorBoard event files to RUN/tensorboard/ (losses, lr, COCO metrics, "
                           "the error breakdown, and a few val images with boxes at each evaluation), so "

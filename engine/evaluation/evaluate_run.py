@@ -14,7 +14,7 @@ from ..data.dataset import eval_dataset
 from ..data.loader import make_loader
 from .evaluate import evaluate
 from ..model.detector import build_model
-from ..run.device import memory_format, pick_device
+from ..run.device import pick_device, place
 
 
 def load_ema_model(run_dir: Path, which: str = "best", cfg: C.Config | None = None):
@@ -41,7 +41,7 @@ def evaluate_online(run_dir: Path) -> dict[str, Any]:
     model = build_model(cfg, dataset.num_classes)
     model.load_state_dict({k.removeprefix("module."): v for k, v in state["model"].items()})
     device = pick_device(cfg.train.device)
-    model.to(device, memory_format=memory_format(cfg.train.channels_last))  # the run's own rounding
+    place(model, device, cfg.train.channels_last)
     loader = make_loader(dataset, range(len(dataset)), cfg.data.batch_size, cfg.data.workers, device.type,
                          drop_last=False)
     with torch.inference_mode():
@@ -54,7 +54,7 @@ def evaluate_run(run_dir: Path, which: str = "best", updates: dict[str, Any] | N
         cfg = C.with_updates(cfg, updates)
     cfg, model, dataset = load_ema_model(Path(run_dir), which, cfg)
     device = pick_device(cfg.train.device)
-    model.to(device, memory_format=memory_format(cfg.train.channels_last))  # the run's own rounding
+    place(model, device, cfg.train.channels_last)
     loader = make_loader(dataset, range(len(dataset)), cfg.data.batch_size, cfg.data.workers, device.type,
                          drop_last=False)
     with torch.inference_mode():

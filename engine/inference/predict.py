@@ -20,7 +20,7 @@ from ..run.checkpoint import CheckpointError
 from ..data.dataset import UNREADABLE, CocoDetection, load_rgb
 from ..data.loader import collate, make_loader
 from ..model.decode import decode
-from ..run.device import memory_format, pick_device
+from ..run.device import pick_device, place
 from ..evaluation.evaluate import to_coco_results
 from ..evaluation.evaluate_run import load_ema_model
 
@@ -122,7 +122,7 @@ class Predictor:
             cfg = C.with_updates(cfg, updates)
         cfg, model, val_set = load_ema_model(run_dir, which, cfg)
         device = pick_device(cfg.train.device)
-        self._use(run_dir, cfg, model.to(device, memory_format=memory_format(cfg.train.channels_last)).eval(), val_set, device)
+        self._use(run_dir, cfg, place(model, device, cfg.train.channels_last).eval(), val_set, device)
 
     @classmethod
     def of_model(cls, run_dir: Path, cfg: C.Config, model, val_set, device) -> "Predictor":

@@ -22,6 +22,12 @@ def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+def place(model: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    """``model`` on ``device`` in the run's layout (train.channels_last): evaluating in the layout it trained in
+    gives the run's own figures, to the last rounding."""
+    return model.to(device, memory_format=memory_format(channels_last))
+
+
 def memory_mib(device: torch.device) -> tuple[float, float]:
     """(held, total) MiB for the system strip: memory the caching allocator reserved on a GPU (what
     nvidia-smi shows per process), or this process's resident set and the machine's RAM on the CPU."""

@@ -112,10 +112,13 @@ class Rounds:
             arms.append({"name": "nanxi", "set": {"backbone.name": "nanxi"}})
         return arms
 
+    def _kept_capacity_arms(self) -> list[dict[str, Any]]:
+        """The capacity arms but those left out as too slow to rank at equal time."""
+        return [a for a in self._capacity_arms() if a["name"] not in self.ap.left_out]
+
     def _arm_counts(self) -> dict[str, int]:
         """The shape and capacity rounds' trials for the recipe as it stands (the plan shares the budget by them)."""
-        capacity = [a for a in self._capacity_arms() if a["name"] not in self.ap.left_out]
-        return {"shape": len(self._shape_arms()), "capacity": len(capacity)}
+        return {"shape": len(self._shape_arms()), "capacity": len(self._kept_capacity_arms())}
 
     def _shape(self, r: P.RoundState) -> None:
         arms = self._shape_arms()
@@ -126,11 +129,12 @@ class Rounds:
         if not self.ap.spec.trial_steps and not self.ap.step_ratios and not (self.folder / "round-capacity").exists():
             # equal time: an arm too slow to train enough steps in a trial cannot change the answer (decided once,
             # on the plan as it stands; the trials of the arms kept then share the round's time)
-            self.ap.step_ratios = step_ratios(self.search_config(), self._capacity_arms())
-            _, self.ap.left_out = P.rankable_arms(self._capacity_arms(), self.ap.step_ratios,
-                                                  float(self.ap.plan["trial_s"]), float(self.ap.plan["step_s"]))
+            every = self._capacity_arms()
+            self.ap.step_ratios = step_ratios(self.search_config(), every)
+            _, self.ap.left_out = P.rankable_arms(every, self.ap.step_ratios, float(self.ap.plan["trial_s"]),
+                                                  float(self.ap.plan["step_s"]))
             self._replan()
-        arms = [a for a in self._capacity_arms() if a["name"] not in self.ap.left_out]
+        arms = self._kept_capacity_arms()
         left_out = list(self.ap.left_out.values())
         if len(arms) < 2:
             r.why = "; ".join(left_out) + ": the recipe's capacity kept, its time given to the final run"

@@ -72,7 +72,7 @@ def cache_outputs(run_dir: Path | str, which: str = "best", device: str | None =
 
     from ..data.loader import make_loader
     from ..evaluation.evaluate_run import load_ema_model
-    from ..run.device import memory_format, pick_device
+    from ..run.device import pick_device, place
 
     run_dir = Path(run_dir)
     cfg = C.load(run_dir / rundir.CONFIG)
@@ -80,7 +80,7 @@ def cache_outputs(run_dir: Path | str, which: str = "best", device: str | None =
         cfg = C.with_updates(cfg, updates, "tune-post")
     cfg, model, ds = load_ema_model(run_dir, which, cfg)
     dev = pick_device(device or cfg.train.device)
-    model.to(dev, memory_format=memory_format(cfg.train.channels_last)).eval()
+    place(model, dev, cfg.train.channels_last).eval()
     loader = make_loader(ds, range(len(ds)), cfg.data.batch_size, cfg.data.workers, dev.type, drop_last=False)
     outputs, targets, img_ids = [], [], []
     t0 = time.perf_counter()
