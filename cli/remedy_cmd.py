@@ -139,7 +139,7 @@ def remedy(args) -> int:
             if "trial" in plan:
                 t = plan["trial"]
                 print(f"  trial: {R.LR} = {', '.join(f'{v:g}' for v in t['values'])} (downward, stopping once the "
-                      f"loss turns worse), {t['steps']} steps each")
+                      f"loss turns worse), {t['steps']} steps each; applies the value below the best-scored")
             if "proof" in plan:
                 p = plan["proof"]
                 print(f"  trial: {p['steps']} steps with the change and {p['steps']} without, from the same "

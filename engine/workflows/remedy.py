@@ -14,7 +14,8 @@ short trial (``trial_steps``); a trial whose loss rises far above its start (``B
 cannot work. Each finished trial is scored on held-out data, the run's val set, by the raw val loss of its online
 weights: short trials ranked by their own train loss favour large lrs (a real set run at 300× its lr chose 10× the
 healthy lr that way and reached 0.55 of the healthy run's mAP). The descent stops once ``PATIENCE`` trials in a row
-score worse than the best (one noisy upturn does not end it). The best value is applied and the child continues
+score worse than the best (one noisy upturn does not end it). Held-out scores of short trials still favour large
+lrs, so the value applied is the next one down from the best-scored (``lr_trial.BACKOFF``), and the child continues
 from the end of its trial (those steps are not redone); every trial's curve is the evidence, in remedy.json and the
 child's first events line.
 
@@ -116,13 +117,13 @@ def apply(run_dir: Path, finding: dict[str, Any], root: Path | None = None, *, t
             others = {k: v for k, v in changes.items() if k != LR}
             base = C.with_updates(parent_cfg, others, f"remedy {rule}") if others else parent_cfg
             proof = _in_job(child, "remedy's lr trial descent", run_dir, lambda job: lr_trial(
-                run_dir, base, where, child / "trials", trial_steps, callback, job), lambda p: f"best lr {p.best}")
-            if proof.best is None:
+                run_dir, base, where, child / "trials", trial_steps, callback, job), lambda p: f"lr {p.applied}")
+            if proof.applied is None:
                 tried = ", ".join(f"{t.value:g} {t.status}" for t in proof.trials)
                 raise RemedyError(f"{rule}: no lr below {parent_cfg.train.base_lr:g} trained from step {where.step} "
                                   f"without blowing up ({tried}); the run is broken before that step: start it "
                                   "again with a lower train.base_lr")
-            changes[LR] = proof.best
+            changes[LR] = proof.applied
         elif kind == "proof":
             arms = _in_job(child, "remedy's trial", run_dir, lambda job: prove(
                 run_dir, parent_cfg, changes, where, child / "trials", str(rem["proof"]), trial_steps,
@@ -132,11 +133,11 @@ def apply(run_dir: Path, finding: dict[str, Any], root: Path | None = None, *, t
                                   f"{arms.summary()}. Apply it untried with --no-trial")
         cfg = C.with_updates(parent_cfg, changes, f"remedy {rule}")
         C.save(cfg, child / rundir.CONFIG)
-        winner = (child / "trials" / f"lr-{proof.best:g}" if proof is not None else
+        winner = (child / "trials" / f"lr-{proof.applied:g}" if proof is not None else
                   child / "trials" / "remedy" if arms is not None else None)
         if winner is not None:
             steps = proof.trial_steps if proof is not None else arms.steps
-            start = _continue_from(child, winner, where, f", then its {'best ' if proof else ''}trial's {steps} steps")
+            start = _continue_from(child, winner, where, f", then its trial's {steps} steps")
         else:
             prepare_run(child, cfg, where, run_dir)
     except BaseException:
@@ -209,8 +210,11 @@ def trial_summary(proof: TrialRun) -> str:
     parts = []
     for t in proof.trials:
         s = f"{t.score:.3f}" if t.status == "done" else t.status
-        parts.append(f"{t.value:g}: {s}{' ★' if t.value == proof.best else ''}")
-    return f"{proof.trial_steps} steps each from step {proof.from_step}, held-out val loss " + ", ".join(parts)
+        parts.append(f"{t.value:g}: {s}{' ★' if t.value == proof.applied else ''}")
+    out = f"{proof.trial_steps} steps each from step {proof.from_step}, held-out val loss " + ", ".join(parts)
+    if proof.applied != proof.best:
+        out += f"; best-scored {proof.best:g}, applied the next value down (short trials favour large lrs)"
+    return out
 
 
 def plan(run_dir: Path, finding: dict[str, Any], allow_scratch: bool = False,

@@ -103,8 +103,8 @@ def test_flat_loss_remedy_child_learns_again(tmp_path):
     assert first["finding"]["rule"] == "flat-loss-after-epoch-2" and first["finding"]["remedy"] == flat.remedy
     trial = first["trial"]
     assert [t["value"] for t in trial["trials"]][:2] == [0.1, 0.03] and trial["from_step"] == 0
-    assert C.load(child / rundir.CONFIG).train.base_lr == pytest.approx(trial["best"]) and trial["best"] < 0.3
-    assert first["from_step"] == 0 and first["start_step"] == SPE  # from step 0, then its best trial's steps
+    assert C.load(child / rundir.CONFIG).train.base_lr == pytest.approx(trial["applied"]) and trial["applied"] < 0.3
+    assert first["from_step"] == 0 and first["start_step"] == SPE  # from step 0, then its applied trial's steps
 
     t = Trainer.resume(child, max_steps=5 * SPE)
     assert t.run() == "stopped"

@@ -4,6 +4,7 @@ proven by a seven-stars trial downward, and `nanxi-tune remedy` (the same engine
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -140,10 +141,11 @@ def test_lr_trial_descends_and_the_child_continues_from_the_best_trial(tmp_path,
     values = [t["value"] for t in rec["trial"]["trials"]]
     assert values == [0.01, 0.003, 0.001, 0.0003, 0.0001, 3e-05, 1e-05][:len(values)] and len(values) >= 2
     assert [t.value for t in seen] == values and all(t["steps"] == 3 for t in rec["trial"]["trials"])
-    best = rec["trial"]["best"]
+    best, applied = rec["trial"]["best"], rec["trial"]["applied"]
     done = {t["value"]: t["score"] for t in rec["trial"]["trials"] if t["status"] == "done"}
     assert done[best] <= min(done.values()) * (1 + lr_trial.TIE)
-    assert C.load(child / rundir.CONFIG).train.base_lr == best and rec["set"] == {"train.base_lr": best}
+    assert applied in (best, values[values.index(best) + 1] if values.index(best) + 1 < len(values) else best)
+    assert C.load(child / rundir.CONFIG).train.base_lr == applied and rec["set"] == {"train.base_lr": applied}
     # the child goes on from the end of its trial: 2 epochs of the parent, then 3 trial steps, not redone
     assert ckpt_io.peek(rundir.last_checkpoint(child), "step") == 2 * SPE + 3
     assert [m["step"] for m in rundir.read_metrics(child) if m["split"] == "train"] == list(range(1, 2 * SPE + 4))
@@ -231,8 +233,26 @@ def test_lr_trials_are_ranked_on_held_out_data_and_one_upturn_does_not_end_the_d
     rec = json.loads((child / remedy.REMEDY_JSON).read_text())
     trials = rec["trial"]["trials"]
     assert [t["value"] for t in trials] == [0.03, 0.01, 0.003, 0.001, 0.0003]  # past the upturn, not to 0.0001
-    assert rec["trial"]["best"] == 0.003 and C.load(child / rundir.CONFIG).train.base_lr == 0.003
     assert all(t["score"] == held[t["value"]] and t["train_score"] is not None for t in trials)
+    # short trials favour large lrs: the best-scored 0.003 is backed off to the next value down, whose trial the
+    # child continues from (issue 21: BCCD at lr x100 chose 0.003 this way and its child reached 0.55 of healthy)
+    assert rec["trial"]["best"] == 0.003 and rec["trial"]["applied"] == 0.001
+    assert C.load(child / rundir.CONFIG).train.base_lr == 0.001 and rec["set"] == {"train.base_lr": 0.001}
+    after = [m for m in rundir.read_metrics(child) if m["split"] == "train" and m["step"] > rec["from_step"]]
+    trial_lines = [m for m in rundir.read_metrics(child / "trials" / "lr-0.001") if m["split"] == "train"
+                   and m["step"] > rec["from_step"]]
+    assert len(after) == 3 and after == trial_lines  # the 0.001 trial's steps, not 0.003's
+    assert "best-scored 0.003, applied the next value down" in rundir.read_events(child)[0]["message"]
+
+
+def test_the_back_off_keeps_the_best_when_the_value_below_did_not_finish():
+    T = lr_trial.Trial
+    done = [T(0.01, "done", 3.0), T(0.003, "done", 2.0), T(0.001, "done", 2.5)]
+    assert lr_trial.backed_off(done, done[1]) == 0.001
+    assert lr_trial.backed_off(done, done[2]) == 0.001  # the last value tried: nothing below it
+    cut = [T(0.003, "done", 2.0), T(0.001, "failed", math.inf)]
+    assert lr_trial.backed_off(cut, cut[0]) == 0.003
+    assert lr_trial.backed_off(cut, None) is None
 
 
 # --- a change proven against the unchanged run (the localisation remedy) -------------------------------------------
