@@ -1,7 +1,7 @@
 """The lr remedy's proof, the notes' seven stars (七星连珠法) run downward from the current lr: from the rewind
 checkpoint, each value down the half-decade grid trains a short trial, cut at once when its loss blows up, scored
 by the raw val loss of its online weights; the descent stops after PATIENCE trials in a row worse than the best.
-The value applied is one grid step below the best-scored one (BACKOFF): short trials favour large lrs."""
+A best-scored value next to a diverging one is backed off a grid step (EDGE, BACKOFF): short trials favour large lrs."""
 
 from __future__ import annotations
 
@@ -24,11 +24,15 @@ STARS = 7  # values tried at most (the seven stars)
 BLOWUP = 1.5  # a trial whose running raw loss exceeds this × its first value is cut: that lr cannot work
 TIE = 0.02  # trial scores within 2 % of the best: the larger lr wins (it goes on learning faster)
 PATIENCE = 2  # trials in a row worse than the best before the descent stops
-# Grid steps below the best-scored trial that the remedy applies (the lr range test's back-off). A trial is a tenth
-# of the run: a larger lr is ahead that early and behind at the end. Measured on BCCD (bench/remedy.py --bccd, lr
-# x100/x300 of 0.001, 140-step runs): 14-step trials scored 0.003 best on every seed (held-out loss 3.6 vs 4.6 for
-# 0.001), while from the same start 0.003 ended at held-out loss 1.6-1.7 against 1.42 for 0.001, crossing near
-# step 50; the 0.003 children reached 0.55-1.36 of the healthy run.
+# The best-scored value at the edge of divergence — the value above it blew up or scored more than EDGE × its
+# score — is backed off BACKOFF grid steps (the lr range test's rule: the lowest short-trial loss sits next to the
+# divergence point, and a trial a tenth of the run long does not see the later instability). Measured on BCCD
+# (bench/remedy.py --bccd, lr x100/x300 of 0.001, 140-step runs): 14-step trials scored 0.003 best on every seed
+# (held-out loss 3.6 vs 4.6 for 0.001; 0.01 scored 18-83), while from the same start 0.003 ended at held-out loss
+# 1.6-1.7 against 1.42 for 0.001 (crossing near step 50) and its children reached 0.55-1.36 of the healthy run.
+# Where the value above did not diverge (the synthetic set at lr x10: 0.01 best, the faulty 0.03 itself learning
+# well) the best is kept: backing off there cost half the children their 0.8.
+EDGE = 2.0
 BACKOFF = 1
 FOREVER = 1_000_000_000  # eval.interval of a trial: no evaluation inside it
 
@@ -52,7 +56,7 @@ class TrialRun:
     trials: list[Trial]
     best: float | None  # the best-scored value
     steps_used: int  # every step the trials trained (the applied value's are kept by the child)
-    applied: float | None = None  # the value the remedy applies: BACKOFF steps below ``best`` when that trial finished
+    applied: float | None = None  # the value the remedy applies: ``best``, or below it at the edge (backed_off)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -177,10 +181,16 @@ def lr_trial(parent: Path, cfg: C.Config, rewind: Rewind, root: Path, steps: int
 
 
 def backed_off(trials: list[Trial], best: Trial | None) -> float | None:
-    """The value BACKOFF trials down the descent from ``best`` when each of them finished, else ``best``'s."""
+    """``best``'s value, or BACKOFF trials further down the descent when ``best`` is at the edge of divergence (the
+    trial above it blew up or scored more than EDGE × its score) and each trial down to it finished."""
     if best is None:
         return None
     i = trials.index(best)
+    above = trials[i - 1] if i > 0 else None
+    edge = above is not None and (above.status == "blew-up" or
+                                  (above.status == "done" and above.score > EDGE * best.score))
+    if not edge:
+        return best.value
     below = trials[i + 1:i + 1 + BACKOFF]
     if len(below) == BACKOFF and all(t.status == "done" for t in below):
         return below[-1].value

@@ -220,8 +220,8 @@ def test_lr_trials_are_ranked_on_held_out_data_and_one_upturn_does_not_end_the_d
     parent = tmp_path / "p"
     assert Trainer(small(**{"train.epochs": 5, "train.base_lr": 0.1}), parent).run() == "finished"
     f = next(f for f in remedy.open_findings(parent) if f["rule"] == "test-rewind")
-    # held-out val loss by lr: an upturn at 0.01, the best at 0.003, then worse twice (0.001, 0.0003)
-    held = {0.03: 3.0, 0.01: 3.3, 0.003: 2.0, 0.001: 2.6, 0.0003: 2.9, 0.0001: 1.0}
+    # held-out val loss by lr: an upturn at 0.01 (diverging: above 2x the best), the best at 0.003, then worse twice
+    held = {0.03: 3.0, 0.01: 4.5, 0.003: 2.0, 0.001: 2.6, 0.0003: 2.9, 0.0001: 1.0}
     lr_of = {}
 
     def fake(path):
@@ -234,8 +234,8 @@ def test_lr_trials_are_ranked_on_held_out_data_and_one_upturn_does_not_end_the_d
     trials = rec["trial"]["trials"]
     assert [t["value"] for t in trials] == [0.03, 0.01, 0.003, 0.001, 0.0003]  # past the upturn, not to 0.0001
     assert all(t["score"] == held[t["value"]] and t["train_score"] is not None for t in trials)
-    # short trials favour large lrs: the best-scored 0.003 is backed off to the next value down, whose trial the
-    # child continues from (issue 21: BCCD at lr x100 chose 0.003 this way and its child reached 0.55 of healthy)
+    # short trials favour large lrs: the best-scored 0.003, next to a diverging 0.01, is backed off to the next value
+    # down, whose trial the child continues from (issue 21: BCCD at lr x100 chose 0.003 so; a child reached 0.55)
     assert rec["trial"]["best"] == 0.003 and rec["trial"]["applied"] == 0.001
     assert C.load(child / rundir.CONFIG).train.base_lr == 0.001 and rec["set"] == {"train.base_lr": 0.001}
     after = [m for m in rundir.read_metrics(child) if m["split"] == "train" and m["step"] > rec["from_step"]]
@@ -245,13 +245,18 @@ def test_lr_trials_are_ranked_on_held_out_data_and_one_upturn_does_not_end_the_d
     assert "best-scored 0.003, applied the next value down" in rundir.read_events(child)[0]["message"]
 
 
-def test_the_back_off_keeps_the_best_when_the_value_below_did_not_finish():
+def test_the_back_off_only_at_the_edge_of_divergence():
     T = lr_trial.Trial
-    done = [T(0.01, "done", 3.0), T(0.003, "done", 2.0), T(0.001, "done", 2.5)]
-    assert lr_trial.backed_off(done, done[1]) == 0.001
-    assert lr_trial.backed_off(done, done[2]) == 0.001  # the last value tried: nothing below it
-    cut = [T(0.003, "done", 2.0), T(0.001, "failed", math.inf)]
-    assert lr_trial.backed_off(cut, cut[0]) == 0.003
+    diverged = [T(0.01, "done", 64.5), T(0.003, "done", 3.6), T(0.001, "done", 4.6)]  # BCCD at lr x100, seed 0
+    assert lr_trial.backed_off(diverged, diverged[1]) == 0.001
+    assert lr_trial.backed_off([T(0.01, "blew-up", math.inf), *diverged[1:]], diverged[1]) == 0.001
+    assert lr_trial.backed_off(diverged, diverged[2]) == 0.001  # the last value tried: nothing below it
+    near = [T(0.03, "done", 4.2), T(0.01, "done", 3.5), T(0.003, "done", 3.8)]  # the value above learns too
+    assert lr_trial.backed_off(near, near[1]) == 0.01
+    first = [T(0.01, "done", 3.8), T(0.003, "done", 4.3)]  # best right below the run's lr: no trial above it
+    assert lr_trial.backed_off(first, first[0]) == 0.01
+    cut = [T(0.01, "blew-up", math.inf), T(0.003, "done", 2.0), T(0.001, "failed", math.inf)]
+    assert lr_trial.backed_off(cut, cut[1]) == 0.003  # the value below did not finish
     assert lr_trial.backed_off(cut, None) is None
 
 
