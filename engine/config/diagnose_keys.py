@@ -45,8 +45,9 @@ class Diagnose(Strict):
     flat_blowup: float = F(1.2, "Flat loss, no progress: only after a blow-up — some epoch-median raw train loss "
                            "above this many times the first step's (healthy runs at lr 0.001-0.1: ≤ 1.05×; lr 0.3: "
                            "1.34-3.1×, lr 1 and 3: 16-350×).", gt=1, le=1e6, live=True)
-    flat_severe_blowup: float = F(4.0, "Flat loss, no progress, after a severe blow-up: an epoch-median raw train "
-                                  "loss above this many times the first step's…", gt=1, le=1e6, live=True)
+    flat_severe_blowup: float = F(3.0, "Flat loss, no progress, after a severe blow-up: an epoch-median raw train "
+                                  "loss above this many times the first step's… (BCCD at 100× its lr: 3.3-23×, "
+                                  "crawling back 20-40% below the start)", gt=1, le=1e6, live=True)
     flat_severe_progress: float = F(0.5, "…needs the later epochs this fraction below the first step's loss, not "
                                     "flat_min_progress: BCCD at 100× its lr blew up 5.3× and crawled back to 38% "
                                     "below, where it stayed (mAP 0.017 against the healthy run's 0.306; healthy "

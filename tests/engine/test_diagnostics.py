@@ -194,6 +194,31 @@ def test_flat_loss_fires_on_a_plateau_far_above_a_healthy_level_after_a_severe_b
     assert check_rule("flat-loss-after-epoch-2", cfg_with(**{"diagnose.flat_severe_blowup": 50.0}), lines) is None
 
 
+BCCD_X100_SEED3 = [17.3, 14.0, 7.33, 3.98, 3.46, 3.34, 3.27, 3.28, 3.16, 3.26]  # epoch medians from a first 5.17
+
+
+def bccd_x100_seed3(t: float) -> float:
+    """BCCD at 100x its lr, another seed: a 3.3x blow-up (peak epoch median 17.3 from a first step at 5.17), then a
+    plateau 37 % below the start, where the healthy runs of the same seeds are 68-73 % below (val loss 2.9 against
+    1.4, mAP 0.069 against 0.434)."""
+    return 5.17 if t <= 1 / SPE else BCCD_X100_SEED3[min(int(t - 1e-9), len(BCCD_X100_SEED3) - 1)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_flat_loss_fires_after_a_3x_blow_up_that_crawls_back_only_a_third(seed):
+    """bench/remedy.py --bccd, seed 3 at lr x100: no rule fired with flat_severe_blowup at 4 (the milder bar, 20 %
+    below the start, was met at 37 %), and the run ended at 0.16 of the healthy run's mAP."""
+    cfg = cfg_with(**{"train.base_lr": 0.1})
+    lines = trace(epochs=10, level=bccd_x100_seed3, seed=seed, noise=0.03, lr=0.1)
+    f = check_rule("flat-loss-after-epoch-2", cfg, lines)
+    assert f is not None and f.evidence["kind"] == "no-progress" and 0.3 < f.evidence["progress"] < 0.45
+    assert f.remedy["set"] == {"train.base_lr": 0.03} and f.remedy["resume_from_step"] == 0
+    # the healthy runs of the same seeds, 68-73 % below their start, never blew up: silent
+    healthy = trace(epochs=10, level=lambda t: 5.17 if t <= 1 / SPE else 1.5 + 3.0 * math.exp(-0.6 * t), seed=seed,
+                    noise=0.03)
+    assert check_rule("flat-loss-after-epoch-2", C.Config(), healthy) is None
+
+
 def test_flat_loss_judges_an_epoch_at_the_eval_that_ends_it():
     lines = trace(epochs=4, level=flat_level, val_every=1)  # an eval at every epoch end
     assert check_rule("flat-loss-after-epoch-2", C.Config(), lines[:-1]) is None  # the 4th epoch's eval not in
