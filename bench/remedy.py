@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="lr ×100 and ×10, 2 seeds (a few minutes)")
     ap.add_argument("--full", action="store_true", help="all faults, 10 seeds")
     ap.add_argument("--seeds", type=int, help="seeds (default: quick 2, normal 5, full 10)")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds from this one (re-run one seed: --first-seed 3 "
+                    "--seeds 1)")
+    ap.add_argument("--fault", action="append", help="only this fault (repeat; e.g. 'lr x100')")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--base-lr", type=float, help="the healthy lr (default: the demo preset's)")
     ap.add_argument("--threads", type=int, default=1)
@@ -174,8 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup = bccd(Path(a.bccd), root) if a.bccd else synthetic()
     base_lr = a.base_lr or setup.base.train.base_lr
-    seeds = range(a.seeds or (2 if a.quick else 10 if a.full else 5))
+    seeds = range(a.first_seed, a.first_seed + (a.seeds or (2 if a.quick else 10 if a.full else 5)))
     cases = faults(base_lr, a.quick, setup, bool(a.bccd))
+    if a.fault:
+        unknown = set(a.fault) - set(cases)
+        if unknown:
+            print(f"--fault {sorted(unknown)}: the faults here are {list(cases)}", file=sys.stderr)
+            return 2
+        cases = {k: v for k, v in cases.items() if k in a.fault}
     os.environ.setdefault("NANXI_TUNE_CACHE", str(Path(tempfile.gettempdir()) / "nanxi-tune-bench-cache"))
     t0 = time.perf_counter()
     print(f"{setup.name}: {len(cases)} faults × {len(seeds)} seeds, {a.epochs} epochs × {setup.spe} steps, healthy "
