@@ -139,7 +139,8 @@ def remedy(args) -> int:
             if "trial" in plan:
                 t = plan["trial"]
                 print(f"  trial: {R.LR} = {', '.join(f'{v:g}' for v in t['values'])} (downward, stopping once the "
-                      f"loss turns worse), {t['steps']} steps each; applies the value below the best-scored")
+                      f"loss turns worse), {t['steps']} steps each; the best-scored, or the value below it when the value above "
+                      "it diverged")
             if "proof" in plan:
                 p = plan["proof"]
                 print(f"  trial: {p['steps']} steps with the change and {p['steps']} without, from the same "

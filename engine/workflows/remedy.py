@@ -15,9 +15,9 @@ cannot work. Each finished trial is scored on held-out data, the run's val set, 
 weights: short trials ranked by their own train loss favour large lrs (a real set run at 300× its lr chose 10× the
 healthy lr that way and reached 0.55 of the healthy run's mAP). The descent stops once ``PATIENCE`` trials in a row
 score worse than the best (one noisy upturn does not end it). Held-out scores of short trials still favour large
-lrs, so the value applied is the next one down from the best-scored (``lr_trial.BACKOFF``), and the child continues
-from the end of its trial (those steps are not redone); every trial's curve is the evidence, in remedy.json and the
-child's first events line.
+lrs, so a best-scored value next to a diverging one gives way to the next one down (``lr_trial.backed_off``); the
+child continues from the end of the applied value's trial (those steps are not redone); every trial's curve is the
+evidence, in remedy.json and the child's first events line.
 
 ``open_findings`` lists a run's findings still open (the latest per rule, neither applied nor dismissed);
 ``dismiss`` closes one and releases its pinned checkpoint. Resume the child with ``Trainer.resume(child)`` when
