@@ -41,6 +41,10 @@ class Train(Strict):
                               "before the evidence.", ge=1, le=1000, live=True)
     grad_clip: float = F(0.0, "Clip the gradient norm to this value (0 = off).", ge=0, live=True)
     seed: int = F(0, "Run seed: model init, data order and augmentation derive from it.", ge=0)
+    init_from: str = F("", "Start from another run's detector: a run folder or a checkpoint file (its EMA weights, "
+                       "the ones its evaluations scored; every layer — backbone, neck, head); the optimizer, step "
+                       "and lr schedule start fresh. Empty: random weights (backbone.weights still loads a "
+                       "backbone alone). The autopilot's final run starts from its search's best trial.")
     device: str = F("auto", "Device: auto (CUDA when present), cpu, cuda or cuda:N.")
     channels_last: bool = F(True, "Hold the model and its batches in channels_last memory (NHWC): the convolutions' "
                             "fast path on CPUs and on GPUs' tensor cores — a training step 1.56× (BCCD) and 1.45× "

@@ -235,6 +235,10 @@ class Detector(nn.Module):
             tv = cfg.backbone.name != "nanxi"
             self.weights_source = load(self.backbone.net if tv else self.backbone, cfg.backbone.weights,
                                        cfg.backbone.name, "backbone.net." if tv else "backbone.")
+        if load_weights and cfg.train.init_from:  # every layer: over backbone.weights
+            from .warm_start import load_detector
+
+            self.weights_source = load_detector(self, cfg.train.init_from)
 
     def reconfigure(self, cfg: Config) -> None:
         """A live edit: the loss reads the new config from the next step (the layers keep their weights)."""

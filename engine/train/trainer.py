@@ -204,6 +204,8 @@ class Trainer:
         self.total_steps = self.plan.total_steps
         # a resumed run's weights come from its checkpoint: backbone.weights may be gone by now
         self.model = build_model(cfg, self.train_set.num_classes, load_weights=self.resume_from is None)
+        if cfg.train.init_from and self.resume_from is None:
+            self.emit(Log(f"train.init_from: every layer starts from {self.model.weights_source}"))
         if self.dist.active and use_sync_bn(cfg.train.sync_bn, world, bs):
             self.model, n_bn = convert_sync_batchnorm(self.model, self.device.type)
             self.emit(Log(f"train.sync_bn: {n_bn} BatchNorm layers synchronised over {world} ranks"))

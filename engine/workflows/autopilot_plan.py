@@ -87,6 +87,9 @@ class RoundState:
     why: str = ""
     rows: list[dict[str, Any]] = field(default_factory=list)  # its table: label, mAP, AP50, AP75, steps, status
     seconds: float = 0.0
+    # a search round's chosen trial (label, mAP, AP50, steps, run_dir, trial_s): the next round's "as-is" arm, and
+    # the weights the final run starts from
+    best: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -171,11 +174,17 @@ def rankable_arms(arms: list[dict[str, Any]], ratios: dict[str, float], trial_s:
 
 
 def make_plan(spec: AutopilotSpec, used_s: float, step_s: float, search_left: list[str],
-              post_s: float = 0.0, arms: dict[str, int] | None = None) -> Plan:
+              post_s: float = 0.0, arms: dict[str, int] | None = None, carry_first: bool = False,
+              trial_s: float | None = None) -> Plan:
     """Share what is left of the budget: the final run gets ``FINAL_SHARE`` of the whole budget (or what is left
-    after the search, if more); the search the rest, equally per trial. A search round whose trials would be
-    shorter than ``MIN_TRIAL_STEPS`` steps is dropped, the last first (capacity, then shape, then lr); a trial
-    longer than ``MAX_TRIAL_STEPS`` gives its surplus to the final run."""
+    after the search, if more); the search the rest, equally per trial that ranks. A search round whose trials would
+    be shorter than ``MIN_TRIAL_STEPS`` steps is dropped, the last first (capacity, then shape, then lr); a trial
+    longer than ``MAX_TRIAL_STEPS`` gives its surplus to the final run.
+
+    Each round after the first ranks its "as-is" arm by the previous round's best trial (the same config, trained
+    for the same time) instead of training it again: those trials rank but are not trained, and their time goes to
+    the final run (``carry_first``: a search round is done already, so the first left carries too). ``trial_s``
+    keeps the trial length the search started with (a carried row ranks only against trials as long as it was)."""
     budget_s = spec.budget_min * 60.0
     left = max(0.0, budget_s - used_s - post_s)
     final_floor = min(left, FINAL_SHARE * budget_s)
@@ -183,11 +192,16 @@ def make_plan(spec: AutopilotSpec, used_s: float, step_s: float, search_left: li
     rounds = [r for r in SEARCH if r in search_left and r in spec.rounds]
     why = [f"budget {budget_text(spec.budget_min)}, {used_s / 60:.1f} min used, "
            f"{post_s / 60:.1f} min kept for post-processing and the final evaluation; {step_s:.3f} s a step"]
-    if spec.trial_steps:
-        trial_s = spec.trial_steps * step_s
-        n = sum(trials_of(r, arms) for r in rounds)
+
+    def carried(kept: list[str]) -> int:
+        return max(0, len(kept) - 1) + (1 if kept and carry_first else 0)
+
+    if spec.trial_steps or trial_s:
+        trial_s = spec.trial_steps * step_s if spec.trial_steps else float(trial_s or 0.0)
+        n = sum(trials_of(r, arms) for r in rounds) - carried(rounds)
         search_s = n * trial_s
-        why.append(f"search trials {spec.trial_steps} steps each (set), {n} at most: {search_s / 60:.1f} min")
+        length = f"{spec.trial_steps} steps each (set)" if spec.trial_steps else f"of {trial_s:.0f} s (kept)"
+        why.append(f"search trials {length}, {n} at most: {search_s / 60:.1f} min")
         return Plan(step_s, search_s, trial_s, max(0.0, left - search_s), rounds, "; ".join(why))
     while rounds:
         n = sum(trials_of(r, arms) for r in rounds)
@@ -202,8 +216,10 @@ def make_plan(spec: AutopilotSpec, used_s: float, step_s: float, search_left: li
                                                                   "run"]))
     n = sum(trials_of(r, arms) for r in rounds)
     trial_s = min(search_s / n, MAX_TRIAL_STEPS * step_s)
-    final_s = left - n * trial_s
-    why.append(f"search {n * trial_s / 60:.1f} min: {n} trials ({', '.join(rounds)}) of {trial_s:.0f} s ≈ "
-               f"{trial_s / step_s:.0f} steps; final run {final_s / 60:.1f} min "
+    trained = n - carried(rounds)
+    final_s = left - trained * trial_s
+    carry = (f", {n - trained} of them the previous round's best, not trained again" if trained < n else "")
+    why.append(f"search {trained * trial_s / 60:.1f} min: {n} trials ({', '.join(rounds)}) of {trial_s:.0f} s ≈ "
+               f"{trial_s / step_s:.0f} steps{carry}; final run {final_s / 60:.1f} min "
                f"({'half the budget' if final_s <= final_floor + 1 else 'half the budget and what the search left'})")
-    return Plan(step_s, n * trial_s, trial_s, final_s, rounds, "; ".join(why))
+    return Plan(step_s, trained * trial_s, trial_s, final_s, rounds, "; ".join(why))

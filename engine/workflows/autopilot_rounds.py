@@ -93,6 +93,7 @@ class Rounds:
         values = [grid_value(i + j - P.LR_WINDOW // 2) for j in range(P.LR_WINDOW)]
         best = self._study(r, dict(kind="sweep", key="train.base_lr", values=values, slides=1))
         r.choice = {"train.base_lr": best["value"]}
+        r.best = self._best_record(r, best)
 
     def _shape_arms(self) -> list[dict[str, Any]]:
         cfg = self.recipe_config()
@@ -103,13 +104,20 @@ class Rounds:
         return arms
 
     def _capacity_arms(self) -> list[dict[str, Any]]:
-        b = self.recipe_config().backbone
+        from ..data.profile import Profile, smaller_input
+
+        cfg = self.recipe_config()
+        b = cfg.backbone
         arms = [{"name": "as-is", "set": {}}]
         if b.name == "nanxi":
             arms.append({"name": f"width-{min(512, 2 * b.width)}", "set": {"backbone.width": min(512, 2 * b.width)}})
             arms.append({"name": "resnet18", "set": {"backbone.name": "resnet18"}})
         else:
             arms.append({"name": "nanxi", "set": {"backbone.name": "nanxi"}})
+        if self.ap.profile and isinstance(cfg.neck.out_stride, int):  # objects large for the input: a cheaper step
+            size = smaller_input(Profile(**self.ap.profile), cfg.neck.out_stride, cfg.preprocess.input_size)
+            if size:
+                arms.append({"name": f"input-{size}", "set": {"preprocess.input_size": size}})
         return arms
 
     def _kept_capacity_arms(self) -> list[dict[str, Any]]:
@@ -121,27 +129,41 @@ class Rounds:
         return {"shape": len(self._shape_arms()), "capacity": len(self._kept_capacity_arms())}
 
     def _shape(self, r: P.RoundState) -> None:
-        arms = self._shape_arms()
-        best = self._study(r, dict(kind="arms", key="arm", values=[], arms=arms))
-        r.choice = dict(arms[int(best["value"]) - 1]["set"])
+        self._arms_round(r, self._shape_arms())
 
     def _capacity(self, r: P.RoundState) -> None:
         if not self.ap.spec.trial_steps and not self.ap.step_ratios and not (self.folder / "round-capacity").exists():
             # equal time: an arm too slow to train enough steps in a trial cannot change the answer (decided once,
-            # on the plan as it stands; the trials of the arms kept then share the round's time)
+            # on the plan as it stands; the trial length is kept, the time of the arms left out goes to the final run)
             every = self._capacity_arms()
             self.ap.step_ratios = step_ratios(self.search_config(), every)
             _, self.ap.left_out = P.rankable_arms(every, self.ap.step_ratios, float(self.ap.plan["trial_s"]),
                                                   float(self.ap.plan["step_s"]))
-            self._replan()
+            self._replan(keep_trial=True)
         arms = self._kept_capacity_arms()
         left_out = list(self.ap.left_out.values())
         if len(arms) < 2:
+            r.best = self._carried(r)
             r.why = "; ".join(left_out) + ": the recipe's capacity kept, its time given to the final run"
             return
-        best = self._study(r, dict(kind="arms", key="arm", values=[], arms=arms))
-        r.choice = dict(arms[int(best["value"]) - 1]["set"])
+        self._arms_round(r, arms)
         r.why = "; ".join([r.why] + left_out)
+
+    def _arms_round(self, r: P.RoundState, arms: list[dict[str, Any]]) -> None:
+        """A round of named arms, the first the recipe as it is. That one is the previous round's best trial when
+        it trained for as long as this round's trials will (the same config: it is not trained again)."""
+        carried = self._carried(r)
+        trained = arms[1:] if carried else arms
+        best = self._study(r, dict(kind="arms", key="arm", values=[], arms=trained))
+        r.choice, r.best = dict(trained[int(best["value"]) - 1]["set"]), self._best_record(r, best)
+        if carried:
+            r.rows.insert(0, {"label": f"as-is (round {carried['round']}: {carried['label']})", "mAP": carried["mAP"],
+                              "AP50": carried["AP50"], "steps": carried["steps"], "status": "carried"})
+            if carried["mAP"] >= best["mAP"]:  # a tie keeps the recipe
+                r.choice, r.best = {}, carried
+            r.why = (f"best {r.rows[0]['label'] if not r.choice else best['label']} (held-out mAP "
+                     f"{r.best['mAP']:.4f}) of {', '.join(str(x['label']) for x in r.rows)}; as-is is round "
+                     f"{carried['round']}'s best trial, not trained again")
 
     def _normalize(self, r: P.RoundState) -> None:
         from . import normalization
@@ -167,13 +189,17 @@ class Rounds:
             minutes = round(max(0.1, left_s / 60), 3)
             length = f"{minutes} min"
             updates = {"train.time_budget_min": minutes}
+        start = self._warm_start()
+        if start:  # the search's time is not lost: the final run goes on from its best trial's weights
+            updates["train.init_from"] = start
         cfg = C.with_updates(self.recipe_config(), updates | {"train.epochs": 100000}, "autopilot final run")
         r.folder = "final"
         self._train(self.folder / "final", cfg)
         vals = [m for m in rundir.read_metrics(self.folder / "final") if m.get("split") == "val"]
         r.rows = [{"label": f"step {m['step']}", "mAP": m.get("mAP"), "AP50": m.get("AP50"), "AP75": m.get("AP75")}
                   for m in vals[-5:]]
-        r.why = f"the recipe on the whole train split for {length}"
+        r.why = f"the recipe on the whole train split for {length}" + (
+            f", starting from the search's best trial ({start})" if start else ", from random weights")
 
     def _post(self, r: P.RoundState) -> None:
         from ..evaluation.evaluate_run import evaluate_run
@@ -201,11 +227,47 @@ class Rounds:
     def _recipe_preset(self) -> C.Config:
         return self.recipe_config().model_copy(update={"preset": f"autopilot-{self.folder.name}"})
 
-    def _replan(self, step_s: float | None = None) -> None:
+    def _warm_start(self) -> str:
+        """The last search round's chosen trial — the recipe's config, trained on the fit part — when its
+        checkpoint is there ("" otherwise: the final run starts from random weights)."""
+        best = [x.best for x in self.ap.rounds if x.name in P.SEARCH and x.status == "done" and x.best]
+        if not best or not best[-1].get("run_dir"):
+            return ""
+        from ..model.warm_start import checkpoint_of
+
+        path = checkpoint_of(best[-1]["run_dir"])
+        config = Path(best[-1]["run_dir"]) / rundir.CONFIG
+        if not path.is_file() or not config.is_file():
+            return ""
+        layers = ("principles", "backbone", "neck", "head", "encode")
+        trial, recipe = C.load(config), self.recipe_config()
+        same = all(getattr(trial, g) == getattr(recipe, g) for g in layers)
+        return str(path) if same else ""
+
+    def _trial_length(self) -> float:
+        """What makes two trials comparable: their steps (``trial_steps`` set) or their seconds."""
+        return float(self.ap.spec.trial_steps) if self.ap.spec.trial_steps else round(self.ap.plan["trial_s"], 1)
+
+    def _best_record(self, r: P.RoundState, row: dict[str, Any]) -> dict[str, Any]:
+        return {"round": r.name, "label": str(row["label"]), "mAP": row["mAP"], "AP50": row["AP50"], "steps": row["steps"],
+                "run_dir": row.get("run_dir", ""), "length": self._trial_length()}
+
+    def _carried(self, r: P.RoundState) -> dict[str, Any]:
+        """The previous search round's best trial, as round ``r``'s "as-is" arm — when there is one and it trained
+        for as long as ``r``'s trials will ({} otherwise: a budget change re-planned the length, or nothing ran)."""
+        before = [x for x in self.ap.rounds if x.name in P.SEARCH and P.SEARCH.index(x.name) < P.SEARCH.index(r.name)
+                  and x.status == "done" and x.best]
+        if not before or before[-1].best.get("length") != self._trial_length():
+            return {}
+        return before[-1].best
+
+    def _replan(self, step_s: float | None = None, keep_trial: bool = False) -> None:
         step_s = step_s or float(self.ap.plan.get("step_s", 0)) or 1.0
         left = [x.name for x in self.ap.rounds if x.name in P.SEARCH and x.status in ("pending", "running")]
         post_s = max(30.0, 0.03 * self.ap.spec.budget_min * 60)
-        plan = P.make_plan(self.ap.spec, self.ap.used_s, step_s, left, post_s, self._arm_counts())
+        done = any(x.name in P.SEARCH and x.status == "done" and x.best for x in self.ap.rounds)
+        plan = P.make_plan(self.ap.spec, self.ap.used_s, step_s, left, post_s, self._arm_counts(), carry_first=done,
+                           trial_s=float(self.ap.plan["trial_s"]) if keep_trial and self.ap.plan else None)
         done = [x for x in self.ap.plan.get("rounds", []) if x not in left]
         self.ap.plan = {**asdict(plan), "rounds": done + plan.rounds, "post_s": post_s}
         self._emit(AutopilotProgress("planned", "", plan.why))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -34,12 +35,24 @@ def spec(budget_min, **kw):
 def test_the_plan_gives_the_final_run_half_and_shares_the_rest_per_trial():
     plan = P.make_plan(spec(30), 0.0, 0.5, list(P.SEARCH), post_s=60)
     assert plan.rounds == ["lr", "shape", "capacity"]
-    assert plan.final_s == pytest.approx(15 * 60)
-    assert plan.trial_s == pytest.approx((30 * 60 - 60 - 15 * 60) / 10)  # 4 lr (a slide) + 3 + 3 trials
+    trial = (30 * 60 - 60 - 15 * 60) / 10  # 4 lr (a slide) + 3 + 3 trials rank
+    assert plan.trial_s == pytest.approx(trial)
+    # the shape and capacity rounds' "as-is" is the previous round's best: 8 trials train, the final run gets the 2
+    assert plan.search_s == pytest.approx(8 * trial) and plan.final_s == pytest.approx(15 * 60 + 2 * trial)
     assert plan.search_s + plan.final_s == pytest.approx(30 * 60 - 60)
+    assert "10 trials (lr, shape, capacity)" in plan.why and "2 of them the previous round's best" in plan.why
     # a recipe already on Gaussian samples has two shape arms: the search shares its time among 9 trials
     two = P.make_plan(spec(30), 0.0, 0.5, list(P.SEARCH), post_s=60, arms={"shape": 2})
     assert two.trial_s == pytest.approx((30 * 60 - 60 - 15 * 60) / 9)
+
+
+def test_a_re_plan_inside_the_search_keeps_the_trial_length_and_the_time_saved_goes_to_the_final_run():
+    trial = (30 * 60 - 60 - 15 * 60) / 10
+    # after the lr round (4 trials): shape and capacity both carry their as-is; a capacity arm left out (2 arms)
+    later = P.make_plan(spec(30), 4 * trial + 20, 0.5, ["shape", "capacity"], post_s=60,
+                        arms={"capacity": 2}, carry_first=True, trial_s=trial)
+    assert later.trial_s == trial and later.search_s == pytest.approx((3 + 2 - 2) * trial)
+    assert later.final_s == pytest.approx(30 * 60 - 60 - 4 * trial - 20 - 3 * trial) and "(kept)" in later.why
 
 
 def test_a_short_budget_drops_the_last_rounds_first_and_says_why():
@@ -65,6 +78,25 @@ def test_capacity_arms_too_slow_to_rank_at_equal_time_are_left_out_with_the_reas
     # longer trials: every arm can rank; the recipe itself always stays
     assert P.rankable_arms(arms, {"as-is": 1.0, "width-48": 1.2, "resnet18": 5.8}, 600.0, 0.5) == (arms, {})
     assert P.rankable_arms(arms, {"as-is": 1.0, "width-48": 9, "resnet18": 9}, 1.0, 0.5)[0] == arms[:1]
+
+
+def test_objects_large_for_the_input_add_a_smaller_input_arm_to_the_capacity_round(tmp_path):
+    from nanxi_tune.engine.data.profile import Profile, smaller_input
+
+    # the few-large-objects set's fit part: the 5th-percentile object 104.5 px at 320 px spans 4 cells of stride
+    # 16 down to 196 px: 224; BCCD's cells (19.5 px at stride 4) allow 288, too close to 320 to be an arm
+    large = Profile(410, 587, {"circle": 195}, 1, 3, 3, 104.5, 151.1, 249.4, 297, 320)
+    assert smaller_input(large, 16, 320) == 224 and smaller_input(large, 4, 320) == 128  # the floor
+    bccd = Profile(234, 3154, {"RBC": 2682}, 13, 20, 30, 19.5, 48.5, 87.5, 640, 320)
+    assert smaller_input(bccd, 4, 320) == 0
+    assert smaller_input(Profile(1, 0, {}, 0, 0, 0, 0.0, 0.0, 0.0, 0, 320), 16, 320) == 0  # no objects
+    folder = _make(tmp_path)
+    owner = AutopilotOwner(folder)
+    owner.ap.profile = large.to_json()
+    owner.ap.recipe = {"neck.out_stride": 16, "preprocess.input_size": 320}
+    assert owner._capacity_arms()[-1] == {"name": "input-224", "set": {"preprocess.input_size": 224}}
+    owner.ap.profile, owner.ap.recipe = bccd.to_json(), {"neck.out_stride": 4, "preprocess.input_size": 320}
+    assert [a["name"] for a in owner._capacity_arms()] == ["as-is", f"width-{2 * tiny().backbone.width}", "resnet18"]
 
 
 def test_capacity_arms_step_times_are_measured_on_the_same_batch():
@@ -108,6 +140,30 @@ def test_an_autopilot_scores_only_the_held_out_part_before_its_final_run_and_sav
     journal = (folder / rundir.JOURNAL).read_text()
     assert "## [x] 5. shape branch: loss and samples" in journal and "## [-] 4. learning rate" in journal
     assert "| as-is" in journal and "val (the final run's last weights)" in journal
+
+
+@pytest.mark.slow
+def test_a_round_ranks_the_previous_best_as_its_as_is_and_the_final_run_starts_from_the_chosen_trial(tmp_path):
+    folder = _make(tmp_path, rounds=["lr", "shape"])
+    assert AutopilotOwner(folder).run() == "finished"
+    ap = P.load(folder)
+    lr, shape = ap.round("lr"), ap.round("shape")
+    trained = sorted(d.name for d in (folder / "round-shape").glob("trial-*"))
+    assert "trial-as-is" not in trained and len(trained) == len(shape.rows) - 1 >= 1  # the as-is arm not trained
+    carried = shape.rows[0]
+    assert carried["status"] == "carried" and carried["label"] == f"as-is (round lr: {lr.best['label']})"
+    assert carried["mAP"] == lr.best["mAP"] and "not trained again" in shape.why
+    if shape.choice:  # an arm beat the recipe: the final run starts from that arm's trial
+        assert "round-shape" in shape.best["run_dir"]
+    else:  # the recipe kept: from the lr round's best trial
+        assert shape.best == lr.best
+    final = C.load(folder / "final" / rundir.CONFIG)
+    assert final.train.init_from == str(Path(shape.best["run_dir"]) / "checkpoints" / "last.pt")
+    logs = [e.get("message", "") for e in rundir.read_events(folder / "final") if e.get("kind") == "log"]
+    assert any("train.init_from: every layer starts from" in m for m in logs)
+    assert "train.init_from" not in ap.recipe  # the recipe trains from scratch
+    assert C.load_preset(str(folder / "recipe.toml")).train.init_from == ""
+    assert "starting from the search's best trial" in ap.round("final").why
 
 
 def _tables(folder):
