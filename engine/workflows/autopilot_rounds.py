@@ -249,8 +249,8 @@ class Rounds:
         return float(self.ap.spec.trial_steps) if self.ap.spec.trial_steps else round(self.ap.plan["trial_s"], 1)
 
     def _best_record(self, r: P.RoundState, row: dict[str, Any]) -> dict[str, Any]:
-        return {"round": r.name, "label": str(row["label"]), "mAP": row["mAP"], "AP50": row["AP50"], "steps": row["steps"],
-                "run_dir": row.get("run_dir", ""), "length": self._trial_length()}
+        return {"round": r.name, "label": str(row["label"]), "mAP": row["mAP"], "AP50": row["AP50"],
+                "steps": row["steps"], "run_dir": row.get("run_dir", ""), "length": self._trial_length()}
 
     def _carried(self, r: P.RoundState) -> dict[str, Any]:
         """The previous search round's best trial, as round ``r``'s "as-is" arm — when there is one and it trained
@@ -265,8 +265,9 @@ class Rounds:
         step_s = step_s or float(self.ap.plan.get("step_s", 0)) or 1.0
         left = [x.name for x in self.ap.rounds if x.name in P.SEARCH and x.status in ("pending", "running")]
         post_s = max(30.0, 0.03 * self.ap.spec.budget_min * 60)
-        done = any(x.name in P.SEARCH and x.status == "done" and x.best for x in self.ap.rounds)
-        plan = P.make_plan(self.ap.spec, self.ap.used_s, step_s, left, post_s, self._arm_counts(), carry_first=done,
+        carrying = any(x.name in P.SEARCH and x.status == "done" and x.best for x in self.ap.rounds)
+        plan = P.make_plan(self.ap.spec, self.ap.used_s, step_s, left, post_s, self._arm_counts(),
+                           carry_first=carrying,
                            trial_s=float(self.ap.plan["trial_s"]) if keep_trial and self.ap.plan else None)
         done = [x for x in self.ap.plan.get("rounds", []) if x not in left]
         self.ap.plan = {**asdict(plan), "rounds": done + plan.rounds, "post_s": post_s}
