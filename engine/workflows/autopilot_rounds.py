@@ -230,7 +230,7 @@ class Rounds:
     def _warm_start(self) -> str:
         """The last search round's chosen trial — the recipe's config, trained on the fit part — when its
         checkpoint is there ("" otherwise: the final run starts from random weights)."""
-        best = [x.best for x in self.ap.rounds if x.name in P.SEARCH and x.status == "done" and x.best]
+        best = [x.best for x in self._searched()]
         if not best or not best[-1].get("run_dir"):
             return ""
         from ..model.warm_start import checkpoint_of
@@ -244,6 +244,10 @@ class Rounds:
         same = all(getattr(trial, g) == getattr(recipe, g) for g in layers)
         return str(path) if same else ""
 
+    def _searched(self) -> list[P.RoundState]:
+        """The search rounds done with a chosen trial, in the notes' order."""
+        return [x for x in self.ap.rounds if x.name in P.SEARCH and x.status == "done" and x.best]
+
     def _trial_length(self) -> float:
         """What makes two trials comparable: their steps (``trial_steps`` set) or their seconds."""
         return float(self.ap.spec.trial_steps) if self.ap.spec.trial_steps else round(self.ap.plan["trial_s"], 1)
@@ -255,8 +259,7 @@ class Rounds:
     def _carried(self, r: P.RoundState) -> dict[str, Any]:
         """The previous search round's best trial, as round ``r``'s "as-is" arm — when there is one and it trained
         for as long as ``r``'s trials will ({} otherwise: a budget change re-planned the length, or nothing ran)."""
-        before = [x for x in self.ap.rounds if x.name in P.SEARCH and P.SEARCH.index(x.name) < P.SEARCH.index(r.name)
-                  and x.status == "done" and x.best]
+        before = [x for x in self._searched() if P.SEARCH.index(x.name) < P.SEARCH.index(r.name)]
         if not before or before[-1].best.get("length") != self._trial_length():
             return {}
         return before[-1].best
@@ -265,9 +268,8 @@ class Rounds:
         step_s = step_s or float(self.ap.plan.get("step_s", 0)) or 1.0
         left = [x.name for x in self.ap.rounds if x.name in P.SEARCH and x.status in ("pending", "running")]
         post_s = max(30.0, 0.03 * self.ap.spec.budget_min * 60)
-        carrying = any(x.name in P.SEARCH and x.status == "done" and x.best for x in self.ap.rounds)
         plan = P.make_plan(self.ap.spec, self.ap.used_s, step_s, left, post_s, self._arm_counts(),
-                           carry_first=carrying,
+                           carry_first=bool(self._searched()),
                            trial_s=float(self.ap.plan["trial_s"]) if keep_trial and self.ap.plan else None)
         done = [x for x in self.ap.plan.get("rounds", []) if x not in left]
         self.ap.plan = {**asdict(plan), "rounds": done + plan.rounds, "post_s": post_s}
