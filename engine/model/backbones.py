@@ -15,15 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .state_file import WeightsError, load_checked, read_state
+
 TORCHVISION = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "regnet_y_400mf", "regnet_y_800mf",
                "efficientnet_b0", "convnext_tiny")
 CLASSIFIER = ("avgpool", "fc", "classifier")  # ImageNet head: no part of a detector's trunk
 STRIDES = (4, 8, 16, 32)
 PROBE = 128  # dummy input side: 4×4 at stride 32, enough for every trunk's pooling
-
-
-class WeightsError(ValueError):
-    """backbone.weights cannot be used; the message names the file (or name), the layer and what to do."""
 
 
 class TorchvisionBackbone(nn.Module):
@@ -88,23 +86,6 @@ def _is_weights_name(spec: str) -> bool:
     return bool(re.fullmatch(r"[A-Z][A-Z0-9_]*", spec))
 
 
-def _read_file(path: Path, name: str) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise WeightsError(f"{path}: backbone.weights file not found; " + _fix(name))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise WeightsError(f"{path}: cannot read a state dict from it ({type(err).__name__}: {err}); "
-                           + _fix(name)) from None
-    for key in ("model", "state_dict"):  # a detector checkpoint or a training script's wrapper
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path}: not a state dict (a mapping of layer names to tensors); "
-                           + _fix(name))
-    return obj
-
-
 def _named(spec: str, name: str) -> dict[str, torch.Tensor]:
     import torchvision
 
@@ -140,26 +121,11 @@ def load_weights(module: nn.Module, spec: str, name: str, prefix: str) -> str:
     """
     path = Path(spec).expanduser()
     if path.is_file() or not _is_weights_name(spec):
-        state, source = _read_file(path, name), str(path)
+        state, source = read_state(path, "backbone.weights", _fix(name), ("model", "state_dict")), str(path)
     else:
         state, source = _named(spec, name), f"torchvision {name} {spec}"
     state = _strip(state, ("module.", prefix))
     state = {k: v for k, v in state.items() if k.split(".")[0] not in CLASSIFIER}
-    own = module.state_dict()
-    bad = [(k, "missing from the file", None) for k in own if k not in state]
-    bad += [(k, f"shape {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model", None)
-            for k, v in own.items() if k in state and state[k].shape != v.shape]
-    bad += [(k, "in the file, not in the model", None) for k in state if k not in own]
-    if bad:
-        order = {k: i for i, k in enumerate(own)}
-        key, why, _ = min(bad, key=lambda b: order.get(b[0], len(order)))
-        raise WeightsError(f"{source}: does not fit backbone.name = {name!r}: first mismatching layer {key!r} "
-                           f"({why}; {len(bad)} of {len(own)} layers differ); " + _fix(name)
-                           + ", or set backbone.name to the model the file was saved from")
-    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if nonfinite:  # NaN weights would train into a NaN loss that reads like an lr too large
-        raise WeightsError(f"{source}: layer {nonfinite[0]!r} holds values that are not finite (NaN or inf; "
-                           f"{len(nonfinite)} layer(s) in all): the file is damaged or was saved from a diverged run; "
-                           "use another file, or backbone.weights = \"\" to start from random weights")
-    module.load_state_dict(state)
+    load_checked(module, state, source, f"backbone.name = {name!r}",
+                 _fix(name) + ", or set backbone.name to the model the file was saved from")
     return source

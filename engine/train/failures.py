@@ -12,7 +12,7 @@ import torch
 from .. import config as C
 from ..data.dataset import DataError
 from ..files import RecordError
-from ..model.backbones import WeightsError
+from ..model.state_file import WeightsError
 from ..run.checkpoint import CheckpointError
 from ..run.stop import StopRun
 

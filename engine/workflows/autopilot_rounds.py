@@ -180,6 +180,16 @@ class Rounds:
         r.why = (f"over {stats.samples} augmented fit samples: mean {r.choice['normalize.mean']}, std "
                  f"{r.choice['normalize.std']}")
 
+    def final_config(self, updates: dict[str, Any]) -> C.Config:
+        """The recipe with ``updates`` (length, start) for the final run on the whole train split, scored on val —
+        the files the user's data.train / data.val name at the base config, the ones the search cut: a synthetic set
+        is drawn at the input size, and a recipe with another input size must not train or score on another set."""
+        from ..data.dataset import resolve
+
+        base = self.base
+        data = {f"data.{s}": str(resolve(getattr(base.data, s), s, base)[1]) for s in ("train", "val")}
+        return C.with_updates(self.recipe_config(), updates | data | {"train.epochs": 100000}, "autopilot final run")
+
     def _final(self, r: P.RoundState) -> None:
         if self.ap.spec.final_steps:
             length = f"{self.ap.spec.final_steps} steps"
@@ -192,7 +202,7 @@ class Rounds:
         start = self._warm_start()
         if start:  # the search's time is not lost: the final run goes on from its best trial's weights
             updates["train.init_from"] = start
-        cfg = C.with_updates(self.recipe_config(), updates | {"train.epochs": 100000}, "autopilot final run")
+        cfg = self.final_config(updates)
         r.folder = "final"
         self._train(self.folder / "final", cfg)
         vals = [m for m in rundir.read_metrics(self.folder / "final") if m.get("split") == "val"]

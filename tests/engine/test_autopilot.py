@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from nanxi_tune.engine import config as C
+from nanxi_tune.engine.data.dataset import resolve
 from nanxi_tune.engine.run import rundir, runctl
 from nanxi_tune.engine.workflows import autopilot_plan as P
 from nanxi_tune.engine.workflows.autopilot import AutopilotOwner, create
@@ -99,6 +100,21 @@ def test_objects_large_for_the_input_add_a_smaller_input_arm_to_the_capacity_rou
     assert [a["name"] for a in owner._capacity_arms()] == ["as-is", f"width-{2 * tiny().backbone.width}", "resnet18"]
 
 
+def test_the_final_run_trains_and_is_scored_on_the_data_the_search_cut_whatever_input_size_it_chose(tmp_path):
+    """A synthetic set is drawn at the input size: a recipe with a smaller input (the capacity round's arm) used to
+    send the final run to another set drawn at that size, its val figure not comparable to anything else's."""
+    folder = _make(tmp_path)
+    owner = AutopilotOwner(folder)
+    base = owner.base
+    owner.ap.recipe = {"preprocess.input_size": 96}
+    cfg = owner.final_config({})
+    assert cfg.preprocess.input_size == 96
+    assert cfg.data.train == str(resolve(base.data.train, "train", base)[1])
+    assert cfg.data.val == str(resolve(base.data.val, "val", base)[1])
+    other = owner.recipe_config()
+    assert cfg.data.val != str(resolve(other.data.val, "val", other)[1])  # not the set drawn at 96 px
+
+
 def test_capacity_arms_step_times_are_measured_on_the_same_batch():
     from nanxi_tune.engine.workflows.autopilot_rounds import step_ratios
 
@@ -131,7 +147,9 @@ def test_an_autopilot_scores_only_the_held_out_part_before_its_final_run_and_sav
         evals = [m for m in rundir.read_metrics(path.parent) if m.get("split") == "val"]
         assert len(evals) <= 1
     final = C.load(folder / "final" / rundir.CONFIG)
-    assert final.data.val == val and final.data.train == "synthetic"  # the whole train split
+    base = tiny(**FAST)  # the whole train split and val, as the user's data.train / data.val name them
+    assert (final.data.train, final.data.val) == tuple(str(resolve(getattr(base.data, s), s, base)[1])
+                                                       for s in ("train", "val"))
     assert set(ap.final) >= {"mAP", "AP50", "AP75"}
     recipe = C.load_preset(str(folder / "recipe.toml"))  # the recipe loads as a preset
     for k, v in ap.recipe.items():

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from nanxi_tune.engine import config as C
-from nanxi_tune.engine.model.backbones import TORCHVISION, WeightsError
+from nanxi_tune.engine.model.backbones import TORCHVISION
+from nanxi_tune.engine.model.state_file import WeightsError
 from nanxi_tune.engine.model.detector import build_model
 from nanxi_tune.engine.model.targets import build_targets
 from nanxi_tune.engine.train.optim import param_groups

@@ -4,7 +4,7 @@ evaluations scored); a file that does not fit is refused naming the layer and th
 import pytest
 import torch
 
-from nanxi_tune.engine.model.backbones import WeightsError
+from nanxi_tune.engine.model.state_file import WeightsError
 from nanxi_tune.engine.model.detector import build_model
 from nanxi_tune.engine.run import rundir
 from nanxi_tune.engine.train.trainer import Trainer
@@ -51,7 +51,7 @@ def test_a_detector_that_does_not_fit_is_refused_naming_the_first_layer_and_the_
         build_model(tiny(**{"train.init_from": str(tmp_path / "nope.pt")}), 3)
     bad = tmp_path / "bad.pt"
     bad.write_text("not a tensor file")
-    with pytest.raises(WeightsError, match=r"bad\.pt: cannot read weights"):
+    with pytest.raises(WeightsError, match=r"bad\.pt: cannot read a state dict"):
         build_model(tiny(**{"train.init_from": str(bad)}), 3)
     nan = tmp_path / "nan.pt"
     state = build_model(tiny(), 3).state_dict()
