@@ -9,7 +9,6 @@ cells of the output map on its short side, and the heatmap keeps enough peaks fo
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,8 +19,6 @@ from .. import config as C
 STRIDES = (4, 8, 16)  # neck.out_stride's choices
 CELLS = 4  # the 5th-percentile object's short side should span at least this many output cells
 MIN_SIDE_PX = 8
-SHRINK = 0.8  # a smaller input is worth a capacity arm only at this fraction of the current one or below
-MIN_INPUT = 128
 AUTO = "auto"  # below this (at the input size) an object is a few pixels: a larger input size is proposed
 
 
@@ -115,18 +112,6 @@ def proposals(p: Profile, cfg: C.Config) -> list[Proposal]:
         out.append(Proposal("postprocess.top_k", top_k, f"up to {p.per_image_max} objects in an image: keep "
                             f"twice as many heatmap peaks"))
     return out
-
-
-def smaller_input(p: Profile, stride: int, size: int) -> int:
-    """The smallest input size (a multiple of 32) on which the 5th-percentile object's short side still spans
-    ``CELLS`` cells of ``stride`` — the same rule as the stride's, applied to the input: large objects lose
-    nothing the output map can resolve, and a step takes a fraction of the time. 0 when that size is not at most
-    ``SHRINK`` of ``size``."""
-    p5 = p.short_side_p5 * size / p.input_size if p.input_size else 0.0
-    if p5 <= 0:
-        return 0
-    smaller = max(MIN_INPUT, math.ceil(size * CELLS * stride / p5 / 32) * 32)
-    return smaller if smaller <= SHRINK * size else 0
 
 
 def resolve_auto(cfg: C.Config, ann_json: Path | str) -> tuple[C.Config, list[Proposal]]:

@@ -104,8 +104,6 @@ class Rounds:
         return arms
 
     def _capacity_arms(self) -> list[dict[str, Any]]:
-        from ..data.profile import Profile, smaller_input
-
         cfg = self.recipe_config()
         b = cfg.backbone
         arms = [{"name": "as-is", "set": {}}]
@@ -114,10 +112,6 @@ class Rounds:
             arms.append({"name": "resnet18", "set": {"backbone.name": "resnet18"}})
         else:
             arms.append({"name": "nanxi", "set": {"backbone.name": "nanxi"}})
-        if self.ap.profile and isinstance(cfg.neck.out_stride, int):  # objects large for the input: a cheaper step
-            size = smaller_input(Profile(**self.ap.profile), cfg.neck.out_stride, cfg.preprocess.input_size)
-            if size:
-                arms.append({"name": f"input-{size}", "set": {"preprocess.input_size": size}})
         return arms
 
     def _kept_capacity_arms(self) -> list[dict[str, Any]]:
