@@ -24,6 +24,7 @@ import peers
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine.data.dataset import resolve
 from nanxi_tune.engine.evaluation.evaluate_run import evaluate_run
+from nanxi_tune.engine.run import rundir
 from nanxi_tune.engine.train.trainer import Trainer
 from nanxi_tune.engine.workflows import autopilot_plan as P
 from nanxi_tune.engine.workflows.autopilot import AutopilotOwner, create
@@ -39,6 +40,14 @@ def base_config(name: str, data: Path, size: int) -> C.Config:
     return C.with_updates(C.load_preset("bccd"), sets | {"preprocess.input_size": size, "eval.val_data_mode": "full"})
 
 
+def pace(run: Path) -> str:
+    """A run's steps and median step time: the host's speed drifts between runs (a probe read 0.48 s a step in one
+    window and 0.38 in the next), so each figure is printed with the pace it trained at."""
+    times = [m["time"] for m in rundir.read_metrics(run) if m.get("kind") == "step"]
+    gaps = sorted(b - a for a, b in zip(times, times[1:]))
+    return f"{len(times)} steps, median {gaps[len(gaps) // 2]:.3f} s a step" if gaps else "no steps"
+
+
 def run_autopilot(cfg: C.Config, minutes: float, folder: Path, workers: int) -> tuple[dict, P.Autopilot]:
     create(folder, "bccd", cfg, minutes, workers=workers)
 
@@ -49,7 +58,8 @@ def run_autopilot(cfg: C.Config, minutes: float, folder: Path, workers: int) -> 
     t0 = time.time()
     state = AutopilotOwner(folder, say).run()
     ap = P.load(folder)
-    print(f"autopilot ({state}) {(time.time() - t0) / 60:.1f} min wall, {ap.used_s / 60:.1f} min counted", flush=True)
+    print(f"autopilot ({state}) {(time.time() - t0) / 60:.1f} min wall, {ap.used_s / 60:.1f} min counted; final run "
+          f"{pace(folder / 'final')}", flush=True)
     return ap.final, ap
 
 
@@ -58,7 +68,8 @@ def run_preset(cfg: C.Config, minutes: float, folder: Path) -> dict:
     t0 = time.time()
     Trainer(cfg, folder).run()
     m = evaluate_run(folder, "last", {"eval.val_data_mode": "full"})
-    print(f"bccd preset: {(time.time() - t0) / 60:.1f} min, val mAP {m['mAP']:.4f} AP50 {m['AP50']:.4f}", flush=True)
+    print(f"bccd preset: {(time.time() - t0) / 60:.1f} min, val mAP {m['mAP']:.4f} AP50 {m['AP50']:.4f}; "
+          f"{pace(folder)}", flush=True)
     return m
 
 
