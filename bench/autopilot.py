@@ -15,6 +15,7 @@ Run it alone on a quiet machine: everything goes one after the other, each with 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -44,8 +45,8 @@ def pace(run: Path) -> str:
     """A run's steps and median step time: the host's speed drifts between runs (a probe read 0.48 s a step in one
     window and 0.38 in the next), so each figure is printed with the pace it trained at."""
     times = [m["time"] for m in rundir.read_metrics(run) if m.get("kind") == "step"]
-    gaps = sorted(b - a for a, b in zip(times, times[1:]))
-    return f"{len(times)} steps, median {gaps[len(gaps) // 2]:.3f} s a step" if gaps else "no steps"
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    return f"{len(times)} steps, median {statistics.median(gaps):.3f} s a step" if gaps else "no steps"
 
 
 def run_autopilot(cfg: C.Config, minutes: float, folder: Path, workers: int) -> tuple[dict, P.Autopilot]:
