@@ -113,7 +113,7 @@ def _study_status(folder: Path, as_json: bool) -> int:
                           "trial_steps": spec.trial_steps, "trial_minutes": spec.trial_minutes,
                           "best": sw.best_value(), "trials": rows}))
         return ExitCode.FINISHED
-    done = sum(r["status"] in ("finished", "failed") for r in rows)
+    done = sum(r["status"] in S.DONE for r in rows)
     line = f"{folder.name}: {st.state.value}, {done}/{len(rows)} trials done ({spec.key}, {spec.budget_text()} each)"
     if st.owner:
         line += f" ({st.owner.describe()})"

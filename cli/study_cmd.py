@@ -166,7 +166,9 @@ def _trial(s, args) -> int:
     from nanxi_tune.engine.workflows.study_worker import run_claimed
 
     status = run_claimed(s, s.trial(args.number), Path(args.folder), args.device, stop=_stop_on_signal())
-    return {"finished": ExitCode.FINISHED, "stopped": ExitCode.STOPPED}.get(status, ExitCode.FAILED)
+    # a pruned trial ended as asked (its result is told): not a crash for the owner to hand out again
+    return {"finished": ExitCode.FINISHED, "pruned": ExitCode.FINISHED, "stopped": ExitCode.STOPPED}.get(
+        status, ExitCode.FAILED)
 
 
 def _stop_on_signal() -> threading.Event:

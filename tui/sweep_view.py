@@ -171,7 +171,7 @@ class SweepScreen(Screen):
         self._status(self._summary(rows))
 
     def _summary(self, rows: list[dict[str, Any]]) -> str:
-        done = sum(r["status"] in ("finished", "failed") for r in rows)
+        done = sum(r["status"] in S.DONE for r in rows)
         msg = f"study {self.state}{' ●' if self.alive else ''}: {done}/{len(rows)} trials done"
         best = next((r for r in rows if r["best"]), None)
         if best is not None:
@@ -196,7 +196,7 @@ class SweepScreen(Screen):
             self.notify("a run is training: stop it (F7) before starting a sweep", severity="error")
             return
         if self.sweep_dir is not None and self._rows and not all(
-                r["status"] in ("finished", "failed") for r in self._rows):
+                r["status"] in S.DONE for r in self._rows):
             self._launch(self.sweep_dir, "resumed")
             return
         try:

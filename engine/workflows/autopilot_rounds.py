@@ -14,6 +14,7 @@ from .. import config as C
 from ..run import rundir
 from ..run.events import Event
 from . import autopilot_plan as P
+from .study_prune import PRUNE_RATIO
 
 PROBE_STEPS = 12
 PROBE_IMAGES = 8  # held-out images the probe evaluates (its step time is what counts)
@@ -91,6 +92,7 @@ class Rounds:
         lr = self.recipe_config().train.base_lr
         i = grid_index(lr)
         values = [grid_value(i + j - P.LR_WINDOW // 2) for j in range(P.LR_WINDOW)]
+        values.sort(key=lambda v: abs(grid_index(v) - i))  # the recipe's lr first: the others are cut against it
         best = self._study(r, dict(kind="sweep", key="train.base_lr", values=values, slides=1))
         r.choice = {"train.base_lr": best["value"]}
         r.best = self._best_record(r, best)
@@ -148,16 +150,19 @@ class Rounds:
         it trained for as long as this round's trials will (the same config: it is not trained again)."""
         carried = self._carried(r)
         trained = arms[1:] if carried else arms
-        best = self._study(r, dict(kind="arms", key="arm", values=[], arms=trained))
-        r.choice, r.best = dict(trained[int(best["value"]) - 1]["set"]), self._best_record(r, best)
+        best = self._study(r, dict(kind="arms", key="arm", values=[], arms=trained,
+                                   refs=[carried["run_dir"]] if carried.get("run_dir") else []))
+        if best is not None:
+            r.choice, r.best = dict(trained[int(best["value"]) - 1]["set"]), self._best_record(r, best)
         if carried:
+            trials = list(r.rows)
             r.rows.insert(0, {"label": f"as-is (round {carried['round']}: {carried['label']})", "mAP": carried["mAP"],
                               "AP50": carried["AP50"], "steps": carried["steps"], "status": "carried"})
-            if carried["mAP"] >= best["mAP"]:  # a tie keeps the recipe
+            if best is None or carried["mAP"] >= best["mAP"]:  # a tie keeps the recipe
                 r.choice, r.best = {}, carried
             r.why = (f"best {r.rows[0]['label'] if not r.choice else best['label']} (held-out mAP "
                      f"{r.best['mAP']:.4f}) of {', '.join(str(x['label']) for x in r.rows)}; as-is is round "
-                     f"{carried['round']}'s best trial, not trained again")
+                     f"{carried['round']}'s best trial, not trained again{_pruned(trials)}")
 
     def _normalize(self, r: P.RoundState) -> None:
         from . import normalization
@@ -279,8 +284,9 @@ class Rounds:
         self.ap.plan = {**asdict(plan), "rounds": done + plan.rounds, "post_s": post_s}
         self._emit(AutopilotProgress("planned", "", plan.why))
 
-    def _study(self, r: P.RoundState, what: dict[str, Any]) -> dict[str, Any]:
-        """Run the round's study (created once; resumed as it is after a stop or a kill) and return its best row."""
+    def _study(self, r: P.RoundState, what: dict[str, Any]) -> dict[str, Any] | None:
+        """Run the round's study (created once; resumed as it is after a stop or a kill) and return its best row
+        (None when every trial was cut half-way against ``what["refs"]``, the carried as-is)."""
         from .study import Study, StudySpec, is_study
         from .study_owner import StudyOwner
         from .study_results import table
@@ -291,7 +297,9 @@ class Rounds:
             spec = StudySpec(what["kind"], what["key"], what["values"], self.ap.spec.trial_steps or None,
                              None if self.ap.spec.trial_steps else round(self.ap.plan["trial_s"] / 60, 4),
                              f"{self.folder.name}-{r.name}", self.search_config().model_dump(mode="json"),
-                             slides=what.get("slides", 0), workers=self.ap.spec.workers, arms=what.get("arms", []))
+                             slides=what.get("slides", 0), workers=self.ap.spec.workers, arms=what.get("arms", []),
+                             prune_epoch=0 if r.name == "capacity" else self._prune_epoch(),
+                             prune_refs=what.get("refs", []))
             Study.create(folder, spec)
         owner = StudyOwner(folder, callback=self.callback)
         self._current = {"study": folder, "owner": owner}
@@ -300,11 +308,21 @@ class Rounds:
         rows = table(study)
         r.rows = [{k: x[k] for k in ("label", "mAP", "AP50", "steps", "status")} for x in rows]
         best = next((x for x in rows if x["best"]), None)
+        if best is None and what.get("refs"):
+            return None  # no arm finished (cut against the carried as-is, or failed): the caller keeps the as-is
         if best is None:
             raise P.AutopilotError(f"{folder}: no trial finished; see its journal.md and the trials' events")
         r.why = (f"best {best['label']} (held-out mAP {best['mAP']:.4f}) of "
-                 f"{', '.join(str(x['label']) for x in rows)}")
+                 f"{', '.join(str(x['label']) for x in rows)}{_pruned(rows)}")
         return best
+
+    def _prune_epoch(self) -> int:
+        """The epoch half-way through a search trial: each trial is scored there and one far behind stops (0: a
+        trial of under two epochs runs to its end). Not in the capacity round: its arms train at equal time, not
+        equal steps, so a slower arm's lr decay comes at an earlier step and the same step is not the same point."""
+        per_epoch = _count(Path(self.ap.fit)) // self.search_config().data.batch_size
+        steps = self.ap.spec.trial_steps or float(self.ap.plan["trial_s"]) / max(float(self.ap.plan["step_s"]), 1e-9)
+        return int(steps / 2 // per_epoch) if per_epoch else 0
 
     def _train(self, run: Path, cfg: C.Config) -> None:
         from .trial import train_trial
@@ -342,6 +360,13 @@ def step_ratios(cfg: C.Config, arms: list[dict[str, Any]], steps: int = 2) -> di
         times[arm["name"]] = (time.perf_counter() - t) / steps
     first = times[arms[0]["name"]]
     return {name: round(t / first, 3) for name, t in times.items()}
+
+
+def _pruned(rows: list[dict[str, Any]]) -> str:
+    """The journal's word on a round's trials cut half-way ("" when none was)."""
+    cut = [str(x["label"]) for x in rows if x.get("status") == "pruned"]
+    return (f"; {', '.join(cut)} cut half-way (below {PRUNE_RATIO:g} × the best at the same step, it could not "
+            "become the best): its time goes to the final run") if cut else ""
 
 
 def _count(coco_json: Path) -> int:

@@ -61,6 +61,11 @@ class StudySpec:
     created: float = field(default_factory=time.time)
     format: int = 2
     arms: list[dict[str, Any]] = field(default_factory=list)  # [{"name": "giou", "set": {key: value}}], kind "arms"
+    # 0: every trial runs to its end. N: every trial is also scored at each N-th epoch, and one that scores below
+    # half the best figure of the others (or of ``prune_refs``, run folders outside the study) at the same step
+    # stops there, "pruned" (engine.workflows.study_prune)
+    prune_epoch: int = 0
+    prune_refs: list[str] = field(default_factory=list)
 
     @property
     def cfg(self) -> C.Config:
@@ -82,9 +87,10 @@ def value_name(value: float) -> str:
 
 
 def trial_config(spec: StudySpec, value: float, device: str | None = None) -> C.Config:
-    """The config of the trial at ``value``: one evaluation at its end, its budget as its own length."""
+    """The config of the trial at ``value``: one evaluation at its end (and each ``prune_epoch``-th epoch), its
+    budget as its own length."""
     chosen = dict(spec.arms[int(value) - 1]["set"]) if spec.arms else {spec.key: _typed(spec, value)}
-    updates: dict[str, Any] = chosen | {"eval.interval": FOREVER, "train.devices": 1}
+    updates: dict[str, Any] = chosen | {"eval.interval": spec.prune_epoch or FOREVER, "train.devices": 1}
     if spec.trial_steps:
         updates["train.max_steps"] = spec.trial_steps
     else:  # planned to end in the trial's minutes, its lr decay placed there (engine.train.lr_plan)
@@ -163,6 +169,8 @@ class Study:
             check_key(spec.cfg, spec.key)
         if (spec.trial_steps is None) == (spec.trial_minutes is None):
             raise StudyError("give exactly one trial budget: trial steps or trial minutes")
+        if spec.prune_epoch < 0:
+            raise StudyError(f"prune epoch = {spec.prune_epoch}: give 0 (no pruning) or an epoch count")
         if spec.trial_steps is not None and spec.trial_steps < 1:
             raise StudyError(f"trial steps = {spec.trial_steps}: need at least 1 step")
         if spec.trial_minutes is not None and not spec.trial_minutes > 0:
@@ -262,6 +270,8 @@ class Study:
 
         if state == "finished" and value is not None:
             self.storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [float(value)])
+        elif state == "pruned":
+            self.storage.set_trial_state_values(trial._trial_id, TrialState.PRUNED)
         else:
             self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 

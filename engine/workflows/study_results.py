@@ -16,7 +16,7 @@ from ..metric_keys import BRANCH_LOSSES
 @dataclass
 class TrialResult:
     value: float
-    status: str = "pending"  # pending, running, paused, stopped, finished, failed
+    status: str = "pending"  # pending, running, paused, stopped, finished, failed, pruned
     run_dir: str = ""
     mAP: float | None = None
     AP50: float | None = None
@@ -49,7 +49,8 @@ def summarize_trial(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-_STATE = {"WAITING": "pending", "COMPLETE": "finished", "FAIL": "failed", "PRUNED": "failed"}
+_STATE = {"WAITING": "pending", "COMPLETE": "finished", "FAIL": "failed", "PRUNED": "pruned"}
+DONE = ("finished", "failed", "pruned")  # a trial with its result: never trained again
 
 
 def rows(study: Study) -> list[TrialResult]:
@@ -82,7 +83,7 @@ def rows(study: Study) -> list[TrialResult]:
 
 
 def best_row(results: list[TrialResult]) -> TrialResult | None:
-    done = [r for r in results if r.status in ("finished", "failed")]
+    done = [r for r in results if r.status in DONE]
     if not done or max(r.score() for r in done) < 0:
         return None
     return max(done, key=lambda r: (r.score(), -(r.raw_loss if r.raw_loss is not None else math.inf)))
@@ -91,7 +92,7 @@ def best_row(results: list[TrialResult]) -> TrialResult | None:
 def next_window_of(results: list[TrialResult]) -> list[float] | None:
     """The slid window when every trial is done and the best sits at an edge of the values (None otherwise)."""
     b = best_row(results)
-    if b is None or not all(r.status in ("finished", "failed") for r in results) or len(results) < 2:
+    if b is None or not all(r.status in DONE for r in results) or len(results) < 2:
         return None
     return slid_window([r.value for r in results], b.value)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..run.events import Callback, Lineage, null_callback
+from .study_prune import pruner
 from .study import HEARTBEAT_S, Study, trial_config
 from .study_results import summarize_trial
 from .trial import train_trial
@@ -26,12 +27,16 @@ POLL_S = 0.5
 def run_claimed(study: Study, trial, runs_root: Path, device: str | None = None,
                 callback: Callback = null_callback, stop: threading.Event | None = None) -> str:
     """Train the RUNNING ``trial`` this process was given (resumed from its checkpoint if it has one) in
-    ``runs_root``/trial-<value>; tell Optuna its mAP (finished), FAIL (failed), or leave it RUNNING with status
-    "stopped" for a later owner to hand out again. ``stop`` (set from a signal handler) stops it with a
-    checkpoint. Returns the trial's state."""
+    ``runs_root``/trial-<value>; tell Optuna its mAP (finished), FAIL (failed), PRUNED (cut half-way: it
+    cannot become the best), or leave it RUNNING with status "stopped" for a later owner to hand out again.
+    ``stop`` (set from a signal handler) stops it with a checkpoint. Returns the trial's state."""
     spec = study.spec
     value = float(trial.user_attrs["value"])
     run_dir = Path(runs_root) / trial.user_attrs["run"]
+    if trial.user_attrs.get("cut"):  # cut half-way, then killed before it was told: its result stands
+        study.mark(trial, status="pruned", **{k: v for k, v in summarize_trial(run_dir).items() if v is not None})
+        study.tell(trial, "pruned", None)
+        return "pruned"
     cfg = trial_config(spec, value, device)
     where = device or cfg.train.device
     study.mark(trial, host=socket.gethostname(), pid=os.getpid(), device=where, run_dir=str(run_dir.resolve()),
@@ -48,18 +53,21 @@ def run_claimed(study: Study, trial, runs_root: Path, device: str | None = None,
     watcher.start()
     try:
         end = train_trial(run_dir, cfg, lineage=lineage, callback=callback,
-                          on_trainer=lambda t: box.update(trainer=t))
+                          on_trainer=lambda t: box.update(trainer=t),
+                          cut_on_eval=pruner(study, trial, box) if spec.prune_epoch else None)
     finally:
         done.set()
         watcher.join(timeout=5)
     summary = summarize_trial(run_dir)
     status = {"finished": "finished", "failed": "failed"}.get(end.state, "stopped")
-    study.mark(trial, status=status, seconds=used + time.time() - t0, error=end.error,
+    if status == "stopped" and end.cut:
+        status = "pruned"
+    study.mark(trial, status=status, seconds=used + time.time() - t0, error=end.error, cut=end.cut,
                **{k: v for k, v in summary.items() if v is not None})
     if status == "finished":
         study.tell(trial, "finished", summary.get("mAP", 0.0))
-    elif status == "failed":
-        study.tell(trial, "failed", None)
+    elif status in ("failed", "pruned"):
+        study.tell(trial, status, None)
     return status
 
 

@@ -19,7 +19,7 @@ from ..run import rundir, runctl
 from ..run.events import Callback, null_callback
 from ..grid import STARS, grid_index, grid_value, slid_window, window  # noqa: F401 - the sweep's vocabulary
 from .study import STUDY_JSON, Study, StudyError, StudySpec, check_key, is_study, list_studies, value_name  # noqa: F401
-from .study_results import TrialResult, best_row, next_window_of, rows, summarize_trial, table  # noqa: F401
+from .study_results import DONE, TrialResult, best_row, next_window_of, rows, summarize_trial, table  # noqa: F401
 from .sweep_report import render_journal, summary_line, text_chart, write_journal  # noqa: F401
 
 SWEEP_JSON = STUDY_JSON
@@ -120,7 +120,7 @@ class Sweep:
 
     @property
     def done(self) -> bool:
-        return all(r.status in ("finished", "failed") for r in self.results)
+        return all(r.status in DONE for r in self.results)
 
     def best(self) -> TrialResult | None:
         return best_row(self.results)

@@ -16,7 +16,8 @@ def _fmt(x: float | None, digits: int = 4) -> str:
 
 
 def text_chart(rows: list[dict[str, Any]], metric: str = "mAP", width: int = 48, height: int = 10) -> str:
-    """metric vs value on a log axis, as plain text (one column per grid value, ★ the best, x a failed trial)."""
+    """metric vs value on a log axis, as plain text (one column per grid value, ★ the best, x a failed trial, - a
+    trial cut half-way)."""
     pts = [(r["value"], r.get(metric)) for r in rows]
     ys = [y for _, y in pts if y is not None]
     if not pts:
@@ -28,8 +29,8 @@ def text_chart(rows: list[dict[str, Any]], metric: str = "mAP", width: int = 48,
     grid = [[" "] * (n * col) for _ in range(height)]
     for j, (r, (_, y)) in enumerate(zip(rows, pts)):
         x = j * col + col // 2
-        if y is None:
-            grid[height - 1][x] = "x" if r.get("status") == "failed" else "·"
+        if y is None or r.get("status") == "pruned":  # a half-way figure is not an end figure: no bar
+            grid[height - 1][x] = {"failed": "x", "pruned": "-"}.get(r.get("status"), "·")
             continue
         h = int(round((height - 1) * max(y, 0) / top))
         for k in range(h):

@@ -12,9 +12,10 @@ from typing import Any, Callable
 
 from .. import config as C
 from ..run import rundir, runctl
-from ..run.events import Callback, Event, StepMetrics, null_callback
+from ..run.events import Callback, EvalMetrics, Event, StepMetrics, null_callback
 
 StopWhen = Callable[[StepMetrics], str | None]  # a reason to cut the trial at this step, or None
+CutOnEval = Callable[[EvalMetrics], str | None]  # a reason to cut the trial at this evaluation, or None
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,11 @@ class TrialEnd:
 
 def train_trial(run_dir: Path | str, cfg: C.Config, *, lineage: Event | None = None, stop_when: StopWhen | None = None,
                 max_steps: int | None = None, callback: Callback = null_callback,
-                on_trainer: Callable[[Any], None] | None = None) -> TrialEnd:
+                on_trainer: Callable[[Any], None] | None = None, cut_on_eval: CutOnEval | None = None) -> TrialEnd:
     """Train ``cfg`` in ``run_dir`` (resumed from its last checkpoint when it has one) until it finishes, reaches
     ``max_steps``, is stopped (``on_trainer`` hands out the trainer: ``request_stop`` / ``request_pause`` from any
-    thread) or ``stop_when`` cuts it. ``lineage`` is the first line of a fresh trial's events (its parent).
-    Raises runctl.RunBusy when a live process owns the folder."""
+    thread) or a cut: ``stop_when`` at a step, ``cut_on_eval`` at an evaluation. ``lineage`` is the first line of a
+    fresh trial's events (its parent). Raises runctl.RunBusy when a live process owns the folder."""
     from ..run.recorder import Recorder, append
     from ..train.trainer import Trainer
 
@@ -42,11 +43,16 @@ def train_trial(run_dir: Path | str, cfg: C.Config, *, lineage: Event | None = N
 
     def on_event(event: Event) -> None:
         callback(event)
-        if stop_when is not None and isinstance(event, StepMetrics) and not cut:
+        if cut:
+            return
+        reason = None
+        if stop_when is not None and isinstance(event, StepMetrics):
             reason = stop_when(event)
-            if reason:
-                cut.append(reason)
-                box["trainer"].request_stop()
+        elif cut_on_eval is not None and isinstance(event, EvalMetrics):
+            reason = cut_on_eval(event)
+        if reason:
+            cut.append(reason)
+            box["trainer"].request_stop()
 
     resumed = rundir.last_checkpoint(run_dir).exists()
     if resumed:

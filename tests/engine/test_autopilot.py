@@ -14,6 +14,7 @@ import pytest
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine.data.dataset import resolve
+from nanxi_tune.engine.grid import grid_index, grid_value
 from nanxi_tune.engine.run import rundir, runctl
 from nanxi_tune.engine.workflows import autopilot_plan as P
 from nanxi_tune.engine.workflows.autopilot import AutopilotOwner, create
@@ -106,6 +107,49 @@ def test_the_final_run_trains_and_is_scored_on_the_data_the_search_cut_whatever_
     assert cfg.data.val == str(resolve(base.data.val, "val", base)[1])
     other = owner.recipe_config()
     assert cfg.data.val != str(resolve(other.data.val, "val", other)[1])  # not the set drawn at 96 px
+
+
+def test_a_round_whose_every_arm_was_cut_half_way_keeps_the_carried_as_is_and_says_so(tmp_path):
+    owner = AutopilotOwner(_make(tmp_path))
+    carried = {"round": "lr", "label": "0.001", "mAP": 0.54, "AP50": 0.77, "steps": 250, "run_dir": "/r/lr-0.001",
+               "length": 84.0}
+    asked = {}
+
+    def study(r, what):  # both trained arms cut half-way against the carried as-is
+        asked.update(what)
+        r.rows = [{"label": a["name"], "mAP": 0.1, "AP50": 0.2, "steps": 100, "status": "pruned"}
+                  for a in what["arms"]]
+        return None
+
+    owner._carried, owner._study = (lambda r: carried), study
+    r = owner.ap.round("shape")
+    owner._arms_round(r, [{"name": "as-is", "set": {}}, {"name": "l1", "set": {"loss.shape_loss": "l1"}},
+                          {"name": "gaussian", "set": {"loss.shape_samples": "gaussian"}}])
+    assert asked["refs"] == ["/r/lr-0.001"]  # the carried trial's half-way figures are what the arms are cut against
+    assert r.choice == {} and r.best == carried
+    assert [x["status"] for x in r.rows] == ["carried", "pruned", "pruned"]
+    assert "l1, gaussian cut half-way" in r.why and "its time goes to the final run" in r.why
+
+
+def test_the_lr_round_trains_the_recipe_s_lr_first_and_trials_are_cut_half_way(tmp_path):
+    owner = AutopilotOwner(_make(tmp_path))
+    owner.ap.fit = str(resolve(owner.base.data.train, "train", owner.base)[1])  # 40 images: 5 steps an epoch at 8
+    owner.ap.spec.trial_steps = 100
+    assert owner._prune_epoch() == 10  # 100 steps a trial, 5 an epoch: scored at epoch 10, half-way
+    owner.ap.spec.trial_steps, owner.ap.plan = 0, {"trial_s": 60.0, "step_s": 0.5}
+    assert owner._prune_epoch() == 12  # 120 steps a trial, 5 an epoch: scored at epoch 12, half-way
+    owner.ap.plan = {"trial_s": 4.0, "step_s": 0.5}
+    assert owner._prune_epoch() == 0  # 8 steps: under two epochs, not cut
+    asked = {}
+
+    def study(r, what):
+        asked.update(what)
+        return {"value": what["values"][0], "label": "x", "mAP": 0.5, "AP50": 0.7, "steps": 8}
+
+    owner._study = study
+    owner._lr(owner.ap.round("lr"))
+    i = grid_index(owner.recipe_config().train.base_lr)
+    assert asked["values"] == [grid_value(i), grid_value(i - 1), grid_value(i + 1)]  # the others cut against it
 
 
 def test_capacity_arms_step_times_are_measured_on_the_same_batch():
