@@ -286,7 +286,7 @@ class Rounds:
 
     def _study(self, r: P.RoundState, what: dict[str, Any]) -> dict[str, Any] | None:
         """Run the round's study (created once; resumed as it is after a stop or a kill) and return its best row
-        (None when every trial was cut half-way against ``what["refs"]``, the carried as-is)."""
+        (None when ``what["refs"]``, the carried as-is, is given and no trial finished: cut half-way or failed)."""
         from .study import Study, StudySpec, is_study
         from .study_owner import StudyOwner
         from .study_results import table
