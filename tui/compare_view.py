@@ -71,7 +71,6 @@ class CompareScreen(Screen):
         self.query_one("#cmp-summary", Static).update(Text(f"cannot compare: {text}", style="bold red"))
 
     def _show(self, data: dict[str, Any]) -> None:
-        self.data = data
         self.query_one("#cmp-summary", Static).update(Text(data["summary"]))
         table = self.query_one("#cmp-diff", DataTable)
         table.clear()
@@ -79,6 +78,7 @@ class CompareScreen(Screen):
             table.add_row(key, _fmt(x), _fmt(y), key=key)
         if not data["diff"]:
             table.add_row("(same config)", "", "")
+        self.data = data  # last: whoever waits on it finds the table filled
         self.draw()
 
     def draw(self) -> None:
