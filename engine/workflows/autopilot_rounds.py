@@ -187,7 +187,11 @@ class Rounds:
 
         base = self.base
         data = {f"data.{s}": str(resolve(getattr(base.data, s), s, base)[1]) for s in ("train", "val")}
-        return C.with_updates(self.recipe_config(), updates | data | {"train.epochs": 100000}, "autopilot final run")
+        cfg = C.with_updates(self.recipe_config(), updates | data | {"train.epochs": 100000}, "autopilot final run")
+        if cfg.eval.val_data_mode == "full" and _count(Path(data["data.val"])) > cfg.eval.qmv:
+            # the notes' round 1: the curve on QMV while it trains; the post round scores the full val once
+            cfg = C.with_updates(cfg, {"eval.val_data_mode": "qmv"}, "autopilot final run")
+        return cfg
 
     def _final(self, r: P.RoundState) -> None:
         if self.ap.spec.final_steps:
@@ -209,6 +213,9 @@ class Rounds:
                   for m in vals[-5:]]
         r.why = f"the recipe on the whole train split for {length}" + (
             f", starting from the search's best trial ({start})" if start else ", from random weights")
+        if cfg.eval.val_data_mode == "qmv":
+            r.why += (f"; while it trains, val is scored on QMV ({cfg.eval.qmv} of its {_count(Path(cfg.data.val))} "
+                      f"images, the notes' round 1), the full val once at the end")
 
     def _post(self, r: P.RoundState) -> None:
         from ..evaluation.evaluate_run import evaluate_run

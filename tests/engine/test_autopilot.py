@@ -302,3 +302,18 @@ def test_a_study_of_arms_names_its_trials_and_gives_each_its_config(tmp_path):
     for bad in ([{"name": "a b", "set": {}}], [{"name": "x", "set": {}}, {"name": "x", "set": {}}]):
         with pytest.raises(StudyError, match="distinct name"):
             Study.create(tmp_path / f"bad{len(bad)}", StudySpec("arms", "arm", [], 2, None, "b", base, arms=bad))
+
+
+def test_the_final_run_draws_its_curve_on_qmv_when_val_is_larger_and_leaves_a_small_val_whole(tmp_path):
+    """The notes' round 1: a final run evaluating the whole of a large val set every few epochs spends the budget's
+    steps on a curve; QMV draws it, and the post round scores the full val once."""
+    def final_mode(name, qmv):
+        base = C.with_updates(tiny(**FAST), {"eval.val_data_mode": "full", "eval.qmv": qmv})
+        create(tmp_path / name, "demo", base, 30, trial_steps=2, final_steps=3)
+        return AutopilotOwner(tmp_path / name).final_config({}).eval.val_data_mode
+
+    base = tiny(**FAST)
+    n_val = len(json.loads(Path(resolve(base.data.val, "val", base)[1]).read_text())["images"])
+    assert n_val > 2
+    assert final_mode("large-val", 2) == "qmv"
+    assert final_mode("small-val", n_val) == "full"
