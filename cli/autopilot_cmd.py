@@ -119,7 +119,7 @@ def _own_here(folder: Path, quiet: bool) -> int:
     state = result.get("state", "failed")
     print_status(folder)
     if state == "stopped":
-        err.print(f"stopped. Resume with:  nanxi-tune resume {folder}")
+        err.print(f"stopped. Resume with: nanxi-tune resume {folder}", soft_wrap=True)
         return ExitCode.STOPPED
     return ExitCode.FINISHED if state == "finished" else ExitCode.FAILED
 

@@ -16,7 +16,12 @@ from nanxi_tune.cli.stopsignals import GUARD
 
 class SteadyConsole(Console):
     """A Console whose reader going away (``… | head``, a dropped terminal) silences it instead of ending the
-    command (Rich's default raises SystemExit(1), which would stop a training run)."""
+    command (Rich's default raises SystemExit(1), which would stop a training run). It never wraps a printed line:
+    a command to copy (``Resume with: nanxi-tune resume PATH``) must stay one line in a log file too."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("soft_wrap", True)
+        super().__init__(*args, **kwargs)
 
     def on_broken_pipe(self) -> None:
         self.quiet = True
@@ -271,6 +276,6 @@ def _report(mode: str, state: str, code: int, trainer, run_dir: Path, outcome: d
         console.print(f"[red]run failed: {outcome.get('error', 'see events.jsonl')}", soft_wrap=True)
         console.print(f"run directory: {run_dir}", soft_wrap=True)
     elif code == ExitCode.STOPPED:
-        console.print(f"stopped at step {trainer.step}. Resume with:  nanxi-tune resume {run_dir}", soft_wrap=True)
+        console.print(f"stopped at step {trainer.step}. Resume with: nanxi-tune resume {run_dir}", soft_wrap=True)
     else:
         console.print(f"finished: {run_dir} (best mAP {max(trainer.best_map, 0):.4f})", soft_wrap=True)

@@ -112,7 +112,7 @@ def _own_here(folder: Path, workers: int | None, devices: list[str] | None, quie
         C.save(sw.apply_best(), save)
         err.print(f"wrote {save} with {sw.key} = {S.value_name(sw.best_value())}")
     if state == "stopped":
-        err.print(f"stopped. Resume with:  nanxi-tune resume {folder}")
+        err.print(f"stopped. Resume with: nanxi-tune resume {folder}", soft_wrap=True)
         return ExitCode.STOPPED
     return ExitCode.FINISHED if state == "finished" else ExitCode.FAILED
 
