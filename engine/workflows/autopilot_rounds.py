@@ -208,6 +208,8 @@ class Rounds:
         cfg = self.final_config(updates)
         r.folder = "final"
         self._train(self.folder / "final", cfg)
+        trained = C.load(self.folder / "final" / rundir.CONFIG).train  # as it trained: a resumed run keeps its own
+        length = (f"{trained.time_budget_min:g} min" if trained.time_budget_min else f"{trained.max_steps} steps")
         vals = [m for m in rundir.read_metrics(self.folder / "final") if m.get("split") == "val"]
         r.rows = [{"label": f"step {m['step']}", "mAP": m.get("mAP"), "AP50": m.get("AP50"), "AP75": m.get("AP75")}
                   for m in vals[-5:]]

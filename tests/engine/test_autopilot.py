@@ -317,3 +317,23 @@ def test_the_final_run_draws_its_curve_on_qmv_when_val_is_larger_and_leaves_a_sm
     assert n_val > 2
     assert final_mode("large-val", 2) == "qmv"
     assert final_mode("small-val", n_val) == "full"
+
+
+def test_a_final_run_resumed_after_a_stop_is_journaled_with_the_length_it_trained_not_what_was_left(tmp_path):
+    """Stopped in the final run and resumed, the journal said "for 1.091 min" (the budget left at the resume) of a
+    final run that trained 3.98 min: a resumed run keeps its own config."""
+    folder = tmp_path / "ap"
+    create(folder, "demo", tiny(**FAST), 30)
+    owner = AutopilotOwner(folder)
+    owner.ap.used_s, owner.ap.plan = 30 * 60 - 65.46, {"post_s": 0.0}  # 1.091 min left at the resume
+    owner._warm_start = lambda: ""
+
+    def train(run, cfg):  # the run as it was first started, with its own length
+        assert cfg.train.time_budget_min == pytest.approx(1.091)
+        run.mkdir(parents=True)
+        C.save(C.with_updates(cfg, {"train.time_budget_min": 3.983}), run / rundir.CONFIG)
+
+    owner._train = train
+    r = owner.ap.round("final")
+    owner._final(r)
+    assert "for 3.983 min" in r.why and "1.091" not in r.why
