@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .. import config as C
 from ..run import rundir
@@ -93,7 +93,7 @@ class Rounds:
         i = grid_index(lr)
         values = [grid_value(i + j - P.LR_WINDOW // 2) for j in range(P.LR_WINDOW)]
         values.sort(key=lambda v: abs(grid_index(v) - i))  # the recipe's lr first: the others are cut against it
-        best = self._study(r, dict(kind="sweep", key="train.base_lr", values=values, slides=1))
+        best = self._study(r, dict(kind="sweep", key="train.base_lr", values=values, slides=1, keep=values[0]))
         r.choice = {"train.base_lr": best["value"]}
         r.best = self._best_record(r, best)
 
@@ -151,7 +151,8 @@ class Rounds:
         carried = self._carried(r)
         trained = arms[1:] if carried else arms
         best = self._study(r, dict(kind="arms", key="arm", values=[], arms=trained,
-                                   refs=[carried["run_dir"]] if carried.get("run_dir") else []))
+                                   refs=[carried["run_dir"]] if carried.get("run_dir") else [],
+                                   **({} if carried else {"keep": 1})))  # arm 1: the recipe as it is
         if best is not None:
             r.choice, r.best = dict(trained[int(best["value"]) - 1]["set"]), self._best_record(r, best)
         if carried:
@@ -162,7 +163,8 @@ class Rounds:
                 r.choice, r.best = {}, carried
             r.why = (f"best {r.rows[0]['label'] if not r.choice else best['label']} (held-out mAP "
                      f"{r.best['mAP']:.4f}) of {', '.join(str(x['label']) for x in r.rows)}; as-is is round "
-                     f"{carried['round']}'s best trial, not trained again{_pruned(trials)}")
+                     f"{carried['round']}'s best trial, not trained again{_pruned(trials)}"
+                     f"{_short([x for x in trials if x['status'] == 'finished' and self._too_short(x)])}")
 
     def _normalize(self, r: P.RoundState) -> None:
         from . import normalization
@@ -316,14 +318,21 @@ class Rounds:
         study = Study.open(folder)
         rows = table(study)
         r.rows = [{k: x[k] for k in ("label", "mAP", "AP50", "steps", "status")} for x in rows]
-        best = next((x for x in rows if x["best"]), None)
+        best, short = choose(rows, self._too_short, what.get("keep"))
+        kept = (f"; no trial trained {P.MIN_TRIAL_STEPS} steps: the recipe's {best['label']} kept"
+                if best is not None and best in short else "")
         if best is None and what.get("refs"):
             return None  # no arm finished (cut against the carried as-is, or failed): the caller keeps the as-is
         if best is None:
             raise P.AutopilotError(f"{folder}: no trial finished; see its journal.md and the trials' events")
         r.why = (f"best {best['label']} (held-out mAP {best['mAP']:.4f}) of "
-                 f"{', '.join(str(x['label']) for x in rows)}{_pruned(rows)}")
+                 f"{', '.join(str(x['label']) for x in rows)}{_pruned(rows)}{_short(short)}{kept}")
         return best
+
+    def _too_short(self, row: dict[str, Any]) -> bool:
+        """A trial of minutes that trained fewer than ``MIN_TRIAL_STEPS`` steps (the machine slowed down after the
+        probe): it cannot rank, as the plan would not have planned it (trials of ``--trial-steps`` are equal)."""
+        return not self.ap.spec.trial_steps and int(row.get("steps") or 0) < P.MIN_TRIAL_STEPS
 
     def _prune_epoch(self) -> int:
         """The epoch half-way through a search trial: each trial is scored there and one far behind stops (0: a
@@ -376,6 +385,27 @@ def _pruned(rows: list[dict[str, Any]]) -> str:
     cut = [str(x["label"]) for x in rows if x.get("status") == "pruned"]
     return (f"; {', '.join(cut)} cut half-way (below {PRUNE_RATIO:g} × the best at the same step, it could not "
             "become the best): its time goes to the final run") if cut else ""
+
+
+def choose(rows: list[dict[str, Any]], too_short: Callable[[dict[str, Any]], bool],
+           keep: Any = None) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """A round's best row and its finished rows too short to rank. The study's best, unless it is too short: then
+    the best of the rest; when none is left, the row of the recipe's own value ``keep`` (None: no best)."""
+    best = next((x for x in rows if x["best"]), None)
+    short = [x for x in rows if x["status"] == "finished" and too_short(x)]
+    if best in short:  # the host ran slower than the probe: a trial of a few steps ranks nothing
+        best = max((x for x in rows if x["status"] == "finished" and x not in short), key=lambda x: x["mAP"],
+                   default=None)
+        if best is None and keep is not None:  # nothing ranks: the recipe's own value, not a guess
+            best = next((x for x in rows if x["value"] == keep and x["status"] == "finished"), None)
+    return best, short
+
+
+def _short(rows: list[dict[str, Any]]) -> str:
+    """The journal's word on a round's trials too short to rank ("" when none was)."""
+    said = [f"{x['label']} trained {x['steps']} steps" for x in rows]
+    return (f"; {', '.join(said)} (fewer than {P.MIN_TRIAL_STEPS} cannot rank: the machine ran slower than the probe "
+            "measured): not ranked") if said else ""
 
 
 def _count(coco_json: Path) -> int:

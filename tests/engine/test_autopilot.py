@@ -337,3 +337,45 @@ def test_a_final_run_resumed_after_a_stop_is_journaled_with_the_length_it_traine
     r = owner.ap.round("final")
     owner._final(r)
     assert "for 3.983 min" in r.why and "1.091" not in r.why
+
+
+def _row(label, value, mAP, steps, status="finished", best=False):
+    return {"label": label, "value": value, "mAP": mAP, "AP50": mAP, "steps": steps, "status": status, "best": best,
+            "run_dir": f"/r/{label}"}
+
+
+def test_a_trial_the_slowed_host_gave_a_few_steps_ranks_nothing():
+    """Under load a trial of 12 s trained 6 steps where the probe planned 110, and the round ranked it: the same
+    floor that leaves a slow capacity arm out applies to the steps a trial did train."""
+    from nanxi_tune.engine.workflows.autopilot_rounds import choose
+
+    too_short = lambda x: x["steps"] < P.MIN_TRIAL_STEPS  # noqa: E731
+    rows = [_row("0.001", 0.001, 0.04, 85), _row("0.003", 0.003, 0.08, 99), _row("0.01", 0.01, 0.3, 6, best=True)]
+    best, short = choose(rows, too_short)
+    assert best["label"] == "0.003" and [x["label"] for x in short] == ["0.01"]
+    assert choose(rows[1:2] + rows[2:], lambda x: False)[0]["label"] == "0.01"  # --trial-steps: all equal
+    every = [_row("0.001", 0.001, 0.04, 8), _row("0.003", 0.003, 0.08, 9, best=True)]
+    assert choose(every, too_short, keep=0.001)[0]["label"] == "0.001"  # nothing ranks: the recipe's own value
+    assert choose(every, too_short)[0] is None
+    assert choose([_row("0.001", 0.001, 0.0, 0, status="failed")], too_short, keep=0.001)[0] is None
+
+
+def test_a_round_with_a_carried_as_is_names_the_arms_too_short_to_rank(tmp_path):
+    folder = tmp_path / "ap"
+    create(folder, "demo", tiny(**FAST), 30, final_steps=3)  # trials of minutes, not of --trial-steps
+    owner = AutopilotOwner(folder)
+    owner.ap.plan = {"trial_s": 12.0, "step_s": 0.1}
+    carried = {"round": "lr", "label": "0.003", "mAP": 0.08, "AP50": 0.23, "steps": 99, "run_dir": "/r/lr-0.003",
+               "length": 12.0}
+
+    def study(r, what):  # both arms finished in a handful of steps: nothing ranks against the carried as-is
+        r.rows = [{"label": a["name"], "mAP": 0.0002, "AP50": 0.001, "steps": 13, "status": "finished"}
+                  for a in what["arms"]]
+        return None
+
+    owner._carried, owner._study = (lambda r: carried), study
+    r = owner.ap.round("shape")
+    owner._arms_round(r, [{"name": "as-is", "set": {}}, {"name": "giou", "set": {"loss.shape_loss": "giou"}},
+                          {"name": "gaussian", "set": {"loss.shape_samples": "gaussian"}}])
+    assert r.choice == {} and r.best is carried
+    assert "giou trained 13 steps, gaussian trained 13 steps (fewer than 60 cannot rank" in r.why
