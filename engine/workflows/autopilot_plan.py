@@ -49,8 +49,10 @@ class AutopilotError(ValueError):
 def parse_budget(text: str) -> float:
     """"90m", "12h", "2d" or plain minutes → minutes."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhd]?)\s*", str(text))
-    if not m or float(m.group(1)) <= 0:
-        raise AutopilotError(f"--budget {text!r}: give a duration such as 90m, 12h or 2d")
+    if not m:
+        raise AutopilotError(f"budget {text!r}: give a duration such as 90m, 12h or 2d (a plain number is minutes)")
+    if float(m.group(1)) <= 0:
+        raise AutopilotError(f"budget {text!r}: must be more than 0, such as 90m, 12h or 2d")
     minutes = float(m.group(1)) * {"": 1, "m": 1, "h": 60, "d": 1440}[m.group(2)]
     if minutes > MAX_BUDGET_MIN:
         raise AutopilotError(f"--budget {text!r}: at most 365 days (a run's train.time_budget_min ceiling)")
@@ -201,7 +203,8 @@ def make_plan(spec: AutopilotSpec, used_s: float, step_s: float, search_left: li
         n = sum(trials_of(r, arms) for r in rounds) - carried(rounds)
         search_s = n * trial_s
         length = f"{spec.trial_steps} steps each (set)" if spec.trial_steps else f"of {trial_s:.0f} s (kept)"
-        why.append(f"search trials {length}, {n} at most: {search_s / 60:.1f} min")
+        why.append(f"search trials {length}, {n} at most: {search_s / 60:.1f} min" if rounds else
+                   "no search round left: the rest of the budget trains the final run")
         return Plan(step_s, search_s, trial_s, max(0.0, left - search_s), rounds, "; ".join(why))
     while rounds:
         n = sum(trials_of(r, arms) for r in rounds)

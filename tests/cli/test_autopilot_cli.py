@@ -9,7 +9,7 @@ from tests.conftest import tiny
 def test_a_bad_budget_or_a_missing_data_path_is_refused_naming_it(tmp_path, capsys):
     runs = tmp_path / "runs"
     assert cli.main(["--runs", str(runs), "autopilot", "--preset", "demo", "--budget", "soon"]) == 2
-    assert "--budget 'soon': give a duration such as 90m, 12h or 2d" in capsys.readouterr().err
+    assert "budget 'soon': give a duration such as 90m, 12h or 2d" in capsys.readouterr().err
     missing = tmp_path / "nowhere.json"
     assert cli.main(["--runs", str(runs), "autopilot", "--preset", "demo", "--budget", "1h", "--set",
                      f"data.train={missing}"]) == 2

@@ -379,3 +379,21 @@ def test_a_round_with_a_carried_as_is_names_the_arms_too_short_to_rank(tmp_path)
                           {"name": "gaussian", "set": {"loss.shape_samples": "gaussian"}}])
     assert r.choice == {} and r.best is carried
     assert "giou trained 13 steps, gaussian trained 13 steps (fewer than 60 cannot rank" in r.why
+
+
+def test_budget_words_a_user_reads_in_the_tui_as_well_as_on_the_cli(tmp_path):
+    with pytest.raises(P.AutopilotError, match="budget '0': must be more than 0"):
+        P.parse_budget("0")
+    with pytest.raises(P.AutopilotError) as bad:
+        P.parse_budget("abc")
+    assert not str(bad.value).startswith("--")  # the TUI's budget field is no flag
+    done = P.make_plan(spec(7), 120, 0.1, [], trial_s=12.0)
+    assert "no search round left" in done.why and "0 at most" not in done.why
+    owner = AutopilotOwner(_make(tmp_path))
+    owner.ap.used_s = 102.0
+    said = owner._set_budget({P.BUDGET_KEY: 1})
+    assert "less than the 1.7 min used already" in said
+    assert owner._recipe_preset().preset == "autopilot-ap"
+    named = tmp_path / "autopilot-demo-20261207-005531"
+    create(named, "demo", tiny(**FAST), 30, trial_steps=2, final_steps=3)
+    assert AutopilotOwner(named)._recipe_preset().preset == "autopilot-demo-20261207-005531"  # not doubled
