@@ -92,6 +92,9 @@ class AutopilotScreen(Screen):
         self.show_journal = False
         self.ap: P.Autopilot | None = None
         self.state = ""
+        self.alive = False
+        self._final_tail = rundir.JsonlTail(self.folder / "final" / rundir.METRICS)
+        self._final_last: dict[str, dict[str, Any]] = {}  # the final run's last step and val lines
 
     def compose(self) -> ComposeResult:
         yield Label(f"[b]自动调参 autopilot[/b] {self.folder.name}", id="ap-title")
@@ -117,7 +120,7 @@ class AutopilotScreen(Screen):
             self.app.call_from_thread(self._show_error, str(err))
             return
         st = runctl.status(self.folder)
-        detail = self._journal() if self.show_journal else self._trials(ap)
+        detail = self._journal() if self.show_journal else self._trials(ap, st.state.value)
         self.app.call_from_thread(self._show, ap, st.state.value, st.alive, detail)
 
     def _journal(self) -> str:
@@ -126,14 +129,14 @@ class AutopilotScreen(Screen):
         except OSError:
             return "no journal yet"
 
-    def _trials(self, ap: P.Autopilot) -> str:
+    def _trials(self, ap: P.Autopilot, state: str = "") -> str:
         r = next((x for x in ap.rounds if x.status == "running"), None)
         if r is None:
             last = [x for x in ap.rounds if x.status in ("done", "skipped")]
             r = last[-1] if last else None
         if r is None:
             return "not started"
-        lines = [f"{P.TITLES[r.name]} — {r.status}"]
+        lines = [f"{P.TITLES[r.name]} — {'paused' if state == 'paused' and r.status == 'running' else r.status}"]
         rows = r.rows
         if r.status == "running" and r.folder and (self.folder / r.folder / rundir.STUDY).is_file():
             rows = _study_rows(self.folder / r.folder)
@@ -142,15 +145,42 @@ class AutopilotScreen(Screen):
             score = "—" if m is None else f"{m:.4f}"
             lines.append(f"  {'★' if x.get('best') else ' '} {str(x.get('label', '')):<30} mAP {score}  "
                          f"{x.get('status', '')} {x.get('steps', '') or ''}")
+        if r.name == "final" and r.status == "running":
+            lines.append(self._final_progress())
         if r.why:
             lines += ["", r.why]
         return "\n".join(lines)
 
+    def _final_progress(self) -> str:
+        """The final run — the longest round — as it trains: its step, train loss and last val figure (read from the
+        file's new lines only: a long run's metrics are long)."""
+        for m in self._final_tail.poll():
+            self._final_last["val" if m.get("split") == "val" else "step"] = m
+        step, val = self._final_last.get("step"), self._final_last.get("val")
+        if step is None:
+            return "  starting…"
+        text = f"  step {step['step']} · loss {step.get('loss', float('nan')):.3f}"
+        if val is not None and val.get("mAP") is not None:
+            text += f" · val mAP {val['mAP']:.4f} ({val.get('mode', 'val')}) at step {val['step']}"
+        return text
+
     def _show_error(self, message: str) -> None:
         self.query_one("#ap-detail", Static).update(message)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Only the keys that can act now: pause, stop and budget on a live owner; resume on a stopped one;
+        neither on a finished one (its footer offered F6–F8 and `b`, each refused after the asking)."""
+        if self.ap is None or action not in ("pause", "stop", "budget", "resume"):
+            return True
+        if all(r.status in ("done", "skipped") for r in self.ap.rounds):
+            return False
+        return self.alive != (action == "resume")
+
     def _show(self, ap: P.Autopilot, state: str, alive: bool, detail: str) -> None:
-        self.ap, self.state = ap, state
+        changed = self.ap is None or alive != self.alive or state != self.state
+        self.ap, self.state, self.alive = ap, state, alive
+        if changed:
+            self.refresh_bindings()
         left = max(0.0, ap.spec.budget_min - ap.used_s / 60)
         best = f" · val mAP {ap.final['mAP']:.4f}" if ap.final else ""
         self.query_one("#ap-title", Label).update(
@@ -191,6 +221,8 @@ class AutopilotScreen(Screen):
 
     def action_journal(self) -> None:
         self.show_journal = not self.show_journal
+        if self.show_journal:  # End / PageUp scroll it at once, whichever screen opened this one
+            self.query_one("#ap-scroll").focus()
         self.refresh_view()
 
     def action_close(self) -> None:

@@ -211,7 +211,8 @@ class AutopilotOwner(Rounds, OwnerRecord):
         self.ap.spec.budget_min = float(v)
         said = f"{P.BUDGET_KEY} {old:g} → {float(v):g}"
         if float(v) * 60 <= self.ap.used_s:
-            said += f" (less than the {self.ap.used_s / 60:.1f} min used already: the search ends, the final run is short)"
+            said += (f" (less than the {self.ap.used_s / 60:.1f} min used already: the search ends, the final run "
+                     "is short)")
         if self.ap.round("final").status == "running":
             t = self._current.get("box", {}).get("trainer")
             minutes = (t.cfg.train.time_budget_min if t is not None else 0) + float(v) - old

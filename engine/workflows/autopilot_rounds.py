@@ -245,8 +245,9 @@ class Rounds:
 
     # --- helpers ----------------------------------------------------------------------------------------------------
     def _recipe_preset(self) -> C.Config:
-        return self.recipe_config().model_copy(update={"preset": self.folder.name if self.folder.name.startswith("autopilot")
-                                                      else f"autopilot-{self.folder.name}"})
+        name = self.folder.name
+        return self.recipe_config().model_copy(update={"preset": name if name.startswith("autopilot")
+                                                      else f"autopilot-{name}"})
 
     def _warm_start(self) -> str:
         """The last search round's chosen trial — the recipe's config, trained on the fit part — when its

@@ -12,7 +12,7 @@ from nanxi_tune.engine.workflows import autopilot_plan as P
 from nanxi_tune.engine.workflows.autopilot import create
 from nanxi_tune.tui.autopilot_view import AutopilotScreen, BudgetDialog
 from nanxi_tune.tui.schedule_view import ScheduleScreen
-from tests.conftest import notices, tiny, wait_for
+from tests.conftest import tiny, wait_for
 
 
 class Host(App):
@@ -60,8 +60,9 @@ def test_the_autopilot_screen_shows_rounds_trials_time_left_and_the_journal(tmp_
             assert "★ 0.001" in detail and "0.5200" in detail and "seven stars around 0.001" in detail
             await pilot.press("j")
             await wait_for(pilot, lambda: "# autopilot ap" in str(screen.query_one("#ap-detail").render()), 10)
-            await pilot.press("f6")  # no owner: the screen says so, nothing breaks
-            await wait_for(pilot, lambda: any("no live trainer to pause" in n for n in notices(app)), 10)
+            assert app.focused is screen.query_one("#ap-scroll")  # End / PageUp scroll the journal at once
+            keys = {b.binding.action for b in app.active_bindings.values()}
+            assert "resume" in keys and not {"pause", "stop", "budget"} & keys  # no owner: F8 only is offered
 
     asyncio.run(go())
 
@@ -110,5 +111,42 @@ def test_the_runs_tab_lists_an_autopilot_and_enter_opens_its_screen(tmp_path):
             await pilot.pause()
             app.open_run(runs / "ap")
             await wait_for(pilot, lambda: isinstance(app.screen, AutopilotScreen), 10)
+
+    asyncio.run(go())
+
+
+def test_the_final_run_shows_its_step_loss_and_last_val_and_a_finished_one_offers_no_controls(tmp_path):
+    """The final run is the longest round: its screen said only "running". Finished, F6–F8 and b were offered and
+    refused after the asking."""
+    import json
+
+    folder = tmp_path / "ap"
+    create(folder, "demo", tiny(), 30)
+    ap = P.load(folder)
+    for r in ap.rounds[:-2]:
+        r.status = "done"
+    ap.round("final").status, ap.round("final").folder = "running", "final"
+    P.save(folder, ap)
+    (folder / "final").mkdir()
+    lines = [{"kind": "step", "step": 99, "loss": 1.5, "split": "train"},
+             {"kind": "eval", "step": 100, "mAP": 0.5, "mode": "qmv", "split": "val"},
+             {"kind": "step", "step": 120, "loss": 1.25, "split": "train"}]
+    (folder / "final" / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    screen = AutopilotScreen(folder)
+
+    async def go():
+        app = Host(screen)
+        async with app.run_test(size=(80, 24)) as pilot:
+            detail = lambda: str(screen.query_one("#ap-detail").render())  # noqa: E731
+            await wait_for(pilot, lambda: "step 120" in detail(), timeout=10)
+            assert "step 120 · loss 1.250 · val mAP 0.5000 (qmv) at step 100" in detail()
+            ap = P.load(folder)
+            for r in ap.rounds:
+                r.status = "done"
+            P.save(folder, ap)
+            await wait_for(pilot, lambda: all(r.status == "done" for r in screen.ap.rounds), timeout=10)
+            await pilot.pause(0.1)
+            keys = {b.binding.action for b in app.active_bindings.values()}
+            assert "journal" in keys and not {"pause", "stop", "budget", "resume"} & keys
 
     asyncio.run(go())
