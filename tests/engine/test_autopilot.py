@@ -153,7 +153,7 @@ def test_the_lr_round_trains_the_recipe_s_lr_first_and_trials_are_cut_half_way(t
 
 
 def test_capacity_arms_step_times_are_measured_on_the_same_batch():
-    from nanxi_tune.engine.workflows.autopilot_rounds import step_ratios
+    from nanxi_tune.engine.workflows.autopilot_rank import step_ratios
 
     cfg = tiny(**FAST)
     arms = [{"name": "as-is", "set": {}}, {"name": "wide", "set": {"backbone.width": 4 * cfg.backbone.width}}]
@@ -347,7 +347,7 @@ def _row(label, value, mAP, steps, status="finished", best=False):
 def test_a_trial_the_slowed_host_gave_a_few_steps_ranks_nothing():
     """Under load a trial of 12 s trained 6 steps where the probe planned 110, and the round ranked it: the same
     floor that leaves a slow capacity arm out applies to the steps a trial did train."""
-    from nanxi_tune.engine.workflows.autopilot_rounds import choose
+    from nanxi_tune.engine.workflows.autopilot_rank import choose
 
     too_short = lambda x: x["steps"] < P.MIN_TRIAL_STEPS  # noqa: E731
     rows = [_row("0.001", 0.001, 0.04, 85), _row("0.003", 0.003, 0.08, 99), _row("0.01", 0.01, 0.3, 6, best=True)]
