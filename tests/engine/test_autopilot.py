@@ -109,22 +109,28 @@ def test_the_final_run_trains_and_is_scored_on_the_data_the_search_cut_whatever_
     assert cfg.data.val != str(resolve(other.data.val, "val", other)[1])  # not the set drawn at 96 px
 
 
-def test_a_round_whose_every_arm_was_cut_half_way_keeps_the_carried_as_is_and_says_so(tmp_path):
-    owner = AutopilotOwner(_make(tmp_path))
-    carried = {"round": "lr", "label": "0.001", "mAP": 0.54, "AP50": 0.77, "steps": 250, "run_dir": "/r/lr-0.001",
-               "length": 84.0}
+def _shape_round(owner, carried, other, steps, status):
+    """The shape round against ``carried``, its trained arms (``other`` loss, Gaussian samples) each ending
+    ``status`` after ``steps`` steps with no arm ranked; (the round, what its study was asked)."""
     asked = {}
 
-    def study(r, what):  # both trained arms cut half-way against the carried as-is
+    def study(r, what):
         asked.update(what)
-        r.rows = [{"label": a["name"], "mAP": 0.1, "AP50": 0.2, "steps": 100, "status": "pruned"}
+        r.rows = [{"label": a["name"], "mAP": 0.1, "AP50": 0.2, "steps": steps, "status": status}
                   for a in what["arms"]]
         return None
 
     owner._carried, owner._study = (lambda r: carried), study
     r = owner.ap.round("shape")
-    owner._arms_round(r, [{"name": "as-is", "set": {}}, {"name": "l1", "set": {"loss.shape_loss": "l1"}},
+    owner._arms_round(r, [{"name": "as-is", "set": {}}, {"name": other, "set": {"loss.shape_loss": other}},
                           {"name": "gaussian", "set": {"loss.shape_samples": "gaussian"}}])
+    return r, asked
+
+
+def test_a_round_whose_every_arm_was_cut_half_way_keeps_the_carried_as_is_and_says_so(tmp_path):
+    carried = {"round": "lr", "label": "0.001", "mAP": 0.54, "AP50": 0.77, "steps": 250, "run_dir": "/r/lr-0.001",
+               "length": 84.0}
+    r, asked = _shape_round(AutopilotOwner(_make(tmp_path)), carried, "l1", 100, "pruned")  # both cut half-way
     assert asked["refs"] == ["/r/lr-0.001"]  # the carried trial's half-way figures are what the arms are cut against
     assert r.choice == {} and r.best == carried
     assert [x["status"] for x in r.rows] == ["carried", "pruned", "pruned"]
@@ -367,16 +373,7 @@ def test_a_round_with_a_carried_as_is_names_the_arms_too_short_to_rank(tmp_path)
     owner.ap.plan = {"trial_s": 12.0, "step_s": 0.1}
     carried = {"round": "lr", "label": "0.003", "mAP": 0.08, "AP50": 0.23, "steps": 99, "run_dir": "/r/lr-0.003",
                "length": 12.0}
-
-    def study(r, what):  # both arms finished in a handful of steps: nothing ranks against the carried as-is
-        r.rows = [{"label": a["name"], "mAP": 0.0002, "AP50": 0.001, "steps": 13, "status": "finished"}
-                  for a in what["arms"]]
-        return None
-
-    owner._carried, owner._study = (lambda r: carried), study
-    r = owner.ap.round("shape")
-    owner._arms_round(r, [{"name": "as-is", "set": {}}, {"name": "giou", "set": {"loss.shape_loss": "giou"}},
-                          {"name": "gaussian", "set": {"loss.shape_samples": "gaussian"}}])
+    r, _ = _shape_round(owner, carried, "giou", 13, "finished")  # both finished in a handful of steps
     assert r.choice == {} and r.best is carried
     assert "giou trained 13 steps, gaussian trained 13 steps (fewer than 60 cannot rank" in r.why
 
