@@ -73,9 +73,13 @@ class CompareScreen(Screen):
     def _show(self, data: dict[str, Any]) -> None:
         self.query_one("#cmp-summary", Static).update(Text(data["summary"]))
         table = self.query_one("#cmp-diff", DataTable)
-        table.clear()
-        for key, x, y in data["diff"]:
-            table.add_row(key, _fmt(x), _fmt(y), key=key)
+        rows = [(key, _fmt(x), _fmt(y)) for key, x, y in data["diff"]]
+        table.clear(columns=True)  # widths set from the rows: an auto width waits for the table's idle to grow
+        heads = (("key", "key"), (f"a {self.a.name}"[:24], "a"), (f"b {self.b.name}"[:24], "b"))
+        for i, (label, key) in enumerate(heads):
+            table.add_column(label, key=key, width=max([len(label)] + [len(r[i]) for r in rows]))
+        for row in rows:
+            table.add_row(*row, key=row[0])
         if not data["diff"]:
             table.add_row("(same config)", "", "")
         self.data = data  # last: whoever waits on it finds the table filled
