@@ -47,10 +47,7 @@ class CompareScreen(Screen):
         yield Footer(compact=True)  # 80 columns: the screen's keys and ^p fit
 
     def on_mount(self) -> None:
-        table = self.query_one("#cmp-diff", DataTable)
-        table.add_column("key", key="key")
-        table.add_column(f"a {self.a.name}"[:24], key="a")
-        table.add_column(f"b {self.b.name}"[:24], key="b")
+        self._columns([])
         self.on_resize()
         self.run_worker(self._load, thread=True, exclusive=True, group="compare", exit_on_error=False)
 
@@ -72,18 +69,22 @@ class CompareScreen(Screen):
 
     def _show(self, data: dict[str, Any]) -> None:
         self.query_one("#cmp-summary", Static).update(Text(data["summary"]))
+        rows = [(key, _fmt(x), _fmt(y)) for key, x, y in data["diff"]] or [("(same config)", "", "")]
+        table = self._columns(rows)
+        for row in rows:
+            table.add_row(*row, key=row[0])
+        self.data = data  # last: whoever waits on it finds the table filled
+        self.draw()
+
+    def _columns(self, rows: list[tuple[str, str, str]]) -> DataTable:
+        """The diff table emptied, its columns as wide as ``rows`` need: an auto width grows only on the table's
+        idle, and a screen drawn before it showed the header's width ("tra" for train.base_lr)."""
         table = self.query_one("#cmp-diff", DataTable)
-        rows = [(key, _fmt(x), _fmt(y)) for key, x, y in data["diff"]]
-        table.clear(columns=True)  # widths set from the rows: an auto width waits for the table's idle to grow
+        table.clear(columns=True)
         heads = (("key", "key"), (f"a {self.a.name}"[:24], "a"), (f"b {self.b.name}"[:24], "b"))
         for i, (label, key) in enumerate(heads):
             table.add_column(label, key=key, width=max([len(label)] + [len(r[i]) for r in rows]))
-        for row in rows:
-            table.add_row(*row, key=row[0])
-        if not data["diff"]:
-            table.add_row("(same config)", "", "")
-        self.data = data  # last: whoever waits on it finds the table filled
-        self.draw()
+        return table
 
     def draw(self) -> None:
         if self.data is None:
