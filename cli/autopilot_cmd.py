@@ -54,7 +54,7 @@ def autopilot(args) -> int:
         base = C.with_updates(C.load_preset(args.ap_preset), C.parse_sets(args.sets))
         check(base)
     except (P.AutopilotError, DataError) as e:
-        err.print(f"nanxi-tune autopilot: {e}", soft_wrap=True, markup=False, highlight=False)
+        err.print(f"nanxi-tune autopilot: {e}", markup=False, highlight=False)
         return ExitCode.BAD_INPUT
     from nanxi_tune.engine.workflows.autopilot import create
 
@@ -65,9 +65,9 @@ def autopilot(args) -> int:
                workers=max(1, args.workers), trial_steps=max(0, args.trial_steps),
                final_steps=max(0, args.final_steps), rounds=list(args.rounds))
     except P.AutopilotError as e:
-        err.print(f"nanxi-tune autopilot: {e}", soft_wrap=True, markup=False, highlight=False)
+        err.print(f"nanxi-tune autopilot: {e}", markup=False, highlight=False)
         return ExitCode.BAD_INPUT
-    err.print(f"{folder}: autopilot for {P.budget_text(budget)} on {base.data.train}", soft_wrap=True)
+    err.print(f"{folder}: autopilot for {P.budget_text(budget)} on {base.data.train}")
     return own(folder, args)
 
 
@@ -90,7 +90,7 @@ def own(folder: Path, args) -> int:
         err.print(f"{folder}: started detached (pid {proc.pid}); it goes on when this shell ends.\n"
                   f"  follow:  nanxi-tune ctl {folder} status     journal:  {folder}/journal.md\n"
                   f"  pause / continue / stop:  nanxi-tune ctl {folder} pause|continue|stop\n"
-                  f"  budget:  nanxi-tune ctl {folder} set autopilot.budget_min=MINUTES", soft_wrap=True)
+                  f"  budget:  nanxi-tune ctl {folder} set autopilot.budget_min=MINUTES")
         return ExitCode.FINISHED
     return _own_here(folder, getattr(args, "quiet", False))
 
@@ -103,9 +103,9 @@ def _own_here(folder: Path, quiet: bool) -> int:
         if quiet:
             return
         if e.kind == "autopilot":
-            err.print(f"[bold]{e.what.replace('_', ' ')}[/] {e.round}: {e.message}", soft_wrap=True)
+            err.print(f"[bold]{e.what.replace('_', ' ')}[/] {e.round}: {e.message}")
         elif e.kind == "study":
-            err.print(f"  {e.what.replace('_', ' ')}: {e.message}", soft_wrap=True)
+            err.print(f"  {e.what.replace('_', ' ')}: {e.message}")
         elif e.kind == "ack":
             err.print(f"{e.op}: {e.message}")
         elif e.kind == "error":
@@ -119,7 +119,7 @@ def _own_here(folder: Path, quiet: bool) -> int:
     state = result.get("state", "failed")
     print_status(folder)
     if state == "stopped":
-        err.print(f"stopped. Resume with: nanxi-tune resume {folder}", soft_wrap=True)
+        err.print(f"stopped. Resume with: nanxi-tune resume {folder}")
         return ExitCode.STOPPED
     return ExitCode.FINISHED if state == "finished" else ExitCode.FAILED
 
@@ -137,15 +137,15 @@ def print_status(folder: Path, as_json: bool = False) -> int:
         print(json.dumps({"autopilot": str(folder), "state": st.state.value, "alive": st.alive, **ap.to_json()}))
         return ExitCode.FINISHED
     out.print(f"{folder.name}: {st.state.value}; budget {P.budget_text(ap.spec.budget_min)}, "
-              f"{ap.used_s / 60:.1f} min used", highlight=False, soft_wrap=True)
+              f"{ap.used_s / 60:.1f} min used", highlight=False)
     for i, r in enumerate(ap.rounds, start=1):
         mark = {"done": "x", "skipped": "-", "running": ">"}.get(r.status, " ")
         chosen = ", ".join(f"{k}={v}" for k, v in r.choice.items())
         out.print(f" [{mark}] {i}. {P.TITLES[r.name]}" + (f": {chosen}" if chosen else ""), markup=False,
-                  highlight=False, soft_wrap=True)
+                  highlight=False)
     if ap.final:
         out.print("val: " + ", ".join(f"{k} {v:.4f}" for k, v in ap.final.items())
-                  + f"; recipe: {folder / 'recipe.toml'}", highlight=False, soft_wrap=True)
+                  + f"; recipe: {folder / 'recipe.toml'}", highlight=False)
     return ExitCode.FINISHED
 
 

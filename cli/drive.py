@@ -273,9 +273,9 @@ def _report(mode: str, state: str, code: int, trainer, run_dir: Path, outcome: d
                           "run_dir": str(run_dir), "best_mAP": max(trainer.best_map, 0)}), file=sys.stdout,
               flush=True)
     if code == ExitCode.FAILED:
-        console.print(f"[red]run failed: {outcome.get('error', 'see events.jsonl')}", soft_wrap=True)
-        console.print(f"run directory: {run_dir}", soft_wrap=True)
+        console.print(f"[red]run failed: {outcome.get('error', 'see events.jsonl')}")
+        console.print(f"run directory: {run_dir}")
     elif code == ExitCode.STOPPED:
-        console.print(f"stopped at step {trainer.step}. Resume with: nanxi-tune resume {run_dir}", soft_wrap=True)
+        console.print(f"stopped at step {trainer.step}. Resume with: nanxi-tune resume {run_dir}")
     else:
-        console.print(f"finished: {run_dir} (best mAP {max(trainer.best_map, 0):.4f})", soft_wrap=True)
+        console.print(f"finished: {run_dir} (best mAP {max(trainer.best_map, 0):.4f})")

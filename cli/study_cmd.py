@@ -75,7 +75,7 @@ def detach(folder: Path, args) -> int:
         return ExitCode.FAILED
     err.print(f"{folder}: started detached (pid {proc.pid}); it goes on when this shell ends.\n"
               f"  follow:  nanxi-tune open {folder}     status:  nanxi-tune ctl {folder} status\n"
-              f"  pause / continue / stop:  nanxi-tune ctl {folder} pause|continue|stop", soft_wrap=True)
+              f"  pause / continue / stop:  nanxi-tune ctl {folder} pause|continue|stop")
     return ExitCode.FINISHED
 
 
@@ -98,7 +98,7 @@ def _own_here(folder: Path, workers: int | None, devices: list[str] | None, quie
     if not quiet:
         where = ", ".join(s.device or "its device" for s in owner.slots)
         err.print(f"{folder.name}: {len(owner.slots)} trial(s) at once ({where}); stop with Ctrl-C (every trial "
-                  f"checkpoints), resume with: nanxi-tune resume {folder}", soft_wrap=True)
+                  f"checkpoints), resume with: nanxi-tune resume {folder}")
     result: dict[str, str] = {}
     thread = threading.Thread(target=lambda: result.setdefault("state", owner.run()), name="study-owner")
     run_until_signalled(thread, owner.request_stop,
@@ -112,7 +112,7 @@ def _own_here(folder: Path, workers: int | None, devices: list[str] | None, quie
         C.save(sw.apply_best(), save)
         err.print(f"wrote {save} with {sw.key} = {S.value_name(sw.best_value())}")
     if state == "stopped":
-        err.print(f"stopped. Resume with: nanxi-tune resume {folder}", soft_wrap=True)
+        err.print(f"stopped. Resume with: nanxi-tune resume {folder}")
         return ExitCode.STOPPED
     return ExitCode.FINISHED if state == "finished" else ExitCode.FAILED
 

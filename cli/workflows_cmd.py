@@ -115,7 +115,7 @@ def stats(args) -> int:
     for c, m, s in zip("RGB", st.mean, st.std):
         table.add_row(c, f"{m:.4f}", f"{s:.4f}")
     out.print(table)
-    out.print(f"--set {ST.set_args(st)}", markup=False, highlight=False, soft_wrap=True)
+    out.print(f"--set {ST.set_args(st)}", markup=False, highlight=False)
     if args.save:
         C.save(ST.apply(cfg, st), args.save)
         err.print(f"wrote {args.save} (normalize.source = computed)")

@@ -135,13 +135,10 @@ class NanxiTuneApp(RunActions, RunEvents, WorkflowActions, ConfigActions, App):
         """Alt+D belongs to the main screen's footer: a workflow screen's footer keeps its room for its own keys. A key
         the screen binds is the screen's even while its action cannot act (F6 on a finished autopilot must not pause
         the main run)."""
-        if action == "start_detached" and len(self.screen_stack) > 1:
-            return False
-        if len(self.screen_stack) > 1:
-            mine = {k for k, bs in self._bindings.key_to_bindings.items() if any(b.action == action for b in bs)}
-            if mine & set(self.screen._bindings.key_to_bindings):
-                return False
-        return True
+        if len(self.screen_stack) == 1:
+            return True
+        mine = {k for k, bs in self._bindings.key_to_bindings.items() if any(b.action == action for b in bs)}
+        return action != "start_detached" and not mine & set(self.screen._bindings.key_to_bindings)
 
     def compose(self) -> ComposeResult:
         yield Header()

@@ -155,7 +155,10 @@ class AutopilotScreen(Screen):
         """The final run — the longest round — as it trains: its step, train loss and last val figure (read from the
         file's new lines only: a long run's metrics are long)."""
         for m in self._final_tail.poll():
-            self._final_last["val" if m.get("split") == "val" else "step"] = m
+            if m.get("kind") == "step":
+                self._final_last["step"] = m
+            elif m.get("split") == "val":
+                self._final_last["val"] = m
         step, val = self._final_last.get("step"), self._final_last.get("val")
         if step is None:
             return "  starting…"

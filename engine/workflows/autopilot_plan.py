@@ -55,7 +55,7 @@ def parse_budget(text: str) -> float:
         raise AutopilotError(f"budget {text!r}: must be more than 0, such as 90m, 12h or 2d")
     minutes = float(m.group(1)) * {"": 1, "m": 1, "h": 60, "d": 1440}[m.group(2)]
     if minutes > MAX_BUDGET_MIN:
-        raise AutopilotError(f"--budget {text!r}: at most 365 days (a run's train.time_budget_min ceiling)")
+        raise AutopilotError(f"budget {text!r}: at most 365 days (a run's train.time_budget_min ceiling)")
     return minutes
 
 

@@ -48,13 +48,18 @@ def choose(rows: list[dict[str, Any]], too_short: Callable[[dict[str, Any]], boo
     """A round's best row and its finished rows too short to rank. The study's best, unless it is too short: then
     the best of the rest; when none is left, the row of the recipe's own value ``keep`` (None: no best)."""
     best = next((x for x in rows if x["best"]), None)
-    short = [x for x in rows if x["status"] == "finished" and too_short(x)]
+    short = too_short_rows(rows, too_short)
     if best in short:  # the host ran slower than the probe: a trial of a few steps ranks nothing
         best = max((x for x in rows if x["status"] == "finished" and x not in short), key=lambda x: x["mAP"],
                    default=None)
         if best is None and keep is not None:  # nothing ranks: the recipe's own value, not a guess
             best = next((x for x in rows if x["value"] == keep and x["status"] == "finished"), None)
     return best, short
+
+
+def too_short_rows(rows: list[dict[str, Any]], too_short: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """The finished trials too short to rank (cut or failed ones are said apart)."""
+    return [x for x in rows if x["status"] == "finished" and too_short(x)]
 
 
 def short_text(rows: list[dict[str, Any]]) -> str:

@@ -14,7 +14,7 @@ from .. import config as C
 from ..run import rundir
 from ..run.events import Event
 from . import autopilot_plan as P
-from .autopilot_rank import choose, pruned_text, short_text, step_ratios
+from .autopilot_rank import choose, pruned_text, short_text, step_ratios, too_short_rows
 
 PROBE_STEPS = 12
 PROBE_IMAGES = 8  # held-out images the probe evaluates (its step time is what counts)
@@ -164,7 +164,7 @@ class Rounds:
             r.why = (f"best {r.rows[0]['label'] if not r.choice else best['label']} (held-out mAP "
                      f"{r.best['mAP']:.4f}) of {', '.join(str(x['label']) for x in r.rows)}; as-is is round "
                      f"{carried['round']}'s best trial, not trained again{pruned_text(trials)}"
-                     f"{short_text([x for x in trials if x['status'] == 'finished' and self._too_short(x)])}")
+                     f"{short_text(too_short_rows(trials, self._too_short))}")
 
     def _normalize(self, r: P.RoundState) -> None:
         from . import normalization
