@@ -5,8 +5,9 @@ host sync) — measured phase by phase in the training thread, the trainer's ste
 On BCCD (``../shared/datasets/bccd``, preset ``bccd``; the ``demo`` preset when BCCD is absent) it prints
 ms per step and the share of each phase, the data side's share (what loader workers could hide), and
 what a cached decode costs (data.cache_mb), then the same steps in the other memory layout side by side
-(train.channels_last: NHWC against contiguous NCHW) and the ratio. Default run: 2 warm-up + 8 measured steps a
-layout, under 3 minutes on a 2-core CPU.
+(train.channels_last: NHWC against contiguous NCHW) and the ratio, then in float32 against bfloat16 autocast
+(train.precision) and the ratio. Default run: 2 warm-up + 8 measured steps a variant, under 4 minutes on a 2-core
+CPU.
 
     python bench/step_breakdown.py [--steps 8] [--data PATH] [--set key=value ...]
 """
@@ -29,7 +30,7 @@ from nanxi_tune.engine.data.profile import resolve_for_training
 from nanxi_tune.engine.data.loader import EpochSampler, collate
 from nanxi_tune.engine.model.detector import build_model, count_parameters
 from nanxi_tune.engine.model.targets import build_targets
-from nanxi_tune.engine.run.device import memory_format, pick_device
+from nanxi_tune.engine.run.device import compute_dtype, memory_format, pick_device
 from nanxi_tune.engine.train.optim import ema_avg_fn, param_groups
 
 DATA_PHASES = ("decode", "augment", "resize", "collate")
@@ -138,7 +139,8 @@ def main() -> None:
     total = sum(per.values())
     print(f"step breakdown: {name}, {cfg.preprocess.input_size} px, stride {cfg.neck.out_stride}, batch "
           f"{cfg.data.batch_size}, backbone {cfg.backbone.name} ({count_parameters(model) / 1e6:.2f} M parameters), "
-          f"{device.type}, {torch.get_num_threads()} threads, {layout}, {args.steps} steps after {args.warmup} warm-up")
+          f"{device.type}, {torch.get_num_threads()} threads, {layout}, precision {cfg.train.precision}, "
+          f"{args.steps} steps after {args.warmup} warm-up")
     for p in PHASES:
         print(f"  {p:<10} {per[p] * 1000:8.1f} ms  {100 * per[p] / total:5.1f} %")
     data = sum(per[p] for p in DATA_PHASES)
@@ -161,6 +163,16 @@ def main() -> None:
     cl, co = (wall, wall_other) if cfg.train.channels_last else (wall_other, wall)
     print(f"layout: channels_last {cl * 1000:.1f} ms a step, contiguous {co * 1000:.1f} ms "
           f"(ratio {co / cl:.2f}x faster in channels_last)")
+    # train.precision: the same steps in float32 and in bfloat16 autocast, side by side, in the run's layout
+    walls = {}
+    for precision in ("fp32", "bf16"):
+        pcfg = C.with_updates(cfg, {"train.precision": precision})
+        walls[precision] = measure(pcfg, ds, device, memory_format(cfg.train.channels_last), args.steps,
+                                   args.warmup)[1]
+    native = compute_dtype("auto", device.type) is not None
+    print(f"precision: fp32 {walls['fp32'] * 1000:.1f} ms a step, bf16 {walls['bf16'] * 1000:.1f} ms "
+          f"(ratio {walls['fp32'] / walls['bf16']:.2f}x faster in bf16; native bf16 here: "
+          f"{'yes, train.precision = auto uses it' if native else 'no, auto stays fp32'})")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,11 @@ class Train(Strict):
                             "fast path on CPUs and on GPUs' tensor cores — a training step 1.56× (BCCD) and 1.45× "
                             "(stride 16) faster on a 2-core CPU (bench/step_breakdown.py times both layouts). The "
                             "weights are the same either way.")
+    precision: Literal["auto", "bf16", "fp32"] = F(
+        "auto", "Compute precision of the detector's layers: bf16 runs them in bfloat16 (autocast; the weights, "
+        "the optimizer, the loss and the decode stay float32), fp32 in float32 throughout. auto = bf16 where the "
+        "device computes it natively (a bf16 GPU; a CPU with AVX512-BF16 or AMX), else fp32.",
+        zh="混合精度", note="a training step 1.8× faster in bf16 on a 2-core AVX512-BF16 CPU")
     log_every: int = F(1, "Write a train metrics line every N steps.", ge=1, live=True)
     tensorboard: bool = F(True, "Also write TensorBoard event files to RUN/tensorboard/ (losses, lr, COCO metrics, "
                           "the error breakdown, and a few val images with boxes at each evaluation), so "

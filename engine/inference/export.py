@@ -142,6 +142,7 @@ def export(run_dir: Path | str, fmt: str = "onnx", out: Path | str | None = None
     run_dir = Path(run_dir)
     require_checkpoint(run_dir)
     cfg, model, dataset = load_ema_model(run_dir, which, C.load(run_dir / rundir.CONFIG))
+    model.reconfigure(C.with_updates(cfg, {"train.precision": "fp32"}))  # the file computes in float32
     heads = Heads(model.cpu().eval()).eval()
     S = cfg.preprocess.input_size
     path = Path(out) if out else default_path(run_dir, fmt, which)

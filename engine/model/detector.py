@@ -31,6 +31,7 @@ from torch import nn
 from . import encoding
 from ..config import Config
 from .loss import DetectionLoss
+from ..run.device import compute_dtype
 
 MAX_CHANNELS = 1024
 PRIOR = 0.1
@@ -246,13 +247,15 @@ class Detector(nn.Module):
         self.criterion.cfg = cfg
 
     def forward(self, images: torch.Tensor, targets: dict | None = None) -> dict[str, torch.Tensor]:
-        f = self.neck(self.backbone(self.input_bn(images)))
-        logits = self.head_map(f)
-        shape = self.head_shape(f)
+        dtype = compute_dtype(self.cfg.train.precision, images.device.type)
+        with torch.autocast(images.device.type, dtype or torch.float32, enabled=dtype is not None):
+            f = self.neck(self.backbone(self.input_bn(images)))
+            logits, shape, offset = self.head_map(f), self.head_shape(f), self.head_offset(f)
+        logits, shape, offset = logits.float(), shape.float(), offset.float()  # loss, decode: float32
         if self.cfg.encode.shape != "log_wh":
             shape = F.softplus(shape) * self.shape_scale
         outputs = {"map": range_norm(logits, self.cfg.head.range_norm_act), "map_logits": logits,
-                   "offset": self.head_offset(f), "shape": shape}
+                   "offset": offset, "shape": shape}
         if targets is not None:
             return self.losses(outputs, targets)
         return outputs

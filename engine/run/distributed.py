@@ -219,6 +219,7 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         self._check_input_dim(x)
+        dtype, x = x.dtype, x.float()  # statistics in float32 under bf16 autocast (train.precision)
         c = x.shape[1]
         dims, shape = [0, 2, 3], [1, c, 1, 1]
         s = all_reduce(torch.cat([x.sum(dims), x.new_tensor([x.numel() // c])]))
@@ -234,7 +235,7 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
         y = (x - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        return y.to(dtype)
 
 
 def convert_sync_batchnorm(model: nn.Module, device_type: str) -> tuple[nn.Module, int]:

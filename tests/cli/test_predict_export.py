@@ -156,7 +156,9 @@ def test_export_runs_outside_torch_like_pytorch(run, tmp_path, capsys, fmt):
     assert max(side["check"]["max_abs_diff"].values()) < 1e-4
 
     # real val canvases, another batch size than the export's example: the file's outputs decode to the same boxes
-    cfg, model, ds = load_ema_model(run, "last", C.load(run / rundir.CONFIG))
+    # the file computes in float32: its reference is the float32 detector (the run's own evaluations may be bf16)
+    cfg = C.with_updates(C.load(run / rundir.CONFIG), {"train.precision": "fp32"})
+    cfg, model, ds = load_ema_model(run, "last", cfg)
     images, targets = zip(*(ds[i] for i in range(3)))
     x = torch.stack(images)
     with torch.inference_mode():
