@@ -54,7 +54,7 @@ class Train(Strict):
         "auto", "Compute precision of the detector's layers: bf16 runs them in bfloat16 (autocast; the weights, "
         "the optimizer, the loss and the decode stay float32), fp32 in float32 throughout. auto = bf16 where the "
         "device computes it natively (a bf16 GPU; a CPU with AVX512-BF16 or AMX), else fp32.",
-        zh="混合精度", note="a training step 1.8× faster in bf16 on a 2-core AVX512-BF16 CPU")
+        zh="混合精度", note="a BCCD training step 1.57× faster in bf16 on a 2-core AVX512-BF16 CPU")
     log_every: int = F(1, "Write a train metrics line every N steps.", ge=1, live=True)
     tensorboard: bool = F(True, "Also write TensorBoard event files to RUN/tensorboard/ (losses, lr, COCO metrics, "
                           "the error breakdown, and a few val images with boxes at each evaluation), so "

@@ -22,7 +22,7 @@ def pick_device(name: str) -> torch.device:
 def compute_dtype(precision: str, device_type: str) -> torch.dtype | None:
     """train.precision on a device: bfloat16 for the convolutions (autocast), or None for float32 throughout.
     auto = bfloat16 where the device computes it natively (a GPU that supports it; a CPU with AVX512-BF16 or AMX,
-    where a training step ran 1.8× faster, bench/step_breakdown.py), else float32: emulated bfloat16 is slower."""
+    where a BCCD training step ran 1.57× faster, bench/step_breakdown.py), else float32: emulated bfloat16 is slower."""
     if precision == "fp32" or device_type not in ("cpu", "cuda"):
         return None
     if precision == "bf16":
