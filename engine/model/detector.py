@@ -247,11 +247,13 @@ class Detector(nn.Module):
         self.criterion.cfg = cfg
 
     def forward(self, images: torch.Tensor, targets: dict | None = None) -> dict[str, torch.Tensor]:
-        dtype = compute_dtype(self.cfg.train.precision, images.device.type)
+        # a float32 input computes in train.precision; a model moved to another dtype (float64) stays in it
+        dtype = compute_dtype(self.cfg.train.precision, images.device.type) if images.dtype == torch.float32 else None
         with torch.autocast(images.device.type, dtype or torch.float32, enabled=dtype is not None):
             f = self.neck(self.backbone(self.input_bn(images)))
             logits, shape, offset = self.head_map(f), self.head_shape(f), self.head_offset(f)
-        logits, shape, offset = logits.float(), shape.float(), offset.float()  # loss, decode: float32
+        if dtype is not None:  # the loss and the decode in float32
+            logits, shape, offset = logits.float(), shape.float(), offset.float()
         if self.cfg.encode.shape != "log_wh":
             shape = F.softplus(shape) * self.shape_scale
         outputs = {"map": range_norm(logits, self.cfg.head.range_norm_act), "map_logits": logits,
