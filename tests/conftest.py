@@ -91,6 +91,20 @@ def tmux(*args: str) -> str:
     return subprocess.run(["tmux", *args], capture_output=True, text=True).stdout
 
 
+def new_tmux_session(session: str, cmd: str) -> None:
+    """Start ``cmd`` in a detached 80×24 tmux session, retrying: when another test kills the server's last
+    session just as this one connects, tmux answers "server exited unexpectedly" and starts nothing."""
+    import time
+
+    for _ in range(10):
+        done = subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd],
+                              capture_output=True, text=True)
+        if subprocess.run(["tmux", "has-session", "-t", f"={session}"], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"tmux could not start session {session}: {done.stderr.strip()}")
+
+
 class TmuxScreen:
     """A tmux session's screen for tests that drive the app in a real terminal: its text (no colour), keys in,
     and waits for what a person would look for."""
@@ -131,5 +145,5 @@ def start_tui(tmp_path, name: str, **updates) -> TmuxScreen:
             f"run_app({str(preset)!r}, runs_root=Path({str(tmp_path / 'runs')!r}))")
     env = f"NANXI_TUNE_CACHE={os.environ.get('NANXI_TUNE_CACHE', str(tmp_path / 'cache'))}"
     cmd = f"cd {tmp_path} && env {env} TERM=xterm-256color {sys.executable} -c {code!r}; sleep 60"
-    tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd)
+    new_tmux_session(session, cmd)
     return TmuxScreen(session)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import NEEDS_TMUX, TmuxScreen, tiny, tmux
+from conftest import NEEDS_TMUX, TmuxScreen, new_tmux_session, tiny, tmux
 
 pytestmark = [pytest.mark.slow, NEEDS_TMUX]
 
@@ -24,7 +24,7 @@ def test_predictions_in_a_real_terminal(tmp_path, one_thread):
     env = f"NANXI_TUNE_CACHE={os.environ.get('NANXI_TUNE_CACHE', str(tmp_path / 'cache'))}"
     cmd = (f"cd {tmp_path} && env {env} TERM=xterm-256color {sys.executable} -m nanxi_tune.cli "
            f"--runs {tmp_path / 'runs'}; sleep 30")
-    tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd)
+    new_tmux_session(session, cmd)
     s = TmuxScreen(session)
     screen, wait = s.text, s.wait
     try:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import NEEDS_TMUX, TmuxScreen, tmux
+from conftest import NEEDS_TMUX, TmuxScreen, new_tmux_session, tmux
 
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine.run import runctl
@@ -32,7 +32,7 @@ def test_sweep_outlives_the_tui_and_a_new_tui_pauses_continues_and_stops_it(tmp_
     session = f"nanxi-study-{os.getpid()}"
 
     def start() -> None:
-        tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd)
+        new_tmux_session(session, cmd)
 
     tty = TmuxScreen(session)
     screen, wait = tty.text, tty.wait

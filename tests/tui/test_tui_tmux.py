@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import NEEDS_TMUX, start_tui, tmux
+from conftest import NEEDS_TMUX, new_tmux_session, start_tui, tmux
 
 from nanxi_tune.engine import config as C
 
@@ -75,7 +75,7 @@ def test_dropped_terminal_stops_the_run_with_a_checkpoint(tmp_path):
             f"run_app({str(preset)!r}, runs_root=Path({str(tmp_path / 'runs')!r}))")
     env = f"NANXI_TUNE_CACHE={os.environ.get('NANXI_TUNE_CACHE', str(tmp_path / 'cache'))}"
     cmd = f"cd {tmp_path} && env {env} TERM=xterm-256color {sys.executable} -c {code!r}"
-    tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd)
+    new_tmux_session(session, cmd)
     try:
         def wait(pattern: str, timeout: float) -> None:
             end = time.time() + timeout
@@ -129,7 +129,7 @@ class Term:
     def __init__(self, name: str, cmd: str, cwd, env: dict[str, str]) -> None:
         self.name = f"{name}-{os.getpid()}"
         envs = " ".join(f"{k}={v}" for k, v in env.items())
-        tmux("new-session", "-d", "-s", self.name, "-x", "80", "-y", "24", f"cd {cwd} && env {envs} {cmd}; sleep 60")
+        new_tmux_session(self.name, f"cd {cwd} && env {envs} {cmd}; sleep 60")
 
     def screen(self) -> str:
         return tmux("capture-pane", "-p", "-t", self.name)
