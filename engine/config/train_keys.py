@@ -103,6 +103,10 @@ class Postprocess(Strict):
     score_threshold: float = F(0.01, "Drop detections scoring below this.", ge=0, lt=1, live=True)
     top_k: int = F(100, "Heatmap peaks kept per image.", ge=1, le=10000, live=True)
     pool_kernel: int = F(3, "Max-pool kernel that finds heatmap peaks (odd).", ge=1, le=15, live=True)
+    flip_test: bool = F(False, "Also run the detector on the mirrored image and average the two heatmaps and shapes "
+                        "(CenterNet's flip test): twice the inference time, no training change.", zh="翻转测试",
+                        note="tune-post keeps it when it raises mAP on the scored images (BCCD +0.009 to +0.012)",
+                        live=True)
 
 
 class Eval(Strict):

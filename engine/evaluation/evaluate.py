@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 from ..config import Config
+from ..model import flip_test
 from ..model.decode import decode
 from ..metric_keys import COCO_METRICS, LOSSES
 
@@ -114,6 +115,8 @@ def evaluate(model, loader, cfg: Config, device, coco_gt, cat_ids: list[int],
                 for k in LOSSES:
                     sums[k] += _float(losses[k]) * bs
                 n_images += bs
+                if cfg.postprocess.flip_test:
+                    outputs = flip_test.merge(outputs, model(images.flip(-1)), cfg.encode.shape)
                 per_batch.append(to_coco_results(decode(outputs, cfg), targets, cat_ids))
                 img_ids.extend(int(_float(tg["image_id"])) for tg in targets)
             for _ in range(batches - len(per_batch)):  # a rank with a batch fewer still answers every ask

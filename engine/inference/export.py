@@ -19,6 +19,7 @@ from torch import nn
 from .. import config as C
 from ..run import rundir
 from ..evaluation.evaluate_run import load_ema_model
+from ..model import flip_test
 from .predict import require_checkpoint
 from ..files import write_atomic
 
@@ -33,14 +34,16 @@ class ExportError(RuntimeError):
 
 
 class Heads(nn.Module):
-    """The detector with a tuple out: (map, offset, shape)."""
+    """The detector with a tuple out: (map, offset, shape); with postprocess.flip_test the file runs the mirror
+    too and its map and shape are the averaged ones (engine.model.flip_test)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, cfg):
         super().__init__()
         self.model = model
+        self.cfg = cfg
 
     def forward(self, images: torch.Tensor):
-        out = self.model(images)
+        out = flip_test.infer(self.model, images, self.cfg)
         return out["map"], out["offset"], out["shape"]
 
 
@@ -90,8 +93,10 @@ def sidecar(cfg, class_names: list[str], cat_ids: list[int], fmt: str, which: st
         "decode": {
             "out_stride": stride, "offset_mode": enc.offset, "shape_mode": enc.shape,
             "pool_kernel": pp.pool_kernel, "top_k": pp.top_k, "score_threshold": pp.score_threshold,
-            "nms": pp.nms, "nms_iou": pp.nms_iou,
-            "steps": [("peaks: keep map cells equal to their pool_kernel × pool_kernel max-pool (stride 1, same "
+            "nms": pp.nms, "nms_iou": pp.nms_iou, "flip_test": pp.flip_test,
+            "steps": [*(["flip_test: the map and shape outputs already average the image's and its mirror's "
+                         "(flipped back); nothing to do"] if pp.flip_test else []),
+                      ("peaks: keep map cells equal to their pool_kernel × pool_kernel max-pool (stride 1, same "
                        "padding); others 0"),
                       "take the top_k cells over classes × H × W per image; class = index // (H×W)",
                       ("centre (cells) from offset; box xyxy (cells) = centre ∓ w/2, h/2 (or ∓ l, t / ± r, b); "
@@ -143,7 +148,7 @@ def export(run_dir: Path | str, fmt: str = "onnx", out: Path | str | None = None
     require_checkpoint(run_dir)
     cfg, model, dataset = load_ema_model(run_dir, which, C.load(run_dir / rundir.CONFIG))
     model.reconfigure(C.with_updates(cfg, {"train.precision": "fp32"}))  # the file computes in float32
-    heads = Heads(model.cpu().eval()).eval()
+    heads = Heads(model.cpu().eval(), cfg).eval()
     S = cfg.preprocess.input_size
     path = Path(out) if out else default_path(run_dir, fmt, which)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from ..run import rundir
 from ..run.checkpoint import CheckpointError
 from ..data.dataset import UNREADABLE, CocoDetection, load_rgb
 from ..data.loader import collate, make_loader
+from ..model import flip_test
 from ..model.decode import decode
 from ..run.device import pick_device, place
 from ..evaluation.evaluate import to_coco_results
@@ -186,7 +187,7 @@ class Predictor:
         sizes: dict[int, tuple[int, int]] = {}
         with torch.inference_mode():
             for images, targets in batches:
-                outputs = self.model(images.to(self.device, non_blocking=True))
+                outputs = flip_test.infer(self.model, images.to(self.device, non_blocking=True), self.cfg)
                 for r in to_coco_results(decode(outputs, self.cfg), targets, self.cat_ids):
                     found.setdefault(r["image_id"], []).append(r)
                 for t in targets:

@@ -237,7 +237,9 @@ class Rounds:
         keep = ("mAP", "AP50", "AP75", "APs", "APm", "APl")
         self.ap.final = {k: float(m[k]) for k in keep if k in m}
         C.save(self._recipe_preset(), self.folder / "recipe.toml")
+        flip = result.extra.get("flip_test")
         r.rows = [{"label": "held-out, the run's values", "mAP": result.default["mAP"]},
+                  *([{"label": "held-out, flip test (翻转测试)", "mAP": flip["on"]}] if flip else []),
                   {"label": "held-out, tuned", "mAP": result.best["mAP"]},
                   {"label": "val (last weights, tuned post-processing)", **self.ap.final}]
         r.why = (f"{tune_post.fmt_point(result.best)} on the held-out part; val mAP {self.ap.final['mAP']:.4f} "

@@ -5,6 +5,9 @@ weights; its raw head outputs (map / offset / shape) are cached in memory. Every
 postprocess.nms_iou × score_threshold × top_k is then decoded (engine.model.decode) and scored with COCO mAP
 (evaluate.to_coco_results + coco_map) from that cache, without rerunning the network. The run's own
 values are always in the grid, so the chosen thresholds score at least as well as the defaults.
+
+postprocess.flip_test is chosen first, at the run's own thresholds (the mirrored pass is cached beside the plain
+one): kept on when it raises mAP, then the grid is searched with that choice.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from ..run.events import TunePostResult
 from ..metric_keys import BRANCHES
 
 KEYS = ("postprocess.nms_iou", "postprocess.score_threshold", "postprocess.top_k")
+FLIP = "postprocess.flip_test"
 GRID: dict[str, tuple[float, ...]] = {
     "postprocess.nms_iou": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
     "postprocess.score_threshold": (0.001, 0.01, 0.05, 0.1, 0.2, 0.3),
@@ -41,12 +45,13 @@ class Cached:
     img_ids: list[int]
     checkpoint: str
     seconds: float
+    flipped: list[dict[str, Any]] | None = None  # the same batches with the mirror's map and shape averaged in
 
 
 @dataclass
 class PostResult:
     run_dir: str
-    rows: list[dict[str, Any]]  # one per grid point: the three keys, mAP, AP50, detections
+    rows: list[dict[str, Any]]  # one per grid point: the three keys and flip_test, mAP, AP50, detections
     best: dict[str, Any]
     default: dict[str, Any]
     checkpoint: str
@@ -58,17 +63,20 @@ class PostResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def best_updates(self) -> dict[str, Any]:
-        return {k: self.best[k] for k in KEYS}
+        return {k: self.best[k] for k in (*KEYS, FLIP)}
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def cache_outputs(run_dir: Path | str, which: str = "best", device: str | None = None,
-                  updates: dict[str, Any] | None = None) -> Cached:
-    """Run the checkpoint's EMA model once over the val data and keep map/offset/shape per batch. ``updates``
-    change the run's config first (the autopilot points data.val at its held-out part)."""
+                  updates: dict[str, Any] | None = None, flip: bool = True) -> Cached:
+    """Run the checkpoint's EMA model once over the val data and keep map/offset/shape per batch (with ``flip``,
+    the mirrored pass too, for postprocess.flip_test). ``updates`` change the run's config first (the autopilot
+    points data.val at its held-out part)."""
     import torch
+
+    from ..model import flip_test
 
     from ..data.loader import make_loader
     from ..evaluation.evaluate_run import load_ema_model
@@ -82,18 +90,23 @@ def cache_outputs(run_dir: Path | str, which: str = "best", device: str | None =
     dev = pick_device(device or cfg.train.device)
     place(model, dev, cfg.train.channels_last).eval()
     loader = make_loader(ds, range(len(ds)), cfg.data.batch_size, cfg.data.workers, dev.type, drop_last=False)
-    outputs, targets, img_ids = [], [], []
+    outputs, flipped, targets, img_ids = [], [], [], []
     t0 = time.perf_counter()
     with torch.inference_mode():
         for images, tg in loader:
-            out = model(images.to(dev))
+            images = images.to(dev)
+            out = model(images)
             outputs.append({k: out[k].float().cpu() for k in BRANCHES})
+            if flip:
+                both = flip_test.merge(out, model(images.flip(-1)), cfg.encode.shape)
+                flipped.append({k: both[k].float().cpu() for k in BRANCHES})
             targets.append(tg)
             img_ids += [int(t["image_id"]) for t in tg]
     ckpt = rundir.best_checkpoint(run_dir) if which == "best" else rundir.last_checkpoint(run_dir)
     if not ckpt.exists():
         ckpt = rundir.last_checkpoint(run_dir)
-    return Cached(cfg, outputs, targets, ds.coco, ds.cat_ids, img_ids, str(ckpt), time.perf_counter() - t0)
+    return Cached(cfg, outputs, targets, ds.coco, ds.cat_ids, img_ids, str(ckpt), time.perf_counter() - t0,
+                  flipped if flip else None)
 
 
 def score(cache: Cached, updates: dict[str, Any]) -> dict[str, float]:
@@ -102,8 +115,13 @@ def score(cache: Cached, updates: dict[str, Any]) -> dict[str, float]:
     from ..evaluation.evaluate import coco_map, to_coco_results
 
     cfg = C.with_updates(cache.cfg, updates, "tune-post")
+    outputs = cache.outputs
+    if cfg.postprocess.flip_test:
+        if cache.flipped is None:
+            raise ValueError("postprocess.flip_test = true needs the mirrored pass: cache_outputs(..., flip=True)")
+        outputs = cache.flipped
     results: list[dict] = []
-    for out, tg in zip(cache.outputs, cache.targets):
+    for out, tg in zip(outputs, cache.targets):
         results.extend(to_coco_results(decode(out, cfg), tg, cache.cat_ids))
     m = coco_map(cache.coco, results, cache.img_ids)
     return {"mAP": m["mAP"], "AP50": m["AP50"], "AP75": m["AP75"], "detections": len(results)}
@@ -126,9 +144,14 @@ def tune(run_dir: Path | str, grid: dict[str, tuple] | None = None, which: str =
     """Grid-search the post-processing keys on a trained run without rerunning the network."""
     run_dir = Path(run_dir)
     cache = cache or cache_outputs(run_dir, which)
-    points = make_grid(cache.cfg, grid)
     flat = C.flatten(cache.cfg)
-    default_point = {k: flat[k] for k in KEYS}
+    default_point = {k: flat[k] for k in (*KEYS, FLIP)}
+    flip, extra = flat[FLIP], {}
+    if cache.flipped is not None:  # flip_test first, at the run's own thresholds; a tie keeps the run's own
+        by = {on: score(cache, {**default_point, FLIP: on})["mAP"] for on in (False, True)}
+        flip = max((False, True), key=lambda on: (round(by[on], 6), on == flat[FLIP]))
+        extra["flip_test"] = {"off": by[False], "on": by[True], "chosen": flip}
+    points = [{**p, FLIP: flip} for p in make_grid(cache.cfg, grid)]
     rows = []
     t0 = time.perf_counter()
     for i, p in enumerate(points):
@@ -142,7 +165,7 @@ def tune(run_dir: Path | str, grid: dict[str, tuple] | None = None, which: str =
     # best: highest mAP, then AP50; on a tie the run's own values stay (no change without a gain)
     best = max(rows or [default], key=lambda r: (round(r["mAP"], 6), round(r["AP50"], 6), r["default"]))
     return PostResult(str(run_dir), rows, best, default, cache.checkpoint, cache.cfg.eval.val_data_mode,
-                      len(cache.img_ids), cache.seconds, time.perf_counter() - t0)
+                      len(cache.img_ids), cache.seconds, time.perf_counter() - t0, extra=extra)
 
 
 def apply(result: PostResult, target: Path | str | None = None) -> Path:
@@ -165,10 +188,11 @@ def record(result: PostResult) -> None:
     recorder.append(run_dir, TunePostResult(
         f"tune-post: best {fmt_point(result.best)} mAP {result.best['mAP']:.4f} vs defaults "
         f"{fmt_point(result.default)} mAP {result.default['mAP']:.4f}"
+        + (f"; {fmt_flip(result)}" if result.extra.get("flip_test") else "")
         + (f"; applied to {result.applied_to}" if result.applied_to else ""),
         tune_post={"best": result.best, "default": result.default, "applied_to": result.applied_to,
                    "points": len(result.rows), "mode": result.mode, "images": result.images,
-                   "checkpoint": result.checkpoint}))
+                   "checkpoint": result.checkpoint, **result.extra}))
     try:
         journal.write(run_dir)
     except Exception:  # noqa: BLE001 - the journal is a courtesy
@@ -177,4 +201,13 @@ def record(result: PostResult) -> None:
 
 def fmt_point(p: dict[str, Any]) -> str:
     return f"nms_iou {p['postprocess.nms_iou']:g}, score_threshold {p['postprocess.score_threshold']:g}, " \
-           f"top_k {p['postprocess.top_k']}"
+           f"top_k {p['postprocess.top_k']}" + (", flip test" if p.get(FLIP) else "")
+
+
+def fmt_flip(result: PostResult) -> str:
+    """The flip-test comparison in words ("" when it was not tried)."""
+    f = result.extra.get("flip_test")
+    if not f:
+        return ""
+    return (f"flip test (翻转测试) at the run's thresholds: mAP {f['on']:.4f} on vs {f['off']:.4f} off → "
+            + ("on" if f["chosen"] else "off"))

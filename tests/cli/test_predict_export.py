@@ -177,3 +177,30 @@ def test_export_runs_outside_torch_like_pytorch(run, tmp_path, capsys, fmt):
     dets = to_coco_results(decode(ref, cfg), list(targets), ds.cat_ids)
     assert dets
     same(to_coco_results(decode(outs, cfg), list(targets), ds.cat_ids), dets, tol=1e-3)
+
+
+def test_export_with_flip_test_carries_the_mirror_pass(run, tmp_path):
+    """postprocess.flip_test on: the ONNX file's map and shape are the image's and its mirror's averaged."""
+    import shutil
+
+    from nanxi_tune.engine.evaluation.evaluate_run import load_ema_model
+    from nanxi_tune.engine.model import flip_test
+
+    flipped = tmp_path / "run"
+    shutil.copytree(run, flipped)
+    C.save(C.with_updates(C.load(flipped / rundir.CONFIG), {"postprocess.flip_test": True}), flipped / rundir.CONFIG)
+    path = tmp_path / "m.onnx"
+    assert main(["export", str(flipped), "--format", "onnx", "--out", str(path), "--checkpoint", "last"]) == 0
+    side = json.loads(path.with_name(path.name + ".json").read_text())
+    assert side["decode"]["flip_test"] is True and side["decode"]["steps"][0].startswith("flip_test")
+    cfg = C.with_updates(C.load(flipped / rundir.CONFIG), {"train.precision": "fp32"})
+    cfg, model, ds = load_ema_model(flipped, "last", cfg)
+    x = torch.stack([ds[i][0] for i in range(2)])
+    with torch.inference_mode():
+        ref, plain = flip_test.infer(model.eval(), x, cfg), model(x)
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})
+    for k, g in zip(["map", "offset", "shape"], got):
+        assert (torch.from_numpy(g) - ref[k]).abs().max().item() <= 1e-4 * max(1.0, ref[k].abs().max().item()), k
+    assert not torch.allclose(ref["map"], plain["map"])

@@ -54,8 +54,10 @@ def test_tune_beats_or_matches_defaults_and_applies(trained, tmp_path, monkeypat
     assert calls["forward"] == 1  # the network ran once
     n_points = 6 * 6 * 4  # the run's own values (0.6, 0.01, 100) are already on the grid
     assert len(res.rows) == n_points and progress[-1] == (n_points, n_points)
+    flip = res.extra["flip_test"]["chosen"]  # decided first; the grid's rows all carry it
+    assert {r[TP.FLIP] for r in res.rows} == {flip} and res.best[TP.FLIP] == flip
     defaults = [r for r in res.rows if r["default"]]
-    assert len(defaults) == 1 and defaults[0]["postprocess.nms_iou"] == cfg0.postprocess.nms_iou
+    assert len(defaults) == (0 if flip else 1) and res.default["postprocess.nms_iou"] == cfg0.postprocess.nms_iou
     assert res.best["mAP"] >= res.default["mAP"]
     assert res.best["mAP"] == max(r["mAP"] for r in res.rows)
     print(f"tune-post: defaults mAP {res.default['mAP']:.4f} → best {res.best['mAP']:.4f} ({TP.fmt_point(res.best)})")
@@ -66,8 +68,8 @@ def test_tune_beats_or_matches_defaults_and_applies(trained, tmp_path, monkeypat
     assert C.flatten(C.load(preset))["postprocess.nms_iou"] == res.best["postprocess.nms_iou"]
     TP.apply(res)
     cfg1 = C.load(trained / rundir.CONFIG)
-    assert {k: C.flatten(cfg1)[k] for k in TP.KEYS} == res.best_updates()
-    assert C.diff(cfg0, cfg1).keys() <= set(TP.KEYS)
+    assert {k: C.flatten(cfg1)[k] for k in (*TP.KEYS, TP.FLIP)} == res.best_updates()
+    assert C.diff(cfg0, cfg1).keys() <= {*TP.KEYS, TP.FLIP}
     journal = (trained / rundir.JOURNAL).read_text()
     assert "Post-processing (tuned after training)" in journal and "tune-post: best" in journal
     # scoring the applied config reproduces the best
@@ -80,3 +82,44 @@ def test_grid_always_holds_the_runs_own_values():
                              "postprocess.top_k": (10,)})
     assert {"postprocess.nms_iou": 0.55, "postprocess.score_threshold": 0.01, "postprocess.top_k": 77} in pts
     assert len(pts) == 2 * 2 * 2
+
+
+def _with(cache, **parts):
+    from dataclasses import replace
+
+    return replace(cache, **parts)
+
+
+def _blank(outputs):
+    return [dict(o, map=torch.zeros_like(o["map"])) for o in outputs]
+
+
+def test_flip_test_is_scored_like_evaluation_and_chosen_only_when_it_raises_map(trained, tmp_path):
+    cache = TP.cache_outputs(trained)
+    flat = C.flatten(cache.cfg)
+    own = {k: flat[k] for k in (*TP.KEYS, TP.FLIP)}
+    assert own[TP.FLIP] is False and cache.flipped is not None
+    # the cached mirrored pass scores as evaluation does with the key on
+    on = TP.score(cache, {**own, TP.FLIP: True})
+    flipped_run = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(trained, flipped_run)
+    C.save(C.with_updates(C.load(flipped_run / rundir.CONFIG), {TP.FLIP: True}), flipped_run / rundir.CONFIG)
+    assert evaluate_run(flipped_run, "best")["mAP"] == pytest.approx(on["mAP"], abs=1e-9)
+    small = {"postprocess.nms_iou": (0.5,), "postprocess.score_threshold": (0.1,), "postprocess.top_k": (10,)}
+    # a mirror that finds nothing: flip test stays off, the run's own point is a row
+    off = TP.tune(trained, small, cache=_with(cache, flipped=_blank(cache.flipped)))
+    assert off.extra["flip_test"]["chosen"] is False and off.extra["flip_test"]["on"] == 0.0
+    assert all(r[TP.FLIP] is False for r in off.rows) and any(r["default"] for r in off.rows)
+    # a plain pass that finds nothing: flip test on, every row with it, the defaults scored apart
+    won = TP.tune(trained, small, cache=_with(cache, outputs=_blank(cache.outputs)))
+    assert won.extra["flip_test"]["chosen"] is True and won.default["mAP"] == 0.0
+    assert all(r[TP.FLIP] is True for r in won.rows) and not any(r["default"] for r in won.rows)
+    assert won.best_updates()[TP.FLIP] is True and won.best["mAP"] > 0
+    assert "flip test" in TP.fmt_point(won.best) and "→ on" in TP.fmt_flip(won)
+    # without the mirrored pass the key cannot be scored, and tune leaves it as the run has it
+    plain = TP.cache_outputs(trained, flip=False)
+    with pytest.raises(ValueError, match="flip_test"):
+        TP.score(plain, {TP.FLIP: True})
+    assert "flip_test" not in TP.tune(trained, small, cache=plain).extra

@@ -1,0 +1,27 @@
+"""翻转测试 flip test (CenterNet's ``flip_test``, ``postprocess.flip_test``): the detector also sees the mirrored
+image; the two heatmaps and shapes are averaged cell by cell once the mirror's are flipped back, the offset is the
+image's own (a mirrored sub-pixel offset belongs to another cell). Inference only: twice the forward, no training
+change. The input side is a multiple of 32, so every stride's cells mirror onto cells.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LTRB_MIRRORED = [2, 1, 0, 3]  # l, t, r, b of the mirror → the image's: left and right swap
+
+
+def merge(out: dict[str, torch.Tensor], mirrored: dict[str, torch.Tensor], shape: str) -> dict[str, torch.Tensor]:
+    """The image's outputs with the mirror's (flipped back) averaged into map and shape."""
+    back = mirrored["shape"].flip(-1)
+    if shape == "ltrb":
+        back = back[:, LTRB_MIRRORED]
+    return dict(out, map=(out["map"] + mirrored["map"].flip(-1)) / 2, shape=(out["shape"] + back) / 2)
+
+
+def infer(model, images: torch.Tensor, cfg) -> dict[str, torch.Tensor]:
+    """The head outputs ``decode`` reads: the model's, merged with its mirror's when ``postprocess.flip_test``."""
+    out = model(images)
+    if not cfg.postprocess.flip_test:
+        return out
+    return merge(out, model(images.flip(-1)), cfg.encode.shape)
