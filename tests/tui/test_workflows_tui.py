@@ -139,10 +139,11 @@ def test_pilot_drives_an_nms_tuning(trained):
             res = screen.result
             assert res.best["mAP"] >= res.default["mAP"]
             assert "vs defaults" in str(screen.query_one("#post-status").render())
+            assert "flip test (翻转测试)" in str(screen.query_one("#post-status").render())
             await pilot.press("f8")
             await pilot.pause()
-            assert app.applied and set(app.applied[-1].updates) == {"postprocess.nms_iou",
-                                                                    "postprocess.score_threshold", "postprocess.top_k"}
+            assert app.applied and set(app.applied[-1].updates) == {
+                "postprocess.nms_iou", "postprocess.score_threshold", "postprocess.top_k", "postprocess.flip_test"}
         return screen
 
     asyncio.run(go())
