@@ -88,6 +88,8 @@ class Job:
                 return True, f"stopping the {self.what}: the trial in progress ends, nothing is applied"
             if cmd.op in (Op.PAUSE, Op.CONTINUE):
                 pause = cmd.op == Op.PAUSE
+                if pause == self._paused:  # nothing to change: said, not recorded as a state change
+                    return True, f"{self.what} already paused" if pause else f"{self.what} not paused (running)"
                 self._paused = pause
                 if trainer is not None:
                     (trainer.request_pause if pause else trainer.request_continue)()

@@ -180,6 +180,10 @@ class AutopilotOwner(Rounds, OwnerRecord):
             self._emit(CommandAck(cmd.id, cmd.op.value, ok, self._done(), message, cmd.sender))
 
     def _apply(self, cmd: Command) -> str:
+        if cmd.op == Op.PAUSE and self._paused:
+            return "already paused"
+        if cmd.op == Op.CONTINUE and not self._paused:  # nothing to continue; the budget's clock runs on
+            return "not paused (running)"
         if cmd.op == Op.PAUSE:
             self._tick()
             self._paused = True
@@ -187,8 +191,8 @@ class AutopilotOwner(Rounds, OwnerRecord):
             self._set_state(RunState.PAUSED, "paused by request")
             return "paused: the round's trials hold; the budget's clock stops"
         if cmd.op == Op.CONTINUE:
+            self._tick()  # the paused time is not counted
             self._paused = False
-            self._mark = time.monotonic()
             self._forward(Op.CONTINUE)
             self._set_state(RunState.RUNNING, "continued")
             return "continued"

@@ -288,6 +288,12 @@ def test_a_live_budget_change_re_plans(tmp_path):
         assert after.spec.budget_min == 90 and after.plan["final_s"] > before["final_s"] + 50 * 60
         bad = runctl.request(folder, runctl.Op.SET, {"train.base_lr": 0.1}, "test", 60)
         assert bad is not None and not bad["applied"] and "autopilot.budget_min" in bad["message"]
+        # continue on a running autopilot, pause twice: said as such, no state change recorded for them
+        said = [runctl.request(folder, op, None, "test", 60)["message"]
+                for op in (runctl.Op.CONTINUE, runctl.Op.PAUSE, runctl.Op.PAUSE, runctl.Op.CONTINUE)]
+        assert said[0] == "not paused (running)" and said[2] == "already paused" and said[3] == "continued", said
+        states = [e.get("message") for e in rundir.read_events(folder) if e.get("kind") == "state"]
+        assert states.count("continued") == 1 and states.count("paused by request") == 1, states
     finally:
         owner.request_stop()
         th.join(300)
