@@ -30,9 +30,10 @@ def _grouped(runs: list) -> list[tuple[Any, str]]:
             children.setdefault(r.name.split("/", 1)[0], []).append(r)
     out: list[tuple[Any, str]] = []
     for r in (r for r in runs if "/" not in r.name):
-        study = r.preset == "study"
-        mark = "◆ " if study else "▲ " if r.preset == "autopilot" else ""
-        out.append((r, mark + r.name.removeprefix("sweep-") if study else mark + r.name))
+        study, autopilot = r.preset == "study", r.preset == "autopilot"
+        mark = "◆ " if study else "▲ " if autopilot else ""
+        # the mark says what it is: the name column keeps the part that tells two apart
+        out.append((r, mark + r.name.removeprefix("sweep-" if study else "autopilot-" if autopilot else "")))
         out += [(c, "└ " + c.name.split("/", 1)[1]) for c in sorted(children.pop(r.name, []), key=lambda c: c.name)]
     for rest in children.values():  # a folder of runs that is not a study
         out += [(c, c.name) for c in rest]

@@ -53,15 +53,19 @@ def study_info(folder: Path, trials: list[RunInfo]) -> RunInfo:
 
 
 def autopilot_info(folder: Path, runs: list[RunInfo]) -> RunInfo:
-    """An autopilot as a row: its owner's state, its final run's best mAP, step = rounds done."""
+    """An autopilot as a row: its owner's state, its val mAP once scored (else its final run's best so far, on
+    QMV), step = rounds done."""
+    scored = None
     try:
         d = json.loads((folder / rundir.AUTOPILOT).read_text(encoding="utf-8"))
         started, preset = float(d["spec"]["created"]), "autopilot"
         done = sum(r["status"] in ("done", "skipped") for r in d["rounds"])
-    except (OSError, ValueError, KeyError, TypeError):
+        scored = (d.get("final") or {}).get("mAP")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         started, preset, done = None, "autopilot?", 0
     final = [r.best_map for r in runs if r.name.endswith("/final") and r.best_map is not None]
-    return RunInfo(folder.name, folder, status(folder), final[0] if final else None, started, done, preset)
+    best = float(scored) if isinstance(scored, (int, float)) else final[0] if final else None
+    return RunInfo(folder.name, folder, status(folder), best, started, done, preset)
 
 
 def list_runs(root: Path | str = Path("runs")) -> list[RunInfo]:

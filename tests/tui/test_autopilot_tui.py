@@ -4,6 +4,7 @@ tuning schedule."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from textual.app import App
 from textual.widgets import DataTable
@@ -103,7 +104,13 @@ def test_the_runs_tab_lists_an_autopilot_and_enter_opens_its_screen(tmp_path):
     create(runs / "ap", "demo", tiny(), 30)
     rows = listing.list_runs(runs)
     assert [(r.name, r.preset, r.step) for r in rows] == [("ap", "autopilot", 0)]
-    assert [name for _, name in _grouped(rows)] == ["▲ ap"]
+    assert [name for _, name in _grouped(rows)] == ["▲ ap"] and rows[0].best_map is None
+    named = replace(rows[0], name="autopilot-bccd-20261207-065800")  # the default name: its prefix is the mark
+    assert [name for _, name in _grouped([named])] == ["▲ bccd-20261207-065800"]
+    ap = P.load(runs / "ap")
+    ap.final = {"mAP": 0.6038, "AP50": 0.9141}  # scored: the row shows the autopilot's val figure
+    P.save(runs / "ap", ap)
+    assert listing.list_runs(runs)[0].best_map == 0.6038
 
     async def go():
         app = NanxiTuneApp(runs_root=runs)
