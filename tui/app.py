@@ -25,7 +25,7 @@ from nanxi_tune.tui.config_actions import ConfigActions
 from nanxi_tune.tui.config_form import ConfigForm
 from nanxi_tune.tui.field_row import key_of
 from nanxi_tune.tui.monitor import Monitor
-from nanxi_tune.tui.palette import TIP, RunCommands, SteadyFooter
+from nanxi_tune.tui.palette import TIP, RunCommands, ScreenCommands, SteadyFooter
 from nanxi_tune.tui.run_actions import RunActions
 from nanxi_tune.tui.run_events import RunEvents
 from nanxi_tune.tui.runs_view import RunsPane
@@ -66,7 +66,7 @@ class NanxiTuneApp(RunActions, RunEvents, WorkflowActions, ConfigActions, App):
 
     CSS_PATH = [str(Path(__file__).with_name(name)) for name in ("app.tcss", "screens.tcss")]
     TITLE = "nanxi-tune"
-    COMMANDS = App.COMMANDS | {RunCommands}
+    COMMANDS = App.COMMANDS | {RunCommands, ScreenCommands}
     # The footer (80 columns) shows the run keys, tab, quit and the palette; everything else is in the
     # command palette (Ctrl+P) with the same key shown beside it.
     BINDINGS = [

@@ -51,7 +51,25 @@ ACTIONS = [  # action, palette name, help
 TIP = {a: h for a, _n, h in ACTIONS}
 
 
-class RunCommands(Provider):
+class EntryProvider(Provider):
+    """A palette provider from a list of (name, callback, help) entries."""
+
+    def _entries(self) -> list[tuple[str, Callable, str]]:
+        raise NotImplementedError
+
+    async def discover(self) -> Hits:
+        for name, fn, help_ in self._entries():
+            yield DiscoveryHit(name, fn, help=help_)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, fn, help_ in self._entries():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), fn, help=help_)
+
+
+class RunCommands(EntryProvider):
     """The run and preset actions in the command palette (Ctrl+P)."""
 
     def _entries(self) -> list[tuple[str, Callable, str]]:
@@ -70,16 +88,22 @@ class RunCommands(Provider):
                         info.description or ""))
         return out
 
-    async def discover(self) -> Hits:
-        for name, fn, help_ in self._entries():
-            yield DiscoveryHit(name, fn, help=help_)
 
-    async def search(self, query: str) -> Hits:
-        matcher = self.matcher(query)
-        for name, fn, help_ in self._entries():
-            score = matcher.match(name)
-            if score > 0:
-                yield Hit(score, matcher.highlight(name), fn, help=help_)
+class ScreenCommands(EntryProvider):
+    """A pushed screen's own keys in the command palette (the autopilot's pause, budget, journal…): only those
+    that can act now (the screen's check_action), each with its key and tooltip."""
+
+    def _entries(self) -> list[tuple[str, Callable, str]]:
+        screen = self.screen
+        if screen is self.app.screen_stack[0]:
+            return []  # the main screen's keys are the app's, in RunCommands
+        out = []
+        for b in type(screen).BINDINGS:
+            if not isinstance(b, Binding) or screen.check_action(b.action, ()) is False:
+                continue
+            key = b.key_display or {"escape": "Esc"}.get(b.key, b.key.upper() if len(b.key) > 1 else b.key)
+            out.append((f"{b.description}  [{key}]", partial(screen.run_action, b.action), b.tooltip or ""))
+        return out
 
 
 class SteadyFooter(Footer):

@@ -13,7 +13,7 @@ from nanxi_tune.engine.workflows import autopilot_plan as P
 from nanxi_tune.engine.workflows.autopilot import create
 from nanxi_tune.tui.autopilot_view import AutopilotScreen, BudgetDialog
 from nanxi_tune.tui.schedule_view import ScheduleScreen
-from tests.conftest import tiny, wait_for
+from tests.conftest import palette, tiny, wait_for
 
 
 class Host(App):
@@ -118,6 +118,11 @@ def test_the_runs_tab_lists_an_autopilot_and_enter_opens_its_screen(tmp_path):
             await pilot.pause()
             app.open_run(runs / "ap")
             await wait_for(pilot, lambda: isinstance(app.screen, AutopilotScreen), 10)
+            # its keys are in the command palette too (Ctrl+P), those that can act now
+            screen = app.screen
+            assert not screen.show_journal
+            await palette(pilot, "journal")
+            await wait_for(pilot, lambda: screen.show_journal, 10)
 
     asyncio.run(go())
 
