@@ -75,7 +75,8 @@ class RunCommands(EntryProvider):
     def _entries(self) -> list[tuple[str, Callable, str]]:
         keys = {b.action: (b.key_display or b.key).replace("ctrl+", "^").replace("alt+", "Alt+")
                 for b in type(self.app).BINDINGS if isinstance(b, Binding)}
-        out = [(f"{name}  [{keys[action]}]" if action in keys else name, partial(self.app.run_action, action), help_)
+        # the key in parentheses: the palette reads a name as markup, where "[F5]" is a style tag and vanishes
+        out = [(f"{name}  ({keys[action]})" if action in keys else name, partial(self.app.run_action, action), help_)
                for action, name, help_ in ACTIONS]
         from nanxi_tune.tui.field_row import all_keys, group_title
 
@@ -102,7 +103,7 @@ class ScreenCommands(EntryProvider):
             if not isinstance(b, Binding) or screen.check_action(b.action, ()) is False:
                 continue
             key = b.key_display or {"escape": "Esc"}.get(b.key, b.key.upper() if len(b.key) > 1 else b.key)
-            out.append((f"{b.description}  [{key}]", partial(screen.run_action, b.action), b.tooltip or ""))
+            out.append((f"{b.description}  ({key})", partial(screen.run_action, b.action), b.tooltip or ""))
         return out
 
 

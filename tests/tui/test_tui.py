@@ -294,7 +294,7 @@ def test_resume_dialog_fits_80x24_and_refuses_a_bad_value_inline(tmp_path):
 
 def test_palette_finds_a_config_key_and_shows_binding_keys(tmp_path):
     """Typing "base_lr" in the palette offers "Edit train.base_lr"; Enter shows and focuses that field.
-    Actions carry their key ("Start run  [F5]")."""
+    Actions carry their key ("Start run  (F5)"), shown as written (the palette reads names as markup)."""
     from nanxi_tune.tui.app import RunCommands
 
     from types import SimpleNamespace
@@ -304,7 +304,10 @@ def test_palette_finds_a_config_key_and_shows_binding_keys(tmp_path):
 
     fake_app = FakeApp(run_action=print, show_config_group=print, edit_key=print)
     names = [n for n, _fn, _h in RunCommands._entries(SimpleNamespace(app=fake_app))]
-    assert "Start run  [F5]" in names and any(n.startswith("Edit train.base_lr") for n in names)
+    assert "Start run  (F5)" in names and any(n.startswith("Edit train.base_lr") for n in names)
+    from textual.fuzzy import Matcher
+
+    assert all(Matcher("s").highlight(n).plain == n for n in names)  # nothing in a name is taken for markup
 
     async def go():
         app = NanxiTuneApp(runs_root=tmp_path / "runs")
