@@ -69,15 +69,28 @@ class EntryProvider(Provider):
                 yield Hit(score, matcher.highlight(name), fn, help=help_)
 
 
+def key_label(b: Binding) -> str:
+    """A binding's key as the palette shows it: its key_display, else ^N, Alt+B, Esc, F5."""
+    if b.key_display:
+        return b.key_display
+    *mods, key = b.key.split("+")
+    key = {"escape": "Esc"}.get(key, key.upper() if len(key) == 1 and mods else key.capitalize() if len(key) > 1
+                                else key)
+    return "".join({"ctrl": "^", "alt": "Alt+", "shift": "Shift+"}.get(m, m + "+") for m in mods) + key
+
+
+def entry_name(name: str, b: Binding) -> str:
+    # the key in parentheses: the palette reads a name as markup, where "[F5]" is a style tag and vanishes
+    return f"{name}  ({key_label(b)})"
+
+
 class RunCommands(EntryProvider):
     """The run and preset actions in the command palette (Ctrl+P)."""
 
     def _entries(self) -> list[tuple[str, Callable, str]]:
-        keys = {b.action: (b.key_display or b.key).replace("ctrl+", "^").replace("alt+", "Alt+")
-                for b in type(self.app).BINDINGS if isinstance(b, Binding)}
-        # the key in parentheses: the palette reads a name as markup, where "[F5]" is a style tag and vanishes
-        out = [(f"{name}  ({keys[action]})" if action in keys else name, partial(self.app.run_action, action), help_)
-               for action, name, help_ in ACTIONS]
+        keys = {b.action: b for b in type(self.app).BINDINGS if isinstance(b, Binding)}
+        out = [(entry_name(name, keys[action]) if action in keys else name, partial(self.app.run_action, action),
+                help_) for action, name, help_ in ACTIONS]
         from nanxi_tune.tui.field_row import all_keys, group_title
 
         for group in C.GROUPS:
@@ -102,8 +115,7 @@ class ScreenCommands(EntryProvider):
         for b in type(screen).BINDINGS:
             if not isinstance(b, Binding) or screen.check_action(b.action, ()) is False:
                 continue
-            key = b.key_display or {"escape": "Esc"}.get(b.key, b.key.upper() if len(b.key) > 1 else b.key)
-            out.append((f"{b.description}  ({key})", partial(screen.run_action, b.action), b.tooltip or ""))
+            out.append((entry_name(b.description, b), partial(screen.run_action, b.action), b.tooltip or ""))
         return out
 
 

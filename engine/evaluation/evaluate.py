@@ -116,7 +116,7 @@ def evaluate(model, loader, cfg: Config, device, coco_gt, cat_ids: list[int],
                     sums[k] += _float(losses[k]) * bs
                 n_images += bs
                 if cfg.postprocess.flip_test:
-                    outputs = flip_test.merge(outputs, model(images.flip(-1)), cfg.encode.shape)
+                    outputs = flip_test.mirrored(model, images, outputs, cfg.encode.shape)
                 per_batch.append(to_coco_results(decode(outputs, cfg), targets, cat_ids))
                 img_ids.extend(int(_float(tg["image_id"])) for tg in targets)
             for _ in range(batches - len(per_batch)):  # a rank with a batch fewer still answers every ask

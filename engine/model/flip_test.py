@@ -19,9 +19,12 @@ def merge(out: dict[str, torch.Tensor], mirrored: dict[str, torch.Tensor], shape
     return dict(out, map=(out["map"] + mirrored["map"].flip(-1)) / 2, shape=(out["shape"] + back) / 2)
 
 
+def mirrored(model, images: torch.Tensor, out: dict[str, torch.Tensor], shape: str) -> dict[str, torch.Tensor]:
+    """``out`` (the model's outputs on ``images``, already computed) merged with the mirror's."""
+    return merge(out, model(images.flip(-1)), shape)
+
+
 def infer(model, images: torch.Tensor, cfg) -> dict[str, torch.Tensor]:
     """The head outputs ``decode`` reads: the model's, merged with its mirror's when ``postprocess.flip_test``."""
     out = model(images)
-    if not cfg.postprocess.flip_test:
-        return out
-    return merge(out, model(images.flip(-1)), cfg.encode.shape)
+    return mirrored(model, images, out, cfg.encode.shape) if cfg.postprocess.flip_test else out

@@ -98,7 +98,7 @@ def cache_outputs(run_dir: Path | str, which: str = "best", device: str | None =
             out = model(images)
             outputs.append({k: out[k].float().cpu() for k in BRANCHES})
             if flip:
-                both = flip_test.merge(out, model(images.flip(-1)), cfg.encode.shape)
+                both = flip_test.mirrored(model, images, out, cfg.encode.shape)
                 flipped.append({k: both[k].float().cpu() for k in BRANCHES})
             targets.append(tg)
             img_ids += [int(t["image_id"]) for t in tg]

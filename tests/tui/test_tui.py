@@ -308,6 +308,14 @@ def test_palette_finds_a_config_key_and_shows_binding_keys(tmp_path):
     from textual.fuzzy import Matcher
 
     assert all(Matcher("s").highlight(n).plain == n for n in names)  # nothing in a name is taken for markup
+    from textual.binding import Binding
+
+    from nanxi_tune.tui.palette import key_label
+
+    # one label rule for the app's keys and a pushed screen's
+    assert [key_label(Binding(k, "a", "d")) for k in ("ctrl+n", "alt+b", "escape", "enter", "j", "f9")] == \
+        ["^N", "Alt+B", "Esc", "Enter", "j", "F9"]
+    assert any(n.endswith("(^N)") for n in names)  # the app's Ctrl+N (post-processing), as a screen's would show
 
     async def go():
         app = NanxiTuneApp(runs_root=tmp_path / "runs")
