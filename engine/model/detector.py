@@ -178,11 +178,6 @@ class Branch(nn.Sequential):
     def out_conv(self) -> nn.Conv2d:
         return self[-1]
 
-    def tower(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in list(self)[:-1]:  # a slice of a Sequential subclass would build a new Branch
-            x = layer(x)
-        return x
-
 
 def init_weights(module: nn.Module, kind: str) -> None:
     """Initialise every conv weight (biases to zero); torch_default leaves them as PyTorch made them."""
@@ -254,13 +249,11 @@ class Detector(nn.Module):
     def forward(self, images: torch.Tensor, targets: dict | None = None) -> dict[str, torch.Tensor]:
         # a float32 input computes in train.precision; a model moved to another dtype (float64) stays in it
         dtype = compute_dtype(self.cfg.train.precision, images.device.type) if images.dtype == torch.float32 else None
-        heads = (self.head_map, self.head_shape, self.head_offset)
         with torch.autocast(images.device.type, dtype or torch.float32, enabled=dtype is not None):
             f = self.neck(self.backbone(self.input_bn(images)))
-            towers = [h.tower(f) for h in heads]
-        if dtype is not None:  # the output layers, the loss and the decode in float32: a bfloat16 output rounds a
-            towers = [t.float() for t in towers]  # box side of 8 cells to 1/16 cell (val mAP50-95 -0.002)
-        logits, shape, offset = (h.out_conv(t) for h, t in zip(heads, towers))
+            logits, shape, offset = self.head_map(f), self.head_shape(f), self.head_offset(f)
+        if dtype is not None:  # the loss and the decode in float32
+            logits, shape, offset = logits.float(), shape.float(), offset.float()
         if self.cfg.encode.shape != "log_wh":
             shape = F.softplus(shape) * self.shape_scale
         outputs = {"map": range_norm(logits, self.cfg.head.range_norm_act), "map_logits": logits,
