@@ -11,9 +11,10 @@ on the first and is scored with pycocotools on the second, so a lever can be kep
 written as COCO and cut the same way); ``--set-name bccd``: BCCD's train split. Runs go one after the other, each
 with the whole CPU: run it alone on a quiet machine. It prints one table: held-out mAP50-95, AP50, AP75,
 AP75/AP50, steps, and each lever's ratio to the unchanged run. With ``--seeds N`` every lever trains N times
-(train.seed S..S+N-1, S from ``--set train.seed`` or 0: init, data order, augmentation) and the table gives the mean and the spread: on the large
-set, two 20-minute runs that differed only in the heads' output precision (0.002 apart when the same weights are
-scored both ways) ended 0.012 held-out mAP apart: more than most levers move it.
+(train.seed S..S+N-1, S from ``--set train.seed`` or 0: init, data order, augmentation) and the table gives the
+mean and the spread: on the large set, two 20-minute runs that differed only in the heads' output precision
+(0.002 apart when the same weights are scored both ways) ended 0.012 held-out mAP apart: more than most levers
+move it.
 
     python bench/ablation.py [--set-name large|bccd] [--minutes 15] [--holdout 0.2] [--seeds 1]
                              [--lever "NAME:k=v;k=v" ...]
