@@ -74,8 +74,12 @@ def key_label(b: Binding) -> str:
     if b.key_display:
         return b.key_display
     *mods, key = b.key.split("+")
-    key = {"escape": "Esc"}.get(key, key.upper() if len(key) == 1 and mods else key.capitalize() if len(key) > 1
-                                else key)
+    if key == "escape":
+        key = "Esc"
+    elif len(key) > 1:
+        key = key.capitalize()  # f9 → F9, enter → Enter
+    elif mods:
+        key = key.upper()  # ctrl+n → ^N; a bare letter stays as its binding types it
     return "".join({"ctrl": "^", "alt": "Alt+", "shift": "Shift+"}.get(m, m + "+") for m in mods) + key
 
 
