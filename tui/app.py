@@ -60,6 +60,9 @@ class SteadyTabs(TabbedContent):
             self.active = event.tab_pane.id
 
 
+MAIN_RUN_ACTIONS = frozenset({"start_run", "start_detached", "pause_run", "stop_run", "resume_run"})
+
+
 class NanxiTuneApp(RunActions, RunEvents, WorkflowActions, ConfigActions, App):
     """The cheat-sheet as live panels; runs launched (here or detached), attached, driven and resumed from the
     keyboard. The actions live in the mixins' modules; this class is the composition and the bindings."""
@@ -132,13 +135,13 @@ class NanxiTuneApp(RunActions, RunEvents, WorkflowActions, ConfigActions, App):
 
     # --- layout ------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Alt+D belongs to the main screen's footer: a workflow screen's footer keeps its room for its own keys. A key
-        the screen binds is the screen's even while its action cannot act (F6 on a finished autopilot must not pause
-        the main run)."""
+        """The main run's keys (F5–F8, Alt+D) belong to the main screen: on a workflow screen they would start or
+        drive a run the user cannot see (F5 on a finished autopilot started one behind it). Another key the screen
+        binds is the screen's even while its action cannot act."""
         if len(self.screen_stack) == 1:
             return True
         mine = {k for k, bs in self._bindings.key_to_bindings.items() if any(b.action == action for b in bs)}
-        return action != "start_detached" and not mine & set(self.screen._bindings.key_to_bindings)
+        return action not in MAIN_RUN_ACTIONS and not mine & set(self.screen._bindings.key_to_bindings)
 
     def compose(self) -> ComposeResult:
         yield Header()

@@ -164,9 +164,9 @@ def test_the_final_run_shows_its_step_loss_and_last_val_and_a_finished_one_offer
     asyncio.run(go())
 
 
-def test_f6_to_f8_on_an_autopilot_screen_never_reach_the_main_run(tmp_path):
+def test_f5_to_f8_on_an_autopilot_screen_never_reach_the_main_run(tmp_path):
     """Its own F6–F8 hidden on a finished autopilot, the app's (pause / stop / resume the main run) showed through
-    in the footer and acted on the main run."""
+    in the footer and acted on the main run; F5 (start the main run) still did, from behind the screen."""
     from nanxi_tune.tui.app import NanxiTuneApp
 
     folder = tmp_path / "ap"
@@ -181,16 +181,16 @@ def test_f6_to_f8_on_an_autopilot_screen_never_reach_the_main_run(tmp_path):
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.pause()
             main_keys = {k for k, b in app.active_bindings.items()}
-            assert {"f6", "f7", "f8"} <= main_keys  # the main screen's run controls
+            assert {"f5", "f6", "f7", "f8"} <= main_keys  # the main screen's run controls
             screen = AutopilotScreen(folder)
             app.push_screen(screen)
             await wait_for(pilot, lambda: screen.ap is not None, timeout=10)
             await pilot.pause(0.1)
-            assert not {"f6", "f7", "f8", "b"} & set(app.active_bindings)
+            assert not {"f5", "f6", "f7", "f8", "b"} & set(app.active_bindings)
             called = []
-            for name in ("pause_run", "stop_run", "resume_run"):  # what the app's F6–F8 would run
+            for name in ("start_run", "pause_run", "stop_run", "resume_run"):  # what the app's F5–F8 would run
                 setattr(app, f"action_{name}", lambda name=name: called.append(name))
-            await pilot.press("f6", "f7", "f8")
+            await pilot.press("f5", "f6", "f7", "f8")
             assert called == [] and app.screen is screen
 
     asyncio.run(go())
