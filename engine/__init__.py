@@ -2,6 +2,7 @@
 
 Packages, from the bottom up (a package imports only those below it; ``tests/engine/test_layers.py`` checks it):
 
+- ``code_version``: the fingerprint of the code this process runs (a study's owner checks it before each trial).
 - ``config``, ``metric_keys``, ``grid``: the notes' hyperparameters (pydantic), the logged keys, the lr grid.
 - ``run/``: the run folder and its record — paths, events, recorder, checkpoints, ownership and control.
 - ``data/``: COCO loading, augmentation, the synthetic demo sets.
@@ -13,3 +14,5 @@ Packages, from the bottom up (a package imports only those below it; ``tests/eng
 - ``workflows/``: the notes' method as jobs — studies (seven-stars sweeps), remedy trials, mean/std,
   the largest batch, post-processing tuning, the tuning schedule and the runs' records.
 """
+
+from . import code_version  # noqa: F401, E402 - the code's fingerprint, taken at start (see its docstring)

@@ -80,8 +80,9 @@ class AutopilotOwner(Rounds, OwnerRecord):
                     continue
                 self._round(r)
             self._set_state(RunState.FINISHED, self._final_text())
-        except Stopped:
-            self._set_state(RunState.STOPPED, f"stopped; resume with: nanxi-tune resume {self.folder}")
+        except Stopped as stop:
+            why = f"{stop.args[0]}: " if stop.args else ""
+            self._set_state(RunState.STOPPED, f"{why}stopped; resume with: nanxi-tune resume {self.folder}")
         except Exception as err:  # noqa: BLE001 - the walk ends with a recorded reason, whatever broke
             self._emit(Error(f"{type(err).__name__}: {err}", "the finished rounds are kept; resume: nanxi-tune "
                              f"resume {self.folder}", self._done()))

@@ -32,7 +32,8 @@ class AutopilotProgress(Event):
 
 
 class Stopped(Exception):
-    """A stop (command or signal) ended the walk inside a round; resume goes on from it."""
+    """A stop (command or signal, or a round's study that stopped itself: its reason the argument) ended the walk
+    inside a round; resume goes on from it."""
 
 
 class Rounds:
@@ -319,6 +320,8 @@ class Rounds:
         owner = StudyOwner(folder, callback=self.callback)
         self._current = {"study": folder, "owner": owner}
         self._wait(owner.run)
+        if owner.stop_reason:  # it stopped itself (the code changed under it): so does the walk, resumable
+            raise Stopped(owner.stop_reason)
         study = Study.open(folder)
         rows = table(study)
         r.rows = [{k: x[k] for k in ("label", "mAP", "AP50", "steps", "status")} for x in rows]

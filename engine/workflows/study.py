@@ -258,6 +258,12 @@ class Study:
                 return self.storage.get_trial(t._trial_id)
         return None
 
+    def has_waiting(self) -> bool:
+        """A trial is left for a worker to claim."""
+        from optuna.trial import TrialState
+
+        return any(t.state == TrialState.WAITING for t in self.trials())
+
     def trial(self, number: int):
         return self.storage.get_trial(self.storage.get_trial_id_from_study_id_trial_number(self.id, number))
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .. import code_version
 from ..run import rundir, runctl
 from ..run import control
 from ..run.job import OwnerRecord
@@ -96,6 +97,7 @@ class StudyOwner(OwnerRecord):
         self._stop = threading.Event()
         self.owner: runctl.RunOwner | None = None
         self.recorder = None
+        self.stop_reason = ""  # why the owner stopped itself (not a stop command or signal)
 
     def request_stop(self) -> None:
         """Any thread (a signal handler): stop every trial with a checkpoint, then end."""
@@ -138,7 +140,8 @@ class StudyOwner(OwnerRecord):
             if self.state == RunState.STOPPING:
                 if not busy:
                     self.study.set_control("stopped")
-                    self._set_state(RunState.STOPPED, "stopped; resume with: nanxi-tune resume " + str(self.folder))
+                    self._set_state(RunState.STOPPED, (f"{self.stop_reason}: " if self.stop_reason else "")
+                                    + "stopped; resume with: nanxi-tune resume " + str(self.folder))
                     return self.state
             elif self.state == RunState.RUNNING:
                 self._launch()
@@ -158,6 +161,10 @@ class StudyOwner(OwnerRecord):
             return
         mine = {s.trial for s in self.slots if s.trial is not None}
         queue = self.study.orphans(mine)
+        if (queue or self.study.has_waiting()) and (why := code_version.changed()):
+            self.stop_reason = why
+            self._begin_stop(why)  # resumed, the owner and its trials run the new code alike
+            return
         for slot in free:
             trial = queue.pop(0) if queue else self.study.claim()
             if trial is None:

@@ -400,3 +400,32 @@ def test_budget_words_a_user_reads_in_the_tui_as_well_as_on_the_cli(tmp_path):
     named = tmp_path / "autopilot-demo-20261207-005531"
     create(named, "demo", tiny(**FAST), 30, trial_steps=2, final_steps=3)
     assert AutopilotOwner(named)._recipe_preset().preset == "autopilot-demo-20261207-005531"  # not doubled
+
+
+def test_code_changed_under_an_autopilot_stops_it_before_a_trial_starts_and_a_resume_goes_on(tmp_path, monkeypatch):
+    """A trial is a new process: after an upgrade under a running autopilot it trained with other code than its
+    owner, and the mismatch surfaced rounds later. The owner now stops, resumable, before it starts one."""
+    from nanxi_tune.engine import code_version
+
+    folder = _make(tmp_path, rounds=["shape"])
+    monkeypatch.setattr(code_version, "AT_IMPORT", "0" * 12)  # the owner started on other code than the disk's
+    assert AutopilotOwner(folder).run() == "stopped"
+    assert P.load(folder).round("shape").status == "running"
+    assert not list(folder.glob("round-shape/trial-*"))  # no trial started on the new code
+    said = (folder / rundir.EVENTS).read_text()
+    assert "the installed nanxi-tune changed while this ran (its code 000000000000" in said
+    assert f"stopped; resume with: nanxi-tune resume {folder}" in said
+    monkeypatch.undo()  # resumed: the owner runs the code on disk
+    assert AutopilotOwner(folder).run() == "finished"
+
+
+def test_the_code_fingerprint_follows_the_sources(tmp_path):
+    from nanxi_tune.engine import code_version
+
+    (tmp_path / "engine").mkdir()
+    (tmp_path / "engine" / "a.py").write_text("x = 1\n")
+    roots = (tmp_path / "engine",)
+    first = code_version.fingerprint(roots)
+    assert code_version.fingerprint(roots) == first and code_version.changed() is None
+    (tmp_path / "engine" / "a.py").write_text("x = 2\n")
+    assert code_version.fingerprint(roots) != first

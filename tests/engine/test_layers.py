@@ -12,7 +12,7 @@ from conftest import REPO
 ENGINE = REPO / "engine"
 
 # The engine's packages from the bottom up: a module imports only modules of its own package or of one below.
-ENGINE_LAYERS = ("files", "config", "metric_keys", "grid", "run", "data", "model", "evaluation", "inference",
+ENGINE_LAYERS = ("code_version", "files", "config", "metric_keys", "grid", "run", "data", "model", "evaluation", "inference",
                  "diagnosis", "train", "workflows")
 
 
