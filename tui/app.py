@@ -25,7 +25,7 @@ from nanxi_tune.tui.config_actions import ConfigActions
 from nanxi_tune.tui.config_form import ConfigForm
 from nanxi_tune.tui.field_row import key_of
 from nanxi_tune.tui.monitor import Monitor
-from nanxi_tune.tui.palette import TIP, RunCommands, ScreenCommands, SteadyFooter
+from nanxi_tune.tui.palette import MAIN_RUN_ACTIONS, TIP, RunCommands, ScreenCommands, SteadyFooter
 from nanxi_tune.tui.run_actions import RunActions
 from nanxi_tune.tui.run_events import RunEvents
 from nanxi_tune.tui.runs_view import RunsPane
@@ -58,9 +58,6 @@ class SteadyTabs(TabbedContent):
         focused = self.screen.focused
         if event.tab_pane.id is not None and focused is not None and event.tab_pane in focused.ancestors_with_self:
             self.active = event.tab_pane.id
-
-
-MAIN_RUN_ACTIONS = frozenset({"start_run", "start_detached", "pause_run", "stop_run", "resume_run"})
 
 
 class NanxiTuneApp(RunActions, RunEvents, WorkflowActions, ConfigActions, App):

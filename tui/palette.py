@@ -11,6 +11,8 @@ from textual.widgets import Footer
 
 from nanxi_tune.engine import config as C
 
+# F5–F8 and Alt+D: they act on the main screen alone (on a workflow screen they would drive a run out of sight)
+MAIN_RUN_ACTIONS = frozenset({"start_run", "start_detached", "pause_run", "stop_run", "resume_run"})
 ACTIONS = [  # action, palette name, help
     ("start_run", "Start run", "Start a run with the config on the Config tab"),
     ("pause_run", "Pause / continue run", "Pause the run at the next step boundary, or continue it"),
@@ -93,8 +95,9 @@ class RunCommands(EntryProvider):
 
     def _entries(self) -> list[tuple[str, Callable, str]]:
         keys = {b.action: b for b in type(self.app).BINDINGS if isinstance(b, Binding)}
+        over_workflow = self.screen is not self.app.screen_stack[0]  # the run keys are the main screen's alone
         out = [(entry_name(name, keys[action]) if action in keys else name, partial(self.app.run_action, action),
-                help_) for action, name, help_ in ACTIONS]
+                help_) for action, name, help_ in ACTIONS if not (over_workflow and action in MAIN_RUN_ACTIONS)]
         from nanxi_tune.tui.field_row import all_keys, group_title
 
         for group in C.GROUPS:

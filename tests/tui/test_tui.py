@@ -302,9 +302,13 @@ def test_palette_finds_a_config_key_and_shows_binding_keys(tmp_path):
     class FakeApp(SimpleNamespace):
         BINDINGS = NanxiTuneApp.BINDINGS
 
-    fake_app = FakeApp(run_action=print, show_config_group=print, edit_key=print)
-    names = [n for n, _fn, _h in RunCommands._entries(SimpleNamespace(app=fake_app))]
+    main, workflow = object(), object()
+    fake_app = FakeApp(run_action=print, show_config_group=print, edit_key=print, screen_stack=[main, workflow])
+    names = [n for n, _fn, _h in RunCommands._entries(SimpleNamespace(app=fake_app, screen=main))]
     assert "Start run  (F5)" in names and any(n.startswith("Edit train.base_lr") for n in names)
+    # over a workflow screen the main run's keys are not offered (they would start a run out of sight)
+    over = [n for n, _fn, _h in RunCommands._entries(SimpleNamespace(app=fake_app, screen=workflow))]
+    assert not any(n.startswith(("Start run", "Pause", "Stop", "Live edit")) for n in over) and "Save config as  (F3)" in over
     from textual.fuzzy import Matcher
 
     assert all(Matcher("s").highlight(n).plain == n for n in names)  # nothing in a name is taken for markup
