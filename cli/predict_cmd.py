@@ -126,7 +126,8 @@ def export(args) -> int:
         return ExitCode.FAILED
     diff = ", ".join(f"{k} {v:.2e}" for k, v in done.max_abs_diff.items())
     print(f"wrote {done.path} ({args.format}, {args.checkpoint}.pt; input images (N, 3, {done.input_shape[-2]}, "
-          f"{done.input_shape[-1]}), outputs map (scores, activation applied), offset, shape)")
+          f"{done.input_shape[-1]}), outputs map (scores, activation applied), "
+          f"{', '.join(k for k in done.max_abs_diff if k != 'map')})")
     print(f"checked with {done.checked_with} against PyTorch on a random input: max abs difference {diff}")
     print(f"pre- and post-processing to reimplement: {done.sidecar}")
     return ExitCode.FINISHED

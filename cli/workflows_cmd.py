@@ -184,10 +184,10 @@ def print_post(res, top: int = 10, console: Console | None = None) -> None:
                       str(r["postprocess.top_k"]), f"{r['mAP']:.4f}{tag}", f"{r['AP50']:.4f}", str(r["detections"]),
                       style="bold green" if r is res.best else "")
     console.print(table)
-    from nanxi_tune.engine.workflows.tune_post import fmt_flip, fmt_point
+    from nanxi_tune.engine.workflows.tune_post import fmt_choices, fmt_point
 
-    if fmt_flip(res):
-        console.print(fmt_flip(res) + " (the table's rows use this choice)")
+    if fmt_choices(res):
+        console.print(fmt_choices(res) + " (the table's rows use these choices)")
     console.print(f"best: {fmt_point(res.best)} — mAP {res.best['mAP']:.4f} vs defaults {res.default['mAP']:.4f}")
 
 

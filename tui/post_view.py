@@ -86,7 +86,7 @@ class TunePostScreen(Screen):
         self.query_one("#post-progress", ProgressBar).update(total=total, progress=done)
 
     def _show(self) -> None:
-        from nanxi_tune.engine.workflows.tune_post import fmt_flip, fmt_point
+        from nanxi_tune.engine.workflows.tune_post import fmt_choices, fmt_point
 
         res = self.result
         table = self.query_one("#post-table", DataTable)
@@ -101,7 +101,7 @@ class TunePostScreen(Screen):
                           tag)
         self._status(f"best {fmt_point(res.best)}: mAP {res.best['mAP']:.4f} vs defaults "
                      f"{res.default['mAP']:.4f} ({len(res.rows)} points) — F8 applies"
-                     + (f"\n{fmt_flip(res)}" if fmt_flip(res) else ""))
+                     + (f"\n{fmt_choices(res)}" if fmt_choices(res) else ""))
 
     def action_apply(self) -> None:
         from nanxi_tune.engine.workflows import tune_post as TP

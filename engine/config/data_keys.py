@@ -55,9 +55,11 @@ class Encode(Strict):
     offset: Literal["subpixel", "centered"] = F(
         "subpixel", "Position encoding of the sub-pixel centre: subpixel = fraction in [0, 1) of the peak cell; "
         "centered = fraction − 0.5 in [−0.5, 0.5).", zh="位置编码")
-    shape: Literal["wh", "log_wh", "ltrb"] = F(
+    shape: Literal["wh", "log_wh", "ltrb", "ltrb_dfl"] = F(
         "wh", "Shape encoding of the box at its peak cell: wh = width/height in output cells; log_wh = their log; "
-        "ltrb = distances from the centre to the four edges.", zh="Shape编码")
+        "ltrb = distances from the centre to the four edges; ltrb_dfl = each distance as a distribution over bins "
+        "of 16 input px, its expectation the distance (GFL's Distribution Focal Loss added to the shape loss).",
+        zh="Shape编码")
     gaussian_alpha: float = F(0.54, "Heatmap Gaussian size: sigma = alpha × box side / 6 (TTFNet's alpha).",
                               gt=0, le=2)
 

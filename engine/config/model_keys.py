@@ -63,6 +63,10 @@ class Head(Strict):
     range_norm_act: Literal["sigmoid", "hsigmoid", "softskim", "heatskim"] = F(
         "sigmoid", "Range-normalising activation of the heatmap.", zh="range_norm_act",
         note="keep it smooth: hsigmoid slowed convergence; softskim tested badly; heatskim no use")
+    shape_quality: bool = F(
+        False, "The shape branch also predicts how well its own box fits (框质量: the IoU of the box it decodes with "
+        "the object's box, learned at the centre cells), so a tight box can outrank a loose one "
+        "(postprocess.quality_weight); one more output channel.", zh="框质量")
 
 
 class Loss(Strict):

@@ -107,6 +107,9 @@ class Postprocess(Strict):
                         "(CenterNet's flip test): twice the inference time, no training change.", zh="翻转测试",
                         note="tune-post keeps it when it raises mAP on the scored images (BCCD +0.009 to +0.012)",
                         live=True)
+    quality_weight: float = F(1.0, "With head.shape_quality, a detection scores heatmap × quality^w (w = this): 0 "
+                              "ranks by the heatmap alone; the larger, the more a tight box outranks a loose one.",
+                              ge=0, le=8, live=True, note="tune-post chooses it on the scored images")
 
 
 class Eval(Strict):

@@ -2,7 +2,7 @@
 
 The exported graph takes the normalised canvas (N, 3, S, S), S = preprocess.input_size, and returns the raw head
 outputs ``map`` (head.range_norm_act already applied: scores in [0, 1] for sigmoid), ``offset`` and ``shape``
-(softplus × 16/out_stride already applied for wh / ltrb). Peaks, top-k, NMS and the mapping back to the image
+(softplus × 16/out_stride already applied for wh / ltrb), and ``quality`` with head.shape_quality. Peaks, top-k, NMS and the mapping back to the image
 are left to the user; ``<file>.json`` beside the model says how (engine.model.decode does it in PyTorch).
 """
 
@@ -19,12 +19,13 @@ from torch import nn
 from .. import config as C
 from ..run import rundir
 from ..evaluation.evaluate_run import load_ema_model
-from ..model import flip_test
+from ..model import encoding, flip_test
 from .predict import require_checkpoint
 from ..files import write_atomic
 
 FORMATS = ("onnx", "torchscript")
 OUTPUTS = ("map", "offset", "shape")
+QUALITY = "quality"  # head.shape_quality's output: the predicted IoU of each cell's box
 OPSET = 18  # the ai.onnx opset written (torch.onnx's own default, pinned so the file does not change with torch)
 TOLERANCE = 1e-4  # relative to each output's largest magnitude (at least 1)
 
@@ -34,17 +35,18 @@ class ExportError(RuntimeError):
 
 
 class Heads(nn.Module):
-    """The detector with a tuple out: (map, offset, shape); with postprocess.flip_test the file runs the mirror
-    too and its map and shape are the averaged ones (engine.model.flip_test)."""
+    """The detector with a tuple out: (map, offset, shape[, quality]); with postprocess.flip_test the file runs the
+    mirror too and its map and shape are the averaged ones (engine.model.flip_test)."""
 
     def __init__(self, model: nn.Module, cfg):
         super().__init__()
         self.model = model
         self.cfg = cfg
+        self.names = OUTPUTS + ((QUALITY,) if cfg.head.shape_quality else ())
 
     def forward(self, images: torch.Tensor):
         out = flip_test.infer(self.model, images, self.cfg)
-        return out["map"], out["offset"], out["shape"]
+        return tuple(out[k] for k in self.names)
 
 
 @dataclass(frozen=True)
@@ -85,20 +87,29 @@ def sidecar(cfg, class_names: list[str], cat_ids: list[int], fmt: str, which: st
             "offset": {"shape": ["N", 2, S // stride, S // stride], "channels": ["dx", "dy"],
                        "meaning": "sub-pixel centre in cells: centre = (column, row) of the peak cell + offset"
                                   + (" + 0.5" if enc.offset == "centered" else "")},
-            "shape": {"shape": ["N", 4 if enc.shape == "ltrb" else 2, S // stride, S // stride],
+            "shape": {"shape": ["N", 4 if enc.shape in encoding.LTRB else 2, S // stride, S // stride],
                       "meaning": {"wh": "box width, height in cells",
                                   "log_wh": "log of box width, height in cells (exp after clamp(max=12))",
                                   "ltrb": "distances in cells from the centre to the left, top, right, bottom "
-                                          "edges"}[enc.shape]}},
+                                          "edges",
+                                  "ltrb_dfl": "distances in cells from the centre to the left, top, right, bottom "
+                                              "edges (each its distribution's expectation, computed in the "
+                                              "file)"}[enc.shape]},
+            **({QUALITY: {"shape": ["N", 1, S // stride, S // stride],
+                          "meaning": "the predicted IoU of the box decoded at each cell with its object's box"}}
+               if cfg.head.shape_quality else {})},
         "decode": {
             "out_stride": stride, "offset_mode": enc.offset, "shape_mode": enc.shape,
             "pool_kernel": pp.pool_kernel, "top_k": pp.top_k, "score_threshold": pp.score_threshold,
             "nms": pp.nms, "nms_iou": pp.nms_iou, "flip_test": pp.flip_test,
+            **({"quality_weight": pp.quality_weight} if cfg.head.shape_quality else {}),
             "steps": [*(["flip_test: the map and shape outputs already average the image's and its mirror's "
                          "(flipped back); nothing to do"] if pp.flip_test else []),
                       ("peaks: keep map cells equal to their pool_kernel × pool_kernel max-pool (stride 1, same "
                        "padding); others 0"),
                       "take the top_k cells over classes × H × W per image; class = index // (H×W)",
+                      *(["score = map × quality^quality_weight at the cell"]
+                        if cfg.head.shape_quality and pp.quality_weight > 0 else []),
                       ("centre (cells) from offset; box xyxy (cells) = centre ∓ w/2, h/2 (or ∓ l, t / ± r, b); "
                        "× out_stride → canvas pixels"),
                       "drop scores < score_threshold; if nms: class-wise NMS at IoU nms_iou",
@@ -121,12 +132,12 @@ def _write(fmt: str, heads: Heads, example: torch.Tensor, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # dynamic batch; the example has 2 images so torch.export does not specialise the batch to 1
-        torch.onnx.export(heads, (example,), str(path), input_names=["images"], output_names=list(OUTPUTS),
+        torch.onnx.export(heads, (example,), str(path), input_names=["images"], output_names=list(heads.names),
                           dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=1024)}},
                           opset_version=OPSET, external_data=False, verbose=False, report=False)
 
 
-def _run_file(fmt: str, path: Path, x: torch.Tensor) -> list:
+def _run_file(fmt: str, path: Path, x: torch.Tensor, names: tuple[str, ...]) -> list:
     if fmt == "torchscript":
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit's deprecation notice: the file still loads
@@ -136,7 +147,7 @@ def _run_file(fmt: str, path: Path, x: torch.Tensor) -> list:
     except ImportError:
         raise ExportError(f"{path} written, but not checked: pip install onnxruntime to check it") from None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(list(OUTPUTS), {"images": x.numpy()})
+    return session.run(list(names), {"images": x.numpy()})
 
 
 def export(run_dir: Path | str, fmt: str = "onnx", out: Path | str | None = None, which: str = "best") -> Exported:
@@ -163,9 +174,9 @@ def export(run_dir: Path | str, fmt: str = "onnx", out: Path | str | None = None
     x = torch.randn(3, 3, S, S, generator=gen)  # another batch size than the example: the batch stays free
     with torch.inference_mode():
         ref = [t.numpy() for t in heads(x)]
-    got = _run_file(fmt, path, x)
-    diff = {k: float(abs(g - r).max()) for k, g, r in zip(OUTPUTS, got, ref)}
-    bad = {k: d for k, (d, r) in zip(OUTPUTS, zip(diff.values(), ref)) if d > TOLERANCE * max(1.0, float(abs(r).max()))}
+    got = _run_file(fmt, path, x, heads.names)
+    diff = {k: float(abs(g - r).max()) for k, g, r in zip(heads.names, got, ref)}
+    bad = {k: d for k, (d, r) in zip(heads.names, zip(diff.values(), ref)) if d > TOLERANCE * max(1.0, float(abs(r).max()))}
     side = path.with_name(path.name + ".json")
     doc = sidecar(cfg, dataset.class_names, dataset.cat_ids, fmt, which)
     doc["check"] = {"checked_with": _checker(fmt), "max_abs_diff": diff, "tolerance": TOLERANCE}

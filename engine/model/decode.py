@@ -2,7 +2,9 @@
 
 Peaks are cells equal to the max-pool of their neighbourhood (``postprocess.pool_kernel``);
 the ``top_k`` highest over C×H×W per image are decoded with the offset and shape at their
-cell (encoding.decode_offset / decode_shape), scores below ``score_threshold`` dropped, then
+cell (encoding.decode_offset / decode_shape) — with head.shape_quality each peak's score becomes
+heat × quality^w there (w = ``postprocess.quality_weight``): a tight box outranks a loose one — scores
+below ``score_threshold`` dropped, then
 ``torchvision.ops.batched_nms`` runs once over the whole batch (per image and class).
 Boxes are xyxy in canvas pixels, not clipped (evaluate.to_coco_results clips them to the
 original image).
@@ -48,6 +50,9 @@ def decode(outputs: dict, cfg: Config) -> list[dict[str, torch.Tensor]]:
     cell = torch.stack([xs, ys], dim=-1)  # (B, K, 2)
     off = _gather(outputs["offset"].float(), pix)
     shp = _gather(outputs["shape"].float(), pix)
+    if "quality" in outputs and pp.quality_weight > 0:  # peaks stay the heatmap's: quality is learned at centres
+        q = _gather(outputs["quality"].float(), pix)[..., 0].clamp(min=0.0)
+        scores = scores * q.pow(pp.quality_weight)  # the heat stays a factor: a cell that is no peak stays 0
     centre = encoding.decode_offset(cell, off, enc.offset)
     boxes = encoding.decode_shape(centre, shp, cfg.neck.out_stride, enc.shape)  # (B, K, 4)
 

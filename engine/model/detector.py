@@ -225,7 +225,13 @@ class Detector(nn.Module):
         c = self.neck.out_channels
         self.head_map = Branch(c, num_classes, cfg)
         self.head_offset = Branch(c, 2, cfg)
-        self.head_shape = Branch(c, self.shape_channels, cfg)
+        self.quality = cfg.head.shape_quality  # one more channel of the shape branch: its box's predicted IoU
+        self.dfl = cfg.encode.shape == "ltrb_dfl"  # each side a distribution over bins, reduced to its expectation
+        self.shape_raw = 4 * encoding.dfl_bins(cfg.preprocess.input_size) if self.dfl else self.shape_channels
+        if self.dfl:
+            bins = torch.arange(encoding.dfl_bins(cfg.preprocess.input_size), dtype=torch.float32)
+            self.register_buffer("dfl_cells", bins * encoding.DFL_BIN_PX / self.stride, persistent=False)
+        self.head_shape = Branch(c, self.shape_raw + int(self.quality), cfg)
         self.criterion = DetectionLoss(cfg)
         init_weights(self, cfg.principles.weights_init)
         nn.init.constant_(self.head_map.out_conv.bias, prior_bias(cfg.head.range_norm_act))
@@ -254,10 +260,19 @@ class Detector(nn.Module):
             logits, shape, offset = self.head_map(f), self.head_shape(f), self.head_offset(f)
         if dtype is not None:  # the loss and the decode in float32
             logits, shape, offset = logits.float(), shape.float(), offset.float()
-        if self.cfg.encode.shape != "log_wh":
+        quality, extra = None, {}
+        if self.quality:
+            shape, quality = shape[:, :self.shape_raw], shape[:, self.shape_raw:]
+        if self.dfl:
+            b, _, h, w = shape.shape
+            extra["shape_logits"] = shape.reshape(b, 4, -1, h, w)
+            shape = (extra["shape_logits"].softmax(2) * self.dfl_cells.view(1, 1, -1, 1, 1)).sum(2)
+        elif self.cfg.encode.shape != "log_wh":
             shape = F.softplus(shape) * self.shape_scale
         outputs = {"map": range_norm(logits, self.cfg.head.range_norm_act), "map_logits": logits,
-                   "offset": offset, "shape": shape}
+                   "offset": offset, "shape": shape, **extra}
+        if quality is not None:
+            outputs |= {"quality": torch.sigmoid(quality), "quality_logits": quality}
         if targets is not None:
             return self.losses(outputs, targets)
         return outputs

@@ -9,10 +9,18 @@ from __future__ import annotations
 import torch
 
 LOG_EPS = 1e-3
+LTRB = ("ltrb", "ltrb_dfl")  # the encodings whose shape is the four edge distances
+DFL_BIN_PX = 16  # ltrb_dfl: one bin per 16 input pixels
 
 
 def shape_channels(shape: str) -> int:
-    return 4 if shape == "ltrb" else 2
+    """Channels of the decoded shape (ltrb_dfl's distributions are reduced to their expectations first)."""
+    return 4 if shape in LTRB else 2
+
+
+def dfl_bins(input_size: int) -> int:
+    """ltrb_dfl's bins per side: 0, 16, … px up to half the input (no centre is farther from its box's edges)."""
+    return input_size // (2 * DFL_BIN_PX) + 1
 
 
 def centres(boxes_px: torch.Tensor, stride: int) -> torch.Tensor:
@@ -33,7 +41,7 @@ def decode_offset(cell: torch.Tensor, off: torch.Tensor, offset: str) -> torch.T
 def encode_shape(boxes_px: torch.Tensor, centre: torch.Tensor, stride: int, shape: str) -> torch.Tensor:
     """(N, 4) xyxy pixels and (N, 2) centres in cells → (N, 2|4) shape targets."""
     b = boxes_px / stride
-    if shape == "ltrb":
+    if shape in LTRB:
         return torch.stack([centre[:, 0] - b[:, 0], centre[:, 1] - b[:, 1],
                             b[:, 2] - centre[:, 0], b[:, 3] - centre[:, 1]], dim=1)
     wh = b[:, 2:] - b[:, :2]
@@ -42,7 +50,7 @@ def encode_shape(boxes_px: torch.Tensor, centre: torch.Tensor, stride: int, shap
 
 def decode_shape(centre: torch.Tensor, pred: torch.Tensor, stride: int, shape: str) -> torch.Tensor:
     """(..., 2) centres in cells and (..., 2|4) shape values → (..., 4) xyxy pixels."""
-    if shape == "ltrb":
+    if shape in LTRB:
         ltrb = pred
     else:
         wh = pred.clamp(max=12).exp() if shape == "log_wh" else pred

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import torch
 
+from . import encoding
+
 LTRB_MIRRORED = [2, 1, 0, 3]  # l, t, r, b of the mirror → the image's: left and right swap
 
 
 def merge(out: dict[str, torch.Tensor], mirrored: dict[str, torch.Tensor], shape: str) -> dict[str, torch.Tensor]:
-    """The image's outputs with the mirror's (flipped back) averaged into map and shape."""
+    """The image's outputs with the mirror's (flipped back) averaged into map and shape (and quality)."""
     back = mirrored["shape"].flip(-1)
-    if shape == "ltrb":
+    if shape in encoding.LTRB:
         back = back[:, LTRB_MIRRORED]
-    return dict(out, map=(out["map"] + mirrored["map"].flip(-1)) / 2, shape=(out["shape"] + back) / 2)
+    merged = dict(out, map=(out["map"] + mirrored["map"].flip(-1)) / 2, shape=(out["shape"] + back) / 2)
+    if "quality" in out:  # head.shape_quality: the box judged from both sides
+        merged["quality"] = (out["quality"] + mirrored["quality"].flip(-1)) / 2
+    return merged
 
 
 def mirrored(model, images: torch.Tensor, out: dict[str, torch.Tensor], shape: str) -> dict[str, torch.Tensor]:

@@ -11,6 +11,13 @@
 * ``loss.shape_samples = gaussian`` (TTFNet): the shape loss also reads every cell of each object's Gaussian
   window, weighted by the Gaussian (summing to 1 an object), each decoded around the object's centre; still
   / ``num_pos``, so its scale is the centre-only loss's.
+* ``head.shape_quality`` (框质量): the shape branch's extra channel learns, at each centre cell, the IoU of the box
+  decoded there (predicted offset and shape, as inference decodes it) with the object's box: binary cross-entropy
+  less the target's own entropy (0 when exact), / ``num_pos``, added to the shape loss.
+* ``encode.shape = ltrb_dfl`` (GFL's Distribution Focal Loss): each side's distribution over its bins learns the
+  two bins around the true distance, weighted by nearness — cross-entropy less the target's own entropy (0 when
+  exact), averaged over the four sides, at the shape loss's cells and weights, / ``num_pos``, added to the shape loss
+  (which also reads the distributions' expectations, as decode does).
 * total = loss_scale × Σ_i (exp(−s_i)·L_i + s_i), with s_map, s_offset, s_shape the log
   weights (uncertainty weighting). They are always ``nn.Parameter``s, so the state_dict
   has the same keys whatever ``loss.learn_log_weights`` says; when it is false they are
@@ -116,6 +123,56 @@ def giou_shape_loss(shape_pred: torch.Tensor, targets: dict, cfg: Config) -> tor
     return (loss if weight is None else loss * weight).sum() / targets["num_pos"]
 
 
+def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of a[i] with b[i], xyxy (N, 4) each."""
+    wh = (torch.minimum(a[:, 2:], b[:, 2:]) - torch.maximum(a[:, :2], b[:, :2])).clamp(min=0)
+    inter = wh[:, 0] * wh[:, 1]
+    area = (lambda x: (x[:, 2] - x[:, 0]).clamp(min=0) * (x[:, 3] - x[:, 1]).clamp(min=0))
+    return inter / (area(a) + area(b) - inter).clamp(min=1e-9)
+
+
+def quality_loss(outputs: dict, targets: dict, cfg: Config) -> torch.Tensor:
+    """框质量 (see the module docstring): the quality logits at the centre cells against the IoU of the box decoded
+    there, detached — the quality learns to judge the box, not to move it."""
+    logits, index = outputs["quality_logits"], targets["pos_index"]
+    if index.numel() == 0:
+        return logits.float().sum() * 0.0
+    H, W = logits.shape[-2:]
+    cell = index % (H * W)
+    with torch.no_grad():
+        xy = torch.stack([cell % W, cell // W], dim=1)
+        centre = encoding.decode_offset(xy, at_centres(outputs["offset"], index).float(), cfg.encode.offset)
+        boxes = encoding.decode_shape(centre, at_centres(outputs["shape"], index).float(), cfg.neck.out_stride,
+                                      cfg.encode.shape)
+        iou = paired_iou(boxes, targets["pos_box"].float()).clamp(0.0, 1.0)
+        entropy = -(torch.xlogy(iou, iou) + torch.xlogy(1 - iou, 1 - iou))
+    bce = F.binary_cross_entropy_with_logits(at_centres(logits, index).float()[:, 0], iou, reduction="none")
+    return (bce - entropy).sum() / targets["num_pos"]
+
+
+def dfl_loss(outputs: dict, targets: dict, cfg: Config) -> torch.Tensor:
+    """Distribution Focal Loss of ``encode.shape = ltrb_dfl`` (see the module docstring)."""
+    logits = outputs["shape_logits"]  # (B, 4, bins, H, W)
+    if "reg_index" in targets:  # loss.shape_samples = gaussian
+        index, ltrb, weight = targets["reg_index"], targets["reg_shape"], targets["reg_weight"]
+    else:
+        index, ltrb, weight = targets["pos_index"], targets["pos_shape"], None
+    if index.numel() == 0:
+        return logits.float().sum() * 0.0
+    H, W = logits.shape[-2:]
+    b, cell = index // (H * W), index % (H * W)
+    logp = logits[b, :, :, cell // W, cell % W].float().log_softmax(-1)  # (P, 4, bins)
+    bins = logp.shape[-1]
+    t = (ltrb.float() / (encoding.DFL_BIN_PX / cfg.neck.out_stride)).clamp(0, bins - 1 - 1e-4)
+    left = t.floor().long()
+    right_w = t - left
+    left_w = 1 - right_w
+    at = (lambda i: logp.gather(-1, i.unsqueeze(-1))[..., 0])
+    ce = -(left_w * at(left) + right_w * at(left + 1))
+    per = (ce + torch.xlogy(left_w, left_w) + torch.xlogy(right_w, right_w)).mean(-1)
+    return (per if weight is None else per * weight).sum() / targets["num_pos"]
+
+
 def l1_shape_loss(shape_pred: torch.Tensor, targets: dict) -> torch.Tensor:
     if "reg_index" not in targets:
         return _l1(shape_pred, targets["pos_shape"], targets["pos_index"], targets["num_pos"])
@@ -153,6 +210,10 @@ class DetectionLoss(nn.Module):
             loss_shape = giou_shape_loss(outputs["shape"], targets, cfg)
         else:
             loss_shape = l1_shape_loss(outputs["shape"], targets)
+        if "shape_logits" in outputs:
+            loss_shape = loss_shape + dfl_loss(outputs, targets, cfg)
+        if "quality_logits" in outputs:
+            loss_shape = loss_shape + quality_loss(outputs, targets, cfg)
         return {"loss_map": loss_map, "loss_offset": loss_offset, "loss_shape": loss_shape}
 
     def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:

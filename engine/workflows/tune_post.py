@@ -7,7 +7,8 @@ postprocess.nms_iou × score_threshold × top_k is then decoded (engine.model.de
 values are always in the grid, so the chosen thresholds score at least as well as the defaults.
 
 postprocess.flip_test is chosen first, at the run's own thresholds (the mirrored pass is cached beside the plain
-one): kept on when it raises mAP, then the grid is searched with that choice.
+one): kept on when it raises mAP; then, for a run with head.shape_quality, postprocess.quality_weight (how much the
+predicted box quality counts in the score) the same way; then the grid is searched with those choices.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from ..metric_keys import BRANCHES
 
 KEYS = ("postprocess.nms_iou", "postprocess.score_threshold", "postprocess.top_k")
 FLIP = "postprocess.flip_test"
+QUALITY = "postprocess.quality_weight"
+QUALITY_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
+OUTPUTS = (*BRANCHES, "quality")  # what decode reads (quality: head.shape_quality only)
 GRID: dict[str, tuple[float, ...]] = {
     "postprocess.nms_iou": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
     "postprocess.score_threshold": (0.001, 0.01, 0.05, 0.1, 0.2, 0.3),
@@ -63,7 +67,7 @@ class PostResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def best_updates(self) -> dict[str, Any]:
-        return {k: self.best[k] for k in (*KEYS, FLIP)}
+        return {k: self.best[k] for k in (*KEYS, FLIP, QUALITY) if k in self.best}
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,10 +100,10 @@ def cache_outputs(run_dir: Path | str, which: str = "best", device: str | None =
         for images, tg in loader:
             images = images.to(dev)
             out = model(images)
-            outputs.append({k: out[k].float().cpu() for k in BRANCHES})
+            outputs.append({k: out[k].float().cpu() for k in OUTPUTS if k in out})
             if flip:
                 both = flip_test.mirrored(model, images, out, cfg.encode.shape)
-                flipped.append({k: both[k].float().cpu() for k in BRANCHES})
+                flipped.append({k: both[k].float().cpu() for k in OUTPUTS if k in both})
             targets.append(tg)
             img_ids += [int(t["image_id"]) for t in tg]
     ckpt = rundir.best_checkpoint(run_dir) if which == "best" else rundir.last_checkpoint(run_dir)
@@ -145,13 +149,20 @@ def tune(run_dir: Path | str, grid: dict[str, tuple] | None = None, which: str =
     run_dir = Path(run_dir)
     cache = cache or cache_outputs(run_dir, which)
     flat = C.flatten(cache.cfg)
-    default_point = {k: flat[k] for k in (*KEYS, FLIP)}
+    quality = bool(cache.outputs) and "quality" in cache.outputs[0]
+    default_point = {k: flat[k] for k in (*KEYS, FLIP, *((QUALITY,) if quality else ()))}
     flip, extra = flat[FLIP], {}
     if cache.flipped is not None:  # flip_test first, at the run's own thresholds; a tie keeps the run's own
         by = {on: score(cache, {**default_point, FLIP: on})["mAP"] for on in (False, True)}
         flip = max((False, True), key=lambda on: (round(by[on], 6), on == flat[FLIP]))
         extra["flip_test"] = {"off": by[False], "on": by[True], "chosen": flip}
-    points = [{**p, FLIP: flip} for p in make_grid(cache.cfg, grid)]
+    chosen = {FLIP: flip}
+    if quality:  # then the quality's weight in the score, the same way
+        ws = sorted(set(QUALITY_WEIGHTS) | {flat[QUALITY]})
+        by_w = {w: score(cache, {**default_point, FLIP: flip, QUALITY: w})["mAP"] for w in ws}
+        chosen[QUALITY] = max(ws, key=lambda w: (round(by_w[w], 6), w == flat[QUALITY]))
+        extra["quality_weight"] = {"mAP": {str(w): m for w, m in by_w.items()}, "chosen": chosen[QUALITY]}
+    points = [{**p, **chosen} for p in make_grid(cache.cfg, grid)]
     rows = []
     t0 = time.perf_counter()
     for i, p in enumerate(points):
@@ -188,7 +199,7 @@ def record(result: PostResult) -> None:
     recorder.append(run_dir, TunePostResult(
         f"tune-post: best {fmt_point(result.best)} mAP {result.best['mAP']:.4f} vs defaults "
         f"{fmt_point(result.default)} mAP {result.default['mAP']:.4f}"
-        + (f"; {fmt_flip(result)}" if result.extra.get("flip_test") else "")
+        + (f"; {fmt_choices(result)}" if fmt_choices(result) else "")
         + (f"; applied to {result.applied_to}" if result.applied_to else ""),
         tune_post={"best": result.best, "default": result.default, "applied_to": result.applied_to,
                    "points": len(result.rows), "mode": result.mode, "images": result.images,
@@ -201,13 +212,19 @@ def record(result: PostResult) -> None:
 
 def fmt_point(p: dict[str, Any]) -> str:
     return f"nms_iou {p['postprocess.nms_iou']:g}, score_threshold {p['postprocess.score_threshold']:g}, " \
-           f"top_k {p['postprocess.top_k']}" + (", flip test" if p.get(FLIP) else "")
+           f"top_k {p['postprocess.top_k']}" + (", flip test" if p.get(FLIP) else "") \
+        + (f", quality_weight {p[QUALITY]:g}" if QUALITY in p else "")
 
 
-def fmt_flip(result: PostResult) -> str:
-    """The flip-test comparison in words ("" when it was not tried)."""
+def fmt_choices(result: PostResult) -> str:
+    """The choices made before the grid, in words: the flip test, the box quality's weight ("" when neither)."""
+    said = []
     f = result.extra.get("flip_test")
-    if not f:
-        return ""
-    return (f"flip test (翻转测试) at the run's thresholds: mAP {f['on']:.4f} on vs {f['off']:.4f} off → "
-            + ("on" if f["chosen"] else "off"))
+    if f:
+        said.append(f"flip test (翻转测试) at the run's thresholds: mAP {f['on']:.4f} on vs {f['off']:.4f} off → "
+                    + ("on" if f["chosen"] else "off"))
+    q = result.extra.get("quality_weight")
+    if q:
+        said.append("box quality (框质量) weight: " + ", ".join(f"{w} → mAP {m:.4f}" for w, m in q["mAP"].items())
+                    + f" → {q['chosen']:g}")
+    return "; ".join(said)

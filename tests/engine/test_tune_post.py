@@ -117,7 +117,7 @@ def test_flip_test_is_scored_like_evaluation_and_chosen_only_when_it_raises_map(
     assert won.extra["flip_test"]["chosen"] is True and won.default["mAP"] == 0.0
     assert all(r[TP.FLIP] is True for r in won.rows) and not any(r["default"] for r in won.rows)
     assert won.best_updates()[TP.FLIP] is True and won.best["mAP"] > 0
-    assert "flip test" in TP.fmt_point(won.best) and "→ on" in TP.fmt_flip(won)
+    assert "flip test" in TP.fmt_point(won.best) and "→ on" in TP.fmt_choices(won)
     # without the mirrored pass the key cannot be scored, and tune leaves it as the run has it
     plain = TP.cache_outputs(trained, flip=False)
     with pytest.raises(ValueError, match="flip_test"):
