@@ -109,7 +109,8 @@ class Postprocess(Strict):
                         live=True)
     quality_weight: float = F(1.0, "With head.shape_quality, a detection scores heatmap × quality^w (w = this): 0 "
                               "ranks by the heatmap alone; the larger, the more a tight box outranks a loose one.",
-                              ge=0, le=8, live=True, note="tune-post chooses it on the scored images")
+                              ge=0, le=16, live=True, note="tune-post chooses it on the scored images (a few "
+                              "large objects: held-out mAP rose with it, +0.005 from 0 to 8 on the same weights)")
 
 
 class Eval(Strict):

@@ -104,6 +104,8 @@ class Rounds:
         arms = [{"name": "as-is", "set": {}}, {"name": other, "set": {"loss.shape_loss": other}}]
         if cfg.loss.shape_samples == "centre":
             arms.append({"name": "gaussian", "set": {"loss.shape_samples": "gaussian"}})
+        if cfg.encode.shape != "ltrb_dfl" and not cfg.head.shape_quality:  # the two levers for tight boxes, together
+            arms.append({"name": "dfl+quality", "set": {"encode.shape": "ltrb_dfl", "head.shape_quality": True}})
         return arms
 
     def _capacity_arms(self) -> list[dict[str, Any]]:
@@ -238,9 +240,11 @@ class Rounds:
         keep = ("mAP", "AP50", "AP75", "APs", "APm", "APl")
         self.ap.final = {k: float(m[k]) for k in keep if k in m}
         C.save(self._recipe_preset(), self.folder / "recipe.toml")
-        flip = result.extra.get("flip_test")
+        flip, quality = result.extra.get("flip_test"), result.extra.get("quality_weight")
         r.rows = [{"label": "held-out, the run's values", "mAP": result.default["mAP"]},
                   *([{"label": "held-out, flip test (翻转测试)", "mAP": flip["on"]}] if flip else []),
+                  *([{"label": f"held-out, box quality (框质量) weight {quality['chosen']:g}",
+                      "mAP": quality["mAP"][str(quality["chosen"])]}] if quality else []),
                   {"label": "held-out, tuned", "mAP": result.best["mAP"]},
                   {"label": "val (last weights, tuned post-processing)", **self.ap.final}]
         r.why = (f"{tune_post.fmt_point(result.best)} on the held-out part; val mAP {self.ap.final['mAP']:.4f} "

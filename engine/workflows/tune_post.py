@@ -28,7 +28,7 @@ from ..metric_keys import BRANCHES
 KEYS = ("postprocess.nms_iou", "postprocess.score_threshold", "postprocess.top_k")
 FLIP = "postprocess.flip_test"
 QUALITY = "postprocess.quality_weight"
-QUALITY_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
+QUALITY_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 OUTPUTS = (*BRANCHES, "quality")  # what decode reads (quality: head.shape_quality only)
 GRID: dict[str, tuple[float, ...]] = {
     "postprocess.nms_iou": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
