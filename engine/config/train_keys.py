@@ -100,7 +100,8 @@ class Postprocess(Strict):
     nms: bool = F(True, "Apply NMS to decoded boxes.", zh="nms: 使用NMS算法",
                   note="tuned after training, on fixed weights", live=True)
     nms_iou: float = F(0.6, "IoU above which NMS suppresses a box.", gt=0, le=1, live=True)
-    score_threshold: float = F(0.01, "Drop detections scoring below this.", ge=0, lt=1, live=True)
+    score_threshold: float = F(0.01, "Drop detections scoring below this (with head.shape_quality: whose heatmap "
+                               "peak is below this, before the quality weighs in).", ge=0, lt=1, live=True)
     top_k: int = F(100, "Heatmap peaks kept per image.", ge=1, le=10000, live=True)
     pool_kernel: int = F(3, "Max-pool kernel that finds heatmap peaks (odd).", ge=1, le=15, live=True)
     flip_test: bool = F(False, "Also run the detector on the mirrored image and average the two heatmaps and shapes "

@@ -3,8 +3,8 @@
 Peaks are cells equal to the max-pool of their neighbourhood (``postprocess.pool_kernel``);
 the ``top_k`` highest over C×H×W per image are decoded with the offset and shape at their
 cell (encoding.decode_offset / decode_shape) — with head.shape_quality each peak's score becomes
-heat × quality^w there (w = ``postprocess.quality_weight``): a tight box outranks a loose one — scores
-below ``score_threshold`` dropped, then
+heat × quality^w there (w = ``postprocess.quality_weight``): a tight box outranks a loose one — peaks whose
+heat is below ``score_threshold`` dropped, then
 ``torchvision.ops.batched_nms`` runs once over the whole batch (per image and class).
 Boxes are xyxy in canvas pixels, not clipped (evaluate.to_coco_results clips them to the
 original image).
@@ -50,6 +50,7 @@ def decode(outputs: dict, cfg: Config) -> list[dict[str, torch.Tensor]]:
     cell = torch.stack([xs, ys], dim=-1)  # (B, K, 2)
     off = _gather(outputs["offset"].float(), pix)
     shp = _gather(outputs["shape"].float(), pix)
+    keep = scores >= pp.score_threshold  # on the heat: the weight below scales scores, not which peaks count
     if "quality" in outputs and pp.quality_weight > 0:  # peaks stay the heatmap's: quality is learned at centres
         q = _gather(outputs["quality"].float(), pix)[..., 0].clamp(min=0.0)
         scores = scores * q.pow(pp.quality_weight)  # the heat stays a factor: a cell that is no peak stays 0
@@ -57,7 +58,6 @@ def decode(outputs: dict, cfg: Config) -> list[dict[str, torch.Tensor]]:
     boxes = encoding.decode_shape(centre, shp, cfg.neck.out_stride, enc.shape)  # (B, K, 4)
 
     image = torch.arange(b, device=heat.device).unsqueeze(1).expand(b, k)
-    keep = scores >= pp.score_threshold
     boxes, scores, labels, image = boxes[keep], scores[keep], labels[keep], image[keep]
     if pp.nms and scores.numel():
         sel = batched_nms(boxes, scores, image * c + labels, pp.nms_iou)

@@ -225,6 +225,6 @@ def fmt_choices(result: PostResult) -> str:
                     + ("on" if f["chosen"] else "off"))
     q = result.extra.get("quality_weight")
     if q:
-        said.append("box quality (框质量) weight: " + ", ".join(f"{w} → mAP {m:.4f}" for w, m in q["mAP"].items())
-                    + f" → {q['chosen']:g}")
+        said.append(f"box quality (框质量) weight {q['chosen']:g}: mAP {q['mAP'][str(q['chosen'])]:.4f} vs "
+                    f"{q['mAP'][str(0.0)]:.4f} at 0 (tried {', '.join(f'{float(w):g}' for w in q['mAP'])})")
     return "; ".join(said)

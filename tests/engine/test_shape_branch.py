@@ -98,6 +98,10 @@ def test_decode_scores_heat_and_quality_by_the_weight(w, first, scores):
     det = decode(_two_peaks(), cfg)[0]  # every other cell has heat 0 and stays 0, whatever its quality
     assert det["scores"][:2].tolist() == pytest.approx(scores) and not det["scores"][2:].any()
     assert det["boxes"][0, 0].item() == pytest.approx((first + 0.5 - 1.0) * 8)  # the first box is that peak's
+    # the threshold reads the heat: a weight that shrinks every score drops no peak
+    high = decode(_two_peaks(), C.with_updates(cfg, {"postprocess.score_threshold": 0.5, "postprocess.quality_weight":
+                                                     16.0}))[0]
+    assert len(high["scores"]) == 2 and high["scores"].max() < 0.5
     plain = decode(_two_peaks(quality=False), cfg)[0]  # a detector without the channel: the heatmap alone
     assert plain["scores"][:2].tolist() == pytest.approx([0.9, 0.6])
 
