@@ -104,8 +104,6 @@ class Rounds:
         arms = [{"name": "as-is", "set": {}}, {"name": other, "set": {"loss.shape_loss": other}}]
         if cfg.loss.shape_samples == "centre":
             arms.append({"name": "gaussian", "set": {"loss.shape_samples": "gaussian"}})
-        if cfg.encode.shape != "ltrb_dfl" and not cfg.head.shape_quality:  # the two levers for tight boxes, together
-            arms.append({"name": "dfl+quality", "set": {"encode.shape": "ltrb_dfl", "head.shape_quality": True}})
         return arms
 
     def _capacity_arms(self) -> list[dict[str, Any]]:

@@ -137,16 +137,6 @@ def test_a_round_whose_every_arm_was_cut_half_way_keeps_the_carried_as_is_and_sa
     assert "l1, gaussian cut half-way" in r.why and "its time goes to the final run" in r.why
 
 
-def test_the_shape_round_tries_the_tight_box_levers_unless_the_recipe_has_them(tmp_path):
-    owner = AutopilotOwner(_make(tmp_path))
-    arms = {a["name"]: a["set"] for a in owner._shape_arms()}
-    assert arms["dfl+quality"] == {"encode.shape": "ltrb_dfl", "head.shape_quality": True}
-    C.with_updates(owner.recipe_config(), arms["dfl+quality"], "the arm validates")
-    owner.ap.recipe.update({"head.shape_quality": True})
-    assert "dfl+quality" not in {a["name"] for a in owner._shape_arms()}
-    assert owner._arm_counts()["shape"] == len(owner._shape_arms())
-
-
 def test_the_lr_round_trains_the_recipe_s_lr_first_and_trials_are_cut_half_way(tmp_path):
     owner = AutopilotOwner(_make(tmp_path))
     owner.ap.fit = str(resolve(owner.base.data.train, "train", owner.base)[1])  # 40 images: 5 steps an epoch at 8
