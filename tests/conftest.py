@@ -45,6 +45,20 @@ def tiny(**updates):
     return C.with_updates(C.load_preset("demo"), TINY | updates)
 
 
+def train_one_thread(run: Path, cfg, max_steps: int | None = None) -> str:
+    """Train ``cfg`` into ``run`` with one torch thread (a module fixture's tiny run); its end state."""
+    import torch
+
+    from nanxi_tune.engine.train.trainer import Trainer
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return Trainer(cfg, run, lambda e: None, max_steps=max_steps).run()
+    finally:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread: on a shared 2-core box two threads fighting are several times slower."""

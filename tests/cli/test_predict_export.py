@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny
+from conftest import tiny, train_one_thread
 from nanxi_tune.cli.main import main
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine.run import rundir
@@ -21,15 +21,8 @@ TRAIN = {"train.epochs": 5, "train.base_lr": 0.01, "eval.online": False, "prepro
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from nanxi_tune.engine.train.trainer import Trainer
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     run = tmp_path_factory.mktemp("predict") / "run"
-    try:
-        assert Trainer(tiny(**TRAIN), run, lambda e: None, max_steps=30).run() in ("finished", "stopped")
-    finally:
-        torch.set_num_threads(n)
+    assert train_one_thread(run, tiny(**TRAIN), max_steps=30) in ("finished", "stopped")
     return run
 
 

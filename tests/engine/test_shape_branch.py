@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny
+from conftest import tiny, train_one_thread
 from nanxi_tune.engine import config as C
 from nanxi_tune.engine.model import flip_test
 from nanxi_tune.engine.model.decode import decode
@@ -118,17 +118,10 @@ def test_flip_test_averages_the_quality_with_the_mirrors():
 
 @pytest.fixture(scope="module")
 def quality_run(tmp_path_factory):
-    from nanxi_tune.engine.train.trainer import Trainer
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     run = tmp_path_factory.mktemp("quality") / "run"
-    try:
-        cfg = tiny(**{"head.shape_quality": True, "encode.shape": "ltrb_dfl", "train.epochs": 4, "train.base_lr": 0.01, "eval.online": False,
-                      "data.synthetic_train": 48, "data.synthetic_val": 12})
-        assert Trainer(cfg, run, lambda e: None).run() == "finished"
-    finally:
-        torch.set_num_threads(n)
+    cfg = tiny(**{"head.shape_quality": True, "encode.shape": "ltrb_dfl", "train.epochs": 4, "train.base_lr": 0.01,
+                  "eval.online": False, "data.synthetic_train": 48, "data.synthetic_val": 12})
+    assert train_one_thread(run, cfg) == "finished"
     return run
 
 
