@@ -227,10 +227,11 @@ class Detector(nn.Module):
         self.head_offset = Branch(c, 2, cfg)
         self.quality = cfg.head.shape_quality  # one more channel of the shape branch: its box's predicted IoU
         self.dfl = cfg.encode.shape == "ltrb_dfl"  # each side a distribution over bins, reduced to its expectation
-        self.shape_raw = 4 * encoding.dfl_bins(cfg.preprocess.input_size) if self.dfl else self.shape_channels
+        self.shape_raw = self.shape_channels
         if self.dfl:
             bins = torch.arange(encoding.dfl_bins(cfg.preprocess.input_size), dtype=torch.float32)
             self.register_buffer("dfl_cells", bins * encoding.DFL_BIN_PX / self.stride, persistent=False)
+            self.shape_raw = 4 * len(bins)
         self.head_shape = Branch(c, self.shape_raw + int(self.quality), cfg)
         self.criterion = DetectionLoss(cfg)
         init_weights(self, cfg.principles.weights_init)

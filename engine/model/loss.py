@@ -99,13 +99,15 @@ def _l1(pred: torch.Tensor, target: torch.Tensor, pos_index: torch.Tensor,
     return (at_centres(pred, pos_index).float() - target.float()).abs().sum() / num_pos
 
 
-def decode_at_centres(shape_pred: torch.Tensor, targets: dict, cfg: Config) -> torch.Tensor:
+def decode_at_centres(shape_pred: torch.Tensor, targets: dict, cfg: Config,
+                      offset: torch.Tensor | None = None) -> torch.Tensor:
     """Boxes (P, 4, pixels) decoded from the predicted shape at every centre cell, placed at the
-    ground-truth centre (cell + gt offset)."""
+    ground-truth centre (cell + gt offset), or at cell + ``offset`` (P, 2) when given (as inference places it)."""
     W = shape_pred.shape[-1]
     cell = targets["pos_index"] % (shape_pred.shape[-2] * W)
     xy = torch.stack([cell % W, cell // W], dim=1)
-    centre = encoding.decode_offset(xy, targets["pos_offset"].float(), cfg.encode.offset)
+    offset = targets["pos_offset"] if offset is None else offset
+    centre = encoding.decode_offset(xy, offset.float(), cfg.encode.offset)
     shp = at_centres(shape_pred, targets["pos_index"]).float()
     return encoding.decode_shape(centre, shp, cfg.neck.out_stride, cfg.encode.shape)
 
@@ -137,13 +139,8 @@ def quality_loss(outputs: dict, targets: dict, cfg: Config) -> torch.Tensor:
     logits, index = outputs["quality_logits"], targets["pos_index"]
     if index.numel() == 0:
         return logits.float().sum() * 0.0
-    H, W = logits.shape[-2:]
-    cell = index % (H * W)
     with torch.no_grad():
-        xy = torch.stack([cell % W, cell // W], dim=1)
-        centre = encoding.decode_offset(xy, at_centres(outputs["offset"], index).float(), cfg.encode.offset)
-        boxes = encoding.decode_shape(centre, at_centres(outputs["shape"], index).float(), cfg.neck.out_stride,
-                                      cfg.encode.shape)
+        boxes = decode_at_centres(outputs["shape"], targets, cfg, at_centres(outputs["offset"], index))
         iou = paired_iou(boxes, targets["pos_box"].float()).clamp(0.0, 1.0)
         entropy = -(torch.xlogy(iou, iou) + torch.xlogy(1 - iou, 1 - iou))
     bce = F.binary_cross_entropy_with_logits(at_centres(logits, index).float()[:, 0], iou, reduction="none")
