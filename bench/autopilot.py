@@ -8,6 +8,7 @@ Prints each figure, the autopilot's ratio to the preset and to the best peer, an
 
     python bench/autopilot.py [--set-name bccd|large] [--minutes 30 60] [--size 320] [--skip-preset]
                               [--yolo PY [--yolo-model yolov8n.yaml ...]] [--workers 1]
+                              [--rounds [lr shape capacity]] [--set key=value ...]
 
 Run it alone on a quiet machine: everything goes one after the other, each with the whole CPU.
 """
@@ -49,8 +50,9 @@ def pace(run: Path) -> str:
     return f"{len(times)} steps, median {statistics.median(gaps):.3f} s a step" if gaps else "no steps"
 
 
-def run_autopilot(cfg: C.Config, minutes: float, folder: Path, workers: int) -> tuple[dict, P.Autopilot]:
-    create(folder, "bccd", cfg, minutes, workers=workers)
+def run_autopilot(cfg: C.Config, minutes: float, folder: Path, workers: int,
+                  rounds: list[str]) -> tuple[dict, P.Autopilot]:
+    create(folder, "bccd", cfg, minutes, workers=workers, rounds=rounds)
 
     def say(e) -> None:
         if e.kind == "autopilot":
@@ -84,17 +86,20 @@ def main() -> int:
     ap.add_argument("--skip-preset", action="store_true", help="no preset run (its figure measured before)")
     ap.add_argument("--yolo", help="a Python with ultralytics: also train the peers from scratch, same minutes")
     ap.add_argument("--yolo-model", nargs="+", default=list(peers.MODELS))
+    ap.add_argument("--rounds", nargs="*", default=list(P.SEARCH), choices=P.SEARCH,
+                    help="the autopilot's search rounds (none: the whole budget but post-processing to the final run)")
+    ap.add_argument("--set", dest="sets", nargs="*", default=[], help="key=value over the base config (both arms)")
     a = ap.parse_args()
     data = Path(a.data)
     if a.set_name == "bccd" and not (data / "annotations/instances_train.json").exists():
         print(f"BCCD not found at {data}; pass --data PATH", file=sys.stderr)
         return 1
-    cfg = base_config(a.set_name, data, a.size)
+    cfg = C.with_updates(base_config(a.set_name, data, a.size), C.parse_sets(a.sets), "--set")
     tmp = Path(tempfile.mkdtemp(prefix="bench-autopilot-"))
     rows = []
     for minutes in a.minutes:
         print(f"\n== {a.set_name}, {minutes:g} minutes each ==", flush=True)
-        final, record = run_autopilot(cfg, minutes, tmp / f"autopilot-{minutes:g}", a.workers)
+        final, record = run_autopilot(cfg, minutes, tmp / f"autopilot-{minutes:g}", a.workers, a.rounds)
         preset = None if a.skip_preset else run_preset(cfg, minutes, tmp / f"preset-{minutes:g}")
         best_peer = None
         if a.yolo:

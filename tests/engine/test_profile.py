@@ -33,7 +33,10 @@ def test_profile_counts_and_scales_sides_to_the_input_size(tmp_path):
 def test_large_objects_get_a_coarse_stride_small_ones_keep_4(tmp_path):
     base = C.with_updates(C.load_preset("bccd"), {"neck.out_stride": 4})
     large = profile(coco(tmp_path, [[(0, 0, 400, 300)]] * 5), 320)  # 150 px short side at 320
-    assert [(x.key, x.value) for x in proposals(large, base)] == [("neck.out_stride", 16)]
+    assert [(x.key, x.value) for x in proposals(large, base)] == [
+        ("neck.out_stride", 16), ("encode.shape", "ltrb_dfl"), ("head.shape_quality", True)]  # tight boxes decide
+    tight = C.with_updates(base, {"neck.out_stride": 16, "encode.shape": "ltrb_dfl", "head.shape_quality": True})
+    assert proposals(large, tight) == []
     small = profile(coco(tmp_path, [[(0, 0, 40, 40)] * 3] * 5), 320)  # 20 px: stride 4 keeps 5 cells
     assert proposals(small, base) == []
 
