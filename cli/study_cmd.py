@@ -177,8 +177,10 @@ def _stop_on_signal() -> threading.Event:
 
     from nanxi_tune.cli.stopsignals import GUARD
 
-    GUARD.restore()
+    held = GUARD.restore()
     stop = threading.Event()
+    if held:  # it landed while Python imported: stop at the first step
+        stop.set()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(sig) != signal.SIG_IGN:
             signal.signal(sig, lambda *_: stop.set())
