@@ -102,7 +102,7 @@ def sidecar(cfg, class_names: list[str], cat_ids: list[int], fmt: str, which: st
             "out_stride": stride, "offset_mode": enc.offset, "shape_mode": enc.shape,
             "pool_kernel": pp.pool_kernel, "top_k": pp.top_k, "score_threshold": pp.score_threshold,
             "nms": pp.nms, "nms_iou": pp.nms_iou, "flip_test": pp.flip_test,
-            **({"quality_weight": pp.quality_weight} if cfg.head.shape_quality else {}),
+            **({"quality_weight": pp.quality_weight} if cfg.head.shape_quality else {}), "shape_vote": pp.shape_vote,
             "steps": [*(["flip_test: the map and shape outputs already average the image's and its mirror's "
                          "(flipped back); nothing to do"] if pp.flip_test else []),
                       ("peaks: keep map cells equal to their pool_kernel × pool_kernel max-pool (stride 1, same "
@@ -110,6 +110,8 @@ def sidecar(cfg, class_names: list[str], cat_ids: list[int], fmt: str, which: st
                       "take the top_k cells over classes × H × W per image; class = index // (H×W)",
                       *(["score = map × quality^quality_weight at the cell"]
                         if cfg.head.shape_quality and pp.quality_weight > 0 else []),
+                      *([f"shape at a peak = sum over its 3×3 cells (inside the map) of map^{pp.shape_vote:g} × "
+                         "shape / sum of map^shape_vote (map: the peak's class)"] if pp.shape_vote > 0 else []),
                       ("centre (cells) from offset; box xyxy (cells) = centre ∓ w/2, h/2 (or ∓ l, t / ± r, b); "
                        "× out_stride → canvas pixels"),
                       "drop scores < score_threshold; if nms: class-wise NMS at IoU nms_iou",

@@ -238,11 +238,13 @@ class Rounds:
         keep = ("mAP", "AP50", "AP75", "APs", "APm", "APl")
         self.ap.final = {k: float(m[k]) for k in keep if k in m}
         C.save(self._recipe_preset(), self.folder / "recipe.toml")
-        flip, quality = result.extra.get("flip_test"), result.extra.get("quality_weight")
+        flip, quality, vote = (result.extra.get(k) for k in ("flip_test", "quality_weight", "shape_vote"))
         r.rows = [{"label": "held-out, the run's values", "mAP": result.default["mAP"]},
                   *([{"label": "held-out, flip test (翻转测试)", "mAP": flip["on"]}] if flip else []),
                   *([{"label": f"held-out, box quality (框质量) weight {quality['chosen']:g}",
                       "mAP": quality["mAP"][str(quality["chosen"])]}] if quality else []),
+                  *([{"label": f"held-out, shape vote (邻格投票) p = {vote['chosen']:g}",
+                      "mAP": vote["mAP"][str(vote["chosen"])]}] if vote else []),
                   {"label": "held-out, tuned", "mAP": result.best["mAP"]},
                   {"label": "val (last weights, tuned post-processing)", **self.ap.final}]
         r.why = (f"{tune_post.fmt_point(result.best)} on the held-out part; val mAP {self.ap.final['mAP']:.4f} "

@@ -8,7 +8,8 @@ values are always in the grid, so the chosen thresholds score at least as well a
 
 postprocess.flip_test is chosen first, at the run's own thresholds (the mirrored pass is cached beside the plain
 one): kept on when it raises mAP; then, for a run with head.shape_quality, postprocess.quality_weight (how much the
-predicted box quality counts in the score) the same way; then the grid is searched with those choices.
+predicted box quality counts in the score) the same way; then postprocess.shape_vote (the 3×3 cells around a peak
+vote on its shape); then the grid is searched with those choices.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ KEYS = ("postprocess.nms_iou", "postprocess.score_threshold", "postprocess.top_k
 FLIP = "postprocess.flip_test"
 QUALITY = "postprocess.quality_weight"
 QUALITY_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+VOTE = "postprocess.shape_vote"
+VOTE_POWERS = (0.0, 1.0, 2.0, 4.0, 8.0)
 OUTPUTS = (*BRANCHES, "quality")  # what decode reads (quality: head.shape_quality only)
 GRID: dict[str, tuple[float, ...]] = {
     "postprocess.nms_iou": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
@@ -67,7 +70,7 @@ class PostResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def best_updates(self) -> dict[str, Any]:
-        return {k: self.best[k] for k in (*KEYS, FLIP, QUALITY) if k in self.best}
+        return {k: self.best[k] for k in (*KEYS, FLIP, QUALITY, VOTE) if k in self.best}
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,7 +153,7 @@ def tune(run_dir: Path | str, grid: dict[str, tuple] | None = None, which: str =
     cache = cache or cache_outputs(run_dir, which)
     flat = C.flatten(cache.cfg)
     quality = bool(cache.outputs) and "quality" in cache.outputs[0]
-    default_point = {k: flat[k] for k in (*KEYS, FLIP, *((QUALITY,) if quality else ()))}
+    default_point = {k: flat[k] for k in (*KEYS, FLIP, VOTE, *((QUALITY,) if quality else ()))}
     flip, extra = flat[FLIP], {}
     if cache.flipped is not None:  # flip_test first, at the run's own thresholds; a tie keeps the run's own
         by = {on: score(cache, {**default_point, FLIP: on})["mAP"] for on in (False, True)}
@@ -162,6 +165,10 @@ def tune(run_dir: Path | str, grid: dict[str, tuple] | None = None, which: str =
         by_w = {w: score(cache, {**default_point, FLIP: flip, QUALITY: w})["mAP"] for w in ws}
         chosen[QUALITY] = max(ws, key=lambda w: (round(by_w[w], 6), w == flat[QUALITY]))
         extra["quality_weight"] = {"mAP": {str(w): m for w, m in by_w.items()}, "chosen": chosen[QUALITY]}
+    ps = sorted(set(VOTE_POWERS) | {flat[VOTE]})  # then the neighbours' vote on the shape
+    by_p = {p: score(cache, {**default_point, **chosen, VOTE: p})["mAP"] for p in ps}
+    chosen[VOTE] = max(ps, key=lambda p: (round(by_p[p], 6), p == flat[VOTE]))
+    extra["shape_vote"] = {"mAP": {str(p): m for p, m in by_p.items()}, "chosen": chosen[VOTE]}
     points = [{**p, **chosen} for p in make_grid(cache.cfg, grid)]
     rows = []
     t0 = time.perf_counter()
@@ -213,7 +220,8 @@ def record(result: PostResult) -> None:
 def fmt_point(p: dict[str, Any]) -> str:
     return f"nms_iou {p['postprocess.nms_iou']:g}, score_threshold {p['postprocess.score_threshold']:g}, " \
            f"top_k {p['postprocess.top_k']}" + (", flip test" if p.get(FLIP) else "") \
-        + (f", quality_weight {p[QUALITY]:g}" if QUALITY in p else "")
+        + (f", quality_weight {p[QUALITY]:g}" if QUALITY in p else "") \
+        + (f", shape_vote {p[VOTE]:g}" if p.get(VOTE) else "")
 
 
 def fmt_choices(result: PostResult) -> str:
@@ -227,4 +235,8 @@ def fmt_choices(result: PostResult) -> str:
     if q:
         said.append(f"box quality (框质量) weight {q['chosen']:g}: mAP {q['mAP'][str(q['chosen'])]:.4f} vs "
                     f"{q['mAP'][str(0.0)]:.4f} at 0 (tried {', '.join(f'{float(w):g}' for w in q['mAP'])})")
+    v = result.extra.get("shape_vote")
+    if v:
+        said.append(f"neighbours' shape vote (邻格投票) p = {v['chosen']:g}: mAP {v['mAP'][str(v['chosen'])]:.4f} "
+                    f"vs {v['mAP'][str(0.0)]:.4f} off (tried {', '.join(f'{float(p):g}' for p in v['mAP'])})")
     return "; ".join(said)

@@ -150,6 +150,24 @@ def test_tune_post_chooses_the_quality_weight_on_the_scored_images(quality_run):
     assert "quality_weight" not in plain.extra and TP.QUALITY not in plain.best_updates()
 
 
+def test_tune_post_chooses_the_shape_vote_after_the_quality_weight(quality_run):
+    from nanxi_tune.engine.workflows import tune_post as TP
+
+    cache = TP.cache_outputs(quality_run, flip=False)
+    small = {"postprocess.nms_iou": (0.5,), "postprocess.score_threshold": (0.01,), "postprocess.top_k": (20,)}
+    res = TP.tune(quality_run, small, cache=cache)
+    v = res.extra["shape_vote"]
+    by = {float(p): m for p, m in v["mAP"].items()}
+    assert set(by) == set(TP.VOTE_POWERS)
+    assert by[v["chosen"]] == max(by.values()) and (by[0.0] < max(by.values()) or v["chosen"] == 0.0)
+    # each power is scored with the quality weight already chosen, and the grid runs with both
+    q = res.extra["quality_weight"]["chosen"]
+    point = {**{k: C.flatten(cache.cfg)[k] for k in TP.KEYS}, TP.FLIP: False, TP.QUALITY: q}
+    assert all(TP.score(cache, {**point, TP.VOTE: p})["mAP"] == m for p, m in by.items())
+    assert {r[TP.VOTE] for r in res.rows} == {v["chosen"]} and res.best_updates()[TP.VOTE] == v["chosen"]
+    assert "neighbours' shape vote (邻格投票)" in TP.fmt_choices(res)
+
+
 def test_export_carries_the_quality_output(quality_run, tmp_path):
     from nanxi_tune.cli.main import main
     from nanxi_tune.engine.evaluation.evaluate_run import load_ema_model

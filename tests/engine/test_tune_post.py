@@ -57,7 +57,8 @@ def test_tune_beats_or_matches_defaults_and_applies(trained, tmp_path, monkeypat
     flip = res.extra["flip_test"]["chosen"]  # decided first; the grid's rows all carry it
     assert {r[TP.FLIP] for r in res.rows} == {flip} and res.best[TP.FLIP] == flip
     defaults = [r for r in res.rows if r["default"]]
-    assert len(defaults) == (0 if flip else 1) and res.default["postprocess.nms_iou"] == cfg0.postprocess.nms_iou
+    moved = flip or res.extra["shape_vote"]["chosen"] != cfg0.postprocess.shape_vote  # chosen before the grid
+    assert len(defaults) == (0 if moved else 1) and res.default["postprocess.nms_iou"] == cfg0.postprocess.nms_iou
     assert res.best["mAP"] >= res.default["mAP"]
     assert res.best["mAP"] == max(r["mAP"] for r in res.rows)
     print(f"tune-post: defaults mAP {res.default['mAP']:.4f} → best {res.best['mAP']:.4f} ({TP.fmt_point(res.best)})")
@@ -68,8 +69,8 @@ def test_tune_beats_or_matches_defaults_and_applies(trained, tmp_path, monkeypat
     assert C.flatten(C.load(preset))["postprocess.nms_iou"] == res.best["postprocess.nms_iou"]
     TP.apply(res)
     cfg1 = C.load(trained / rundir.CONFIG)
-    assert {k: C.flatten(cfg1)[k] for k in (*TP.KEYS, TP.FLIP)} == res.best_updates()
-    assert C.diff(cfg0, cfg1).keys() <= {*TP.KEYS, TP.FLIP}
+    assert {k: C.flatten(cfg1)[k] for k in (*TP.KEYS, TP.FLIP, TP.VOTE)} == res.best_updates()
+    assert C.diff(cfg0, cfg1).keys() <= {*TP.KEYS, TP.FLIP, TP.VOTE}
     journal = (trained / rundir.JOURNAL).read_text()
     assert "Post-processing (tuned after training)" in journal and "tune-post: best" in journal
     # scoring the applied config reproduces the best
@@ -111,7 +112,8 @@ def test_flip_test_is_scored_like_evaluation_and_chosen_only_when_it_raises_map(
     # a mirror that finds nothing: flip test stays off, the run's own point is a row
     off = TP.tune(trained, small, cache=_with(cache, flipped=_blank(cache.flipped)))
     assert off.extra["flip_test"]["chosen"] is False and off.extra["flip_test"]["on"] == 0.0
-    assert all(r[TP.FLIP] is False for r in off.rows) and any(r["default"] for r in off.rows)
+    assert all(r[TP.FLIP] is False for r in off.rows)
+    assert any(r["default"] for r in off.rows) == (off.extra["shape_vote"]["chosen"] == flat[TP.VOTE])
     # a plain pass that finds nothing: flip test on, every row with it, the defaults scored apart
     won = TP.tune(trained, small, cache=_with(cache, outputs=_blank(cache.outputs)))
     assert won.extra["flip_test"]["chosen"] is True and won.default["mAP"] == 0.0
