@@ -115,7 +115,7 @@ class Postprocess(Strict):
     shape_vote: float = F(0.0, "Each peak's box shape is the average of the shapes at the 3×3 cells around it, each "
                           "weighted by its heatmap value^p (p = this); 0: the peak's own shape alone.", ge=0, le=16,
                           zh="邻格投票", live=True, note="tune-post chooses it on the scored images (a few large "
-                          "objects, held-out, same weights: +0.004 to +0.008 mAP50-95 with p = 2 or 4)")
+                          "objects, held-out, same weights: +0.004 to +0.010 mAP50-95 with p = 4)")
 
 
 class Eval(Strict):
