@@ -140,10 +140,12 @@ def test_pilot_drives_an_nms_tuning(trained):
             assert res.best["mAP"] >= res.default["mAP"]
             assert "vs defaults" in str(screen.query_one("#post-status").render())
             assert "flip test (翻转测试)" in str(screen.query_one("#post-status").render())
+            assert "shape vote (邻格投票)" in str(screen.query_one("#post-status").render())
             await pilot.press("f8")
             await pilot.pause()
             assert app.applied and set(app.applied[-1].updates) == {
-                "postprocess.nms_iou", "postprocess.score_threshold", "postprocess.top_k", "postprocess.flip_test"}
+                "postprocess.nms_iou", "postprocess.score_threshold", "postprocess.top_k", "postprocess.flip_test",
+                "postprocess.shape_vote"}
         return screen
 
     asyncio.run(go())
