@@ -145,6 +145,15 @@ def make_grid(cfg: C.Config, grid: dict[str, tuple] | None = None) -> list[dict[
     return [dict(zip(KEYS, combo)) for combo in itertools.product(*axes)]
 
 
+def _choose(cache: Cached, base: dict[str, Any], key: str, values: tuple, own: Any) -> tuple[Any, dict[str, Any]]:
+    """Score ``key`` at each of ``values`` (and the run's ``own``) with the rest at ``base``: the value with the
+    highest mAP (a tie keeps ``own``) and what the journal records, {"mAP": {value: mAP}, "chosen": value}."""
+    vals = sorted(set(values) | {own})
+    by = {v: score(cache, {**base, key: v})["mAP"] for v in vals}
+    best = max(vals, key=lambda v: (round(by[v], 6), v == own))
+    return best, {"mAP": {str(v): m for v, m in by.items()}, "chosen": best}
+
+
 def tune(run_dir: Path | str, grid: dict[str, tuple] | None = None, which: str = "best",
          progress: Progress | None = None, stop: threading.Event | None = None,
          cache: Cached | None = None) -> PostResult:
@@ -161,14 +170,10 @@ def tune(run_dir: Path | str, grid: dict[str, tuple] | None = None, which: str =
         extra["flip_test"] = {"off": by[False], "on": by[True], "chosen": flip}
     chosen = {FLIP: flip}
     if quality:  # then the quality's weight in the score, the same way
-        ws = sorted(set(QUALITY_WEIGHTS) | {flat[QUALITY]})
-        by_w = {w: score(cache, {**default_point, FLIP: flip, QUALITY: w})["mAP"] for w in ws}
-        chosen[QUALITY] = max(ws, key=lambda w: (round(by_w[w], 6), w == flat[QUALITY]))
-        extra["quality_weight"] = {"mAP": {str(w): m for w, m in by_w.items()}, "chosen": chosen[QUALITY]}
-    ps = sorted(set(VOTE_POWERS) | {flat[VOTE]})  # then the neighbours' vote on the shape
-    by_p = {p: score(cache, {**default_point, **chosen, VOTE: p})["mAP"] for p in ps}
-    chosen[VOTE] = max(ps, key=lambda p: (round(by_p[p], 6), p == flat[VOTE]))
-    extra["shape_vote"] = {"mAP": {str(p): m for p, m in by_p.items()}, "chosen": chosen[VOTE]}
+        chosen[QUALITY], extra["quality_weight"] = _choose(cache, {**default_point, **chosen}, QUALITY,
+                                                           QUALITY_WEIGHTS, flat[QUALITY])
+    # then the neighbours' vote on the shape
+    chosen[VOTE], extra["shape_vote"] = _choose(cache, {**default_point, **chosen}, VOTE, VOTE_POWERS, flat[VOTE])
     points = [{**p, **chosen} for p in make_grid(cache.cfg, grid)]
     rows = []
     t0 = time.perf_counter()
@@ -231,12 +236,10 @@ def fmt_choices(result: PostResult) -> str:
     if f:
         said.append(f"flip test (翻转测试) at the run's thresholds: mAP {f['on']:.4f} on vs {f['off']:.4f} off → "
                     + ("on" if f["chosen"] else "off"))
-    q = result.extra.get("quality_weight")
-    if q:
-        said.append(f"box quality (框质量) weight {q['chosen']:g}: mAP {q['mAP'][str(q['chosen'])]:.4f} vs "
-                    f"{q['mAP'][str(0.0)]:.4f} at 0 (tried {', '.join(f'{float(w):g}' for w in q['mAP'])})")
-    v = result.extra.get("shape_vote")
-    if v:
-        said.append(f"neighbours' shape vote (邻格投票) p = {v['chosen']:g}: mAP {v['mAP'][str(v['chosen'])]:.4f} "
-                    f"vs {v['mAP'][str(0.0)]:.4f} off (tried {', '.join(f'{float(p):g}' for p in v['mAP'])})")
+    for key, name, zero in (("quality_weight", "box quality (框质量) weight", "at 0"),
+                            ("shape_vote", "neighbours' shape vote (邻格投票) p =", "off")):
+        c = result.extra.get(key)
+        if c:
+            said.append(f"{name} {c['chosen']:g}: mAP {c['mAP'][str(c['chosen'])]:.4f} vs {c['mAP'][str(0.0)]:.4f} "
+                        f"{zero} (tried {', '.join(f'{float(v):g}' for v in c['mAP'])})")
     return "; ".join(said)
